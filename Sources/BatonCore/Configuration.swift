@@ -1,0 +1,56 @@
+/// Everything `baton run` needs, parsed and checked.
+public struct LaunchConfiguration: Sendable {
+    public var name: String
+    /// The app's command: the executable (resolved to a path before spawning) and its arguments.
+    public var command: [String]
+    public var listeners: [ListenSpec]
+    public var backlog: Int32
+    /// File mode of unix listeners, such as 0o660.
+    public var unixMode: UInt32?
+    public var readyMode: ReadyMode
+    /// The stop signal's number.
+    public var stopSignal: Int32
+    public var controlPath: String
+    public var supervisor: SupervisorSettings
+
+    public init(
+        name: String, command: [String], listeners: [ListenSpec], backlog: Int32 = 4096, unixMode: UInt32? = nil,
+        readyMode: ReadyMode = .listen, stopSignal: Int32 = 15, controlPath: String,
+        supervisor: SupervisorSettings = SupervisorSettings()
+    ) {
+        self.name = name
+        self.command = command
+        self.listeners = listeners
+        self.backlog = backlog
+        self.unixMode = unixMode
+        self.readyMode = readyMode
+        self.stopSignal = stopSignal
+        self.controlPath = controlPath
+        self.supervisor = supervisor
+    }
+
+    /// The control socket's path when `--control` is not given: `NAME.sock` under `$RUNTIME_DIRECTORY` (its
+    /// first entry) or `/run/baton`.
+    public static func defaultControlPath(name: String, runtimeDirectory: String?) -> String {
+        let directory = runtimeDirectory?.split(separator: ":").first.map(String.init) ?? "/run/baton"
+        return directory + "/" + name + ".sock"
+    }
+
+    /// Whether `name` is usable as an instance name (it becomes a file name).
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64 && name != "." && name != ".."
+            && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "-_.@".contains($0)) }
+    }
+
+    /// The environment a worker starts with: baton's own, without what its manager meant for baton itself.
+    public static func workerBaseEnvironment(_ environment: [String]) -> [String] {
+        let dropped: Set<String> = [
+            "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+            "JOURNAL_STREAM", "BATON_GENERATION", "BATON_WORKER", "BATON_NOTIFY_FD", "MAINPID",
+        ]
+        return environment.filter { entry in
+            guard let equals = entry.firstIndex(of: "=") else { return false }
+            return !dropped.contains(String(entry[..<equals]))
+        }
+    }
+}

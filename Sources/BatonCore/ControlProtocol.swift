@@ -1,0 +1,164 @@
+internal import FoundationEssentials
+
+/// The control protocol between `baton reload`/`baton status` and the running launcher: one JSON object per
+/// line over a unix stream socket. A client sends one request; the launcher answers with zero or more
+/// `progress` lines and one final line (`result`, `status` or `error`).
+public enum ControlProtocol {
+    /// The longest request line the launcher reads.
+    public static let maximumRequestSize = 4096
+
+    public struct Request: Codable, Sendable, Equatable {
+        public enum Command: String, Codable, Sendable {
+            case reload
+            case status
+        }
+
+        public var command: Command
+
+        public init(command: Command) { self.command = command }
+    }
+
+    /// One line the launcher sends back.
+    public struct Reply: Codable, Sendable, Equatable {
+        public enum Kind: String, Codable, Sendable {
+            case progress
+            case result
+            case status
+            case error
+        }
+
+        public var kind: Kind
+        public var message: String?
+        public var ok: Bool?
+        public var durationMilliseconds: Int64?
+        /// The last lines the failing worker wrote to stderr.
+        public var stderr: [String]?
+        public var status: StatusReport?
+
+        public init(
+            kind: Kind, message: String? = nil, ok: Bool? = nil, durationMilliseconds: Int64? = nil,
+            stderr: [String]? = nil, status: StatusReport? = nil
+        ) {
+            self.kind = kind
+            self.message = message
+            self.ok = ok
+            self.durationMilliseconds = durationMilliseconds
+            self.stderr = stderr
+            self.status = status
+        }
+
+        public static func progress(_ message: String) -> Reply { Reply(kind: .progress, message: message) }
+        public static func error(_ message: String) -> Reply { Reply(kind: .error, message: message, ok: false) }
+    }
+
+    /// Decodes a request line; throws a message fit for the error reply.
+    public static func decodeRequest(_ line: [UInt8]) throws(BatonError) -> Request {
+        guard line.count <= maximumRequestSize else {
+            throw BatonError(.control, "request too large (\(line.count) bytes, at most \(maximumRequestSize))")
+        }
+        do {
+            return try JSONDecoder().decode(Request.self, from: Data(line))
+        } catch {
+            throw BatonError(.control, "malformed request: expected {\"command\":\"reload\"} or {\"command\":\"status\"}")
+        }
+    }
+
+    public static func encode(_ value: some Encodable) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(value) else { return Array("{\"kind\":\"error\"}\n".utf8) }
+        return Array(data) + [UInt8(ascii: "\n")]
+    }
+
+    public static func decodeReply(_ line: [UInt8]) -> Reply? {
+        try? JSONDecoder().decode(Reply.self, from: Data(line))
+    }
+}
+
+/// What `baton status` shows.
+public struct StatusReport: Codable, Sendable, Equatable {
+    public struct Listener: Codable, Sendable, Equatable {
+        public var name: String
+        public var address: String
+        public var fd: Int32
+
+        public init(name: String, address: String, fd: Int32) {
+            self.name = name
+            self.address = address
+            self.fd = fd
+        }
+    }
+
+    public struct Worker: Codable, Sendable, Equatable {
+        public var slot: Int
+        public var pid: Int32?
+        public var state: String
+        public var uptimeSeconds: Double
+        public var restarts: Int
+        public var status: String?
+
+        public init(slot: Int, pid: Int32?, state: String, uptimeSeconds: Double, restarts: Int, status: String?) {
+            self.slot = slot
+            self.pid = pid
+            self.state = state
+            self.uptimeSeconds = uptimeSeconds
+            self.restarts = restarts
+            self.status = status
+        }
+    }
+
+    public struct Generation: Codable, Sendable, Equatable {
+        public var id: Int
+        public var state: String
+        /// Seconds since the epoch.
+        public var startedAt: Double
+        public var crashLooping: Bool
+        public var workers: [Worker]
+
+        public init(id: Int, state: String, startedAt: Double, crashLooping: Bool, workers: [Worker]) {
+            self.id = id
+            self.state = state
+            self.startedAt = startedAt
+            self.crashLooping = crashLooping
+            self.workers = workers
+        }
+    }
+
+    public struct Reload: Codable, Sendable, Equatable {
+        public var ok: Bool
+        public var generation: Int
+        public var durationMilliseconds: Int64
+        public var reason: String?
+        /// Seconds since the epoch.
+        public var finishedAt: Double
+
+        public init(ok: Bool, generation: Int, durationMilliseconds: Int64, reason: String?, finishedAt: Double) {
+            self.ok = ok
+            self.generation = generation
+            self.durationMilliseconds = durationMilliseconds
+            self.reason = reason
+            self.finishedAt = finishedAt
+        }
+    }
+
+    public var name: String
+    public var pid: Int32
+    public var version: String
+    public var listeners: [Listener]
+    public var generations: [Generation]
+    public var lastReload: Reload?
+    public var reloading: Bool
+
+    public init(
+        name: String, pid: Int32, version: String, listeners: [Listener], generations: [Generation],
+        lastReload: Reload?, reloading: Bool
+    ) {
+        self.name = name
+        self.pid = pid
+        self.version = version
+        self.listeners = listeners
+        self.generations = generations
+        self.lastReload = lastReload
+        self.reloading = reloading
+    }
+}

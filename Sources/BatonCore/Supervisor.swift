@@ -1,0 +1,689 @@
+/// Identifies one worker process for the whole life of the launcher (pids are reused; these are not).
+public struct WorkerID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var raw: Int
+    public init(_ raw: Int) { self.raw = raw }
+    public static func < (a: WorkerID, b: WorkerID) -> Bool { a.raw < b.raw }
+    public var description: String { "w\(raw)" }
+}
+
+/// Identifies a client waiting for a reload's outcome (`baton reload`); SIGHUP reloads have none.
+public struct RequesterID: Hashable, Sendable, CustomStringConvertible {
+    public var raw: Int
+    public init(_ raw: Int) { self.raw = raw }
+    public var description: String { "r\(raw)" }
+}
+
+/// The timers the state machine asks for.
+public enum TimerID: Hashable, Sendable {
+    case readyTimeout(WorkerID)
+    case stopTimeout(WorkerID)
+    case respawn(generation: Int, slot: Int)
+    case watchdog(WorkerID)
+}
+
+/// Settings the lifecycle depends on.
+public struct SupervisorSettings: Sendable, Equatable {
+    public var workers: Int
+    public var strategy: Strategy
+    public var readyTimeout: Duration
+    public var stopTimeout: Duration
+    public var backoff: Backoff
+    /// Consecutive crashes of a slot after which its generation is reported as crash-looping.
+    public var crashLoopThreshold: Int
+    /// Consecutive crashes of every slot after which baton gives up and exits non-zero.
+    public var giveUpThreshold: Int
+
+    public init(
+        workers: Int = 1, strategy: Strategy = .allAtOnce, readyTimeout: Duration = .seconds(30),
+        stopTimeout: Duration = .seconds(30), backoff: Backoff = Backoff(), crashLoopThreshold: Int = 5,
+        giveUpThreshold: Int = 10
+    ) {
+        self.workers = workers
+        self.strategy = strategy
+        self.readyTimeout = readyTimeout
+        self.stopTimeout = stopTimeout
+        self.backoff = backoff
+        self.crashLoopThreshold = crashLoopThreshold
+        self.giveUpThreshold = giveUpThreshold
+    }
+}
+
+/// Exponential backoff with a cap, reset once a worker has stayed up for `stablePeriod`.
+public struct Backoff: Sendable, Equatable {
+    public var initial: Duration
+    public var maximum: Duration
+    public var stablePeriod: Duration
+
+    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10), stablePeriod: Duration = .seconds(30)) {
+        self.initial = initial
+        self.maximum = maximum
+        self.stablePeriod = stablePeriod
+    }
+
+    /// The delay before the respawn that follows the `streak`-th consecutive crash (1-based).
+    public func delay(afterCrash streak: Int) -> Duration {
+        var delay = initial
+        var step = 1
+        while step < streak && delay < maximum {
+            delay *= 2
+            step += 1
+        }
+        return min(delay, maximum)
+    }
+}
+
+/// What the state machine asks the launcher to do.
+public enum SupervisorAction: Sendable, Equatable {
+    /// Start a worker for `slot` of `generation`; answer with `.spawned` or `.spawnFailed`.
+    case spawn(WorkerID, generation: Int, slot: Int)
+    /// Send the configured stop signal to the worker's process.
+    case stop(WorkerID, pid: Int32)
+    /// SIGKILL the worker's whole process group.
+    case kill(WorkerID, pid: Int32)
+    case schedule(TimerID, after: Duration)
+    case cancel(TimerID)
+    case progress([RequesterID], String)
+    /// The final answer to reload requesters; `failedWorker` names the worker whose stderr explains it.
+    case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: WorkerID?)
+    case log(LifecycleEvent)
+    case notifyManager(ManagerNotification)
+    /// Exit the process with this code; every worker is gone.
+    case exit(Int32)
+}
+
+/// What baton tells its own service manager.
+public enum ManagerNotification: Sendable, Equatable {
+    case ready
+    case reloading
+    case stopping
+    case status(String)
+}
+
+/// What happens to the state machine.
+public enum SupervisorEvent: Sendable, Equatable {
+    case start
+    case reloadRequested(RequesterID?)
+    case spawned(WorkerID, pid: Int32)
+    case spawnFailed(WorkerID, reason: String)
+    case ready(WorkerID)
+    case status(WorkerID, String)
+    case watchdogPing(WorkerID, interval: Duration?)
+    case exited(WorkerID, ExitReason)
+    case timer(TimerID)
+    case stop
+    case forceStop
+}
+
+/// The lifecycle of baton's generations as a value type: each event returns the actions to perform.
+///
+/// It holds no fds, pids of its own making, or clocks: `now` comes with every event, so the whole
+/// lifecycle (readiness, reload, rollback, respawn, coalescing, draining) is testable without processes.
+public struct Supervisor: Sendable {
+    public enum WorkerState: String, Sendable {
+        case starting, ready, stopping, exited
+    }
+
+    public struct Worker: Sendable {
+        public var id: WorkerID
+        public var generation: Int
+        public var slot: Int
+        public var pid: Int32?
+        public var state: WorkerState
+        public var startedAt: ContinuousClock.Instant
+        public var readyAt: ContinuousClock.Instant?
+        public var restarts: Int
+        public var status: String?
+        /// Why baton killed it, when it did so on purpose for a failure (a missed ready timeout, a hung worker).
+        public var failure: String?
+        public var watchdogInterval: Duration?
+    }
+
+    public enum GenerationState: String, Sendable {
+        case starting, serving, draining, failed, retired
+    }
+
+    public struct Generation: Sendable {
+        public var id: Int
+        public var state: GenerationState
+        public var startedAt: ContinuousClock.Instant
+        /// Every worker this generation has had that is still alive, in start order.
+        public var workers: [WorkerID]
+        /// The current worker of each slot.
+        public var slots: [Int: WorkerID]
+        /// Consecutive crashes per slot.
+        public var streak: [Int: Int] = [:]
+        public var crashLooping = false
+    }
+
+    public struct Reload: Sendable {
+        public var target: Int
+        public var previous: Int?
+        public var requesters: [RequesterID]
+        public var startedAt: ContinuousClock.Instant
+        /// Rolling: slots of the previous generation that have been told to stop.
+        public var retiredSlots: Set<Int> = []
+        /// Set once the new generation serves; the reload ends when the previous one has drained.
+        public var promotedAt: ContinuousClock.Instant?
+    }
+
+    public struct Outcome: Sendable {
+        public var ok: Bool
+        public var generation: Int
+        public var duration: Duration
+        public var reason: String?
+        public var finishedAt: ContinuousClock.Instant
+    }
+
+    public enum Phase: Sendable, Equatable {
+        case idle, starting, running, stopping, exited
+    }
+
+    public private(set) var settings: SupervisorSettings
+    public private(set) var phase: Phase = .idle
+    public private(set) var workers: [WorkerID: Worker] = [:]
+    public private(set) var generations: [Int: Generation] = [:]
+    public private(set) var serving: Int?
+    public private(set) var reload: Reload?
+    /// Requesters of the one reload that follows the current one (nil: none pending).
+    public private(set) var followUp: [RequesterID]?
+    public private(set) var lastReload: Outcome?
+    private var nextWorker = 1
+    private var nextGeneration = 1
+
+    public init(settings: SupervisorSettings) {
+        precondition(settings.workers >= 1)
+        self.settings = settings
+    }
+
+    // MARK: - Queries
+
+    public func worker(_ id: WorkerID) -> Worker? { workers[id] }
+
+    /// The worker whose process is `pid`.
+    public func worker(pid: Int32) -> Worker? { workers.values.first { $0.pid == pid } }
+
+    /// Generations in order, oldest first.
+    public var orderedGenerations: [Generation] { generations.keys.sorted().compactMap { generations[$0] } }
+
+    /// Live workers, oldest first.
+    public var liveWorkers: [Worker] { workers.values.filter { $0.state != .exited }.sorted { $0.id < $1.id } }
+
+    /// One line for systemd's `STATUS=`, e.g.
+    /// `serving generation 7 (4 workers) · generation 6 draining (2) · last reload ok in 840ms`.
+    public var statusLine: String {
+        var parts: [String] = []
+        switch phase {
+        case .idle, .starting:
+            if let generation = generations.values.first(where: { $0.state == .starting }) {
+                parts.append("starting generation \(generation.id) (\(readyCount(generation))/\(settings.workers) ready)")
+            }
+        case .stopping, .exited:
+            parts.append("stopping (\(liveWorkers.count) workers left)")
+        case .running:
+            break
+        }
+        if phase == .running, let serving, let generation = generations[serving] {
+            let ready = readyCount(generation)
+            var text = "serving generation \(serving) (\(ready) worker\(ready == 1 ? "" : "s"))"
+            if generation.crashLooping { text += ", crash-looping" }
+            parts.append(text)
+        }
+        for generation in orderedGenerations where generation.id != serving {
+            let live = generation.workers.count
+            switch generation.state {
+            case .starting where phase == .running:
+                parts.append("generation \(generation.id) starting (\(readyCount(generation))/\(settings.workers))")
+            case .draining: parts.append("generation \(generation.id) draining (\(live))")
+            case .failed where live > 0: parts.append("generation \(generation.id) failed, stopping (\(live))")
+            default: break
+            }
+        }
+        if let lastReload {
+            parts.append(
+                lastReload.ok
+                    ? "last reload ok in \(lastReload.duration.shortDescription)"
+                    : "last reload failed: \(lastReload.reason ?? "unknown")")
+        }
+        return parts.joined(separator: " · ")
+    }
+
+    private func readyCount(_ generation: Generation) -> Int {
+        generation.workers.filter { workers[$0]?.state == .ready }.count
+    }
+
+    // MARK: - Events
+
+    public mutating func handle(_ event: SupervisorEvent, now: ContinuousClock.Instant) -> [SupervisorAction] {
+        var actions: [SupervisorAction] = []
+        switch event {
+        case .start:
+            guard phase == .idle else { break }
+            phase = .starting
+            let id = newGeneration(now: now, actions: &actions)
+            for slot in 1...settings.workers { spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions) }
+        case .reloadRequested(let requester):
+            requestReload(requester, now: now, actions: &actions)
+        case .spawned(let id, let pid):
+            guard var worker = workers[id] else { break }
+            worker.pid = pid
+            workers[id] = worker
+            if worker.state == .stopping {
+                // Stopped before it was even started (a rollback or stop raced the spawn).
+                actions.append(.kill(id, pid: pid))
+            }
+        case .spawnFailed(let id, let reason):
+            guard workers[id] != nil else { break }
+            workers[id]?.failure = reason
+            workerGone(id, reason: nil, failure: reason, now: now, actions: &actions)
+        case .ready(let id):
+            workerReady(id, now: now, actions: &actions)
+        case .status(let id, let text):
+            workers[id]?.status = text
+        case .watchdogPing(let id, let interval):
+            guard let worker = workers[id], worker.state == .ready || worker.state == .starting else { break }
+            if let interval { workers[id]?.watchdogInterval = interval }
+            if let interval = workers[id]?.watchdogInterval {
+                actions.append(.schedule(.watchdog(id), after: interval))
+            }
+        case .exited(let id, let reason):
+            workerGone(id, reason: reason, failure: nil, now: now, actions: &actions)
+        case .timer(let timer):
+            fire(timer, now: now, actions: &actions)
+        case .stop:
+            beginStop(now: now, actions: &actions)
+        case .forceStop:
+            for worker in liveWorkers { if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) } }
+            phase = .exited
+            actions.append(.exit(0))
+        }
+        if phase != .exited { actions.append(.notifyManager(.status(statusLine))) }
+        return actions
+    }
+
+    // MARK: - Generations and workers
+
+    private mutating func newGeneration(now: ContinuousClock.Instant, actions: inout [SupervisorAction]) -> Int {
+        let id = nextGeneration
+        nextGeneration += 1
+        generations[id] = Generation(id: id, state: .starting, startedAt: now, workers: [], slots: [:])
+        actions.append(
+            .log(LifecycleEvent(.generationStarted, "generation \(id) starting with \(settings.workers) worker(s)", generation: id)))
+        return id
+    }
+
+    private mutating func spawnWorker(
+        generation: Int, slot: Int, restarts: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+    ) {
+        let id = WorkerID(nextWorker)
+        nextWorker += 1
+        workers[id] = Worker(
+            id: id, generation: generation, slot: slot, pid: nil, state: .starting, startedAt: now, readyAt: nil,
+            restarts: restarts)
+        generations[generation]?.workers.append(id)
+        generations[generation]?.slots[slot] = id
+        actions.append(.spawn(id, generation: generation, slot: slot))
+        actions.append(.schedule(.readyTimeout(id), after: settings.readyTimeout))
+    }
+
+    /// Sends the stop signal to a worker (or kills it, if `kill`), and arms its stop timeout.
+    private mutating func stopWorker(_ id: WorkerID, kill: Bool, actions: inout [SupervisorAction]) {
+        guard var worker = workers[id], worker.state != .exited else { return }
+        if worker.state == .starting { actions.append(.cancel(.readyTimeout(id))) }
+        actions.append(.cancel(.watchdog(id)))
+        let alreadyStopping = worker.state == .stopping
+        worker.state = .stopping
+        workers[id] = worker
+        if let generation = generations[worker.generation], generation.slots[worker.slot] == id {
+            generations[worker.generation]?.slots[worker.slot] = nil
+        }
+        guard let pid = worker.pid else { return }  // killed when `.spawned` arrives
+        if kill {
+            actions.append(.kill(id, pid: pid))
+        } else if !alreadyStopping {
+            actions.append(.stop(id, pid: pid))
+            actions.append(.schedule(.stopTimeout(id), after: settings.stopTimeout))
+        }
+    }
+
+    private mutating func workerReady(_ id: WorkerID, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard var worker = workers[id], worker.state == .starting else { return }
+        worker.state = .ready
+        worker.readyAt = now
+        workers[id] = worker
+        actions.append(.cancel(.readyTimeout(id)))
+        guard var generation = generations[worker.generation] else { return }
+
+        switch generation.state {
+        case .serving:
+            // A respawned worker of the serving generation.
+            if worker.restarts > 0 {
+                actions.append(
+                    .log(LifecycleEvent(
+                        .workerRespawned, "worker \(worker.slot) of generation \(generation.id) is back (pid \(worker.pid ?? 0))",
+                        generation: generation.id, workerPID: worker.pid, slot: worker.slot)))
+            }
+        case .starting:
+            if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous {
+                rollingStep(readySlot: worker.slot, target: generation.id, previous: previous, now: now, actions: &actions)
+                return
+            }
+            guard readyCount(generation) == settings.workers else {
+                if let reload, reload.target == generation.id {
+                    actions.append(.progress(reload.requesters, "generation \(generation.id): \(readyCount(generation))/\(settings.workers) workers ready"))
+                }
+                return
+            }
+            generation.state = .serving
+            generations[generation.id] = generation
+            promote(generation.id, now: now, actions: &actions)
+        default:
+            break
+        }
+    }
+
+    /// Rolling: the new worker of `readySlot` is ready; retire the old one of that slot and start the next.
+    private mutating func rollingStep(
+        readySlot: Int, target: Int, previous: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+    ) {
+        guard var reload else { return }
+        if let old = generations[previous]?.slots[readySlot] {
+            stopWorker(old, kill: false, actions: &actions)
+        }
+        reload.retiredSlots.insert(readySlot)
+        self.reload = reload
+        let ready = readyCount(generations[target]!)
+        actions.append(.progress(reload.requesters, "generation \(target): worker \(readySlot) ready, \(ready)/\(settings.workers); retiring its predecessor"))
+        if readySlot < settings.workers {
+            spawnWorker(generation: target, slot: readySlot + 1, restarts: 0, now: now, actions: &actions)
+        } else {
+            generations[target]?.state = .serving
+            promote(target, now: now, actions: &actions)
+        }
+    }
+
+    /// `id` is fully ready: make it the serving generation and retire the previous one.
+    private mutating func promote(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        let generation = generations[id]!
+        actions.append(
+            .log(LifecycleEvent(
+                .generationReady, "generation \(id) ready (\(settings.workers) worker(s))", generation: id,
+                duration: now - generation.startedAt)))
+        let previous = serving
+        serving = id
+        if phase == .starting {
+            phase = .running
+            actions.append(.notifyManager(.ready))
+            if let followUp {
+                self.followUp = nil
+                startReload(requesters: followUp, now: now, actions: &actions)
+            }
+            return
+        }
+        guard var reload, reload.target == id else { return }
+        reload.promotedAt = now
+        self.reload = reload
+        actions.append(.progress(reload.requesters, "generation \(id) serving after \((now - reload.startedAt).shortDescription)"))
+        if let previous, var old = generations[previous] {
+            old.state = .draining
+            generations[previous] = old
+            actions.append(.progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))"))
+            for worker in old.workers { stopWorker(worker, kill: false, actions: &actions) }
+            retireIfDrained(previous, now: now, actions: &actions)
+        } else {
+            finishReload(ok: true, reason: nil, failedWorker: nil, now: now, actions: &actions)
+        }
+    }
+
+    private mutating func retireIfDrained(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard let generation = generations[id], generation.workers.isEmpty else { return }
+        switch generation.state {
+        case .draining:
+            generations[id] = nil
+            actions.append(.log(LifecycleEvent(.generationRetired, "generation \(id) retired", generation: id, duration: now - generation.startedAt)))
+            if let reload, reload.previous == id, reload.promotedAt != nil {
+                finishReload(ok: true, reason: nil, failedWorker: nil, now: now, actions: &actions)
+            }
+        case .failed:
+            generations[id] = nil
+        default:
+            break
+        }
+    }
+
+    private mutating func requestReload(_ requester: RequesterID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        let requesters = requester.map { [$0] } ?? []
+        switch phase {
+        case .stopping, .exited:
+            actions.append(.reloadFinished(requesters, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil))
+            return
+        case .idle:
+            actions.append(.reloadFinished(requesters, ok: false, message: "baton has not started", duration: .zero, failedWorker: nil))
+            return
+        case .starting, .running:
+            break
+        }
+        actions.append(.log(LifecycleEvent(.reloadRequested, "reload requested\(requester == nil ? " (signal)" : "")")))
+        if phase == .starting || reload != nil {
+            // Coalesce: at most one reload follows the current one, whoever asked.
+            followUp = (followUp ?? []) + requesters
+            actions.append(.progress(requesters, "a reload is in progress; yours follows it"))
+            return
+        }
+        startReload(requesters: requesters, now: now, actions: &actions)
+    }
+
+    private mutating func startReload(requesters: [RequesterID], now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        actions.append(.notifyManager(.reloading))
+        let id = newGeneration(now: now, actions: &actions)
+        reload = Reload(target: id, previous: serving, requesters: requesters, startedAt: now)
+        actions.append(.progress(requesters, "starting generation \(id) (\(settings.workers) worker(s), \(settings.strategy.rawValue))"))
+        if settings.strategy == .rolling && serving != nil {
+            spawnWorker(generation: id, slot: 1, restarts: 0, now: now, actions: &actions)
+        } else {
+            for slot in 1...settings.workers { spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions) }
+        }
+    }
+
+    private mutating func finishReload(
+        ok: Bool, reason: String?, failedWorker: WorkerID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+    ) {
+        guard let reload else { return }
+        self.reload = nil
+        let duration = now - reload.startedAt
+        lastReload = Outcome(ok: ok, generation: reload.target, duration: duration, reason: reason, finishedAt: now)
+        if ok {
+            actions.append(.log(LifecycleEvent(
+                .reloadSucceeded, "reload to generation \(reload.target) succeeded in \(duration.shortDescription)",
+                generation: reload.target, duration: duration)))
+            actions.append(.reloadFinished(
+                reload.requesters, ok: true, message: "generation \(reload.target) serving; reload took \(duration.shortDescription)",
+                duration: duration, failedWorker: nil))
+        } else {
+            let text = "reload to generation \(reload.target) failed: \(reason ?? "unknown"); generation \(reload.previous.map(String.init) ?? "-") keeps serving"
+            actions.append(.log(LifecycleEvent(.reloadFailed, text, generation: reload.target, duration: duration, reason: reason)))
+            actions.append(.reloadFinished(reload.requesters, ok: false, message: text, duration: duration, failedWorker: failedWorker))
+        }
+        actions.append(.notifyManager(.ready))
+        if let followUp, phase == .running {
+            self.followUp = nil
+            startReload(requesters: followUp, now: now, actions: &actions)
+        }
+    }
+
+    /// The reload's new generation cannot serve: kill it, restore what rolling retired, and fail the reload.
+    private mutating func rollBack(reason: String, failedWorker: WorkerID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard let reload, var target = generations[reload.target] else { return }
+        target.state = .failed
+        generations[reload.target] = target
+        actions.append(.log(LifecycleEvent(.generationFailed, "generation \(reload.target) failed: \(reason)", generation: reload.target, reason: reason)))
+        for worker in target.workers { stopWorker(worker, kill: true, actions: &actions) }
+        if let previous = reload.previous {
+            for slot in reload.retiredSlots.sorted() where generations[previous]?.slots[slot] == nil {
+                spawnWorker(generation: previous, slot: slot, restarts: 0, now: now, actions: &actions)
+            }
+        }
+        finishReload(ok: false, reason: reason, failedWorker: failedWorker, now: now, actions: &actions)
+        retireIfDrained(target.id, now: now, actions: &actions)
+    }
+
+    /// A worker's process is gone (`reason`), or never started (`failure`).
+    private mutating func workerGone(
+        _ id: WorkerID, reason: ExitReason?, failure: String?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+    ) {
+        guard var worker = workers[id], worker.state != .exited else { return }
+        let previousState = worker.state
+        worker.state = .exited
+        workers[id] = nil
+        actions.append(.cancel(.readyTimeout(id)))
+        actions.append(.cancel(.stopTimeout(id)))
+        actions.append(.cancel(.watchdog(id)))
+        if let pid = worker.pid {
+            // Whatever the app left in its process group goes with it.
+            actions.append(.kill(id, pid: pid))
+        }
+        guard var generation = generations[worker.generation] else { return }
+        generation.workers.removeAll { $0 == id }
+        if generation.slots[worker.slot] == id { generation.slots[worker.slot] = nil }
+        generations[worker.generation] = generation
+        let what = failure ?? worker.failure ?? reason.map { "exited with \($0)" } ?? "exited"
+        worker.failure = worker.failure ?? failure
+        let expected = previousState == .stopping && worker.failure == nil
+
+        actions.append(.log(LifecycleEvent(
+            expected ? .workerExited : .workerCrashed,
+            "worker \(worker.slot) of generation \(generation.id) (pid \(worker.pid.map(String.init) ?? "none")) \(what)",
+            generation: generation.id, workerPID: worker.pid, slot: worker.slot,
+            duration: now - worker.startedAt, status: reason?.description, reason: worker.failure)))
+
+        if phase == .stopping {
+            if liveWorkers.isEmpty {
+                phase = .exited
+                actions.append(.exit(0))
+            }
+            return
+        }
+
+        if let reload, reload.target == generation.id, generation.state == .starting, !expected {
+            rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready", failedWorker: id, now: now, actions: &actions)
+            return
+        }
+
+        switch generation.state {
+        case .starting where phase == .starting:
+            // The first generation cannot serve: nothing can, so baton gives up and lets its manager decide.
+            guard !expected else { break }
+            generations[generation.id]?.state = .failed
+            actions.append(.log(LifecycleEvent(
+                .generationFailed, "generation \(generation.id) failed to start: worker \(worker.slot) \(what)",
+                generation: generation.id, reason: what)))
+            for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
+            giveUp(reason: "the first generation failed to start: worker \(worker.slot) \(what)", failedWorker: id, actions: &actions)
+        case .serving where !expected:
+            respawnAfterCrash(worker, generation: generation.id, now: now, actions: &actions)
+        case .draining, .failed:
+            retireIfDrained(generation.id, now: now, actions: &actions)
+        default:
+            break
+        }
+    }
+
+    private mutating func respawnAfterCrash(_ worker: Worker, generation id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard var generation = generations[id] else { return }
+        let stable = worker.readyAt.map { now - $0 >= settings.backoff.stablePeriod } ?? false
+        let streak = (stable ? 0 : generation.streak[worker.slot, default: 0]) + 1
+        generation.streak[worker.slot] = streak
+        if streak >= settings.crashLoopThreshold && !generation.crashLooping {
+            generation.crashLooping = true
+            actions.append(.log(LifecycleEvent(
+                .crashLoop, "generation \(id) is crash-looping: worker \(worker.slot) crashed \(streak) times in a row",
+                generation: id, slot: worker.slot)))
+        }
+        if stable && generation.crashLooping && generation.streak.values.allSatisfy({ $0 < settings.crashLoopThreshold }) {
+            generation.crashLooping = false
+        }
+        generations[id] = generation
+        let everySlotGaveUp = (1...settings.workers).allSatisfy { generation.streak[$0, default: 0] >= settings.giveUpThreshold }
+        if everySlotGaveUp && generation.workers.allSatisfy({ workers[$0]?.state != .ready }) {
+            generations[id]?.state = .failed
+            for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
+            giveUp(reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row", failedWorker: worker.id, actions: &actions)
+            return
+        }
+        let delay = settings.backoff.delay(afterCrash: streak)
+        actions.append(.schedule(.respawn(generation: id, slot: worker.slot), after: delay))
+    }
+
+    /// No generation can serve: stop everything and exit non-zero.
+    private mutating func giveUp(reason: String, failedWorker: WorkerID?, actions: inout [SupervisorAction]) {
+        actions.append(.log(LifecycleEvent(.generationFailed, "no generation can serve: \(reason)", reason: reason)))
+        if let reload {
+            actions.append(.reloadFinished(reload.requesters, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
+            self.reload = nil
+        }
+        if let followUp {
+            actions.append(.reloadFinished(followUp, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
+            self.followUp = nil
+        }
+        for worker in liveWorkers {
+            if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) }
+        }
+        phase = .exited
+        actions.append(.exit(1))
+    }
+
+    private mutating func fire(_ timer: TimerID, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        switch timer {
+        case .readyTimeout(let id):
+            guard let worker = workers[id], worker.state == .starting else { return }
+            let reason = "did not become ready within \(settings.readyTimeout.shortDescription)"
+            workers[id]?.failure = reason
+            if let reload, reload.target == worker.generation {
+                rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: id, now: now, actions: &actions)
+            } else {
+                // The exit that follows is handled as a failure (respawn, or giving up at start).
+                stopWorker(id, kill: true, actions: &actions)
+                if worker.pid == nil { workerGone(id, reason: nil, failure: reason, now: now, actions: &actions) }
+            }
+        case .stopTimeout(let id):
+            guard let worker = workers[id], worker.state == .stopping, let pid = worker.pid else { return }
+            actions.append(.log(LifecycleEvent(
+                .workerKilled, "worker \(worker.slot) of generation \(worker.generation) (pid \(pid)) did not stop within \(settings.stopTimeout.shortDescription); killing its process group",
+                generation: worker.generation, workerPID: pid, slot: worker.slot)))
+            actions.append(.kill(id, pid: pid))
+        case .respawn(let generation, let slot):
+            guard phase == .running || phase == .starting, let current = generations[generation], current.state == .serving,
+                current.slots[slot] == nil
+            else { return }
+            let restarts = current.streak[slot, default: 0]
+            spawnWorker(generation: generation, slot: slot, restarts: restarts, now: now, actions: &actions)
+        case .watchdog(let id):
+            guard let worker = workers[id], worker.state == .ready || worker.state == .starting else { return }
+            let reason = "stopped sending WATCHDOG=1 (interval \(worker.watchdogInterval?.shortDescription ?? "?"))"
+            actions.append(.log(LifecycleEvent(
+                .watchdogMissed, "worker \(worker.slot) of generation \(worker.generation) (pid \(worker.pid.map(String.init) ?? "none")) \(reason); replacing it",
+                generation: worker.generation, workerPID: worker.pid, slot: worker.slot, reason: reason)))
+            workers[id]?.failure = reason
+            stopWorker(id, kill: true, actions: &actions)
+        }
+    }
+
+    private mutating func beginStop(now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard phase != .stopping && phase != .exited else { return }
+        phase = .stopping
+        actions.append(.notifyManager(.stopping))
+        actions.append(.log(LifecycleEvent(.stopping, "stopping: retiring \(liveWorkers.count) worker(s)")))
+        if let reload {
+            actions.append(.reloadFinished(reload.requesters, ok: false, message: "baton is stopping", duration: now - reload.startedAt, failedWorker: nil))
+            self.reload = nil
+        }
+        if let followUp {
+            actions.append(.reloadFinished(followUp, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil))
+            self.followUp = nil
+        }
+        for worker in liveWorkers { stopWorker(worker.id, kill: false, actions: &actions) }
+        if liveWorkers.isEmpty {
+            phase = .exited
+            actions.append(.exit(0))
+        }
+    }
+}

@@ -1,0 +1,467 @@
+public import BatonCore
+public import BatonSystem
+public import Logging
+import SystemPackage
+import Synchronization
+
+/// Everything that happens to the launcher, in one ordered stream.
+enum DaemonEvent: Sendable {
+    case signal(Int32)
+    case childExited(ChildExit)
+    case notifyDatagram(Sockets.Datagram)
+    case workerMessage(WorkerID, NotifyMessage)
+    case detectedReady(WorkerID)
+    case controlConnected(ControlClient)
+    case controlRequest(ControlClient, Result<ControlProtocol.Request, BatonError>)
+    case timer(TimerID, token: Int)
+}
+
+/// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
+/// the actions it returns with the system layer.
+public actor Launcher {
+    public let configuration: LaunchConfiguration
+    private let logger: Logger
+    private var supervisor: Supervisor
+    private let loop: EventLoop
+    private let events: AsyncStream<DaemonEvent>
+    private let sink: AsyncStream<DaemonEvent>.Continuation
+
+    private let listeners: [ListeningSocket]
+    private var listenerInodes: Set<UInt64> = []
+    private let executable: String
+    private let baseEnvironment: [String]
+    private var notifySocket: FileDescriptor?
+    private var notifyAddress: String?
+    private var controlSocket: FileDescriptor?
+    private let devNull: FileDescriptor
+
+    private struct WorkerIO {
+        var stdout: OutputPipe
+        var stderr: OutputPipe
+        var readiness: Task<Void, Never>?
+    }
+
+    private var io: [WorkerID: WorkerIO] = [:]
+    /// Exited workers' stderr tails, kept briefly for a reload's failure report.
+    private var lastStderr: [WorkerID: [String]] = [:]
+    private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
+    private var timerToken = 0
+    private var requesters: [RequesterID: ControlClient] = [:]
+    private var nextRequester = 1
+    private var nextClient = 1
+    private var lastStatusLine = ""
+    private var exitCode: Int32?
+    private let startedAt = ContinuousClock.now
+
+    /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
+    public init(
+        configuration: LaunchConfiguration, listeners: [ListeningSocket], executable: String, environment: [String],
+        logger: Logger
+    ) throws(SystemError) {
+        self.configuration = configuration
+        self.listeners = listeners
+        self.executable = executable
+        self.baseEnvironment = LaunchConfiguration.workerBaseEnvironment(environment)
+        self.logger = logger
+        self.supervisor = Supervisor(settings: configuration.supervisor)
+        self.loop = try EventLoop()
+        self.devNull = try FileDescriptor.devNull()
+        (events, sink) = AsyncStream.makeStream(of: DaemonEvent.self)
+    }
+
+    /// Runs until every generation has been retired; returns the process exit code.
+    public func run() async throws -> Int32 {
+        for listener in listeners { listenerInodes.insert(try listener.inode()) }
+        try setUpSignals()
+        try setUpNotifySocket()
+        try setUpControlSocket()
+        loop.start()
+        perform(supervisor.handle(.start, now: .now))
+
+        for await event in events {
+            handle(event)
+            if let exitCode {
+                cleanUp()
+                return exitCode
+            }
+        }
+        cleanUp()
+        return exitCode ?? 1
+    }
+
+    // MARK: - Setup
+
+    private func setUpSignals() throws(SystemError) {
+        let signals = [Signals.hangup, Signals.terminate, Signals.interrupt, Signals.child]
+        let fd = try Signals.descriptor(for: signals)
+        let sink = self.sink
+        try loop.register(fd) {
+            for signal in Signals.drain(fd) {
+                if signal == Signals.child {
+                    for exit in Children.reapAll() { sink.yield(.childExited(exit)) }
+                } else {
+                    sink.yield(.signal(signal))
+                }
+            }
+        }
+        // Children that ended before the signalfd existed.
+        for exit in Children.reapAll() { sink.yield(.childExited(exit)) }
+    }
+
+    private func setUpNotifySocket() throws(SystemError) {
+        guard configuration.readyMode == .notify else { return }
+        let address = "@baton/\(Process.id)/\(configuration.name)/notify"
+        let fd = try Sockets.notifySocket(path: address)
+        let sink = self.sink
+        try loop.register(fd) {
+            while let datagram = try? Sockets.receiveDatagram(fd, maximum: NotifyMessage.maximumSize + 1) {
+                sink.yield(.notifyDatagram(datagram))
+            }
+        }
+        notifySocket = fd
+        notifyAddress = address
+    }
+
+    private func setUpControlSocket() throws(SystemError) {
+        let path = configuration.controlPath
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            try Process.makeDirectory(String(path[..<slash]))
+        }
+        let fd: FileDescriptor
+        do {
+            fd = try Sockets.listenUnix(path: path, mode: 0o600, backlog: 64)
+        } catch {
+            throw SystemError("control socket \(path): \(error.description)", error.underlying.errno)
+        }
+        try fd.setNonBlocking()
+        controlSocket = fd
+        let sink = self.sink
+        let loop = self.loop
+        let counter = Counter()
+        try loop.register(fd) {
+            while let client = try? Sockets.accept(fd) {
+                let connection = ControlClient(id: counter.next(), fd: client, loop: loop)
+                // Only root and baton's own user may drive it.
+                guard let peer = try? Sockets.peerCredentials(client), peer.uid == 0 || peer.uid == Process.userID else {
+                    connection.send(.error("permission denied: only root or the user running baton may use its control socket"))
+                    connection.close()
+                    continue
+                }
+                do {
+                    try loop.register(client) {
+                        if let request = connection.read() { sink.yield(.controlRequest(connection, request)) }
+                    }
+                } catch {
+                    connection.close()
+                }
+            }
+        }
+    }
+
+    // MARK: - Events
+
+    private func handle(_ event: DaemonEvent) {
+        let now = ContinuousClock.now
+        switch event {
+        case .signal(let signal):
+            switch signal {
+            case Signals.hangup:
+                perform(supervisor.handle(.reloadRequested(nil), now: now))
+            case Signals.terminate, Signals.interrupt:
+                if supervisor.phase == .stopping {
+                    logger.notice("second stop signal: killing every worker now")
+                    perform(supervisor.handle(.forceStop, now: now))
+                } else {
+                    perform(supervisor.handle(.stop, now: now))
+                }
+            default:
+                break
+            }
+        case .childExited(let exit):
+            guard let worker = supervisor.worker(pid: exit.pid) else { return }
+            let reason: ExitReason =
+                switch exit.reason {
+                case .exited(let code): .exited(code)
+                case .signaled(let signal, _): .signaled(Signals.name(of: signal))
+                }
+            if let workerIO = io.removeValue(forKey: worker.id) {
+                workerIO.readiness?.cancel()
+                workerIO.stdout.drain()
+                lastStderr[worker.id] = workerIO.stderr.tail()
+            }
+            perform(supervisor.handle(.exited(worker.id, reason), now: now))
+            lastStderr[worker.id] = nil
+        case .notifyDatagram(let datagram):
+            guard let pid = datagram.pid, let worker = owner(of: pid) else {
+                logger.warning(
+                    "ignored a notify message from pid \(datagram.pid.map(String.init) ?? "unknown"), which is not one of baton's workers")
+                return
+            }
+            guard !datagram.truncated, datagram.closedDescriptors == 0, let message = NotifyMessage(parsing: datagram.bytes) else {
+                logger.warning("dropped a malformed, oversized or fd-carrying notify message from pid \(pid)")
+                return
+            }
+            deliver(message, from: worker)
+        case .workerMessage(let worker, let message):
+            deliver(message, from: worker)
+        case .detectedReady(let worker):
+            perform(supervisor.handle(.ready(worker), now: now))
+        case .controlConnected:
+            break
+        case .controlRequest(let client, let result):
+            switch result {
+            case .failure(let error):
+                client.send(.error(error.message))
+                client.close()
+            case .success(let request):
+                switch request.command {
+                case .status:
+                    client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
+                    client.close()
+                case .reload:
+                    let requester = RequesterID(nextRequester)
+                    nextRequester += 1
+                    requesters[requester] = client
+                    perform(supervisor.handle(.reloadRequested(requester), now: now))
+                }
+            }
+        case .timer(let id, let token):
+            guard let timer = timers[id], timer.token == token else { return }
+            timers[id] = nil
+            perform(supervisor.handle(.timer(id), now: now))
+        }
+    }
+
+    /// The worker a notify message's sender belongs to: the worker itself, a process in its process group,
+    /// or a descendant.
+    private func owner(of pid: Int32) -> WorkerID? {
+        if let worker = supervisor.worker(pid: pid) { return worker.id }
+        if let group = ProcInspector.processGroup(of: pid), let worker = supervisor.worker(pid: group) { return worker.id }
+        var current = pid
+        for _ in 0..<32 {
+            guard let parent = ProcInspector.parent(of: current), parent > 1 else { return nil }
+            if let worker = supervisor.worker(pid: parent) { return worker.id }
+            current = parent
+        }
+        return nil
+    }
+
+    private func deliver(_ message: NotifyMessage, from worker: WorkerID) {
+        let now = ContinuousClock.now
+        if let status = message.status { perform(supervisor.handle(.status(worker, status), now: now)) }
+        if message.watchdog || message.watchdogMicroseconds != nil {
+            let interval = message.watchdogMicroseconds.map { Duration.microseconds(Int64($0)) }
+            perform(supervisor.handle(.watchdogPing(worker, interval: interval), now: now))
+        }
+        if message.ready { perform(supervisor.handle(.ready(worker), now: now)) }
+        if message.stopping, let pid = supervisor.worker(worker)?.pid {
+            logger.info("worker pid \(pid) reports it is stopping")
+        }
+    }
+
+    // MARK: - Actions
+
+    private func perform(_ actions: [SupervisorAction]) {
+        for action in actions {
+            switch action {
+            case .spawn(let id, let generation, let slot):
+                spawn(id, generation: generation, slot: slot)
+            case .stop(_, let pid):
+                Process.kill(pid, configuration.stopSignal)
+            case .kill(_, let pid):
+                Process.kill(-pid, Signals.kill)
+                Process.kill(pid, Signals.kill)
+            case .schedule(let id, let delay):
+                schedule(id, after: delay)
+            case .cancel(let id):
+                timers.removeValue(forKey: id)?.task.cancel()
+            case .progress(let ids, let message):
+                for id in ids { requesters[id]?.send(.progress(message)) }
+            case .reloadFinished(let ids, let ok, let message, let duration, let failedWorker):
+                let stderr = failedWorker.flatMap { lastStderr[$0] ?? io[$0]?.stderr.tail() }
+                for id in ids {
+                    guard let client = requesters.removeValue(forKey: id) else { continue }
+                    client.send(ControlProtocol.Reply(
+                        kind: .result, message: message, ok: ok, durationMilliseconds: duration.milliseconds,
+                        stderr: ok ? nil : stderr ?? []))
+                    client.close()
+                }
+            case .log(let event):
+                logger.lifecycle(event, name: configuration.name)
+            case .notifyManager(let notification):
+                notifyManager(notification)
+            case .exit(let code):
+                exitCode = code
+            }
+        }
+    }
+
+    private func notifyManager(_ notification: ManagerNotification) {
+        switch notification {
+        case .ready:
+            Systemd.notify("READY=1\nSTATUS=\(supervisor.statusLine)")
+        case .reloading:
+            Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(Process.monotonicMicroseconds())")
+        case .stopping:
+            Systemd.notify("STOPPING=1")
+        case .status(let line):
+            guard line != lastStatusLine else { return }
+            lastStatusLine = line
+            Systemd.notify("STATUS=\(line)")
+        }
+    }
+
+    private func schedule(_ id: TimerID, after delay: Duration) {
+        timers.removeValue(forKey: id)?.task.cancel()
+        timerToken += 1
+        let token = timerToken
+        let sink = self.sink
+        let deadline = ContinuousClock.now + delay
+        let task = Task {
+            do {
+                try await Task.sleep(until: deadline, clock: .continuous)
+                sink.yield(.timer(id, token: token))
+            } catch {}
+        }
+        timers[id] = (token, task)
+    }
+
+    private func spawn(_ id: WorkerID, generation: Int, slot: Int) {
+        let now = ContinuousClock.now
+        var environment = baseEnvironment
+        environment.append("LISTEN_FDS=\(listeners.count)")
+        environment.append("LISTEN_FDNAMES=\(listeners.map(\.name).joined(separator: ":"))")
+        environment.append("BATON_GENERATION=\(generation)")
+        environment.append("BATON_WORKER=\(slot)")
+        var notifyPipe: (read: FileDescriptor, write: FileDescriptor)?
+        switch configuration.readyMode {
+        case .notify:
+            if let notifyAddress { environment.append("NOTIFY_SOCKET=\(notifyAddress)") }
+        case .fd:
+            environment.append("BATON_NOTIFY_FD=\(3 + listeners.count)")
+        case .listen, .exec:
+            break
+        }
+        let prefix = "\(configuration.name)[g\(generation).w\(slot)]: "
+        do {
+            if configuration.readyMode == .fd { notifyPipe = try FileDescriptor.closeOnExecPipe(nonBlockingRead: true) }
+            let out = try FileDescriptor.closeOnExecPipe(nonBlockingRead: true)
+            let err = try FileDescriptor.closeOnExecPipe(nonBlockingRead: true)
+            defer {
+                out.write.closeOnce()
+                err.write.closeOnce()
+                notifyPipe?.write.closeOnce()
+            }
+            let stdoutPipe = OutputPipe(fd: out.read, prefix: prefix, toStderr: false, keep: 0, loop: loop)
+            let stderrPipe = OutputPipe(fd: err.read, prefix: prefix, toStderr: true, keep: 20, loop: loop)
+            let request = SpawnRequest(
+                executable: executable, arguments: configuration.command, environment: environment,
+                listeners: listeners.map(\.fd), extra: notifyPipe?.write, standardInput: devNull,
+                standardOutput: out.write, standardError: err.write)
+            let pid: Int32
+            do {
+                pid = try Spawner.spawn(request)
+            } catch {
+                out.read.closeOnce()
+                err.read.closeOnce()
+                notifyPipe?.read.closeOnce()
+                perform(supervisor.handle(.spawnFailed(id, reason: error.description), now: now))
+                return
+            }
+            try stdoutPipe.register()
+            try stderrPipe.register()
+            var workerIO = WorkerIO(stdout: stdoutPipe, stderr: stderrPipe)
+            if let notifyPipe {
+                let sink = self.sink
+                try NotifyPipe(fd: notifyPipe.read, loop: loop) { sink.yield(.workerMessage(id, $0)) }.register()
+            }
+            switch configuration.readyMode {
+            case .listen:
+                workerIO.readiness = watchListening(id, pid: pid)
+            case .exec, .notify, .fd:
+                break
+            }
+            io[id] = workerIO
+            perform(supervisor.handle(.spawned(id, pid: pid), now: now))
+            if configuration.readyMode == .exec { perform(supervisor.handle(.ready(id), now: now)) }
+        } catch {
+            perform(supervisor.handle(.spawnFailed(id, reason: "cannot set up the worker: \(error)"), now: now))
+        }
+    }
+
+    /// Zero-configuration readiness: looks in `/proc` until the worker accepts on a listener, more rarely as
+    /// time passes (5 ms, doubling up to 100 ms). The ready timeout bounds it.
+    private func watchListening(_ id: WorkerID, pid: Int32) -> Task<Void, Never> {
+        let inodes = listenerInodes
+        let sink = self.sink
+        return Task.detached {
+            var delay = Duration.milliseconds(5)
+            while !Task.isCancelled {
+                if ProcInspector.isAccepting(pid: pid, listenerInodes: inodes) {
+                    sink.yield(.detectedReady(id))
+                    return
+                }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .milliseconds(100))
+            }
+        }
+    }
+
+    // MARK: - Status and teardown
+
+    /// What `baton status` reports.
+    public func statusReport() -> StatusReport {
+        let now = ContinuousClock.now
+        let wall = Process.wallClockSeconds()
+        func wallTime(_ instant: ContinuousClock.Instant) -> Double {
+            wall - Double((now - instant).milliseconds) / 1000
+        }
+        let generations = supervisor.orderedGenerations.map { generation in
+            StatusReport.Generation(
+                id: generation.id, state: generation.id == supervisor.serving ? "serving" : generation.state.rawValue,
+                startedAt: wallTime(generation.startedAt), crashLooping: generation.crashLooping,
+                workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in
+                    StatusReport.Worker(
+                        slot: worker.slot, pid: worker.pid, state: worker.state.rawValue,
+                        uptimeSeconds: Double((now - worker.startedAt).milliseconds) / 1000, restarts: worker.restarts,
+                        status: worker.status)
+                })
+        }
+        let last = supervisor.lastReload.map {
+            StatusReport.Reload(
+                ok: $0.ok, generation: $0.generation, durationMilliseconds: $0.duration.milliseconds, reason: $0.reason,
+                finishedAt: wallTime($0.finishedAt))
+        }
+        return StatusReport(
+            name: configuration.name, pid: Process.id, version: BatonVersion.current,
+            listeners: listeners.map { .init(name: $0.name, address: $0.address, fd: $0.fd.rawValue) },
+            generations: generations, lastReload: last, reloading: supervisor.reload != nil)
+    }
+
+    private func cleanUp() {
+        for worker in supervisor.liveWorkers {
+            if let pid = worker.pid {
+                Process.kill(-pid, Signals.kill)
+                Process.kill(pid, Signals.kill)
+            }
+        }
+        for (_, timer) in timers { timer.task.cancel() }
+        timers = [:]
+        for (_, client) in requesters { client.send(.error("baton is exiting")); client.close() }
+        requesters = [:]
+        if controlSocket != nil { Process.removeFile(configuration.controlPath) }
+        Systemd.notify("STATUS=stopped")
+        sink.finish()
+    }
+}
+
+/// A thread-safe counter.
+final class Counter: Sendable {
+    private let value = Mutex(0)
+    func next() -> Int { value.withLock { $0 += 1; return $0 } }
+}
+
+/// baton's version, shown by `baton --version` and `baton status`.
+public enum BatonVersion {
+    public static let current = "0.1.0"
+}

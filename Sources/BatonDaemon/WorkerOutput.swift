@@ -1,0 +1,110 @@
+import BatonCore
+import BatonSystem
+import Synchronization
+import SystemPackage
+
+/// One of a worker's output pipes (stdout or stderr): read on the event loop, forwarded line by line to
+/// baton's own stream with the generation and worker in front, and the last lines kept for error reports.
+final class OutputPipe: Sendable {
+    struct State {
+        var fd: FileDescriptor?
+        var splitter = LineSplitter()
+        var tail: [String] = []
+    }
+
+    let prefix: String
+    let toStderr: Bool
+    let keep: Int
+    private let state: Mutex<State>
+    private let loop: EventLoop
+
+    init(fd: FileDescriptor, prefix: String, toStderr: Bool, keep: Int, loop: EventLoop) {
+        self.prefix = prefix
+        self.toStderr = toStderr
+        self.keep = keep
+        self.loop = loop
+        state = Mutex(State(fd: fd))
+    }
+
+    func register() throws(SystemError) {
+        guard let fd = state.withLock({ $0.fd }) else { return }
+        try loop.register(fd) { [self] in drain() }
+    }
+
+    /// Reads whatever the pipe holds; at end of file, unregisters and closes it.
+    func drain() {
+        let lines: [[UInt8]] = state.withLock { state in
+            guard let fd = state.fd else { return [] }
+            var lines: [[UInt8]] = []
+            while true {
+                let chunk: [UInt8]?
+                do { chunk = try fd.readAvailable() } catch { chunk = [] }
+                guard let chunk else { break }
+                if chunk.isEmpty {
+                    if let rest = state.splitter.finish() { lines.append(rest) }
+                    loop.unregister(fd)
+                    fd.closeOnce()
+                    state.fd = nil
+                    break
+                }
+                lines += state.splitter.feed(chunk)
+            }
+            for line in lines where keep > 0 {
+                state.tail.append(String(decoding: line, as: UTF8.self))
+                if state.tail.count > keep { state.tail.removeFirst(state.tail.count - keep) }
+            }
+            return lines
+        }
+        guard !lines.isEmpty else { return }
+        var text = ""
+        for line in lines { text += prefix + String(decoding: line, as: UTF8.self) + "\n" }
+        if toStderr { StandardStreams.writeError(text) } else { StandardStreams.writeOutput(text) }
+    }
+
+    /// The last lines read, after reading what is left in the pipe.
+    func tail() -> [String] {
+        drain()
+        return state.withLock { $0.tail }
+    }
+}
+
+/// The read end of a worker's `BATON_NOTIFY_FD` pipe: `KEY=VALUE` lines become notify messages.
+final class NotifyPipe: Sendable {
+    private let state: Mutex<(fd: FileDescriptor?, splitter: LineSplitter)>
+    private let loop: EventLoop
+    private let deliver: @Sendable (NotifyMessage) -> Void
+
+    init(fd: FileDescriptor, loop: EventLoop, deliver: @escaping @Sendable (NotifyMessage) -> Void) {
+        state = Mutex((fd, LineSplitter(maximumLineLength: NotifyMessage.maximumSize)))
+        self.loop = loop
+        self.deliver = deliver
+    }
+
+    func register() throws(SystemError) {
+        guard let fd = state.withLock({ $0.fd }) else { return }
+        try loop.register(fd) { [self] in drain() }
+    }
+
+    private func drain() {
+        let lines: [[UInt8]] = state.withLock { state in
+            guard let fd = state.fd else { return [] }
+            var lines: [[UInt8]] = []
+            while true {
+                let chunk: [UInt8]?
+                do { chunk = try fd.readAvailable(upTo: 4096) } catch { chunk = [] }
+                guard let chunk else { break }
+                if chunk.isEmpty {
+                    loop.unregister(fd)
+                    fd.closeOnce()
+                    state.fd = nil
+                    break
+                }
+                lines += state.splitter.feed(chunk)
+            }
+            return lines
+        }
+        for line in lines {
+            if let message = NotifyMessage(parsing: line) { deliver(message) }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+internal import CBatonSystem
+internal import Glibc
+public import SystemPackage
+import Synchronization
+
+/// One thread that waits in `epoll_wait` and runs a handler when a registered fd becomes readable.
+///
+/// Handlers run on the loop's thread, one at a time. They read without blocking and hand what they read to
+/// the daemon through an `AsyncStream`. An fd is closed only by its own handler (or after it is
+/// unregistered from that thread), so a handler never reads an fd number that has been reused.
+public final class EventLoop: Sendable {
+    public typealias Handler = @Sendable () -> Void
+
+    private let epoll: Int32
+    private let wake: Int32
+    private let handlers = Mutex<[Int32: Handler]>([:])
+    private let stopped = Atomic<Bool>(false)
+    private let passes = Atomic<UInt64>(0)
+
+    /// How many times the loop has woken up; the watchdog pings only while this moves or the loop is idle.
+    public var heartbeat: UInt64 { passes.load(ordering: .relaxed) }
+
+    public init() throws(SystemError) {
+        epoll = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
+        wake = try syscall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
+        try add(wake)
+    }
+
+    deinit {
+        _ = close(epoll)
+        _ = close(wake)
+    }
+
+    /// Starts the loop's thread.
+    ///
+    /// The corresponding C function is `pthread_create`.
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let status = pthread_create(&thread, nil, { argument in
+            let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, box.toOpaque())
+        precondition(status == 0, "pthread_create failed: \(status)")
+        pthread_detach(thread)
+    }
+
+    /// Stops the loop's thread after its current pass.
+    public func stop() {
+        stopped.store(true, ordering: .sequentiallyConsistent)
+        var one: UInt64 = 1
+        _ = Glibc.write(wake, &one, 8)
+    }
+
+    /// Calls `handler` on the loop's thread whenever `fd` is readable or hung up.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_ADD)`.
+    public func register(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) {
+        handlers.withLock { $0[fd.rawValue] = handler }
+        do {
+            try add(fd.rawValue)
+        } catch {
+            _ = handlers.withLock { $0.removeValue(forKey: fd.rawValue) }
+            throw error
+        }
+    }
+
+    /// Stops watching `fd`. Call it from a handler on the loop's thread before closing the fd.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_DEL)`.
+    public func unregister(_ fd: FileDescriptor) {
+        _ = epoll_ctl(epoll, EPOLL_CTL_DEL, fd.rawValue, nil)
+        _ = handlers.withLock { $0.removeValue(forKey: fd.rawValue) }
+    }
+
+    /// How many fds are registered (the wake-up fd not included).
+    public var registeredCount: Int { handlers.withLock { $0.count } }
+
+    private func add(_ fd: Int32) throws(SystemError) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+        event.data.fd = fd
+        try syscall("epoll_ctl(EPOLL_CTL_ADD)") { epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) }
+    }
+
+    private func run() {
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        while !stopped.load(ordering: .sequentiallyConsistent) {
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, -1) }
+            passes.add(1, ordering: .relaxed)
+            if n < 0 {
+                if Glibc.errno == EINTR { continue }
+                fatalError("epoll_wait: \(Errno(rawValue: Glibc.errno))")
+            }
+            for index in 0..<Int(n) {
+                let fd = events[index].data.fd
+                if fd == wake {
+                    var value: UInt64 = 0
+                    _ = Glibc.read(wake, &value, 8)
+                    continue
+                }
+                // Look the handler up for every event: an earlier handler in this batch may have removed it.
+                guard let handler = handlers.withLock({ $0[fd] }) else { continue }
+                handler()
+            }
+        }
+    }
+}
+
+/// Signals delivered through a `signalfd` instead of handlers, so they arrive as ordinary events.
+public enum Signals {
+    /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask. Call it first
+    /// thing on the main thread, before any other thread exists.
+    ///
+    /// The corresponding C function is `pthread_sigmask`.
+    public static func block(_ signals: [Int32]) {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+
+    /// Ignores SIGPIPE, so that a write to a closed socket fails with EPIPE instead of killing baton.
+    ///
+    /// The corresponding C function is `signal`.
+    public static func ignoreBrokenPipe() {
+        _ = signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// A non-blocking, close-on-exec `signalfd` for `signals`, which must be blocked already.
+    ///
+    /// The corresponding C function is `signalfd`.
+    public static func descriptor(for signals: [Int32]) throws(SystemError) -> FileDescriptor {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for signal in signals { sigaddset(&set, signal) }
+        return FileDescriptor(
+            rawValue: try syscall("signalfd") { signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) })
+    }
+
+    /// Reads every pending signal number from a `signalfd`.
+    ///
+    /// The corresponding C function is `read`.
+    public static func drain(_ fd: FileDescriptor) -> [Int32] {
+        var result: [Int32] = []
+        var info = signalfd_siginfo()
+        while Glibc.read(fd.rawValue, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+            result.append(Int32(info.ssi_signo))
+        }
+        return result
+    }
+
+    public static let hangup = SIGHUP
+    public static let terminate = SIGTERM
+    public static let interrupt = SIGINT
+    public static let child = SIGCHLD
+    public static let kill = SIGKILL
+    public static let quit = SIGQUIT
+
+    /// A signal's number from a name such as `TERM`, `SIGTERM` or `15`.
+    public static func number(named name: String) -> Int32? {
+        if let number = Int32(name), number > 0, number < 65 { return number }
+        let bare = name.uppercased().hasPrefix("SIG") ? String(name.uppercased().dropFirst(3)) : name.uppercased()
+        let table: [String: Int32] = [
+            "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1, "USR2": SIGUSR2,
+            "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP, "WINCH": SIGWINCH, "ALRM": SIGALRM,
+        ]
+        return table[bare]
+    }
+
+    /// A signal's short name, such as `TERM`.
+    public static func name(of signal: Int32) -> String {
+        guard let text = strsignal(signal) else { return String(signal) }
+        let table: [Int32: String] = [
+            SIGHUP: "HUP", SIGINT: "INT", SIGQUIT: "QUIT", SIGKILL: "KILL", SIGUSR1: "USR1", SIGUSR2: "USR2",
+            SIGTERM: "TERM", SIGSEGV: "SEGV", SIGABRT: "ABRT", SIGBUS: "BUS", SIGFPE: "FPE", SIGILL: "ILL",
+            SIGPIPE: "PIPE", SIGALRM: "ALRM", SIGCONT: "CONT", SIGSTOP: "STOP",
+        ]
+        return table[signal] ?? String(cString: text)
+    }
+}
+
+/// A child that has ended.
+public struct ChildExit: Sendable, Equatable {
+    public enum Reason: Sendable, Equatable {
+        case exited(Int32)
+        case signaled(Int32, coreDumped: Bool)
+    }
+
+    public var pid: Int32
+    public var reason: Reason
+}
+
+public enum Children {
+    /// Reaps every child that has ended. Signals merge, so call this until it returns nothing on each SIGCHLD.
+    ///
+    /// The corresponding C function is `waitid(P_ALL, WEXITED | WNOHANG)`.
+    public static func reapAll() -> [ChildExit] {
+        var result: [ChildExit] = []
+        while true {
+            var code: Int32 = 0
+            var status: Int32 = 0
+            let pid = cbaton_reap(&code, &status)
+            if pid <= 0 { break }
+            switch code {
+            case Int32(CLD_EXITED): result.append(ChildExit(pid: pid, reason: .exited(status)))
+            case Int32(CLD_KILLED): result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: false)))
+            case Int32(CLD_DUMPED): result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: true)))
+            default: continue
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,135 @@
+internal import Glibc
+
+/// Reads `/proc` to tell whether a worker is accepting connections on baton's listeners, for the
+/// zero-configuration readiness mode.
+///
+/// A process counts as accepting when one of its threads, or a descendant's, either
+///  - has one of the listeners registered in an epoll instance (`tfd:` lines of `/proc/PID/fdinfo/N` for an
+///    `anon_inode:[eventpoll]` fd): Node.js, Go, Python's asyncio, nginx, and most event loops; or
+///  - is blocked in `accept`/`accept4` on a listener (`/proc/PID/task/TID/syscall`): simple threaded servers.
+public enum ProcInspector {
+    /// Whether `pid` or one of its descendants accepts on a socket whose inode is in `listenerInodes`.
+    public static func isAccepting(pid: Int32, listenerInodes: Set<UInt64>) -> Bool {
+        var pending = [pid]
+        var seen = Set<Int32>()
+        while let next = pending.popLast() {
+            guard seen.insert(next).inserted, seen.count < 256 else { continue }
+            if processAccepts(next, listenerInodes) { return true }
+            pending.append(contentsOf: children(of: next))
+        }
+        return false
+    }
+
+    static func processAccepts(_ pid: Int32, _ inodes: Set<UInt64>) -> Bool {
+        var listenerFds = Set<Int>()
+        var epollFds: [Int] = []
+        guard let directory = opendir("/proc/\(pid)/fd") else { return false }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let fd = Int(name) else { continue }
+            let target = readLink("/proc/\(pid)/fd/\(fd)")
+            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()), inodes.contains(inode) {
+                listenerFds.insert(fd)
+            } else if target == "anon_inode:[eventpoll]" {
+                epollFds.append(fd)
+            }
+        }
+        guard !listenerFds.isEmpty else { return false }
+        for epollFd in epollFds {
+            for line in readFile("/proc/\(pid)/fdinfo/\(epollFd)").split(separator: "\n") where line.hasPrefix("tfd:") {
+                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                if fields.count >= 2, let target = Int(fields[1]), listenerFds.contains(target) { return true }
+            }
+        }
+        return blockedInAccept(pid, listenerFds)
+    }
+
+    static func blockedInAccept(_ pid: Int32, _ listenerFds: Set<Int>) -> Bool {
+        #if arch(x86_64)
+        let acceptCalls: Set<Int> = [43, 288]
+        #elseif arch(arm64)
+        let acceptCalls: Set<Int> = [202, 242]
+        #else
+        let acceptCalls: Set<Int> = []
+        #endif
+        guard let directory = opendir("/proc/\(pid)/task") else { return false }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int(name) != nil else { continue }
+            let fields = readFile("/proc/\(pid)/task/\(name)/syscall").split(separator: " ")
+            guard fields.count >= 2, let call = Int(fields[0]), acceptCalls.contains(call),
+                let fd = Int(fields[1].dropFirst(2), radix: 16)
+            else { continue }
+            if listenerFds.contains(fd) { return true }
+        }
+        return false
+    }
+
+    static func children(of pid: Int32) -> [Int32] {
+        var result: [Int32] = []
+        guard let directory = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(directory) }
+        while let entry = readdir(directory) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard Int(name) != nil else { continue }
+            result += readFile("/proc/\(pid)/task/\(name)/children").split(separator: " ").compactMap { Int32($0) }
+        }
+        return result
+    }
+
+    /// The process group of `pid`, from `/proc/PID/stat`, or nil if it is gone.
+    public static func processGroup(of pid: Int32) -> Int32? {
+        let stat = readFile("/proc/\(pid)/stat")
+        // The command name may hold spaces and parentheses: the fields start after the last ')'.
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // state ppid pgrp ...
+        guard fields.count > 2 else { return nil }
+        return Int32(fields[2])
+    }
+
+    /// The parent of `pid`, from `/proc/PID/stat`.
+    public static func parent(of pid: Int32) -> Int32? {
+        let stat = readFile("/proc/\(pid)/stat")
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 1 else { return nil }
+        return Int32(fields[1])
+    }
+
+    /// How many fds this process has open.
+    public static func openDescriptorCount(of pid: Int32? = nil) -> Int {
+        let pid = pid ?? getpid()
+        guard let directory = opendir("/proc/\(pid)/fd") else { return 0 }
+        defer { closedir(directory) }
+        var count = 0
+        while let entry = readdir(directory) {
+            if entry.pointee.d_name.0 != UInt8(ascii: ".") { count += 1 }
+        }
+        return count
+    }
+
+    /// A whole small file, such as one under `/proc`; empty if it cannot be read.
+    public static func readFile(_ path: String) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var result: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+            if n <= 0 { break }
+            result += buffer[0..<n]
+        }
+        return String(decoding: result, as: UTF8.self)
+    }
+
+    static func readLink(_ path: String) -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        let n = readlink(path, &buffer, 255)
+        guard n > 0 else { return "" }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

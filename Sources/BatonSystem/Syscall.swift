@@ -1,0 +1,267 @@
+internal import CBatonSystem
+internal import Glibc
+public import SystemPackage
+
+/// A failed system call: its name and the `errno` it set.
+public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The name of the call, such as `bind`.
+    public var call: String
+    /// The error the call set.
+    public var errno: Errno
+
+    public init(_ call: String, _ errno: Errno) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String { "\(call): \(errno.description)" }
+}
+
+/// Runs a system call that returns -1 on failure, retrying on EINTR and throwing a ``SystemError`` that
+/// names the call otherwise.
+///
+/// EBADF and EFAULT are programmer errors: they stop the program rather than being thrown.
+@discardableResult
+@inline(__always)
+func syscall<T: FixedWidthInteger>(
+    _ name: @autoclosure () -> String,
+    _ body: () throws -> T
+) throws(SystemError) -> T {
+    while true {
+        let result: T
+        do {
+            result = try body()
+        } catch {
+            fatalError("unexpected throw from \(name())")
+        }
+        if result != -1 { return result }
+        let code = Glibc.errno
+        if code == EINTR { continue }
+        precondition(code != EBADF && code != EFAULT, "\(name()) failed with \(Errno(rawValue: code)): a bug in baton")
+        throw SystemError(name(), Errno(rawValue: code))
+    }
+}
+
+extension FileDescriptor {
+    /// Closes the descriptor once, never retrying (a retried close may close an fd another thread just opened).
+    ///
+    /// The corresponding C function is `close`.
+    public func closeOnce() {
+        _ = Glibc.close(rawValue)
+    }
+
+    /// Turns on `O_NONBLOCK`.
+    ///
+    /// The corresponding C function is `fcntl`.
+    public func setNonBlocking() throws(SystemError) {
+        let flags = try syscall("fcntl(F_GETFL)") { fcntl(rawValue, F_GETFL) }
+        try syscall("fcntl(F_SETFL)") { fcntl(rawValue, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    /// Whether close-on-exec is set.
+    ///
+    /// The corresponding C function is `fcntl`.
+    public func isCloseOnExec() throws(SystemError) -> Bool {
+        let flags = try syscall("fcntl(F_GETFD)") { fcntl(rawValue, F_GETFD) }
+        return flags & FD_CLOEXEC != 0
+    }
+
+    /// Sets close-on-exec.
+    ///
+    /// The corresponding C function is `fcntl`.
+    public func setCloseOnExec() throws(SystemError) {
+        let flags = try syscall("fcntl(F_GETFD)") { fcntl(rawValue, F_GETFD) }
+        try syscall("fcntl(F_SETFD)") { fcntl(rawValue, F_SETFD, flags | FD_CLOEXEC) }
+    }
+
+    /// Reads what is available without blocking: `nil` when nothing is (EAGAIN), an empty array at end of file.
+    ///
+    /// The corresponding C function is `read`.
+    public func readAvailable(upTo count: Int = 65536) throws(SystemError) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, count) }
+            if n >= 0 {
+                buffer.removeSubrange(n...)
+                return buffer
+            }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return nil }
+            throw SystemError("read", Errno(rawValue: code))
+        }
+    }
+
+    /// Writes all of `bytes`, retrying short writes; blocking.
+    ///
+    /// The corresponding C function is `write`.
+    public func writeAll(_ bytes: [UInt8]) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = try syscall("write") {
+                bytes.withUnsafeBytes { Glibc.write(rawValue, $0.baseAddress! + offset, bytes.count - offset) }
+            }
+            offset += n
+        }
+    }
+
+    /// Opens a pipe whose ends are both close-on-exec.
+    ///
+    /// The corresponding C function is `pipe2`.
+    public static func closeOnExecPipe(nonBlockingRead: Bool = false) throws(SystemError) -> (
+        read: FileDescriptor, write: FileDescriptor
+    ) {
+        var fds: [Int32] = [-1, -1]
+        try syscall("pipe2") { fds.withUnsafeMutableBufferPointer { cbaton_pipe_cloexec($0.baseAddress!) } }
+        let pair = (read: FileDescriptor(rawValue: fds[0]), write: FileDescriptor(rawValue: fds[1]))
+        if nonBlockingRead { try pair.read.setNonBlocking() }
+        return pair
+    }
+
+    /// Opens `/dev/null` close-on-exec, for a child's standard input.
+    ///
+    /// The corresponding C function is `open`.
+    public static func devNull() throws(SystemError) -> FileDescriptor {
+        FileDescriptor(rawValue: try syscall("open(/dev/null)") { Glibc.open("/dev/null", O_RDWR | O_CLOEXEC) })
+    }
+}
+
+/// Process-level helpers.
+public enum Process {
+    /// This process's pid.
+    public static var id: Int32 { getpid() }
+
+    /// This process's real uid.
+    public static var userID: UInt32 { getuid() }
+
+    /// Sends `signal` to the process `pid`, or to the process group `-pid`. ESRCH (already gone) is not an error.
+    ///
+    /// The corresponding C function is `kill`.
+    @discardableResult
+    public static func kill(_ pid: Int32, _ signal: Int32) -> Bool {
+        Glibc.kill(pid, signal) == 0
+    }
+
+    /// The value of an environment variable.
+    public static func environment(_ name: String) -> String? {
+        guard let value = getenv(name) else { return nil }
+        return String(cString: value)
+    }
+
+    /// The whole environment as `KEY=VALUE` strings.
+    public static func environment() -> [String] {
+        var result: [String] = []
+        var cursor = environ
+        while let entry = cursor.pointee {
+            result.append(String(cString: entry))
+            cursor += 1
+        }
+        return result
+    }
+
+    /// Removes a variable from this process's environment.
+    ///
+    /// The corresponding C function is `unsetenv`.
+    public static func unsetEnvironment(_ name: String) {
+        unsetenv(name)
+    }
+
+    /// Monotonic time in microseconds (CLOCK_MONOTONIC), as systemd's `MONOTONIC_USEC=` wants it.
+    ///
+    /// The corresponding C function is `clock_gettime`.
+    public static func monotonicMicroseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+    }
+
+    /// Wall-clock time in seconds since the epoch.
+    ///
+    /// The corresponding C function is `clock_gettime`.
+    public static func wallClockSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    /// Finds an executable the way `execvp` would: a name with a slash is taken as is, otherwise each
+    /// directory of `PATH` is tried. Returns `nil` when nothing executable is found.
+    ///
+    /// The corresponding C function is `access`.
+    public static func resolveExecutable(_ name: String, path: String?) -> String? {
+        if name.contains("/") {
+            return access(name, X_OK) == 0 ? name : nil
+        }
+        let directories = (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false)
+        for directory in directories {
+            let candidate = (directory.isEmpty ? "." : String(directory)) + "/" + name
+            var info = stat()
+            if stat(candidate, &info) == 0, info.st_mode & S_IFMT == S_IFREG, access(candidate, X_OK) == 0 {
+                return candidate
+            }
+        }
+        return nil
+    }
+
+    /// Whether `path` exists.
+    public static func fileExists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+
+    /// Creates a directory (and its parents) if missing.
+    ///
+    /// The corresponding C function is `mkdir`.
+    public static func makeDirectory(_ path: String, mode: UInt32 = 0o755) throws(SystemError) {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, mode) != 0 && Glibc.errno != EEXIST {
+                throw SystemError("mkdir(\(prefix))", Errno(rawValue: Glibc.errno))
+            }
+        }
+    }
+
+    /// Removes a file; a missing file is not an error.
+    ///
+    /// The corresponding C function is `unlink`.
+    public static func removeFile(_ path: String) {
+        unlink(path)
+    }
+
+    /// Exits at once, without running Swift or C cleanup (for a second SIGTERM).
+    ///
+    /// The corresponding C function is `_exit`.
+    public static func exitImmediately(_ code: Int32) -> Never {
+        _exit(code)
+    }
+}
+
+/// Unbuffered writes to the standard streams.
+public enum StandardStreams {
+    /// Writes to stderr, ignoring failure (nowhere left to report it).
+    public static func writeError(_ text: String) {
+        _ = try? FileDescriptor.standardError.writeAll(Array(text.utf8))
+    }
+
+    /// Writes to stdout, ignoring failure.
+    public static func writeOutput(_ text: String) {
+        _ = try? FileDescriptor.standardOutput.writeAll(Array(text.utf8))
+    }
+
+    /// Whether stderr is connected to the journal: `JOURNAL_STREAM` names its device and inode.
+    ///
+    /// The corresponding C function is `fstat`.
+    public static func stderrIsJournal() -> Bool {
+        guard let value = Process.environment("JOURNAL_STREAM") else { return false }
+        let parts = value.split(separator: ":")
+        guard parts.count == 2, let device = UInt64(parts[0]), let inode = UInt64(parts[1]) else { return false }
+        var info = stat()
+        guard fstat(2, &info) == 0 else { return false }
+        return UInt64(info.st_dev) == device && UInt64(info.st_ino) == inode
+    }
+
+    /// Whether stderr is a terminal.
+    ///
+    /// The corresponding C function is `isatty`.
+    public static func stderrIsTerminal() -> Bool { isatty(2) == 1 }
+}

@@ -1,0 +1,63 @@
+// The C side of baton's system layer: what Swift cannot do safely (the child side of a fork) and
+// what it cannot name (the CMSG_* macros). Every symbol is prefixed with `cbaton_`.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+
+/// The most listeners one worker can receive.
+#define CBATON_MAX_LISTENERS 1024
+/// The most fds the kernel accepts in one SCM_RIGHTS message is 253; baton sends batches of this size.
+#define CBATON_FDS_PER_MESSAGE 250
+
+/// What the child side of a spawn needs. Everything is prepared by the parent before `fork`,
+/// because the child may only make async-signal-safe calls.
+typedef struct {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    /// A buffer inside `envp` that begins with `LISTEN_PID=` and has room for 20 more digits, or NULL.
+    char *listen_pid_slot;
+    /// The child's end of the SEQPACKET channel: it receives the listeners via SCM_RIGHTS and
+    /// reports an exec failure back as an errno.
+    int channel_fd;
+    /// How many listeners the child receives on the channel; they end up at fds 3 ..< 3 + count.
+    int listener_count;
+    /// An fd placed right after the listeners (at 3 + listener_count), or -1.
+    int extra_fd;
+    int stdin_fd, stdout_fd, stderr_fd;
+    /// Whether to drop privileges to uid/gid before exec; -1 keeps them.
+    int64_t uid, gid;
+} cbaton_spawn_request;
+
+/// Forks a worker. Returns the child's pid, or -1 with errno set. The child never returns.
+pid_t cbaton_spawn(const cbaton_spawn_request *request);
+
+/// Sends `count` fds over `socket` in one SCM_RIGHTS message with a one-byte payload.
+/// Returns what `sendmsg` returns.
+ssize_t cbaton_send_fds(int socket, const int *fds, int count);
+
+/// Receives one datagram with its sender's credentials (SCM_CREDENTIALS).
+/// Any fds that arrive with it are closed at once. `*truncated` is set when the datagram was larger
+/// than the buffer; `*pid` is -1 when no credentials arrived.
+ssize_t cbaton_recv_with_credentials(int socket, void *buffer, size_t length, pid_t *pid, uid_t *uid,
+                                     int *truncated, int *closed_fds);
+
+/// The uid and pid of the peer of a connected unix socket (SO_PEERCRED). Returns 0 or -1.
+int cbaton_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// Wraps `waitid(P_ALL, 0, &info, WEXITED | WNOHANG)`. Returns the reaped pid, 0 if none, or -1.
+/// `*code` is CLD_EXITED / CLD_KILLED / CLD_DUMPED and `*status` the exit status or signal.
+pid_t cbaton_reap(int *code, int *status);
+
+/// `pipe2(fds, O_CLOEXEC | flags)`.
+int cbaton_pipe_cloexec(int fds[2]);
+
+/// `accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`.
+int cbaton_accept(int socket);

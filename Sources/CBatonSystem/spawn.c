@@ -1,0 +1,230 @@
+// The child side of a spawn, and small wrappers around the CMSG_* macros.
+//
+// After fork() in a multi-threaded process the child may only call async-signal-safe functions:
+// no malloc, no locks, no setenv, no Swift. Everything below the fork is plain syscalls.
+#define _GNU_SOURCE
+#include "CBatonSystem.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+_Static_assert(sizeof(int) == 4, "fds travel as 32-bit ints");
+_Static_assert(CBATON_FDS_PER_MESSAGE <= 253, "SCM_MAX_FD is 253");
+
+static void child_fail(int channel, int error) {
+    // Report the errno to the parent, then die without running atexit handlers.
+    ssize_t ignored = write(channel, &error, sizeof error);
+    (void)ignored;
+    _exit(127);
+}
+
+static int close_range_compat(unsigned first, unsigned last) {
+    if (first > last) return 0;
+    return (int)syscall(SYS_close_range, first, last, 0);
+}
+
+static void child_write_pid(char *slot) {
+    // Writes the decimal pid after "LISTEN_PID=" in place: no allocation, no stdio.
+    char digits[24];
+    int n = 0;
+    pid_t pid = getpid();
+    do {
+        digits[n++] = (char)('0' + pid % 10);
+        pid /= 10;
+    } while (pid > 0 && n < (int)sizeof digits);
+    char *out = slot + strlen("LISTEN_PID=");
+    while (n > 0) *out++ = digits[--n];
+    *out = '\0';
+}
+
+static _Noreturn void child_main(const cbaton_spawn_request *r) {
+    int channel = r->channel_fd;
+
+    // 1. Reset the signal mask (Swift's threads block almost every signal) and every disposition.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig == SIGKILL || sig == SIGSTOP) continue;
+        sigaction(sig, &dfl, NULL);  // fails harmlessly for the reserved real-time signals
+    }
+
+    // 2. A process group of its own, so that a kill reaches the app's own children.
+    if (setpgid(0, 0) != 0) child_fail(channel, errno);
+
+    // 3. Receive the listeners over baton's channel (SCM_RIGHTS).
+    int received[CBATON_MAX_LISTENERS];
+    int count = 0;
+    while (count < r->listener_count) {
+        char byte;
+        struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+        union {
+            char buffer[CMSG_SPACE(sizeof(int) * CBATON_FDS_PER_MESSAGE)];
+            struct cmsghdr align;
+        } control;
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer,
+                             .msg_controllen = sizeof control.buffer};
+        ssize_t n = recvmsg(channel, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) child_fail(channel, n < 0 ? errno : EPIPE);
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            const int *fds = (const int *)CMSG_DATA(c);
+            for (int i = 0; i < k && count < CBATON_MAX_LISTENERS; i++) received[count++] = fds[i];
+        }
+    }
+
+    // 4. Standard streams.
+    const int stdio[3] = {r->stdin_fd, r->stdout_fd, r->stderr_fd};
+    for (int target = 0; target < 3; target++) {
+        if (stdio[target] < 0) continue;
+        if (stdio[target] == target) {
+            fcntl(target, F_SETFD, 0);
+        } else if (dup2(stdio[target], target) < 0) {
+            child_fail(channel, errno);
+        }
+    }
+
+    // 5. Lay the fds out at 3, 4, ...: first move every source above the layout, then dup2 it down
+    //    (dup2 clears close-on-exec on the copy), so that no source is overwritten before it is used.
+    int layout = 3 + count + (r->extra_fd >= 0 ? 1 : 0);
+    int high_channel = fcntl(channel, F_DUPFD_CLOEXEC, layout + 1);
+    if (high_channel < 0) child_fail(channel, errno);
+    channel = high_channel;
+    for (int i = 0; i < count; i++) {
+        received[i] = fcntl(received[i], F_DUPFD_CLOEXEC, layout + 1);
+        if (received[i] < 0) child_fail(channel, errno);
+    }
+    int extra = -1;
+    if (r->extra_fd >= 0) {
+        extra = fcntl(r->extra_fd, F_DUPFD_CLOEXEC, layout + 1);
+        if (extra < 0) child_fail(channel, errno);
+    }
+    for (int i = 0; i < count; i++) {
+        if (dup2(received[i], 3 + i) < 0) child_fail(channel, errno);
+    }
+    if (extra >= 0 && dup2(extra, 3 + count) < 0) child_fail(channel, errno);
+
+    // 6. Close everything above the layout but the channel, which closes itself at exec.
+    if (close_range_compat((unsigned)layout, (unsigned)channel - 1) != 0) child_fail(channel, errno);
+    if (close_range_compat((unsigned)channel + 1, ~0U) != 0) child_fail(channel, errno);
+
+    // 7. Drop privileges if asked, groups first.
+    if (r->gid >= 0) {
+        gid_t gid = (gid_t)r->gid;
+        if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0) child_fail(channel, errno);
+    }
+    if (r->uid >= 0 && setresuid((uid_t)r->uid, (uid_t)r->uid, (uid_t)r->uid) != 0) child_fail(channel, errno);
+
+    // 8. LISTEN_PID is this very process.
+    if (r->listen_pid_slot != NULL) child_write_pid(r->listen_pid_slot);
+
+    execve(r->path, r->argv, r->envp);
+    child_fail(channel, errno);
+    _exit(127);
+}
+
+pid_t cbaton_spawn(const cbaton_spawn_request *request) {
+    pid_t pid = fork();
+    if (pid == 0) child_main(request);
+    return pid;
+}
+
+ssize_t cbaton_send_fds(int socket, const int *fds, int count) {
+    char byte = 'F';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    union {
+        char buffer[CMSG_SPACE(sizeof(int) * CBATON_FDS_PER_MESSAGE)];
+        struct cmsghdr align;
+    } control;
+    if (count < 0 || count > CBATON_FDS_PER_MESSAGE) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(&control, 0, sizeof control);
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (count > 0) {
+        msg.msg_control = control.buffer;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)count);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)count);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)count);
+    }
+    return sendmsg(socket, &msg, MSG_NOSIGNAL);
+}
+
+ssize_t cbaton_recv_with_credentials(int socket, void *buffer, size_t length, pid_t *pid, uid_t *uid,
+                                     int *truncated, int *closed_fds) {
+    struct iovec iov = {.iov_base = buffer, .iov_len = length};
+    union {
+        char buffer[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * 253)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buffer,
+                         .msg_controllen = sizeof control.buffer};
+    *pid = -1;
+    *uid = (uid_t)-1;
+    *truncated = 0;
+    *closed_fds = 0;
+    ssize_t n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT | MSG_TRUNC);
+    if (n < 0) return n;
+    if ((size_t)n > length || (msg.msg_flags & MSG_TRUNC)) *truncated = 1;
+    if (msg.msg_flags & MSG_CTRUNC) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET) continue;
+        if (c->cmsg_type == SCM_CREDENTIALS && c->cmsg_len >= CMSG_LEN(sizeof(struct ucred))) {
+            struct ucred cred;
+            memcpy(&cred, CMSG_DATA(c), sizeof cred);
+            *pid = cred.pid;
+            *uid = cred.uid;
+        } else if (c->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < k; i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + sizeof(int) * (size_t)i, sizeof fd);
+                close(fd);
+                (*closed_fds)++;
+            }
+        }
+    }
+    return n;
+}
+
+int cbaton_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *pid = cred.pid;
+    *uid = cred.uid;
+    *gid = cred.gid;
+    return 0;
+}
+
+pid_t cbaton_reap(int *code, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG) != 0) return -1;
+    *code = info.si_code;
+    *status = info.si_status;
+    return info.si_pid;
+}
+
+int cbaton_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+int cbaton_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }

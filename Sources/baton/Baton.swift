@@ -1,0 +1,368 @@
+import ArgumentParser
+import BatonCore
+import BatonDaemon
+import BatonSystem
+import Dispatch
+import Logging
+import SystemPackage
+
+@main
+struct Baton: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baton",
+        abstract: "Zero-downtime restarts for any network service under systemd.",
+        discussion: """
+            baton holds the listening sockets, runs the app as a generation of workers that share them, and on \
+            reload starts the next generation beside the old one, waits until it is ready, then retires the old one. \
+            No connection is refused: the listening sockets are never closed.
+            """,
+        version: BatonVersion.current,
+        subcommands: [Run.self, Reload.self, Status.self]
+    )
+}
+
+/// Options shared by the commands that talk to a running launcher.
+struct ControlOptions: ParsableArguments {
+    @Option(help: "The control socket (default: NAME.sock under $RUNTIME_DIRECTORY or /run/baton).")
+    var control: String?
+
+    @Option(help: "The instance name, which picks the default control socket.")
+    var name: String = "baton"
+
+    var controlPath: String {
+        control ?? LaunchConfiguration.defaultControlPath(name: name, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
+    }
+}
+
+/// Prints `baton: MESSAGE` on stderr and exits with `code`.
+func fail(_ message: String, code: Int32 = 1) -> ExitCode {
+    StandardStreams.writeError("baton: \(message)\n")
+    return ExitCode(code)
+}
+
+extension Baton {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run an app under baton, in the foreground, and supervise it.",
+            discussion: """
+                Each worker gets the listeners at fds 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set \
+                (its own pid), plus BATON_GENERATION and BATON_WORKER. SIGHUP reloads; SIGTERM or SIGINT retires every \
+                generation gracefully and exits 0; a second SIGTERM kills at once.
+                """)
+
+        @Option(
+            name: .customLong("listen"),
+            help: ArgumentHelp(
+                "Listen on an address: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH, with an optional NAME= in front (exported in LISTEN_FDNAMES). Repeatable. Not needed when sockets are passed by systemd.",
+                valueName: "[NAME=]ADDRESS"))
+        var listen: [String] = []
+
+        @Option(help: "How many worker processes a generation has.")
+        var workers: Int = 1
+
+        @Option(
+            help: ArgumentHelp(
+                "How a worker reports it is ready: notify (NOTIFY_SOCKET), fd (BATON_NOTIFY_FD), listen (detected when it accepts on a listener; needs nothing from the app) or exec (as soon as it runs).",
+                valueName: "mode"))
+        var ready: String = "listen"
+
+        @Option(help: ArgumentHelp("How long a worker may take to become ready (30s, 500ms, 2m).", valueName: "duration"))
+        var readyTimeout: String = "30s"
+
+        @Option(help: ArgumentHelp("The signal that asks a worker to stop gracefully.", valueName: "signal"))
+        var stopSignal: String = "TERM"
+
+        @Option(help: ArgumentHelp("How long a worker may drain before its process group is killed.", valueName: "duration"))
+        var stopTimeout: String = "30s"
+
+        @Option(help: ArgumentHelp("How a reload replaces workers: all-at-once or rolling (one at a time, surge of one).", valueName: "strategy"))
+        var strategy: String = "all-at-once"
+
+        @Option(help: "The listen backlog of sockets baton binds.")
+        var backlog: Int32 = 4096
+
+        @Option(help: ArgumentHelp("The file mode of unix sockets baton binds, in octal (e.g. 660).", valueName: "mode"))
+        var socketMode: String?
+
+        @OptionGroup var control: ControlOptions
+
+        @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The app's command and arguments, after --.", valueName: "command"))
+        var command: [String] = []
+
+        func run() throws {
+            // Signals arrive through a signalfd: block them before any other thread exists, so every thread
+            // inherits the mask.
+            Signals.block([Signals.hangup, Signals.terminate, Signals.interrupt, Signals.child])
+            Signals.ignoreBrokenPipe()
+
+            let configuration: LaunchConfiguration
+            do {
+                configuration = try makeConfiguration()
+            } catch {
+                throw fail(error.message, code: 2)
+            }
+            guard let executable = Process.resolveExecutable(configuration.command[0], path: Process.environment("PATH")) else {
+                let name = configuration.command[0]
+                throw fail(
+                    name.contains("/")
+                        ? "cannot execute '\(name)': no such executable file (check the path and its x bit)"
+                        : "cannot execute '\(name)': not found in PATH (give its full path)")
+            }
+
+            LoggingSystem.bootstrap { label in
+                StandardStreams.stderrIsJournal()
+                    ? MultiplexLogHandler([JournalLogHandler(identifier: "baton")])
+                    : MultiplexLogHandler([StderrLogHandler(label: "baton[\(configuration.name)]")])
+            }
+            var logger = Logger(label: "baton")
+            logger.logLevel = .info
+
+            let listeners: [ListeningSocket]
+            do {
+                listeners = try openListeners(configuration, logger: logger)
+            } catch {
+                throw fail(error.message)
+            }
+            if listeners.isEmpty {
+                throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit")
+            }
+
+            let launcher: Launcher
+            do {
+                launcher = try Launcher(
+                    configuration: configuration, listeners: listeners, executable: executable,
+                    environment: Process.environment(), logger: logger)
+            } catch {
+                throw fail("cannot start: \(error)")
+            }
+            let result = blockingAwait { try await launcher.run() }
+            switch result {
+            case .success(let code):
+                if code != 0 { throw ExitCode(code) }
+            case .failure(let error):
+                throw fail("\(error)")
+            }
+        }
+
+        func makeConfiguration() throws(BatonError) -> LaunchConfiguration {
+            guard !command.isEmpty, !(command.count == 1 && command[0] == "--") else {
+                throw BatonError(.badArgument, "no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js")
+            }
+            let appCommand = command.first == "--" ? Array(command.dropFirst()) : command
+            guard LaunchConfiguration.isValidName(control.name) else {
+                throw BatonError(.badArgument, "invalid --name '\(control.name)': use letters, digits, '-', '_', '.' or '@'")
+            }
+            guard (1...1024).contains(workers) else {
+                throw BatonError(.badArgument, "invalid --workers \(workers): give a number from 1 to 1024")
+            }
+            guard let readyMode = ReadyMode(rawValue: ready) else {
+                throw BatonError(.badArgument, "invalid --ready '\(ready)': use notify, fd, listen or exec")
+            }
+            guard let strategyValue = Strategy(rawValue: strategy) else {
+                throw BatonError(.badArgument, "invalid --strategy '\(strategy)': use all-at-once or rolling")
+            }
+            func duration(_ text: String, _ option: String) throws(BatonError) -> Duration {
+                guard let value = DurationText(text), value.duration > .zero else {
+                    throw BatonError(.badArgument, "invalid \(option) '\(text)': write a duration like 30s, 500ms or 2m")
+                }
+                return value.duration
+            }
+            let readyTimeout = try duration(self.readyTimeout, "--ready-timeout")
+            let stopTimeout = try duration(self.stopTimeout, "--stop-timeout")
+            guard let stopSignal = Signals.number(named: self.stopSignal), stopSignal != Signals.kill else {
+                throw BatonError(.badArgument, "invalid --stop-signal '\(self.stopSignal)': use a signal name such as TERM, INT, QUIT or USR2")
+            }
+            guard backlog > 0 else { throw BatonError(.badArgument, "invalid --backlog \(backlog): give a positive number") }
+            var mode: UInt32?
+            if let socketMode {
+                guard let value = UInt32(socketMode, radix: 8), value <= 0o777 else {
+                    throw BatonError(.badArgument, "invalid --socket-mode '\(socketMode)': give an octal mode such as 660")
+                }
+                mode = value
+            }
+            var specs: [ListenSpec] = []
+            for (index, text) in listen.enumerated() {
+                let spec = try ListenSpec(parsing: text, defaultName: "listen\(index)")
+                guard !specs.contains(where: { $0.name == spec.name }) else {
+                    throw BatonError(.badArgument, "invalid --listen '\(text)': the name '\(spec.name)' is used twice")
+                }
+                specs.append(spec)
+            }
+            return LaunchConfiguration(
+                name: control.name, command: appCommand, listeners: specs, backlog: backlog, unixMode: mode,
+                readyMode: readyMode, stopSignal: stopSignal, controlPath: control.controlPath,
+                supervisor: SupervisorSettings(
+                    workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout))
+        }
+
+        /// Sockets passed by systemd (a `.socket` unit or the fd store) come first; every `--listen` whose name
+        /// is not among them is bound.
+        func openListeners(_ configuration: LaunchConfiguration, logger: Logger) throws(BatonError) -> [ListeningSocket] {
+            var result: [ListeningSocket] = []
+            do {
+                for (fd, name) in try Systemd.listenFDs() {
+                    guard Systemd.isListeningStreamSocket(fd) else {
+                        logger.warning("ignoring passed fd \(fd.rawValue) named '\(name)': not a listening stream socket")
+                        continue
+                    }
+                    result.append(ListeningSocket(fd: fd, name: name, address: "passed fd \(fd.rawValue)"))
+                    logger.info("using listener '\(name)' passed by the service manager", metadata: ["baton.fd": "\(fd.rawValue)"])
+                }
+            } catch {
+                throw BatonError(.listen, "cannot read the sockets passed by systemd: \(error)")
+            }
+            for spec in configuration.listeners where !result.contains(where: { $0.name == spec.name }) {
+                do {
+                    let fd: FileDescriptor
+                    switch spec.address {
+                    case .tcp(let host, let port):
+                        fd = try Sockets.listenTCP(host: host, port: port, backlog: configuration.backlog, display: spec.address.description)
+                    case .unix(let path):
+                        fd = try Sockets.listenUnix(path: path, mode: configuration.unixMode, backlog: configuration.backlog)
+                    }
+                    result.append(ListeningSocket(fd: fd, name: spec.name, address: spec.address.description))
+                    logger.lifecycle(LifecycleEvent(.listenerBound, "listening on \(spec.address) as '\(spec.name)'"), name: configuration.name)
+                } catch {
+                    throw BatonError(.listen, error.description)
+                }
+            }
+            return result
+        }
+    }
+
+    struct Reload: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Reload a running launcher: start the next generation, then retire the old one.",
+            discussion: "Blocks until the new generation serves and the old one is retired. Exits 0 on success; "
+                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1.")
+
+        @OptionGroup var control: ControlOptions
+
+        @Flag(name: .shortAndLong, help: "Print only the outcome, not the progress.")
+        var quiet = false
+
+        func run() throws {
+            Signals.ignoreBrokenPipe()
+            var client = try connect(control.controlPath)
+            defer { client.fd.closeOnce() }
+            try client.send(ControlProtocol.Request(command: .reload))
+            while let line = client.readLine() {
+                guard let reply = ControlProtocol.decodeReply(line) else { continue }
+                switch reply.kind {
+                case .progress:
+                    if !quiet { StandardStreams.writeOutput("\(reply.message ?? "")\n") }
+                case .result where reply.ok == true:
+                    StandardStreams.writeOutput("\(reply.message ?? "reload succeeded")\n")
+                    return
+                case .result, .error, .status:
+                    var text = "baton: reload failed: \(reply.message ?? "unknown reason")\n"
+                    if let stderr = reply.stderr, !stderr.isEmpty {
+                        text += "last lines the failing worker wrote to stderr:\n"
+                        for line in stderr { text += "  | \(line)\n" }
+                    }
+                    StandardStreams.writeError(text)
+                    throw ExitCode(1)
+                }
+            }
+            throw fail("the launcher closed the connection before the reload finished")
+        }
+    }
+
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the listeners, the generations and their workers, and the last reload.")
+
+        @OptionGroup var control: ControlOptions
+
+        @Flag(help: "Print JSON.")
+        var json = false
+
+        func run() throws {
+            Signals.ignoreBrokenPipe()
+            var client = try connect(control.controlPath)
+            defer { client.fd.closeOnce() }
+            try client.send(ControlProtocol.Request(command: .status))
+            guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
+                throw fail("the launcher closed the connection without answering")
+            }
+            guard reply.kind == .status, let status = reply.status else {
+                throw fail(reply.message ?? "unexpected answer")
+            }
+            if json {
+                StandardStreams.writeOutput(String(decoding: ControlProtocol.encode(status), as: UTF8.self))
+            } else {
+                StandardStreams.writeOutput(StatusFormatter.text(status, now: Process.wallClockSeconds()))
+            }
+        }
+    }
+}
+
+/// A blocking connection to a launcher's control socket.
+struct ControlConnection {
+    let fd: FileDescriptor
+    var buffer: [UInt8] = []
+
+    func send(_ request: ControlProtocol.Request) throws(ExitCode) {
+        do {
+            try fd.writeAll(ControlProtocol.encode(request))
+        } catch {
+            throw fail("cannot talk to the launcher: \(error)")
+        }
+    }
+
+    /// The next line, or nil at end of stream.
+    mutating func readLine() -> [UInt8]? {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(buffer[..<newline])
+                buffer.removeSubrange(...newline)
+                return line
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n: Int
+            do {
+                n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            } catch {
+                return nil
+            }
+            if n == 0 { return nil }
+            buffer += chunk[0..<n]
+        }
+    }
+}
+
+func connect(_ path: String) throws(ExitCode) -> ControlConnection {
+    do {
+        return ControlConnection(fd: try Sockets.connectUnix(path: path))
+    } catch {
+        switch error.errno {
+        case .noSuchFileOrDirectory, .connectionRefused:
+            throw fail("no launcher is running at \(path): start one with 'baton run', or pass --control or --name")
+        case .permissionDenied:
+            throw fail("permission denied on \(path): run as root or as the user running baton")
+        default:
+            throw fail("cannot connect to \(path): \(error)")
+        }
+    }
+}
+
+/// Runs async work from synchronous code and waits for it on the calling thread.
+func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
+    let box = ResultBox<T>()
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do {
+            box.result = .success(try await body())
+        } catch {
+            box.result = .failure(error)
+        }
+        done.signal()
+    }
+    done.wait()
+    return box.result!
+}
+
+/// Carries a result from the task to the waiting thread; the semaphore orders the accesses.
+final class ResultBox<T>: @unchecked Sendable {
+    var result: Result<T, any Error>?
+}
