@@ -28,6 +28,21 @@ static void child_fail(int channel, int error) {
     _exit(127);
 }
 
+/// Sets a signal to SIG_DFL with the raw system call: glibc's sigaction() refuses the signals it reserves for
+/// itself (32 and 33), yet they can arrive ignored from whoever started baton, and exec keeps them ignored.
+static void reset_signal_raw(int sig) {
+    struct {
+        void *handler;
+        unsigned long flags;
+#if defined(__x86_64__)
+        void *restorer;
+#endif
+        unsigned long mask;
+    } action;
+    memset(&action, 0, sizeof action);  // handler NULL is SIG_DFL
+    syscall(SYS_rt_sigaction, sig, &action, NULL, sizeof(unsigned long));
+}
+
 static int close_range_compat(unsigned first, unsigned last) {
     if (first > last) return 0;
     return (int)syscall(SYS_close_range, first, last, 0);
@@ -59,7 +74,7 @@ static _Noreturn void child_main(const cbaton_spawn_request *r) {
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; sig++) {
         if (sig == SIGKILL || sig == SIGSTOP) continue;
-        sigaction(sig, &dfl, NULL);  // fails harmlessly for the reserved real-time signals
+        if (sigaction(sig, &dfl, NULL) != 0) reset_signal_raw(sig);
     }
 
     // 2. A process group of its own, so that a kill reaches the app's own children.

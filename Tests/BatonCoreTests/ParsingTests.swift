@@ -1,0 +1,94 @@
+import BatonCore
+import Testing
+
+@Suite("Parsers")
+struct ParsingTests {
+    @Test(arguments: [
+        ("30s", Duration.seconds(30)), ("500ms", .milliseconds(500)), ("2m", .seconds(120)), ("1.5s", .milliseconds(1500)),
+        ("1h", .seconds(3600)), ("10", .seconds(10)),
+    ])
+    func durations(text: String, expected: Duration) {
+        #expect(DurationText(text)?.duration == expected)
+    }
+
+    @Test(arguments: ["", "s", "abc", "-1s", "1x", "1e3s", "nan", "1..2s", "9999999h"])
+    func badDurations(text: String) {
+        #expect(DurationText(text) == nil)
+    }
+
+    @Test func listenAddresses() throws {
+        #expect(try ListenSpec(parsing: "127.0.0.1:8080", defaultName: "d").address == .tcp(host: "127.0.0.1", port: 8080))
+        #expect(try ListenSpec(parsing: ":80", defaultName: "d").address == .tcp(host: nil, port: 80))
+        #expect(try ListenSpec(parsing: "[::1]:443", defaultName: "d").address == .tcp(host: "::1", port: 443))
+        #expect(try ListenSpec(parsing: "localhost:3000", defaultName: "d").address == .tcp(host: "localhost", port: 3000))
+        let named = try ListenSpec(parsing: "web=unix:/run/app=1.sock", defaultName: "d")
+        #expect(named.name == "web")
+        #expect(named.address == .unix(path: "/run/app=1.sock"))
+        #expect(try ListenSpec(parsing: "unix:/tmp/a.sock", defaultName: "listen0").name == "listen0")
+        #expect(try ListenSpec(parsing: "api=[::]:9000", defaultName: "d").address.description == "[::]:9000")
+    }
+
+    @Test(arguments: [
+        "8080", "host:", "host:0", "host:65536", ":http", "::1:80", "[::1:80", "unix:", "a:b=:80", "bad name=:80",
+        "ho st:80", "[]:80",
+    ])
+    func badListenAddresses(text: String) {
+        #expect(throws: BatonError.self) { try ListenSpec(parsing: text, defaultName: "d") }
+    }
+
+    @Test func badListenAddressErrorsNameTheArgumentAndTheFix() {
+        do {
+            _ = try ListenSpec(parsing: "::1:80", defaultName: "d")
+            Issue.record("expected an error")
+        } catch {
+            #expect(error.message == "invalid --listen '::1:80': an IPv6 address goes in brackets: [::1]:80")
+        }
+    }
+
+    @Test func notifyMessages() throws {
+        let message = try #require(NotifyMessage(parsing: Array("READY=1\nSTATUS=warming up\nWATCHDOG_USEC=500000\nX_CUSTOM=1\n".utf8)))
+        #expect(message.ready)
+        #expect(message.status == "warming up")
+        #expect(message.watchdogMicroseconds == 500_000)
+        #expect(message.other == ["X_CUSTOM"])
+        #expect(NotifyMessage(parsing: Array("WATCHDOG=1".utf8))?.watchdog == true)
+        #expect(NotifyMessage(parsing: Array("READY".utf8)) == nil)
+        #expect(NotifyMessage(parsing: [0xff, 0xfe]) == nil)
+        #expect(NotifyMessage(parsing: Array("READY=1\0".utf8)) == nil)
+        #expect(NotifyMessage(parsing: [UInt8](repeating: 65, count: 5000)) == nil)
+    }
+
+    @Test func lineSplitterCapsLongLines() {
+        var splitter = LineSplitter(maximumLineLength: 4)
+        #expect(splitter.feed(Array("ab\ncdefgh".utf8)).map { String(decoding: $0, as: UTF8.self) } == ["ab", "cdef"])
+        #expect(splitter.feed(Array("\n".utf8)).map { String(decoding: $0, as: UTF8.self) } == ["gh"])
+        #expect(splitter.finish() == nil)
+    }
+
+    @Test func controlRequests() throws {
+        #expect(try ControlProtocol.decodeRequest(Array(#"{"command":"reload"}"#.utf8)).command == .reload)
+        #expect(throws: BatonError.self) { try ControlProtocol.decodeRequest(Array(#"{"command":"explode"}"#.utf8)) }
+        #expect(throws: BatonError.self) { try ControlProtocol.decodeRequest(Array("not json".utf8)) }
+        #expect(throws: BatonError.self) { try ControlProtocol.decodeRequest([UInt8](repeating: 32, count: 5000)) }
+        let reply = ControlProtocol.Reply(kind: .result, message: "done", ok: true, durationMilliseconds: 12)
+        #expect(ControlProtocol.decodeReply(Array(ControlProtocol.encode(reply).dropLast())) == reply)
+    }
+
+    @Test func controlPathDefaultsUnderTheRuntimeDirectory() {
+        #expect(LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: nil) == "/run/baton/shop.sock")
+        #expect(LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: "/run/shop:/run/x") == "/run/shop/shop.sock")
+    }
+
+    @Test func workersDoNotInheritWhatSystemdMeantForBaton() {
+        let environment = LaunchConfiguration.workerBaseEnvironment([
+            "PATH=/bin", "NOTIFY_SOCKET=/run/systemd/notify", "WATCHDOG_USEC=1", "WATCHDOG_PID=1", "LISTEN_FDS=1",
+            "LISTEN_PID=1", "LISTEN_FDNAMES=x", "JOURNAL_STREAM=8:9", "DATABASE_URL=postgres://",
+        ])
+        #expect(environment == ["PATH=/bin", "DATABASE_URL=postgres://"])
+    }
+
+    @Test func backoffDoublesUpToItsCap() {
+        let backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(1), stablePeriod: .seconds(10))
+        #expect((1...6).map { backoff.delay(afterCrash: $0) } == [100, 200, 400, 800, 1000, 1000].map { .milliseconds($0) })
+    }
+}

@@ -1,0 +1,334 @@
+import BatonCore
+import Testing
+
+/// Drives a ``Supervisor`` the way the launcher does, with a fake clock and fake pids, and records actions.
+struct Harness {
+    var supervisor: Supervisor
+    var now = ContinuousClock.now
+    var nextPID: Int32 = 1000
+    var log: [SupervisorAction] = []
+
+    init(_ settings: SupervisorSettings) {
+        supervisor = Supervisor(settings: settings)
+    }
+
+    /// Sends an event; answers every `.spawn` with `.spawned` (a new pid), as the launcher does.
+    @discardableResult
+    mutating func send(_ event: SupervisorEvent) -> [SupervisorAction] {
+        var all: [SupervisorAction] = []
+        var queue = [event]
+        while !queue.isEmpty {
+            let actions = supervisor.handle(queue.removeFirst(), now: now)
+            all += actions
+            for case .spawn(let id, _, _) in actions {
+                nextPID += 1
+                queue.append(.spawned(id, pid: nextPID))
+            }
+        }
+        log += all
+        return all
+    }
+
+    mutating func advance(_ duration: Duration) { now += duration }
+
+    func workers(generation: Int) -> [Supervisor.Worker] {
+        supervisor.liveWorkers.filter { $0.generation == generation }
+    }
+
+    mutating func readyAll(generation: Int) {
+        for worker in workers(generation: generation) where worker.state == .starting { send(.ready(worker.id)) }
+    }
+
+    /// The processes that were asked to stop gracefully.
+    func stopped(in actions: [SupervisorAction]) -> [WorkerID] {
+        actions.compactMap { if case .stop(let id, _) = $0 { id } else { nil } }
+    }
+
+    func killed(in actions: [SupervisorAction]) -> [WorkerID] {
+        actions.compactMap { if case .kill(let id, _) = $0 { id } else { nil } }
+    }
+
+    func finished(in actions: [SupervisorAction]) -> [(ids: [RequesterID], ok: Bool, message: String)] {
+        actions.compactMap {
+            if case .reloadFinished(let ids, let ok, let message, _, _) = $0 { (ids, ok, message) } else { nil }
+        }
+    }
+
+    func spawns(in actions: [SupervisorAction]) -> [(generation: Int, slot: Int)] {
+        actions.compactMap { if case .spawn(_, let generation, let slot) = $0 { (generation, slot) } else { nil } }
+    }
+
+    func logged(_ kind: LifecycleEvent.Kind, in actions: [SupervisorAction]) -> Bool {
+        actions.contains { if case .log(let event) = $0 { event.kind == kind } else { false } }
+    }
+
+    /// Exits every worker of `generation` that was asked to stop or kill.
+    mutating func exitStopped(generation: Int) {
+        for worker in workers(generation: generation) where worker.state == .stopping {
+            send(.exited(worker.id, .signaled("TERM")))
+        }
+    }
+}
+
+@Suite("Supervisor lifecycle")
+struct SupervisorTests {
+    @Test func firstGenerationBecomesReadyWhenEveryWorkerIs() {
+        var h = Harness(SupervisorSettings(workers: 3))
+        let start = h.send(.start)
+        #expect(h.spawns(in: start).map(\.slot) == [1, 2, 3])
+        let workers = h.workers(generation: 1)
+        h.send(.ready(workers[0].id))
+        h.send(.ready(workers[1].id))
+        #expect(h.supervisor.phase == .starting)
+        let last = h.send(.ready(workers[2].id))
+        #expect(h.supervisor.phase == .running)
+        #expect(h.supervisor.serving == 1)
+        #expect(last.contains(.notifyManager(.ready)))
+    }
+
+    @Test func reloadStartsTheNextGenerationBesideTheOldAndRetiresItWhenReady() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        let requested = h.send(.reloadRequested(RequesterID(1)))
+        #expect(requested.contains(.notifyManager(.reloading)))
+        #expect(h.spawns(in: requested).map(\.generation) == [2, 2])
+        #expect(h.stopped(in: requested).isEmpty, "the old generation keeps serving while the new one starts")
+
+        let newWorkers = h.workers(generation: 2)
+        h.send(.ready(newWorkers[0].id))
+        let promoted = h.send(.ready(newWorkers[1].id))
+        #expect(Set(h.stopped(in: promoted)) == Set(h.workers(generation: 1).map(\.id)))
+        #expect(h.supervisor.serving == 2)
+        #expect(h.finished(in: promoted).isEmpty, "the reload finishes when the old generation has drained")
+
+        let oldWorkers = h.workers(generation: 1)
+        h.send(.exited(oldWorkers[0].id, .exited(0)))
+        let done = h.send(.exited(oldWorkers[1].id, .exited(0)))
+        #expect(h.finished(in: done).map(\.ok) == [true])
+        #expect(h.finished(in: done).first?.ids == [RequesterID(1)])
+        #expect(h.logged(.generationRetired, in: done))
+        #expect(done.contains(.notifyManager(.ready)))
+        #expect(h.supervisor.lastReload?.ok == true)
+    }
+
+    @Test func aStopTimeoutEscalatesToKillingTheProcessGroup() {
+        var h = Harness(SupervisorSettings(workers: 1, stopTimeout: .seconds(5)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(nil))
+        h.readyAll(generation: 2)
+        let old = h.workers(generation: 1)[0]
+        #expect(h.log.contains(.schedule(.stopTimeout(old.id), after: .seconds(5))))
+        let fired = h.send(.timer(.stopTimeout(old.id)))
+        #expect(h.killed(in: fired) == [old.id])
+    }
+
+    @Test func aNewWorkerThatCrashesRollsBackAndLeavesTheOldGenerationUntouched() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        let before = h.workers(generation: 1).map(\.id)
+        h.send(.reloadRequested(RequesterID(7)))
+        let newWorkers = h.workers(generation: 2)
+        h.send(.ready(newWorkers[0].id))
+        let crashed = h.send(.exited(newWorkers[1].id, .exited(3)))
+
+        #expect(h.killed(in: crashed).contains(newWorkers[0].id), "the rest of the new generation is killed")
+        #expect(h.stopped(in: crashed).isEmpty)
+        #expect(!h.killed(in: crashed).contains { before.contains($0) }, "the old generation is not touched")
+        let result = h.finished(in: crashed)
+        #expect(result.map(\.ok) == [false])
+        #expect(result.first?.message.contains("exit 3") == true)
+        #expect(h.supervisor.serving == 1)
+        #expect(h.workers(generation: 1).map(\.id) == before)
+        #expect(h.workers(generation: 1).allSatisfy { $0.state == .ready })
+        #expect(crashed.contains(.notifyManager(.ready)), "systemd hears READY=1 after a rollback too")
+    }
+
+    @Test func aMissedReadyTimeoutRollsBack() {
+        var h = Harness(SupervisorSettings(workers: 1, readyTimeout: .seconds(2)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let slow = h.workers(generation: 2)[0]
+        let fired = h.send(.timer(.readyTimeout(slow.id)))
+        #expect(h.killed(in: fired) == [slow.id])
+        #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s") == true)
+        #expect(h.supervisor.serving == 1)
+    }
+
+    @Test func reloadsDuringAReloadCoalesceIntoOneFollowUp() {
+        var h = Harness(SupervisorSettings(workers: 1))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        var extra: [SupervisorAction] = []
+        for id in 2...50 { extra += h.send(.reloadRequested(RequesterID(id))) }
+        #expect(h.spawns(in: extra).isEmpty, "nothing piles up while a reload runs")
+
+        h.readyAll(generation: 2)
+        let done = h.send(.exited(h.workers(generation: 1)[0].id, .exited(0)))
+        #expect(h.finished(in: done).map(\.ids) == [[RequesterID(1)]])
+        #expect(h.spawns(in: done).map(\.generation) == [3], "exactly one follow-up reload starts")
+
+        h.readyAll(generation: 3)
+        let followUp = h.send(.exited(h.workers(generation: 2)[0].id, .exited(0)))
+        #expect(h.finished(in: followUp).first?.ids == (2...50).map { RequesterID($0) })
+        #expect(h.spawns(in: followUp).isEmpty)
+        #expect(h.supervisor.reload == nil)
+    }
+
+    @Test func atMostOneOldGenerationDrains() {
+        var h = Harness(SupervisorSettings(workers: 1))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        for _ in 1...5 {
+            h.send(.reloadRequested(nil))
+            if let starting = h.supervisor.orderedGenerations.last, starting.state == .starting {
+                h.readyAll(generation: starting.id)
+            }
+            let draining = h.supervisor.orderedGenerations.filter { $0.state == .draining }
+            #expect(draining.count <= 1)
+        }
+    }
+
+    @Test func rollingReplacesOneWorkerAtATimeWithASurgeOfOne() {
+        var h = Harness(SupervisorSettings(workers: 4, strategy: .rolling))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        let requested = h.send(.reloadRequested(RequesterID(1)))
+        #expect(h.spawns(in: requested).map(\.slot) == [1])
+        for slot in 1...4 {
+            let new = h.workers(generation: 2).first { $0.slot == slot && $0.state == .starting }!
+            let live = h.supervisor.liveWorkers.filter { $0.state != .stopping }.count
+            #expect(live <= 5, "never more than N + 1 workers serve")
+            let step = h.send(.ready(new.id))
+            #expect(h.stopped(in: step).count == 1)
+            #expect(h.workers(generation: 1).first { $0.id == h.stopped(in: step)[0] }?.slot == slot)
+            if slot < 4 { #expect(h.spawns(in: step).map(\.slot) == [slot + 1]) }
+        }
+        #expect(h.supervisor.serving == 2)
+        h.exitStopped(generation: 1)
+        #expect(h.supervisor.lastReload?.ok == true)
+    }
+
+    @Test func aFailedRollingReloadRestoresTheRetiredSlots() {
+        var h = Harness(SupervisorSettings(workers: 3, strategy: .rolling))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        h.send(.ready(h.workers(generation: 2)[0].id))  // slot 1 replaced, old slot 1 retiring
+        let second = h.workers(generation: 2).first { $0.slot == 2 }!
+        let failed = h.send(.exited(second.id, .exited(1)))
+        #expect(h.finished(in: failed).map(\.ok) == [false])
+        #expect(h.spawns(in: failed).map { "\($0.generation).\($0.slot)" } == ["1.1"])
+        #expect(h.supervisor.serving == 1)
+    }
+
+    @Test func aCrashedServingWorkerIsRespawnedWithExponentialBackoff() {
+        let backoff = Backoff(initial: .milliseconds(100), maximum: .milliseconds(800), stablePeriod: .seconds(30))
+        var h = Harness(SupervisorSettings(workers: 2, backoff: backoff, crashLoopThreshold: 3, giveUpThreshold: 100))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        var delays: [Duration] = []
+        for _ in 1...6 {
+            let worker = h.workers(generation: 1).first { $0.slot == 1 }!
+            let crashed = h.send(.exited(worker.id, .signaled("SEGV")))
+            for case .schedule(.respawn(1, 1), let delay) in crashed { delays.append(delay) }
+            h.send(.timer(.respawn(generation: 1, slot: 1)))
+            h.readyAll(generation: 1)
+        }
+        #expect(delays == [100, 200, 400, 800, 800, 800].map { Duration.milliseconds($0) })
+        #expect(h.supervisor.generations[1]?.crashLooping == true)
+        #expect(h.log.contains { if case .log(let e) = $0 { e.kind == .crashLoop } else { false } })
+
+        // A worker that stayed up for the stable period resets the streak.
+        h.advance(.seconds(31))
+        let worker = h.workers(generation: 1).first { $0.slot == 1 }!
+        let crashed = h.send(.exited(worker.id, .exited(1)))
+        #expect(crashed.contains(.schedule(.respawn(generation: 1, slot: 1), after: .milliseconds(100))))
+    }
+
+    @Test func whenNoGenerationCanServeBatonExitsNonZero() {
+        var h = Harness(SupervisorSettings(workers: 1, giveUpThreshold: 3))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        var last: [SupervisorAction] = []
+        for _ in 1...3 {
+            let worker = h.workers(generation: 1)[0]
+            last = h.send(.exited(worker.id, .exited(1)))
+            h.send(.timer(.respawn(generation: 1, slot: 1)))
+        }
+        #expect(last.contains(.exit(1)))
+    }
+
+    @Test func aFirstGenerationThatCannotStartMakesBatonExitNonZero() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        let worker = h.workers(generation: 1)[0]
+        let actions = h.send(.exited(worker.id, .exited(127)))
+        #expect(actions.contains(.exit(1)))
+        #expect(h.killed(in: actions).contains(h.log.compactMap { if case .spawn(let id, _, 2) = $0 { id } else { nil } }[0]))
+    }
+
+    @Test func stopRetiresEveryGenerationGracefullyThenExitsZero() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let stop = h.send(.stop)
+        #expect(stop.contains(.notifyManager(.stopping)))
+        #expect(h.stopped(in: stop).count == 4)
+        #expect(h.finished(in: stop).map(\.ok) == [false], "a waiting reload hears that baton is stopping")
+        var exited: [SupervisorAction] = []
+        for worker in h.supervisor.liveWorkers { exited = h.send(.exited(worker.id, .exited(0))) }
+        #expect(exited.contains(.exit(0)))
+        #expect(h.supervisor.phase == .exited)
+    }
+
+    @Test func aSecondStopKillsAtOnce() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.stop)
+        let force = h.send(.forceStop)
+        #expect(h.killed(in: force).count == 2)
+        #expect(force.contains(.exit(0)))
+    }
+
+    @Test func aWorkerThatStopsPingingItsWatchdogIsReplaced() {
+        var h = Harness(SupervisorSettings(workers: 1))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        let worker = h.workers(generation: 1)[0]
+        let ping = h.send(.watchdogPing(worker.id, interval: .seconds(2)))
+        #expect(ping.contains(.schedule(.watchdog(worker.id), after: .seconds(2))))
+        let missed = h.send(.timer(.watchdog(worker.id)))
+        #expect(h.logged(.watchdogMissed, in: missed))
+        #expect(h.killed(in: missed) == [worker.id])
+        let gone = h.send(.exited(worker.id, .signaled("KILL")))
+        #expect(gone.contains { if case .schedule(.respawn(1, 1), _) = $0 { true } else { false } })
+    }
+
+    @Test func statusLineNamesServingDrainingAndTheLastReload() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(nil))
+        h.advance(.milliseconds(840))
+        h.readyAll(generation: 2)
+        #expect(h.supervisor.statusLine == "serving generation 2 (2 workers) · generation 1 draining (2)")
+        h.exitStopped(generation: 1)
+        #expect(h.supervisor.statusLine == "serving generation 2 (2 workers) · last reload ok in 840ms")
+    }
+
+    @Test func reloadWhileStoppingFails() {
+        var h = Harness(SupervisorSettings(workers: 1))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.stop)
+        let actions = h.send(.reloadRequested(RequesterID(3)))
+        #expect(h.finished(in: actions).map(\.ok) == [false])
+    }
+}

@@ -1,0 +1,381 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `baton run` with real worker processes and real sockets.
+@Suite("baton run, with real processes", .serialized, .timeLimit(.minutes(2)))
+struct LauncherTests {
+    func worker(_ extra: [String] = []) -> [String] { extra + ["--", "python3", Paths.worker] }
+
+    /// The worker behind a shell whose first child records the signal mask and dispositions the worker was
+    /// exec'd with, before Python changes its own (it ignores SIGPIPE and SIGXFSZ at start). `grep` reads its
+    /// own status: it inherits the shell's mask and ignored signals, which are what baton handed over.
+    func recordingWorker() -> [String] {
+        ["--", "/bin/sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status > \"$REPORT_DIR/$$.sig\"; exec python3 \(Paths.worker)"]
+    }
+
+    @Test func aWorkerGetsExactlyTheListenersAndItsOwnPidInLISTEN_PID() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        let baton = try BatonRun(
+            ["--listen", "web=unix:\(scratch.file("a.sock"))", "--listen", "admin=unix:\(scratch.file("b.sock"))", "--workers", "2"]
+                + recordingWorker(), scratch: scratch, environment: ["REPORT_DIR": reports, "SECRET_FOR_APP": "kept"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+
+        let all = WorkerReport.all(in: reports)
+        #expect(all.count == 2)
+        for report in all {
+            #expect(Set(report.fds.keys) == ["0", "1", "2", "3", "4"], "no other fd of baton's: \(report.fds)")
+            #expect(report.fds["3"]?.hasPrefix("socket:") == true)
+            #expect(report.fds["4"]?.hasPrefix("socket:") == true)
+            #expect(report.fds["0"] == "/dev/null")
+            #expect(report.env["LISTEN_FDS"] == "2")
+            #expect(report.env["LISTEN_PID"] == String(report.pid))
+            #expect(report.env["LISTEN_FDNAMES"] == "web:admin")
+            #expect(report.env["BATON_GENERATION"] == "1")
+            #expect(report.env["SECRET_FOR_APP"] == "kept")
+            #expect(report.env["NOTIFY_SOCKET"] == nil)
+            let signals = try String(contentsOfFile: "\(reports)/\(report.pid).sig", encoding: .utf8)
+            #expect(signals == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "mask and dispositions are reset")
+            #expect(report.pgid == report.pid, "each worker leads its own process group")
+        }
+        #expect(Set(all.compactMap { $0.env["BATON_WORKER"] }) == ["1", "2"])
+        // The same sockets baton holds: both answer.
+        #expect(try HTTP.get(unix: scratch.file("a.sock")).status == 200)
+        #expect(try HTTP.get(unix: scratch.file("b.sock")).status == 200)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test(arguments: ["notify", "fd", "listen"])
+    func eachReadinessModeMakesTheGenerationReady(mode: String) throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        let readyMode = mode == "listen" ? "none" : mode
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode] + worker(), scratch: scratch,
+            environment: ["READY_MODE": readyMode, "REPORT_DIR": reports])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let report = try #require(WorkerReport.all(in: reports).first)
+        switch mode {
+        case "notify":
+            #expect(report.env["NOTIFY_SOCKET"]?.hasPrefix("@baton/") == true)
+            let status = baton.client(["status"]).stdout
+            #expect(status.contains("\"serving\""), "STATUS= from the worker shows in baton status")
+        case "fd":
+            #expect(report.env["BATON_NOTIFY_FD"] == "4")
+            #expect(report.fds["4"]?.hasPrefix("pipe:") == true)
+        default:
+            #expect(report.env["BATON_NOTIFY_FD"] == nil)
+        }
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).body.hasPrefix("generation 1"))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func notifyMessagesFromStrangersAreIgnoredAndLogged() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "hang")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", "notify", "--ready-timeout", "20s"] + worker(),
+            scratch: scratch, environment: ["READY_MODE": "notify", "REPORT_DIR": reports, "BEHAVIOUR_FILE": scratch.file("behaviour")])
+        #expect(baton.stdout.waitFor("behaviour hang") != nil)
+        let report = try #require(WorkerReport.all(in: reports).first)
+        let address = try #require(report.env["NOTIFY_SOCKET"])
+        // The test process is not a worker: its READY=1 must not make the generation ready.
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var sockaddr = sockaddr_un()
+        sockaddr.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(address.utf8)
+        bytes[0] = 0
+        withUnsafeMutableBytes(of: &sockaddr.sun_path) { $0.copyBytes(from: bytes) }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+        let message = Array("READY=1".utf8)
+        let sent = withUnsafePointer(to: &sockaddr) {
+            $0.withMemoryRebound(to: Glibc.sockaddr.self, capacity: 1) {
+                sendto(fd, message, message.count, 0, $0, length)
+            }
+        }
+        #expect(sent == message.count)
+        #expect(baton.stderr.waitFor("not one of baton's workers") != nil)
+        #expect(!baton.stderr.text.contains("generation 1 ready"))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test(arguments: ["notify", "fd", "listen"])
+    func theReadyTimeoutAppliesInEveryModeAndAFirstGenerationThatNeverServesExitsNonZero(mode: String) throws {
+        let scratch = Scratch()
+        scratch.write("behaviour", "hang")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode, "--ready-timeout", "700ms"] + worker(),
+            scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": mode])
+        let status = baton.wait()
+        #expect(status == 1)
+        #expect(baton.stderr.text.contains("did not become ready within 700ms"))
+    }
+
+    @Test func reloadReplacesTheGenerationAndReportsProgress() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let before = try HTTP.get(unix: scratch.file("s.sock"))
+        #expect(before.body.hasPrefix("generation 1"))
+        let reload = baton.client(["reload"])
+        #expect(reload.status == 0, "\(reload.stderr)")
+        #expect(reload.stdout.contains("starting generation 2"))
+        #expect(reload.stdout.contains("generation 2 serving"))
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).body.hasPrefix("generation 2"))
+        // The old generation is gone by the time reload returns.
+        let status = baton.client(["status", "--json"])
+        let report = try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any]
+        let generations = report?["generations"] as? [[String: Any]]
+        #expect(generations?.map { $0["id"] as? Int } == [2])
+        #expect((report?["lastReload"] as? [String: Any])?["ok"] as? Bool == true)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func sighupReloadsToo() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        baton.signal(SIGHUP)
+        #expect(baton.stderr.waitFor("reload to generation 2 succeeded") != nil)
+        #expect(baton.stop() == 0)
+    }
+
+    /// The pids of generation `id`'s workers, from `baton status --json`.
+    func workerPIDs(_ baton: BatonRun, generation id: Int) throws -> Set<Int> {
+        let status = baton.client(["status", "--json"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])
+        let generations = try #require(report["generations"] as? [[String: Any]])
+        let generation = try #require(generations.first { $0["id"] as? Int == id })
+        return Set((generation["workers"] as? [[String: Any]] ?? []).compactMap { $0["pid"] as? Int })
+    }
+
+    @Test(arguments: ["crash", "hang"])
+    func aFailingNewGenerationRollsBackAndTheOldKeepsServing(behaviour: String) throws {
+        let scratch = Scratch()
+        scratch.write("behaviour", "ok")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2", "--ready", "fd", "--ready-timeout", "1s"] + worker(),
+            scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": "fd"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let before = try workerPIDs(baton, generation: 1)
+        #expect(before.count == 2)
+        scratch.write("behaviour", behaviour)
+        let reload = baton.client(["reload"])
+        #expect(reload.status == 1)
+        #expect(reload.stderr.hasPrefix("baton: reload failed: reload to generation 2 failed: worker"))
+        if behaviour == "crash" {
+            #expect(reload.stderr.contains("exited with exit 3 before the generation was ready"))
+            #expect(reload.stderr.contains("| fatal: cannot load configuration (test crash)"), "the worker's stderr is shown")
+        } else {
+            #expect(reload.stderr.contains("did not become ready within 1s"))
+            #expect(reload.stderr.contains("| hanging before ready"))
+        }
+        // Generation 1 keeps serving, with the very same processes.
+        for _ in 0..<4 {
+            let body = try HTTP.get(unix: scratch.file("s.sock")).body
+            #expect(body.hasPrefix("generation 1"))
+        }
+        #expect(try workerPIDs(baton, generation: 1) == before)
+        #expect(baton.client(["status"]).stdout.contains("last reload: failed"))
+        // A fixed version reloads fine afterwards.
+        scratch.write("behaviour", "ok")
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).body.hasPrefix("generation 3"))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aCrashedWorkerIsRespawned() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let body = try HTTP.get(unix: scratch.file("s.sock")).body
+        let pid = try #require(Int32(body.split(separator: " ").last!.trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(pid, SIGKILL)
+        #expect(baton.stderr.waitFor("exited with signal KILL") != nil)
+        #expect(baton.stderr.waitFor("is back") != nil)
+        let status = baton.client(["status"]).stdout
+        #expect(status.contains("restarts 1"))
+        #expect(!status.contains("pid \(pid) "))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func rollingReplacesFourWorkersOneAtATime() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "4", "--strategy", "rolling"] + worker(), scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let reload = baton.client(["reload"])
+        #expect(reload.status == 0, "\(reload.stderr)")
+        let steps = reload.stdout.split(separator: "\n").filter { $0.contains("retiring its predecessor") }
+        #expect(steps.map { $0.contains("worker 1 ready, 1/4") || $0.contains("worker 2 ready, 2/4") || $0.contains("worker 3 ready, 3/4") || $0.contains("worker 4 ready, 4/4") } == [true, true, true, true])
+        #expect(steps.first?.contains("worker 1 ready, 1/4") == true)
+        #expect(steps.last?.contains("worker 4 ready, 4/4") == true)
+        let status = baton.client(["status"]).stdout
+        #expect(status.contains("generation 2  serving"))
+        #expect(!status.contains("generation 1 "))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func sigtermDrainsRequestsInFlightThenExitsZero() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let slow = Thread {
+            let response = try? HTTP.get(unix: scratch.file("s.sock"), "/?sleep=800")
+            scratch.write("slow-result", response.map { "\($0.status)" } ?? "failed")
+        }
+        slow.start()
+        // The worker logs the request when it starts on it: from then on it is in flight.
+        #expect(baton.stdout.waitFor("handling /?sleep=800") != nil)
+        baton.signal(SIGTERM)
+        #expect(baton.wait() == 0)
+        #expect((try? String(contentsOfFile: scratch.file("slow-result"), encoding: .utf8)) == "200")
+    }
+
+    @Test func aWorkerThatIgnoresTheStopSignalIsKilledWithItsProcessGroup() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "fork-child")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--stop-timeout", "500ms"] + worker(), scratch: scratch,
+            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let report = try #require(WorkerReport.all(in: reports).first)
+        let child = try #require(Int32(try String(contentsOfFile: "\(reports)/\(report.pid).child", encoding: .utf8)))
+        #expect(isAlive(child))
+        #expect(baton.stop() == 0)
+        #expect(!isAlive(report.pid))
+        #expect(!isAlive(child), "the app's own child went with its process group")
+    }
+
+    @Test func aSecondSigtermKillsAtOnce() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "ignore-term")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--stop-timeout", "5m"] + worker(), scratch: scratch,
+            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let report = try #require(WorkerReport.all(in: reports).first)
+        baton.signal(SIGTERM)
+        #expect(baton.stderr.waitFor("stopping") != nil)
+        baton.signal(SIGTERM)
+        #expect(baton.wait(timeout: 10) != nil)
+        #expect(!isAlive(report.pid))
+    }
+}
+
+/// The control socket and the errors users see.
+@Suite("control socket and errors", .serialized, .timeLimit(.minutes(1)))
+struct ControlAndErrorTests {
+    @Test func theControlSocketIsPrivateAndSurvivesBadRequests() async throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker], scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let attributes = try FileManager.default.attributesOfItem(atPath: baton.control)
+        #expect((attributes[.posixPermissions] as? Int) == 0o600)
+
+        func exchange(_ bytes: [UInt8]) -> String {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(baton.control.utf8)) }
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            var reply: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n <= 0 { break }
+                reply += buffer[0..<n]
+            }
+            return String(decoding: reply, as: UTF8.self)
+        }
+        #expect(exchange(Array("hello\n".utf8)).contains("malformed request"))
+        #expect(exchange([UInt8](repeating: 65, count: 100_000)).contains("request too large"))
+        #expect(exchange(Array("{\"command\":\"status\"}\n".utf8)).contains("\"kind\":\"status\""))
+
+        // Several clients at once.
+        let statuses = try await withThrowingTaskGroup(of: Int32.self) { group in
+            for _ in 0..<8 { group.addTask { baton.client(["status"]).status } }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(statuses == Array(repeating: 0, count: 8))
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200, "the launcher is undisturbed")
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func tcpListenersOnIPv4AndIPv6() throws {
+        let scratch = Scratch()
+        let port = 20000 + Int(getpid() % 10000)
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--listen", "v6=[::1]:\(port)", "--", "python3", Paths.worker], scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200)
+        #expect(try HTTP.get(host: "::1", port: port).status == 200)
+
+        // The same port again is refused with a message that names the address.
+        let second = run(Paths.baton, ["run", "--control", scratch.file("c2.sock"), "--listen", "127.0.0.1:\(port)", "--", "true"])
+        #expect(second.status != 0)
+        #expect(second.stderr == "baton: address 127.0.0.1:\(port) is already in use: stop whatever listens there or choose another --listen")
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aStaleUnixSocketIsReplacedAndALiveOneIsNot() throws {
+        let scratch = Scratch()
+        let path = scratch.file("s.sock")
+        // A stale socket file: bound, then its owner went away.
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        close(fd)
+        let baton = try BatonRun(["--listen", "unix:\(path)", "--socket-mode", "660", "--", "python3", Paths.worker], scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        #expect((attributes[.posixPermissions] as? Int) == 0o660)
+        let second = run(Paths.baton, ["run", "--control", scratch.file("c2.sock"), "--listen", "unix:\(path)", "--", "true"])
+        #expect(second.stderr.contains("address unix:\(path) is already in use"))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test(arguments: [
+        (["run", "--listen", "nonsense", "--", "true"], "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH"),
+        (["run", "--listen", ":8080", "--", "/nonexistent/app"], "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)"),
+        (["run", "--listen", ":8080", "--", "no-such-app-xyz"], "baton: cannot execute 'no-such-app-xyz': not found in PATH (give its full path)"),
+        (["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"], "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m"),
+        (["run", "--listen", ":8080", "--ready", "magic", "--", "true"], "baton: invalid --ready 'magic': use notify, fd, listen or exec"),
+        (["run", "--listen", ":8080", "--stop-signal", "NOPE", "--", "true"], "baton: invalid --stop-signal 'NOPE': use a signal name such as TERM, INT, QUIT or USR2"),
+        (["run", "--listen", ":8080"], "baton: no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js"),
+        (["run", "--", "true"], "baton: nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit"),
+        (["reload", "--control", "/nonexistent/x.sock"], "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"),
+        (["status", "--control", "/nonexistent/x.sock"], "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"),
+    ])
+    func badInputGetsAOneLineErrorThatNamesTheThing(arguments: [String], expected: String) {
+        let scratch = Scratch()
+        var args = arguments
+        if args[0] == "run" { args.insert(contentsOf: ["--control", scratch.file("c.sock")], at: 1) }
+        var environment = ProcessInfo.processInfo.environment
+        environment["LISTEN_FDS"] = nil
+        let result = run(Paths.baton, args, environment: environment)
+        #expect(result.status != 0)
+        #expect(result.stderr == expected)
+    }
+}

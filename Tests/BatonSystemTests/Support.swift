@@ -1,0 +1,295 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where things are: the package root, the built `baton`, the fixtures.
+enum Paths {
+    static let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// The `baton` binary built beside the test bundle, or `$BATON_BINARY`.
+    static let baton: String = {
+        if let path = ProcessInfo.processInfo.environment["BATON_BINARY"] { return path }
+        let bundle = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var directory = bundle.deletingLastPathComponent()
+        for _ in 0..<4 {
+            let candidate = directory.appendingPathComponent("baton").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            directory = directory.deletingLastPathComponent()
+        }
+        return packageRoot.appendingPathComponent(".build/debug/baton").path
+    }()
+
+    static let worker = packageRoot.appendingPathComponent("Tests/Fixtures/worker.py").path
+    static let nodeApp = packageRoot.appendingPathComponent("examples/node/app.js").path
+    static let pythonApp = packageRoot.appendingPathComponent("examples/python/app.py").path
+    static let loadgen = packageRoot.appendingPathComponent("tools/loadgen.py").path
+
+    static func which(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+            let candidate = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return nil
+    }
+}
+
+/// A scratch directory removed at the end of the test.
+final class Scratch: @unchecked Sendable {
+    let path: String
+
+    init() {
+        let template = "/tmp/baton-test-XXXXXX"
+        var bytes = Array(template.utf8CString)
+        path = bytes.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    func file(_ name: String) -> String { "\(path)/\(name)" }
+
+    func write(_ name: String, _ text: String) {
+        _ = FileManager.default.createFile(atPath: file(name), contents: Data(text.utf8))
+    }
+}
+
+/// Lines read from a pipe on a background thread; tests wait for a line the way a person watches a log.
+final class LineCollector: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var lines: [String] = []
+    private var closed = false
+
+    init(_ handle: FileHandle, echo: Bool = false) {
+        let thread = Thread { [self] in
+            var partial = Data()
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                partial.append(data)
+                while let newline = partial.firstIndex(of: 0x0a) {
+                    let line = String(decoding: partial[partial.startIndex..<newline], as: UTF8.self)
+                    partial.removeSubrange(partial.startIndex...newline)
+                    if echo { FileHandle.standardError.write(Data("    | \(line)\n".utf8)) }
+                    condition.lock()
+                    lines.append(line)
+                    condition.broadcast()
+                    condition.unlock()
+                }
+            }
+            condition.lock()
+            closed = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.start()
+    }
+
+    var all: [String] {
+        condition.lock()
+        defer { condition.unlock() }
+        return lines
+    }
+
+    var text: String { all.joined(separator: "\n") }
+
+    /// Waits until a line contains `needle` (counting from line `after`); returns its index, or nil on timeout
+    /// or end of stream.
+    @discardableResult
+    func waitFor(_ needle: String, after: Int = 0, timeout: TimeInterval = 20) -> Int? {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            if lines.count > after, let index = lines[after...].firstIndex(where: { $0.contains(needle) }) { return index }
+            if closed { return nil }
+            if !condition.wait(until: deadline) { return nil }
+        }
+    }
+
+    /// Waits for end of stream.
+    func waitClosed(timeout: TimeInterval = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while !closed {
+            if !condition.wait(until: deadline) { return false }
+        }
+        return true
+    }
+}
+
+/// A `baton run` under test.
+final class BatonRun: @unchecked Sendable {
+    let process = Process()
+    let stderr: LineCollector
+    let stdout: LineCollector
+    let control: String
+    let scratch: Scratch
+    private let exited = DispatchSemaphore(value: 0)
+
+    init(_ arguments: [String], scratch: Scratch, environment: [String: String] = [:], echo: Bool = false) throws {
+        self.scratch = scratch
+        control = scratch.file("control.sock")
+        process.executableURL = URL(fileURLWithPath: Paths.baton)
+        process.arguments = ["run", "--control", control] + arguments
+        var env = ProcessInfo.processInfo.environment
+        for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "WATCHDOG_USEC"] {
+            env[name] = nil
+        }
+        env.merge(environment) { $1 }
+        process.environment = env
+        let errPipe = Pipe()
+        let outPipe = Pipe()
+        process.standardError = errPipe
+        process.standardOutput = outPipe
+        process.standardInput = FileHandle.nullDevice
+        let exited = self.exited
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        stderr = LineCollector(errPipe.fileHandleForReading, echo: echo)
+        stdout = LineCollector(outPipe.fileHandleForReading, echo: echo)
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+
+    func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
+
+    /// Waits for the launcher to exit and returns its status.
+    func wait(timeout: TimeInterval = 30) -> Int32? {
+        guard exited.wait(timeout: .now() + timeout) == .success else { return nil }
+        exited.signal()  // later waits return at once
+        return process.terminationStatus
+    }
+
+    func stop() -> Int32? {
+        signal(SIGTERM)
+        return wait()
+    }
+
+    /// Runs `baton SUBCOMMAND --control ...`.
+    func client(_ arguments: [String]) -> CommandResult {
+        run(Paths.baton, [arguments[0], "--control", control] + arguments.dropFirst())
+    }
+}
+
+struct CommandResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a command to completion.
+func run(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if let environment { process.environment = environment }
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    do { try process.run() } catch { return CommandResult(status: -1, stdout: "", stderr: "\(error)") }
+    let outCollector = LineCollector(out.fileHandleForReading)
+    let errCollector = LineCollector(err.fileHandleForReading)
+    process.waitUntilExit()
+    _ = outCollector.waitClosed()
+    _ = errCollector.waitClosed()
+    return CommandResult(status: process.terminationStatus, stdout: outCollector.text, stderr: errCollector.text)
+}
+
+/// One HTTP GET over a unix or TCP socket, raw, so that every failure is visible.
+enum HTTP {
+    struct Response {
+        var status: Int
+        var body: String
+    }
+
+    static func get(unix path: String, _ target: String = "/") throws -> Response {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        return try exchange(fd, target)
+    }
+
+    static func get(host: String, port: Int, _ target: String = "/") throws -> Response {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var info: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &info) == 0, let info else { throw POSIXError(.EINVAL) }
+        defer { freeaddrinfo(info) }
+        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        return try exchange(fd, target)
+    }
+
+    private static func exchange(_ fd: Int32, _ target: String) throws -> Response {
+        // A test must fail, not hang, when nobody answers.
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let request = Array("GET \(target) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".utf8)
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+            throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
+        }
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n < 0 { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            if n == 0 { break }
+            data += buffer[0..<n]
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        guard let head = text.range(of: "\r\n\r\n") else { throw POSIXError(.EBADMSG) }
+        let statusLine = text[..<head.lowerBound].split(separator: "\r\n").first ?? ""
+        let parts = statusLine.split(separator: " ")
+        guard parts.count >= 2, let status = Int(parts[1]) else { throw POSIXError(.EBADMSG) }
+        return Response(status: status, body: String(text[head.upperBound...]))
+    }
+}
+
+/// Reads the JSON report a fixture worker wrote.
+struct WorkerReport: Decodable {
+    var pid: Int32
+    var pgid: Int32
+    var fds: [String: String]
+    var env: [String: String]
+    var sigblk: String
+    var sigign: String
+
+    static func all(in directory: String) -> [WorkerReport] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return names.filter { $0.hasSuffix(".json") }.compactMap { name in
+            guard let data = FileManager.default.contents(atPath: "\(directory)/\(name)") else { return nil }
+            return try? JSONDecoder().decode(WorkerReport.self, from: data)
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+func isAlive(_ pid: Int32) -> Bool {
+    guard kill(pid, 0) == 0 else { return false }
+    let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+    guard let close = stat.lastIndex(of: ")") else { return false }
+    return !stat[stat.index(after: close)...].hasPrefix(" Z")
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""A test worker for baton's system tests: an HTTP server on the listeners baton hands over.
+
+Behaviour comes from the environment and from a file read at start, so that a reload can switch it:
+  REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
+  READY_MODE       notify | fd | none (default none: baton detects the accept)
+  BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash
+Each response body is "generation G worker W pid P".
+"""
+import json, os, signal, socket, sys, threading, time
+
+behaviour = "ok"
+if os.environ.get("BEHAVIOUR_FILE") and os.path.exists(os.environ["BEHAVIOUR_FILE"]):
+    behaviour = open(os.environ["BEHAVIOUR_FILE"]).read().strip() or "ok"
+
+def status_line(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return line.split()[1]
+
+def report():
+    directory = os.environ.get("REPORT_DIR")
+    if not directory:
+        return
+    me = f"/proc/{os.getpid()}/fd"
+    fds = {}
+    for name in os.listdir(me):
+        try:
+            target = os.readlink(f"{me}/{name}")
+        except OSError:
+            continue  # the fd listdir itself used, already closed
+        if target != me:
+            fds[name] = target
+    data = {
+        "pid": os.getpid(), "pgid": os.getpgid(0), "fds": fds,
+        "env": {k: v for k, v in os.environ.items()},
+        "sigblk": status_line("SigBlk"), "sigign": status_line("SigIgn"),
+        "behaviour": behaviour,
+    }
+    path = os.path.join(directory, f"{os.getpid()}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f)
+    os.rename(path + ".tmp", path)
+
+report()
+print(f"worker pid {os.getpid()} behaviour {behaviour}", flush=True)
+
+if behaviour == "crash":
+    print("fatal: cannot load configuration (test crash)", file=sys.stderr, flush=True)
+    sys.exit(3)
+if behaviour == "hang":
+    print("hanging before ready", file=sys.stderr, flush=True)
+    while True:
+        time.sleep(3600)
+if behaviour == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if behaviour == "fork-child":
+    child = os.fork()
+    if child == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(3600)
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.child"), "w") as f:
+        f.write(str(child))
+
+listeners = [socket.socket(fileno=3 + i) for i in range(int(os.environ.get("LISTEN_FDS", "1")))]
+generation = os.environ.get("BATON_GENERATION", "?")
+worker = os.environ.get("BATON_WORKER", "?")
+in_flight = threading.Semaphore(1000)
+active = [0]
+lock = threading.Lock()
+stopping = threading.Event()
+
+def handle(conn):
+    with lock:
+        active[0] += 1
+    try:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+        path = data.split(b" ")[1].decode()
+        if "sleep=" in path:
+            print(f"handling {path}", flush=True)
+            time.sleep(int(path.split("sleep=")[1].split("&")[0]) / 1000)
+        body = f"generation {generation} worker {worker} pid {os.getpid()}\n".encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+    finally:
+        conn.close()
+        with lock:
+            active[0] -= 1
+
+class Stop(Exception):
+    pass
+
+def on_term(signum, frame):
+    stopping.set()
+    raise Stop()
+
+if behaviour != "ignore-term":
+    signal.signal(signal.SIGTERM, on_term)
+
+def ready():
+    mode = os.environ.get("READY_MODE", "none")
+    if mode == "notify":
+        address = os.environ["NOTIFY_SOCKET"]
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b"STATUS=serving\nREADY=1", address)
+        s.close()
+    elif mode == "fd":
+        os.write(int(os.environ["BATON_NOTIFY_FD"]), b"STATUS=serving\nREADY=1\n")
+
+try:
+    ready()
+    if behaviour == "late-crash":
+        threading.Timer(0.2, lambda: os._exit(4)).start()
+    def serve(listener):
+        while not stopping.is_set():
+            conn, _ = listener.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    # The first listener is served by the main thread (blocked in accept, which baton can see), the others by
+    # threads of their own.
+    for extra in listeners[1:]:
+        threading.Thread(target=serve, args=(extra,), daemon=True).start()
+    serve(listeners[0])
+except Stop:
+    pass
+# Drain: the listening socket stays open in baton; wait for requests in flight, then exit.
+deadline = time.time() + 10
+while time.time() < deadline:
+    with lock:
+        if active[0] == 0:
+            break
+    time.sleep(0.01)
+print(f"worker pid {os.getpid()} drained", flush=True)
+sys.exit(0)
