@@ -32,12 +32,15 @@ public struct SupervisorSettings: Sendable, Equatable {
     public var crashLoopThreshold: Int
     /// Consecutive crashes of every slot after which baton gives up and exits non-zero.
     public var giveUpThreshold: Int
+    /// The watchdog interval a worker opts in to by sending `WATCHDOG=1` (exported as `WATCHDOG_USEC`).
+    public var workerWatchdog: Duration?
 
     public init(
         workers: Int = 1, strategy: Strategy = .allAtOnce, readyTimeout: Duration = .seconds(30),
         stopTimeout: Duration = .seconds(30), backoff: Backoff = Backoff(), crashLoopThreshold: Int = 5,
-        giveUpThreshold: Int = 10
+        giveUpThreshold: Int = 10, workerWatchdog: Duration? = nil
     ) {
+        self.workerWatchdog = workerWatchdog
         self.workers = workers
         self.strategy = strategy
         self.readyTimeout = readyTimeout
@@ -97,6 +100,8 @@ public enum ManagerNotification: Sendable, Equatable {
     case reloading
     case stopping
     case status(String)
+    /// `EXTEND_TIMEOUT_USEC=`: a start, reload or stop that is going well needs this much more time.
+    case extendTimeout(Duration)
 }
 
 /// What happens to the state machine.
@@ -282,6 +287,7 @@ public struct Supervisor: Sendable {
         case .watchdogPing(let id, let interval):
             guard let worker = workers[id], worker.state == .ready || worker.state == .starting else { break }
             if let interval { workers[id]?.watchdogInterval = interval }
+            if workers[id]?.watchdogInterval == nil { workers[id]?.watchdogInterval = settings.workerWatchdog }
             if let interval = workers[id]?.watchdogInterval {
                 actions.append(.schedule(.watchdog(id), after: interval))
             }
@@ -323,6 +329,10 @@ public struct Supervisor: Sendable {
         generations[generation]?.slots[slot] = id
         actions.append(.spawn(id, generation: generation, slot: slot))
         actions.append(.schedule(.readyTimeout(id), after: settings.readyTimeout))
+        if phase == .starting || reload != nil {
+            // Keep systemd's start or reload timer from killing a generation that is within its ready timeout.
+            actions.append(.notifyManager(.extendTimeout(settings.readyTimeout + .seconds(5))))
+        }
     }
 
     /// Sends the stop signal to a worker (or kills it, if `kill`), and arms its stop timeout.
@@ -671,6 +681,7 @@ public struct Supervisor: Sendable {
         guard phase != .stopping && phase != .exited else { return }
         phase = .stopping
         actions.append(.notifyManager(.stopping))
+        actions.append(.notifyManager(.extendTimeout(settings.stopTimeout + .seconds(5))))
         actions.append(.log(LifecycleEvent(.stopping, "stopping: retiring \(liveWorkers.count) worker(s)")))
         if let reload {
             actions.append(.reloadFinished(reload.requesters, ok: false, message: "baton is stopping", duration: now - reload.startedAt, failedWorker: nil))

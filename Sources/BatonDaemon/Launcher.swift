@@ -14,6 +14,7 @@ enum DaemonEvent: Sendable {
     case controlConnected(ControlClient)
     case controlRequest(ControlClient, Result<ControlProtocol.Request, BatonError>)
     case timer(TimerID, token: Int)
+    case watchdogTick
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -34,6 +35,8 @@ public actor Launcher {
     private var notifyAddress: String?
     private var controlSocket: FileDescriptor?
     private let devNull: FileDescriptor
+    /// Worker output goes to the journal as structured entries instead of baton's stdout and stderr.
+    private let journal: Bool
 
     private struct WorkerIO {
         var stdout: OutputPipe
@@ -56,8 +59,9 @@ public actor Launcher {
     /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
     public init(
         configuration: LaunchConfiguration, listeners: [ListeningSocket], executable: String, environment: [String],
-        logger: Logger
+        logger: Logger, journal: Bool = false
     ) throws(SystemError) {
+        self.journal = journal
         self.configuration = configuration
         self.listeners = listeners
         self.executable = executable
@@ -75,6 +79,7 @@ public actor Launcher {
         try setUpSignals()
         try setUpNotifySocket()
         try setUpControlSocket()
+        try setUpWatchdog()
         loop.start()
         perform(supervisor.handle(.start, now: .now))
 
@@ -106,6 +111,18 @@ public actor Launcher {
         }
         // Children that ended before the signalfd existed.
         for exit in Children.reapAll() { sink.yield(.childExited(exit)) }
+    }
+
+    /// Pings systemd's watchdog at half its interval from a timerfd of the event loop, through the actor: a stuck
+    /// loop or a stuck actor stops the pings, and systemd restarts baton.
+    private func setUpWatchdog() throws(SystemError) {
+        guard let usec = Systemd.watchdogMicroseconds(), usec > 0 else { return }
+        let fd = try PeriodicTimer.descriptor(every: .microseconds(Int64(usec / 2)))
+        let sink = self.sink
+        try loop.register(fd) {
+            if PeriodicTimer.acknowledge(fd) > 0 { sink.yield(.watchdogTick) }
+        }
+        logger.info("pinging the service manager's watchdog every \(Duration.microseconds(Int64(usec / 2)).shortDescription)")
     }
 
     private func setUpNotifySocket() throws(SystemError) {
@@ -225,6 +242,8 @@ public actor Launcher {
                     perform(supervisor.handle(.reloadRequested(requester), now: now))
                 }
             }
+        case .watchdogTick:
+            Systemd.notify("WATCHDOG=1")
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -308,6 +327,8 @@ public actor Launcher {
             guard line != lastStatusLine else { return }
             lastStatusLine = line
             Systemd.notify("STATUS=\(line)")
+        case .extendTimeout(let duration):
+            Systemd.notify("EXTEND_TIMEOUT_USEC=\(duration.microseconds)")
         }
     }
 
@@ -333,6 +354,9 @@ public actor Launcher {
         environment.append("LISTEN_FDNAMES=\(listeners.map(\.name).joined(separator: ":"))")
         environment.append("BATON_GENERATION=\(generation)")
         environment.append("BATON_WORKER=\(slot)")
+        if let watchdog = configuration.supervisor.workerWatchdog {
+            environment.append("WATCHDOG_USEC=\(watchdog.microseconds)")
+        }
         var notifyPipe: (read: FileDescriptor, write: FileDescriptor)?
         switch configuration.readyMode {
         case .notify:
@@ -343,6 +367,10 @@ public actor Launcher {
             break
         }
         let prefix = "\(configuration.name)[g\(generation).w\(slot)]: "
+        let fields = [
+            "SYSLOG_IDENTIFIER=\(configuration.name)", "BATON_INSTANCE=\(configuration.name)",
+            "BATON_GENERATION=\(generation)", "BATON_WORKER=\(slot)",
+        ]
         do {
             if configuration.readyMode == .fd { notifyPipe = try FileDescriptor.closeOnExecPipe(nonBlockingRead: true) }
             let out = try FileDescriptor.closeOnExecPipe(nonBlockingRead: true)
@@ -352,8 +380,10 @@ public actor Launcher {
                 err.write.closeOnce()
                 notifyPipe?.write.closeOnce()
             }
-            let stdoutPipe = OutputPipe(fd: out.read, prefix: prefix, toStderr: false, keep: 0, loop: loop)
-            let stderrPipe = OutputPipe(fd: err.read, prefix: prefix, toStderr: true, keep: 20, loop: loop)
+            let stdoutPipe = OutputPipe(
+                fd: out.read, destination: journal ? .journal(fields + ["BATON_STREAM=stdout"]) : .stdout(prefix), keep: 0, loop: loop)
+            let stderrPipe = OutputPipe(
+                fd: err.read, destination: journal ? .journal(fields + ["BATON_STREAM=stderr"]) : .stderr(prefix), keep: 20, loop: loop)
             let request = SpawnRequest(
                 executable: executable, arguments: configuration.command, environment: environment,
                 listeners: listeners.map(\.fd), extra: notifyPipe?.write, standardInput: devNull,
@@ -368,6 +398,8 @@ public actor Launcher {
                 perform(supervisor.handle(.spawnFailed(id, reason: error.description), now: now))
                 return
             }
+            stdoutPipe.workerPID = pid
+            stderrPipe.workerPID = pid
             try stdoutPipe.register()
             try stderrPipe.register()
             var workerIO = WorkerIO(stdout: stdoutPipe, stderr: stderrPipe)

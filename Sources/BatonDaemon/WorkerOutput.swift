@@ -3,27 +3,41 @@ import BatonSystem
 import Synchronization
 import SystemPackage
 
-/// One of a worker's output pipes (stdout or stderr): read on the event loop, forwarded line by line to
-/// baton's own stream with the generation and worker in front, and the last lines kept for error reports.
+/// One of a worker's output pipes (stdout or stderr): read on the event loop and forwarded line by line, and the
+/// last lines kept for error reports.
 final class OutputPipe: Sendable {
+    /// Where the lines go.
+    enum Destination: Sendable {
+        /// To baton's stdout or stderr, with the prefix (`NAME[gGEN.wSLOT]: `) in front.
+        case stdout(String)
+        case stderr(String)
+        /// To the journal, one entry per line with these fields (`BATON_GENERATION=` and the like).
+        case journal([String])
+    }
+
     struct State {
         var fd: FileDescriptor?
         var splitter = LineSplitter()
         var tail: [String] = []
+        var pid: Int32 = 0
     }
 
-    let prefix: String
-    let toStderr: Bool
+    let destination: Destination
     let keep: Int
     private let state: Mutex<State>
     private let loop: EventLoop
 
-    init(fd: FileDescriptor, prefix: String, toStderr: Bool, keep: Int, loop: EventLoop) {
-        self.prefix = prefix
-        self.toStderr = toStderr
+    init(fd: FileDescriptor, destination: Destination, keep: Int, loop: EventLoop) {
+        self.destination = destination
         self.keep = keep
         self.loop = loop
         state = Mutex(State(fd: fd))
+    }
+
+    /// The worker's pid, for the journal's `BATON_WORKER_PID=`.
+    var workerPID: Int32 {
+        get { state.withLock { $0.pid } }
+        set { state.withLock { $0.pid = newValue } }
     }
 
     func register() throws(SystemError) {
@@ -56,9 +70,18 @@ final class OutputPipe: Sendable {
             return lines
         }
         guard !lines.isEmpty else { return }
-        var text = ""
-        for line in lines { text += prefix + String(decoding: line, as: UTF8.self) + "\n" }
-        if toStderr { StandardStreams.writeError(text) } else { StandardStreams.writeOutput(text) }
+        switch destination {
+        case .stdout(let prefix), .stderr(let prefix):
+            var text = ""
+            for line in lines { text += prefix + String(decoding: line, as: UTF8.self) + "\n" }
+            if case .stderr = destination { StandardStreams.writeError(text) } else { StandardStreams.writeOutput(text) }
+        case .journal(let fields):
+            let pid = workerPID
+            for line in lines {
+                Systemd.journalSend(
+                    ["MESSAGE=" + String(decoding: line, as: UTF8.self), "PRIORITY=6", "BATON_WORKER_PID=\(pid)"] + fields)
+            }
+        }
     }
 
     /// The last lines read, after reading what is left in the pipe.

@@ -108,6 +108,34 @@ public final class EventLoop: Sendable {
     }
 }
 
+/// Periodic timers as fds, so that a tick is an event of the loop like any other.
+public enum PeriodicTimer {
+    /// A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC that expires every `interval`.
+    ///
+    /// The corresponding C functions are `timerfd_create` and `timerfd_settime`.
+    public static func descriptor(every interval: Duration) throws(SystemError) -> FileDescriptor {
+        let fd = try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) }
+        let (seconds, attoseconds) = interval.components
+        let period = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var spec = itimerspec(it_interval: period, it_value: period)
+        do {
+            try syscall("timerfd_settime") { timerfd_settime(fd, 0, &spec, nil) }
+        } catch {
+            _ = close(fd)
+            throw error
+        }
+        return FileDescriptor(rawValue: fd)
+    }
+
+    /// Reads how many times the timer expired since the last read (0 if it has not).
+    ///
+    /// The corresponding C function is `read`.
+    public static func acknowledge(_ fd: FileDescriptor) -> UInt64 {
+        var count: UInt64 = 0
+        return Glibc.read(fd.rawValue, &count, 8) == 8 ? count : 0
+    }
+}
+
 /// Signals delivered through a `signalfd` instead of handlers, so they arrive as ordinary events.
 public enum Signals {
     /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask. Call it first

@@ -78,6 +78,12 @@ extension Baton {
         @Option(help: ArgumentHelp("How a reload replaces workers: all-at-once or rolling (one at a time, surge of one).", valueName: "strategy"))
         var strategy: String = "all-at-once"
 
+        @Option(
+            help: ArgumentHelp(
+                "A watchdog for workers: exported as WATCHDOG_USEC; a worker that has sent WATCHDOG=1 once and then stays silent this long is replaced.",
+                valueName: "duration"))
+        var watchdog: String?
+
         @Option(help: "The listen backlog of sockets baton binds.")
         var backlog: Int32 = 4096
 
@@ -109,8 +115,9 @@ extension Baton {
                         : "cannot execute '\(name)': not found in PATH (give its full path)")
             }
 
+            let journal = StandardStreams.stderrIsJournal()
             LoggingSystem.bootstrap { label in
-                StandardStreams.stderrIsJournal()
+                journal
                     ? MultiplexLogHandler([JournalLogHandler(identifier: "baton")])
                     : MultiplexLogHandler([StderrLogHandler(label: "baton[\(configuration.name)]")])
             }
@@ -131,7 +138,7 @@ extension Baton {
             do {
                 launcher = try Launcher(
                     configuration: configuration, listeners: listeners, executable: executable,
-                    environment: Process.environment(), logger: logger)
+                    environment: Process.environment(), logger: logger, journal: journal)
             } catch {
                 throw fail("cannot start: \(error)")
             }
@@ -169,6 +176,7 @@ extension Baton {
             }
             let readyTimeout = try duration(self.readyTimeout, "--ready-timeout")
             let stopTimeout = try duration(self.stopTimeout, "--stop-timeout")
+            let workerWatchdog = try watchdog.map { text throws(BatonError) in try duration(text, "--watchdog") }
             guard let stopSignal = Signals.number(named: self.stopSignal), stopSignal != Signals.kill else {
                 throw BatonError(.badArgument, "invalid --stop-signal '\(self.stopSignal)': use a signal name such as TERM, INT, QUIT or USR2")
             }
@@ -192,7 +200,8 @@ extension Baton {
                 name: control.name, command: appCommand, listeners: specs, backlog: backlog, unixMode: mode,
                 readyMode: readyMode, stopSignal: stopSignal, controlPath: control.controlPath,
                 supervisor: SupervisorSettings(
-                    workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout))
+                    workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout,
+                    workerWatchdog: workerWatchdog))
         }
 
         /// Sockets passed by systemd (a `.socket` unit or the fd store) come first; every `--listen` whose name
@@ -222,6 +231,12 @@ extension Baton {
                     }
                     result.append(ListeningSocket(fd: fd, name: spec.name, address: spec.address.description))
                     logger.lifecycle(LifecycleEvent(.listenerBound, "listening on \(spec.address) as '\(spec.name)'"), name: configuration.name)
+                    // Into systemd's fd store, when there is one: a crash or restart of baton then keeps the socket.
+                    if Process.environment("NOTIFY_SOCKET") != nil, Systemd.notify("FDSTORE=1\nFDNAME=\(spec.name)", fds: [fd]) {
+                        logger.lifecycle(
+                            LifecycleEvent(.listenerStored, "listener '\(spec.name)' (\(spec.address)) kept in the service manager's fd store"),
+                            name: configuration.name)
+                    }
                 } catch {
                     throw BatonError(.listen, error.description)
                 }

@@ -1,4 +1,5 @@
 import BatonCore
+import Foundation
 import Testing
 
 @Suite("Parsers")
@@ -90,5 +91,19 @@ struct ParsingTests {
     @Test func backoffDoublesUpToItsCap() {
         let backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(1), stablePeriod: .seconds(10))
         #expect((1...6).map { backoff.delay(afterCrash: $0) } == [100, 200, 400, 800, 1000, 1000].map { .milliseconds($0) })
+    }
+}
+
+@Suite("journal catalog")
+struct CatalogTests {
+    @Test func everyRestartEventHasAStableMessageIDAndACatalogEntry() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let catalog = try String(contentsOf: root.appendingPathComponent("systemd/baton.catalog"), encoding: .utf8)
+        let ids = LifecycleEvent.Kind.allCases.map(\.messageID)
+        #expect(Set(ids).count == ids.count, "message ids are unique")
+        for id in ids {
+            #expect(id.count == 32 && id.allSatisfy { $0.isHexDigit && !$0.isUppercase })
+            #expect(catalog.contains("-- \(id)\n"), "catalog entry for \(id)")
+        }
     }
 }

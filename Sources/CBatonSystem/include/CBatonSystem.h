@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
+#include <sys/timerfd.h>
 
 /// The most listeners one worker can receive.
 #define CBATON_MAX_LISTENERS 1024
