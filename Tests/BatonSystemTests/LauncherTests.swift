@@ -140,6 +140,42 @@ struct LauncherTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func concurrentReloadsCoalesceAndLeaveNoOrphan() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "slow-start")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch,
+            environment: ["REPORT_DIR": reports, "BEHAVIOUR_FILE": scratch.file("behaviour")])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        // Twelve clients at once; each new generation takes a second to start, so all of them arrive during
+        // the first reload.
+        let clients = try (0..<12).map { _ in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Paths.baton)
+            process.arguments = ["reload", "--quiet", "--control", baton.control]
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        for client in clients { client.waitUntilExit() }
+        let statuses = clients.map(\.terminationStatus)
+        #expect(statuses == Array(repeating: 0, count: 12), "every requester hears of a successful reload")
+        let status = baton.client(["status", "--json"]).stdout
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        let generations = try #require(report["generations"] as? [[String: Any]])
+        #expect(generations.count == 1)
+        let id = try #require(generations.first?["id"] as? Int)
+        #expect(id == 3, "one reload plus at most one coalesced follow-up, not twelve")
+        // Every worker ever started, but the two serving, is gone.
+        let alive = WorkerReport.all(in: reports).filter { isAlive($0.pid) }
+        #expect(alive.count == 2)
+        #expect(alive.allSatisfy { $0.env["BATON_GENERATION"] == "3" })
+        #expect(baton.stop() == 0)
+        #expect(WorkerReport.all(in: reports).allSatisfy { !isAlive($0.pid) })
+    }
+
     @Test func sighupReloadsToo() throws {
         let scratch = Scratch()
         let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch)
@@ -205,6 +241,19 @@ struct LauncherTests {
         let status = baton.client(["status"]).stdout
         #expect(status.contains("restarts 1"))
         #expect(!status.contains("pid \(pid) "))
+        #expect(baton.stop() == 0)
+    }
+
+    @Test(arguments: ["notify", "fd"])
+    func aWorkerThatStopsPingingItsWatchdogIsReplaced(mode: String) throws {
+        let scratch = Scratch()
+        scratch.write("behaviour", "watchdog-once")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode, "--watchdog", "300ms"] + worker(), scratch: scratch,
+            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": mode])
+        #expect(baton.stdout.waitFor("watchdog interval 300000") != nil, "WATCHDOG_USEC is passed to the worker")
+        #expect(baton.stderr.waitFor("stopped sending WATCHDOG=1 (interval 300ms); replacing it") != nil)
+        #expect(baton.stderr.waitFor("is back") != nil)
         #expect(baton.stop() == 0)
     }
 

@@ -45,6 +45,8 @@ def report():
 report()
 print(f"worker pid {os.getpid()} behaviour {behaviour}", flush=True)
 
+if behaviour == "slow-start":
+    time.sleep(1.0)
 if behaviour == "crash":
     print("fatal: cannot load configuration (test crash)", file=sys.stderr, flush=True)
     sys.exit(3)
@@ -103,20 +105,24 @@ def on_term(signum, frame):
 if behaviour != "ignore-term":
     signal.signal(signal.SIGTERM, on_term)
 
-def ready():
+def notify(message):
     mode = os.environ.get("READY_MODE", "none")
     if mode == "notify":
         address = os.environ["NOTIFY_SOCKET"]
         if address.startswith("@"):
             address = "\0" + address[1:]
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.sendto(b"STATUS=serving\nREADY=1", address)
+        s.sendto(message.encode(), address)
         s.close()
     elif mode == "fd":
-        os.write(int(os.environ["BATON_NOTIFY_FD"]), b"STATUS=serving\nREADY=1\n")
+        os.write(int(os.environ["BATON_NOTIFY_FD"]), (message + "\n").encode())
 
 try:
-    ready()
+    notify("STATUS=serving\nREADY=1")
+    if behaviour == "watchdog-once":
+        # Opts in to baton's watchdog (WATCHDOG_USEC), then hangs as far as the watchdog can tell.
+        print(f"watchdog interval {os.environ.get('WATCHDOG_USEC')}", flush=True)
+        notify("WATCHDOG=1")
     if behaviour == "late-crash":
         threading.Timer(0.2, lambda: os._exit(4)).start()
     def serve(listener):
