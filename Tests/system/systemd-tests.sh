@@ -1,0 +1,787 @@
+#!/usr/bin/env bash
+# systemd-tests.sh - baton under a real systemd: Debian 12 (systemd 252) and Debian 13 (257),
+# each booted as PID 1 of a systemd-nspawn container by rig.sh.
+#
+# Usage: Tests/system/systemd-tests.sh        (as root)
+#
+# Phases (each timed): deps (rig.sh deps), build (the static baton, reused when newer than
+# Sources/ and Package.swift), rootfs (rig.sh rootfs, cached), boot, install, checks, teardown.
+# Into each container it installs /usr/bin/baton, the units of systemd/ (baton@.service,
+# baton@.socket), the catalog, the example Node app as /usr/share/baton/examples/node/app.js,
+# /etc/baton/demo.conf, and a drop-in making baton@demo.socket listen on 127.0.0.1:8080.
+# Then the checks, in this order (each prints "ok - SUITE X: ..." or "not ok - ..." with its
+# transcript and the unit's journal, and the next check runs anyway):
+#   a  socket activation: the first connection starts the service, generation 1 answers,
+#      `systemctl status` shows baton's STATUS= line
+#   b  `systemctl reload` exits 0, and right after it the next generation answers and is in
+#      StatusText
+#   c  a broken release of the app (exits 1 at start): `systemctl reload` fails, the old
+#      generation keeps serving, the journal has the reload-failed MESSAGE_ID
+#   d  10 `systemctl reload`s under load (loadgen inside, 16 clients, mixed, slow requests):
+#      0 failed requests, the final responses come from the newest generation
+#   e  the journal: reload events by MESSAGE_ID; one generation's entries (BATON_GENERATION=)
+#      hold both baton's events and the workers' own lines; `journalctl -x` shows the catalog
+#   f  watchdog (WatchdogSec=2 drop-in): baton pings in time; SIGSTOPped, it is killed for
+#      "Watchdog timeout" and restarted, and the socket unit's listener still answers
+#   g  `kill -9` of baton under load: systemd restarts it; 0 refused connections
+#   h  `systemctl stop` lets a request in flight (?sleep=2000) complete with a 200
+#   i  fd store without a socket unit (batonfd.service, --listen http=127.0.0.1:8081):
+#      `systemctl restart` and `kill -9` under load, 0 refused; the listener was stored
+#      once (MESSAGE_ID ...e642) and never bound again (...e641)
+#   j  systemd >= 254 only: Type=notify-reload (systemd/notify-reload.conf): SIGHUP reload
+#   k  `systemd-analyze verify` of both units is clean; `systemd-analyze security` score
+# and finally that the teardown left no process, cgroup or mount behind. Ends with the
+# timings and "systemd: N passed, M failed"; exits non-zero if any check failed.
+#
+# Environment:
+#   RIG_CACHE      rootfs trees, default /var/cache/baton-rig (SUITE/ each)
+#   RIG_SUITES     suites, default "bookworm trixie"
+#   RIG_PARALLEL   1 (default): the suites run at once; 0: one after another
+#   BATON_BIN      use this baton binary instead of building one
+#   BATON_UNITS    directory holding the unit files, catalog and demo.conf to test
+#                  (default: the repository's systemd/)
+#   CHECKS         only these checks, e.g. "a b f" (default: all)
+#   CHECK_TIMEOUT  seconds after which a check is killed and fails, default 240
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+rig=$here/rig.sh
+cache=${RIG_CACHE:-/var/cache/baton-rig}
+parallel=${RIG_PARALLEL:-1}
+units=${BATON_UNITS:-$repo/systemd}
+read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
+read -r -a only <<<"${CHECKS:-}"
+check_timeout=${CHECK_TIMEOUT:-240}
+
+# MESSAGE_IDs of baton's events (systemd/baton.catalog).
+MID_GEN_READY=8f3c2b1e6a4d4b0f9e51c7a2d3b4e602
+MID_RELOAD_OK=8f3c2b1e6a4d4b0f9e51c7a2d3b4e612
+MID_RELOAD_FAILED=8f3c2b1e6a4d4b0f9e51c7a2d3b4e613
+MID_LISTENER_BOUND=8f3c2b1e6a4d4b0f9e51c7a2d3b4e641
+MID_LISTENER_STORED=8f3c2b1e6a4d4b0f9e51c7a2d3b4e642
+
+[[ $(id -u) == 0 ]] || { echo "systemd-tests: must run as root" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/baton-systemd-tests.XXXXXX)
+stage=$work/opt            # bind-mounted at /opt/test in every container
+names=()                   # containers that may be running ("rig.sh stop" is idempotent)
+jobs_running=()
+
+name_of() { echo "bt-$1-$$"; }
+
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill -TERM "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid n
+    trap - EXIT INT TERM
+    for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
+    for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for n in "${names[@]}"; do "$rig" stop "$n" || rc=1; done
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+
+# Results: one line per check in $work/results ("ok" or "not ok"), appended under a lock.
+results=$work/results
+lock=$work/lock
+: >"$results"
+record() { # record ok|notok TEXT
+    local word=ok
+    [[ $1 == ok ]] || word="not ok"
+    { flock 9; printf '%s\n' "$word" >>"$results"; } 9>>"$lock"
+}
+
+# Print a block (stdin) atomically, every line prefixed with "[suite] " when suites run at once.
+emit() {
+    local prefix=$1
+    flock "$lock" sed "s/^/$prefix/"
+}
+
+declare -A phase_ms=()
+phase_begin() { echo "== $1"; phase_start=$(now_ms); }
+phase_end() { phase_ms[$1]=$(($(now_ms) - phase_start)); echo "== $1: $(secs "${phase_ms[$1]}")s"; }
+
+# for_suites FUNC: FUNC SUITE for every suite, at once unless RIG_PARALLEL=0, each as a
+# background job so that "set -e" holds inside. Returns non-zero if any failed.
+for_suites() {
+    local fn=$1 s rc=0 pids=() pid
+    for s in "${suites[@]}"; do
+        "$fn" "$s" &
+        pids+=($!); jobs_running=("${pids[@]}")
+        if ! ((parallel)); then wait "$!" || rc=1; fi
+    done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || rc=1; done
+    jobs_running=()
+    return "$rc"
+}
+
+prefix_of() { if ((parallel && ${#suites[@]} > 1)); then echo "[$1] "; fi; }
+
+# ---------------------------------------------------------------------------- build
+
+baton_bin=${BATON_BIN:-$repo/.build-static/release/baton}
+
+build_baton() {
+    if [[ -n ${BATON_BIN:-} ]]; then
+        [[ -x $BATON_BIN ]] || { echo "BATON_BIN=$BATON_BIN is not executable"; return 1; }
+        echo "using BATON_BIN=$BATON_BIN"
+        return 0
+    fi
+    local newer=""
+    if [[ -x $baton_bin ]]; then
+        newer=$(find "$repo/Sources" "$repo/Package.swift" -newer "$baton_bin" -print -quit)
+        if [[ -z $newer ]]; then
+            echo "reusing $baton_bin (newer than Sources/ and Package.swift)"
+            return 0
+        fi
+        echo "rebuilding: $newer is newer than $baton_bin"
+    fi
+    (cd "$repo" && swift build -c release --static-swift-stdlib --scratch-path .build-static \
+        --product baton 2>&1 | tail -n 3)
+    [[ -x $baton_bin ]]
+}
+
+# ---------------------------------------------------------------------------- staging
+
+write_stage() {
+    local fx=$stage/fixtures
+    mkdir -p "$stage/tools" "$stage/out" "$fx"
+    cp "$baton_bin" "$stage/baton"
+    cp -r "$units" "$stage/systemd"
+    cp -r "$repo/examples" "$stage/examples"
+    cp "$repo/tools/loadgen.py" "$stage/tools/"
+
+    cat >"$fx/listen.conf" <<'EOF'
+[Socket]
+ListenStream=
+ListenStream=127.0.0.1:8080
+EOF
+    # A broken release of the app, as an upgrade might ship: exits 1 at start.
+    cat >"$fx/broken-app.js" <<'EOF'
+'use strict';
+console.error('broken release: cannot load configuration, exiting');
+process.exit(1);
+EOF
+    cat >"$fx/watchdog.conf" <<'EOF'
+[Service]
+WatchdogSec=2
+EOF
+    cat >"$fx/batonfd.service" <<'EOF'
+[Unit]
+Description=baton with a listener of its own, kept in the fd store
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/usr/bin/baton run --name batonfd --listen http=127.0.0.1:8081 --workers 2 --ready fd -- /usr/bin/node /usr/share/baton/examples/node/app.js
+RuntimeDirectory=batonfd
+FileDescriptorStoreMax=4
+KillMode=mixed
+Restart=on-failure
+RestartSec=1
+EOF
+    # jafter.py CURSOR [FIELD=VALUE...]: the MESSAGE of every entry after CURSOR that has all
+    # the fields given. (journalctl 252 --after-cursor finds nothing when given a field match.)
+    cat >"$fx/jafter.py" <<'EOF'
+import json, subprocess, sys
+out = subprocess.run(["journalctl", "--no-pager", "-o", "json", "--after-cursor", sys.argv[1]],
+                     capture_output=True, text=True, check=True).stdout
+want = [m.split("=", 1) for m in sys.argv[2:]]
+for line in out.splitlines():
+    e = json.loads(line)
+    if all(str(e.get(k)) == v for k, v in want):
+        m = e.get("MESSAGE")
+        print(bytes(m).decode(errors="replace") if isinstance(m, list) else m)
+EOF
+    cat >"$fx/install.sh" <<'EOF'
+#!/bin/sh
+# Runs inside the container: install baton, its units, the catalog and the demo app.
+set -eu
+t=/opt/test
+install -m 0755 $t/baton /usr/bin/baton
+install -m 0644 $t/systemd/baton@.service $t/systemd/baton@.socket /etc/systemd/system/
+install -d /usr/lib/systemd/catalog /etc/baton /usr/share/baton/examples/node \
+    /etc/systemd/system/baton@demo.socket.d
+install -m 0644 $t/systemd/baton.catalog /usr/lib/systemd/catalog/baton.catalog
+journalctl --update-catalog
+install -m 0644 $t/examples/node/app.js /usr/share/baton/examples/node/app.js
+install -m 0644 $t/systemd/demo.conf /etc/baton/demo.conf
+install -m 0644 $t/fixtures/listen.conf /etc/systemd/system/baton@demo.socket.d/listen.conf
+systemctl daemon-reload
+EOF
+}
+
+# ---------------------------------------------------------------------------- phases
+
+do_rootfs() {
+    local s=$1
+    if [[ -e $cache/$s/.rig-complete ]]; then
+        echo "reusing $cache/$s ($(grep '^systemd=' "$cache/$s/.rig-complete"))"
+    else
+        "$rig" rootfs "$s" "$cache/$s"
+        echo "built $cache/$s"
+    fi
+}
+
+do_boot() {
+    local s=$1 out
+    mkdir -p "$stage/out/$s"
+    if out=$("$rig" boot "$(name_of "$s")" "$cache/$s" "$stage" 2>&1); then
+        printf '%s\n' "$out" | sed '/^$/d'
+        echo "booted $(name_of "$s"): $("$rig" status "$(name_of "$s")")"
+    else
+        printf '%s\n' "$out"
+        return 1
+    fi
+}
+
+do_install() {
+    local s=$1 n
+    n=$(name_of "$s")
+    "$rig" exec "$n" sh /opt/test/fixtures/install.sh 2>&1
+    echo "$("$rig" exec "$n" systemctl --version | sed -n 1p), node $("$rig" exec "$n" node --version)"
+}
+
+do_stop() { "$rig" stop "$(name_of "$1")"; }
+
+# ---------------------------------------------------------------------------- check helpers
+# These run inside a check: a subshell with "set -e" (any unexpected failure ends the check),
+# stdout = the check's transcript (shown if it fails), fd 3 = its notes (always shown).
+
+SUITE="" NAME=""
+in_c() { "$rig" exec "$NAME" "$@"; }
+
+note() { printf '%s\n' "$*"; printf '%s\n' "$*" >&3; }
+fail() { printf 'FAIL: %s\n' "$*"; exit 1; }
+
+# x CMD...: run CMD in the container; its output goes to the transcript and into $OUT.
+# Returns CMD's status (with "set -e", a failure ends the check unless tested).
+OUT=""
+x() {
+    local rc=0
+    printf '+ %s\n' "$*"
+    OUT=$(in_c "$@" 2>&1) || rc=$?
+    if [[ -n $OUT ]]; then printf '%s\n' "$OUT" | sed 's/^/  | /'; fi
+    if ((rc)); then printf '  (exit status %d)\n' "$rc"; fi
+    return "$rc"
+}
+
+# get URL: one request with curl inside; sets CODE and BODY.
+CODE="" BODY=""
+get() {
+    local out
+    out=$(in_c curl -sS --max-time 20 -w '\n%{http_code}' "$1" 2>&1) || true
+    CODE=${out##*$'\n'}
+    BODY=${out%$'\n'*}
+    [[ $out == *$'\n'* ]] || BODY=$out
+    BODY=${BODY%$'\n'}
+    printf '+ curl %s -> %s %s\n' "$1" "$CODE" "$BODY"
+}
+
+show() { in_c systemctl show -p "$2" --value "$1"; }
+
+# The generation in StatusText ("serving generation N ..."), or nothing.
+serving_gen() {
+    local st
+    st=$(show baton@demo.service StatusText)
+    [[ $st =~ ^serving\ generation\ ([0-9]+) ]] && echo "${BASH_REMATCH[1]}"
+}
+
+# until_ok SECS CMD...: run CMD (on the host side; use in_c for the container) every 0.1 s
+# until it succeeds, for at most SECS seconds.
+until_ok() {
+    local secs=$1; shift
+    local deadline=$(($(now_ms) + secs * 1000))
+    until "$@"; do
+        (($(now_ms) < deadline)) || return 1
+        sleep 0.1
+    done
+}
+
+is_active() { [[ $(show "$1" ActiveState) == active ]]; }
+# restarted UNIT N0: NRestarts went past N0 and the unit is active again.
+restarted() { (($(show "$1" NRestarts) > $2)) && is_active "$1"; }
+
+# A journal cursor at the current end, to look only at what comes after it.
+cursor() { in_c journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p'; }
+# jafter CURSOR [FIELD=VALUE...]: x of the messages of the entries after CURSOR with these fields.
+jafter() { x python3 /opt/test/fixtures/jafter.py "$@"; }
+
+# Start the load client inside, in the background: loadgen_start TAG URL. The summary goes
+# to /opt/test/out/SUITE/TAG.json; loadgen_stop TAG ends it and prints the summary.
+declare -A loadgen_pid=()
+loadgen_start() {
+    local tag=$1 url=$2 dir=/opt/test/out/$SUITE
+    in_c rm -f "$dir/$tag.stop" "$dir/$tag.json"
+    in_c python3 /opt/test/tools/loadgen.py --url "$url" --clients 16 --mode mixed \
+        --slow-every 8 --slow-ms 300 --until-file "$dir/$tag.stop" --duration 240 \
+        --json "$dir/$tag.json" >"$stage/out/$SUITE/$tag.log" 2>&1 &
+    loadgen_pid[$tag]=$!
+    # Going once it has connections to the port (bounded poll).
+    until_ok 10 in_c sh -c "ss -Htn state established '( dport = :${url##*:} )' | grep -q ." ||
+        note "warning: no load connections seen after 10 s"
+    sleep 0.5
+}
+loadgen_stop() {
+    local tag=$1 rc=0
+    in_c touch "/opt/test/out/$SUITE/$tag.stop"
+    wait "${loadgen_pid[$tag]}" || rc=$?
+    unset "loadgen_pid[$tag]"
+    sed 's/^/  | /' "$stage/out/$SUITE/$tag.log"
+    ((rc == 0)) || fail "loadgen exited with status $rc"
+    [[ -s $stage/out/$SUITE/$tag.json ]] || fail "no loadgen summary"
+}
+# field TAG KEY: a value from the summary (JSON for dicts).
+field() {
+    in_c python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))[sys.argv[2]]
+print(json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)' \
+        "/opt/test/out/$SUITE/$1.json" "$2"
+}
+load_summary() {
+    in_c python3 -c 'import json,sys; d=json.load(open(sys.argv[1]))
+kinds=["non2xx","refused","reset","eof_idle","eof_new","eof_mid","timeout","other"]
+print("requests=%d ok=%d failed=%d (%s) p50=%sms p99=%sms max=%sms rps=%s" % (d["requests"], d["ok"],
+      d["failed"], " ".join("%s=%d" % (k, d[k]) for k in kinds), d["p50_ms"], d["p99_ms"],
+      d["max_ms"], d["rps"]))
+print("generations=%s final_generations=%s" % (json.dumps(d["generations"], sort_keys=True),
+      json.dumps(d["final_generations"], sort_keys=True)))
+if d["other_samples"]: print("other samples: %s" % d["other_samples"][:5])' \
+        "/opt/test/out/$SUITE/$1.json"
+}
+
+# ---------------------------------------------------------------------------- checks
+
+check_a() { # socket activation
+    x systemctl start baton@demo.socket
+    x systemctl is-active baton@demo.socket
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 ]] || fail "expected 200, got '$CODE'"
+    [[ $BODY == "hello from generation 1 "* ]] || fail "expected generation 1, got '$BODY'"
+    until_ok 30 is_active baton@demo.service || fail "baton@demo.service not active after 30 s"
+    x systemctl status -l --no-pager baton@demo.service
+    grep -q 'Status: "serving generation 1' <<<"$OUT" ||
+        fail "systemctl status shows no 'Status: \"serving generation 1' line"
+    note "$(grep 'Status:' <<<"$OUT" | sed 's/^ *//')"
+}
+
+check_b() { # systemctl reload
+    local g t0 ms
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    t0=$(now_ms)
+    x timeout 90 systemctl reload baton@demo.service
+    ms=$(($(now_ms) - t0))
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 && $BODY == "hello from generation $((g + 1)) "* ]] ||
+        fail "right after the reload: expected generation $((g + 1)), got $CODE '$BODY'"
+    x systemctl show -p StatusText baton@demo.service
+    [[ $OUT == "StatusText=serving generation $((g + 1))"* ]] ||
+        fail "StatusText does not say 'serving generation $((g + 1))'"
+    note "reload $g -> $((g + 1)) took $(secs "$ms")s; $OUT"
+}
+
+check_c() { # a broken release: the reload fails, the old generation keeps serving
+    local g cur app=/usr/share/baton/examples/node/app.js
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    cur=$(cursor)
+    x cp /opt/test/fixtures/broken-app.js "$app"
+    # Whatever happens, the good app goes back.
+    trap 'in_c install -m 0644 /opt/test/examples/node/app.js '"$app"' || true' EXIT
+    if x timeout 90 systemctl reload baton@demo.service; then
+        fail "systemctl reload exited 0 with a broken app"
+    fi
+    note "systemctl reload failed as expected: ${OUT//$'\n'/ }"
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 && $BODY == "hello from generation $g "* ]] ||
+        fail "expected the old generation $g to answer, got $CODE '$BODY'"
+    x systemctl show -p StatusText -p ActiveState baton@demo.service
+    grep -q '^ActiveState=active' <<<"$OUT" || fail "the service is not active"
+    note "${OUT//$'\n'/; }"
+    jafter "$cur" "MESSAGE_ID=$MID_RELOAD_FAILED"
+    [[ -n $OUT ]] || fail "no reload-failed entry (MESSAGE_ID=$MID_RELOAD_FAILED)"
+    note "journal, reload-failed: $OUT"
+    x install -m 0644 /opt/test/examples/node/app.js "$app"
+}
+
+check_d() { # 10 reloads under load
+    local g i t0 ms durs=() failed finals newest
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    loadgen_start d http://127.0.0.1:8080/
+    trap 'in_c touch /opt/test/out/$SUITE/d.stop || true' EXIT
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        t0=$(now_ms)
+        x timeout 90 systemctl reload baton@demo.service || fail "reload $i exited non-zero"
+        ms=$(($(now_ms) - t0))
+        durs+=("$(secs "$ms")")
+    done
+    sleep 0.5
+    loadgen_stop d
+    note "10 reloads from generation $g, each (s): ${durs[*]}"
+    note "$(load_summary d)"
+    failed=$(field d failed)
+    finals=$(field d final_generations)
+    newest=$(serving_gen) || fail "not serving after the reloads"
+    ((failed == 0)) || fail "$failed failed requests"
+    ((newest >= g + 10)) || fail "serving generation $newest after 10 reloads from $g"
+    [[ $finals =~ ^\{\"$newest\":\ [0-9]+\}$ ]] ||
+        fail "final responses not all from the newest generation $newest: $finals"
+}
+
+check_e() { # the journal
+    local n g
+    x journalctl --no-pager -o cat "MESSAGE_ID=$MID_RELOAD_OK"
+    n=$(grep -c . <<<"$OUT" || true)
+    ((n >= 1)) || fail "no entry with MESSAGE_ID=$MID_RELOAD_OK"
+    note "$n reload-succeeded entries, e.g. '$(sed -n 1p <<<"$OUT")'"
+    # The generation of the first successful reload.
+    x journalctl --no-pager -o verbose -n 1 "MESSAGE_ID=$MID_RELOAD_OK"
+    g=$(sed -n 's/^ *BATON_GENERATION=//p' <<<"$OUT" | head -n 1)
+    [[ $g =~ ^[0-9]+$ ]] || fail "the reload-succeeded entry has no BATON_GENERATION field"
+    grep -q '^ *BATON_DURATION_MS=[0-9]' <<<"$OUT" || fail "no BATON_DURATION_MS field"
+    grep -q '^ *BATON_INSTANCE=demo' <<<"$OUT" || fail "no BATON_INSTANCE=demo field"
+    x journalctl --no-pager -o verbose -u baton@demo.service "BATON_GENERATION=$g"
+    grep -q '^ *BATON_EVENT=' <<<"$OUT" || fail "no baton event for generation $g"
+    grep -q "^ *MESSAGE_ID=$MID_GEN_READY" <<<"$OUT" || fail "no generation-ready event for generation $g"
+    grep -q '^ *BATON_WORKER=' <<<"$OUT" || fail "no worker output line (BATON_WORKER=) for generation $g"
+    grep -q "^ *MESSAGE=\[app pid [0-9]* gen $g worker" <<<"$OUT" ||
+        fail "no line of the app itself for generation $g"
+    x journalctl --no-pager -o cat -u baton@demo.service "BATON_GENERATION=$g"
+    note "journalctl -u baton@demo BATON_GENERATION=$g: $(grep -c . <<<"$OUT") entries:"
+    note "    ${OUT//$'\n'/$'\n'    }"
+    x journalctl --no-pager -x -n 1 -u baton@demo.service "MESSAGE_ID=$MID_RELOAD_OK"
+    grep -q 'Subject: baton: reload of demo to generation [0-9]* succeeded' <<<"$OUT" ||
+        fail "journalctl -x shows no catalog subject"
+    grep -q 'The new generation serves and the old one has been retired' <<<"$OUT" ||
+        fail "journalctl -x shows no catalog text"
+    note "journalctl -x: $(grep -m1 'Subject:' <<<"$OUT" | sed 's/^[^A-Za-z]*//')"
+}
+
+check_f() { # watchdog
+    local n0 pid pid2 cur
+    x install -D -m 0644 /opt/test/fixtures/watchdog.conf \
+        /etc/systemd/system/baton@demo.service.d/watchdog.conf
+    trap 'in_c sh -c "rm -f /etc/systemd/system/baton@demo.service.d/watchdog.conf
+        systemctl daemon-reload; systemctl restart baton@demo.service" || true' EXIT
+    x systemctl daemon-reload
+    x timeout 90 systemctl restart baton@demo.service
+    x systemctl show -p WatchdogUSec -p NRestarts -p MainPID baton@demo.service
+    note "${OUT//$'\n'/ }"
+    [[ $OUT == *WatchdogUSec=2s* ]] || fail "the WatchdogSec=2 drop-in is not in effect"
+    n0=$(show baton@demo.service NRestarts)
+    pid=$(show baton@demo.service MainPID)
+    # Alive for more than one interval: baton pings at least every second.
+    cur=$(cursor)
+    sleep 3
+    [[ $(show baton@demo.service NRestarts) == "$n0" && $(show baton@demo.service MainPID) == "$pid" ]] ||
+        fail "baton was restarted within 3 s without being stopped (does it ping WATCHDOG=1?)"
+    cur=$(cursor)
+    x kill -STOP "$pid"
+    until_ok 30 restarted baton@demo.service "$n0" ||
+        fail "no restart within 30 s after SIGSTOP (NRestarts=$(show baton@demo.service NRestarts))"
+    pid2=$(show baton@demo.service MainPID)
+    jafter "$cur" UNIT=baton@demo.service
+    grep -q 'Watchdog timeout' <<<"$OUT" || fail "no 'Watchdog timeout' in the journal"
+    note "journal: $(grep -m1 'Watchdog timeout' <<<"$OUT")"
+    note "NRestarts $n0 -> $(show baton@demo.service NRestarts), MainPID $pid -> $pid2"
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 ]] || fail "expected 200 after the restart, got '$CODE'"
+}
+
+check_g() { # kill -9 under load
+    local n0 pid pid2 refused t0 ms
+    until_ok 30 is_active baton@demo.service || x systemctl start baton@demo.service
+    n0=$(show baton@demo.service NRestarts)
+    pid=$(show baton@demo.service MainPID)
+    loadgen_start g http://127.0.0.1:8080/
+    trap 'in_c touch /opt/test/out/$SUITE/g.stop || true' EXIT
+    t0=$(now_ms)
+    x kill -9 "$pid"
+    until_ok 30 restarted baton@demo.service "$n0" ||
+        fail "not restarted and active within 30 s (NRestarts=$(show baton@demo.service NRestarts))"
+    ms=$(($(now_ms) - t0))
+    pid2=$(show baton@demo.service MainPID)
+    sleep 1
+    loadgen_stop g
+    note "restarted in $(secs "$ms")s: MainPID $pid -> $pid2, NRestarts $n0 -> $(show baton@demo.service NRestarts)"
+    note "$(load_summary g)"
+    refused=$(field g refused)
+    ((refused == 0)) || fail "$refused connections refused"
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 ]] || fail "expected 200 after the restart, got '$CODE'"
+}
+
+check_h() { # systemctl stop drains a request in flight
+    local t0 ms out rc=0 curlpid
+    until_ok 30 is_active baton@demo.service || x systemctl start baton@demo.service
+    x systemctl is-active baton@demo.service
+    in_c curl -sS --max-time 30 -w '\n%{http_code}' 'http://127.0.0.1:8080/?sleep=2000' \
+        >"$stage/out/$SUITE/h.curl" 2>&1 &
+    curlpid=$!
+    # Accepted by a worker: the server side of the connection belongs to node.
+    until_ok 10 in_c sh -c "ss -Htnp state established '( sport = :8080 )' | grep -q node" ||
+        fail "the slow request was not accepted by a worker within 10 s"
+    x ss -Htnp state established '( sport = :8080 )'
+    t0=$(now_ms)
+    x timeout 60 systemctl stop baton@demo.service
+    ms=$(($(now_ms) - t0))
+    wait "$curlpid" || rc=$?
+    out=$(cat "$stage/out/$SUITE/h.curl")
+    printf '+ curl ?sleep=2000 (exit %d): %s\n' "$rc" "${out//$'\n'/ }"
+    [[ $rc == 0 && ${out##*$'\n'} == 200 && $out == "hello from generation "*$'\n'200 ]] ||
+        fail "the request in flight did not complete with a 200: exit $rc, '${out//$'\n'/ }'"
+    note "stop took $(secs "$ms")s; the request in flight got: ${out//$'\n'/ }"
+    x systemctl start baton@demo.service
+}
+
+check_i() { # fd store without a socket unit
+    local cur0 cur1 n0 pid refused stored bound
+    x install -m 0644 /opt/test/fixtures/batonfd.service /etc/systemd/system/batonfd.service
+    x systemctl daemon-reload
+    trap 'in_c touch /opt/test/out/$SUITE/i.stop || true; in_c systemctl stop batonfd.service || true' EXIT
+    cur0=$(cursor)
+    x timeout 90 systemctl start batonfd.service
+    get http://127.0.0.1:8081/
+    [[ $CODE == 200 ]] || fail "expected 200 from batonfd, got '$CODE'"
+    loadgen_start i http://127.0.0.1:8081/
+    cur1=$(cursor)
+    x timeout 90 systemctl restart batonfd.service
+    until_ok 30 is_active batonfd.service || fail "batonfd not active 30 s after the restart"
+    sleep 1
+    n0=$(show batonfd.service NRestarts)
+    pid=$(show batonfd.service MainPID)
+    x kill -9 "$pid"
+    until_ok 30 restarted batonfd.service "$n0" ||
+        fail "batonfd not restarted and active within 30 s after kill -9"
+    sleep 1
+    loadgen_stop i
+    note "$(load_summary i)"
+    jafter "$cur0" _SYSTEMD_UNIT=batonfd.service "MESSAGE_ID=$MID_LISTENER_STORED"
+    stored=$(grep -c . <<<"$OUT" || true)
+    note "first start: ${OUT//$'\n'/; }"
+    jafter "$cur1" _SYSTEMD_UNIT=batonfd.service "MESSAGE_ID=$MID_LISTENER_BOUND"
+    bound=$(grep -c . <<<"$OUT" || true)
+    jafter "$cur1" _SYSTEMD_UNIT=batonfd.service
+    note "after the first start: $(grep -c 'passed by the service manager' <<<"$OUT" || true) start(s) took the listener from the fd store"
+    note "$(grep -m1 'passed by the service manager' <<<"$OUT" || true)"
+    refused=$(field i refused)
+    ((refused == 0)) || fail "$refused connections refused"
+    ((stored >= 1)) || fail "no listener-stored event (MESSAGE_ID=$MID_LISTENER_STORED) on the first start"
+    ((bound == 0)) || fail "baton bound the listener again after the first start ($bound listener-bound events)"
+    get http://127.0.0.1:8081/
+    [[ $CODE == 200 ]] || fail "expected 200 from batonfd at the end, got '$CODE'"
+}
+
+check_j() { # Type=notify-reload (systemd >= 254)
+    local g v d=/etc/systemd/system/baton@demo.service.d
+    v=$(in_c systemctl --version | awk 'NR == 1 {print $2}')
+    if ((v < 254)); then
+        echo "SKIP: systemd $v has no Type=notify-reload"
+        return 0
+    fi
+    x install -D -m 0644 /opt/test/systemd/notify-reload.conf "$d/notify-reload.conf"
+    trap 'in_c sh -c "rm -f '"$d"'/notify-reload.conf; systemctl daemon-reload
+        systemctl restart baton@demo.service" || true' EXIT
+    x systemctl daemon-reload
+    x timeout 90 systemctl restart baton@demo.service
+    x systemctl show -p Type -p ExecReload baton@demo.service
+    [[ $OUT == *Type=notify-reload* ]] || fail "Type is not notify-reload"
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    x timeout 90 systemctl reload baton@demo.service
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 && $BODY == "hello from generation $((g + 1)) "* ]] ||
+        fail "right after the reload: expected generation $((g + 1)), got $CODE '$BODY'"
+    [[ $(serving_gen) == $((g + 1)) ]] || fail "StatusText is not generation $((g + 1))"
+    note "SIGHUP reload $g -> $((g + 1)); $(show baton@demo.service StatusText)"
+}
+
+check_k() { # systemd-analyze verify and security
+    local score rc=0
+    x sh -c 'cd / && systemd-analyze verify --man=no /etc/systemd/system/baton@.service \
+        /etc/systemd/system/baton@.socket baton@demo.service baton@demo.socket' || rc=$?
+    ((rc == 0)) || fail "systemd-analyze verify exited $rc"
+    [[ -z $OUT ]] || fail "systemd-analyze verify printed something"
+    x sh -c 'cd / && systemd-analyze verify baton@demo.service 2>&1' || true
+    if [[ -n $OUT ]]; then note "with the man page check: ${OUT//$'\n'/; }"; fi
+    x systemd-analyze security --no-pager baton@demo.service
+    score=$(grep -o 'Overall exposure level for baton@demo.service: .*' <<<"$OUT" |
+        sed 's/.*: //')
+    [[ -n $score ]] || fail "no overall exposure level"
+    echo "$SUITE $score" >"$stage/out/$SUITE/security"
+    note "security: $score"
+}
+
+all_checks=(a b c d e f g h i j k)
+declare -A check_title=(
+    [a]="socket activation starts generation 1, STATUS= shown"
+    [b]="systemctl reload: next generation answers right after"
+    [c]="broken release: reload fails, old generation serves"
+    [d]="10 reloads under load: 0 failed requests"
+    [e]="journal: MESSAGE_ID, BATON_GENERATION, catalog"
+    [f]="watchdog: SIGSTOPped baton killed and restarted"
+    [g]="kill -9 under load: restarted, 0 refused"
+    [h]="systemctl stop drains a request in flight"
+    [i]="fd store without a socket unit: 0 refused, bound once"
+    [j]="Type=notify-reload: SIGHUP reload"
+    [k]="systemd-analyze verify clean, security score"
+)
+
+# run_check SUITE ID: one check, in a subshell with a time limit; prints its block.
+run_check() {
+    local s=$1 id=$2 t0 ms rc=0 pid killer log=$work/$1.$2.log notes=$work/$1.$2.notes
+    local status title=${check_title[$2]} skip=""
+    t0=$(now_ms)
+    (
+        set -eE
+        trap 'echo "(check ended by: $BASH_COMMAND, status $?)"' ERR
+        SUITE=$s NAME=$(name_of "$s")
+        "check_$id"
+    ) >"$log" 2>&1 3>"$notes" &
+    pid=$!
+    ( sleep "$check_timeout"; echo "TIMEOUT after ${check_timeout}s" >>"$log"; kill_tree "$pid" ) &
+    killer=$!
+    wait "$pid" || rc=$?
+    kill_tree "$killer"; wait "$killer" 2>/dev/null || true
+    ms=$(($(now_ms) - t0))
+    if grep -q '^SKIP: ' "$log"; then skip=" # SKIP $(sed -n 's/^SKIP: //p' "$log")"; fi
+    {
+        if ((rc == 0)); then
+            echo "ok - $s $id: $title ($(secs "$ms")s)$skip"
+            sed 's/^/    /' "$notes"
+        else
+            echo "not ok - $s $id: $title ($(secs "$ms")s)"
+            echo "    --- transcript"
+            sed 's/^/    /' "$log"
+            echo "    --- journalctl -u baton@demo -n 50"
+            "$rig" exec "$(name_of "$s")" journalctl -u baton@demo.service -n 50 --no-pager 2>&1 |
+                sed 's/^/    /'
+            if [[ $id == i ]]; then
+                echo "    --- journalctl -u batonfd -n 30"
+                "$rig" exec "$(name_of "$s")" journalctl -u batonfd.service -n 30 --no-pager 2>&1 |
+                    sed 's/^/    /'
+            fi
+        fi
+    } | emit "$(prefix_of "$s")"
+    if [[ -n $skip ]]; then status=skip; elif ((rc == 0)); then status=ok; else status=notok; fi
+    if [[ $status != skip ]]; then record "$status" "$s $id"; fi
+    echo "$id $ms $status" >>"$work/$s.times"
+}
+
+do_checks() {
+    local s=$1 id
+    for id in "${all_checks[@]}"; do
+        if ((${#only[@]})) && [[ " ${only[*]} " != *" $id "* ]]; then continue; fi
+        run_check "$s" "$id"
+    done
+}
+
+# Nothing of ours may survive the teardown: no nspawn, no cgroup, no mount.
+check_leftovers() {
+    local bad=0 n
+    for n in "${names[@]}"; do
+        if pgrep -f -- "-M $n " >/dev/null; then echo "process of $n still running"; bad=1; fi
+        if compgen -G "/sys/fs/cgroup/*/baton-rig-$n" >/dev/null ||
+           [[ -e /sys/fs/cgroup/baton-rig-$n ]]; then
+            echo "cgroup of $n left behind"; bad=1
+        fi
+    done
+    if findmnt -rn -o TARGET | grep -qF -e "$cache" -e "$work"; then
+        echo "mounts under $cache or $work left behind"; bad=1
+    fi
+    return "$bad"
+}
+
+# -------------------------------------------------------------------------------- main
+
+t_all=$(now_ms)
+phase_begin deps
+"$rig" deps
+phase_end deps
+
+phase_begin build
+build_baton
+phase_end build
+write_stage
+
+phase_begin rootfs
+rootfs_job() { do_rootfs "$1" 2>&1 | emit "[$1] "; }
+if ! for_suites rootfs_job; then echo "systemd-tests: rootfs failed"; exit 1; fi
+phase_end rootfs
+
+for s in "${suites[@]}"; do names+=("$(name_of "$s")"); done
+
+phase_begin boot
+boot_job() {
+    do_boot "$1" 2>&1 | emit "[$1] "
+    do_install "$1" 2>&1 | emit "[$1] "
+}
+booted=()
+for_suites boot_job || true
+for s in "${suites[@]}"; do
+    if "$rig" status "$(name_of "$s")" >/dev/null &&
+       "$rig" exec "$(name_of "$s")" test -x /usr/bin/baton; then
+        booted+=("$s")
+    else
+        echo "not ok - $s setup: boot and install" | emit ""
+        record notok "$s setup"
+    fi
+done
+phase_end boot
+
+phase_begin checks
+if ((${#booted[@]})); then
+    all_suites=("${suites[@]}")
+    suites=("${booted[@]}")
+    for_suites do_checks || true
+    suites=("${all_suites[@]}")
+fi
+phase_end checks
+
+phase_begin teardown
+for_suites do_stop || true
+if leftovers=$(check_leftovers); then
+    echo "ok - teardown: no process, cgroup or mount left"
+    record ok teardown
+else
+    echo "not ok - teardown: $leftovers"
+    record notok teardown
+fi
+names=()
+phase_end teardown
+
+echo
+printf '%-10s' "check"
+for s in "${suites[@]}"; do printf ' %14s' "$s (s)"; done
+echo
+for id in "${all_checks[@]}"; do
+    line=$(printf '%-10s' "$id")
+    any=0
+    for s in "${suites[@]}"; do
+        v=$(awk -v id="$id" '$1 == id { printf "%d.%d %s", $2 / 1000, ($2 % 1000) / 100, $3 }' \
+            "$work/$s.times" 2>/dev/null || true)
+        [[ -n $v ]] && any=1
+        line+=$(printf ' %14s' "${v:--}")
+    done
+    ((any)) && echo "$line"
+done
+for p in deps build rootfs boot checks teardown; do
+    printf 'phase %-9s %6ss\n' "$p" "$(secs "${phase_ms[$p]}")"
+done
+echo "total: $(secs $(($(now_ms) - t_all)))s (RIG_PARALLEL=$parallel)"
+for s in "${suites[@]}"; do
+    [[ -s $stage/out/$s/security ]] && echo "security: $(cat "$stage/out/$s/security")"
+done
+passed=$(grep -c '^ok$' "$results" || true)
+failed=$(grep -c '^not ok$' "$results" || true)
+echo "systemd: $passed passed, $failed failed"
+((failed == 0))
