@@ -17,6 +17,7 @@ public struct LifecycleEvent: Sendable, Equatable {
         case listenerBound = "listener-bound"
         case listenerStored = "listener-stored"
         case stopping = "stopping"
+        case reexecuted = "reexecuted"
 
         /// The journal `MESSAGE_ID` of this kind of event: 32 lowercase hex digits, never changed once shipped.
         public var messageID: String {
@@ -37,6 +38,7 @@ public struct LifecycleEvent: Sendable, Equatable {
             case .listenerBound: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e641"
             case .listenerStored: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e642"
             case .stopping: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e651"
+            case .reexecuted: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e652"
             }
         }
     }

@@ -200,6 +200,33 @@ public struct Supervisor: Sendable {
         self.settings = settings
     }
 
+    mutating func restore(_ snapshot: SupervisorSnapshot, now: ContinuousClock.Instant) {
+        phase = .running
+        serving = snapshot.serving
+        nextWorker = snapshot.nextWorker
+        nextGeneration = snapshot.nextGeneration
+        var generation = Generation(
+            id: snapshot.generation.id, state: .serving,
+            startedAt: now - .milliseconds(snapshot.generation.ageMilliseconds), workers: [], slots: [:],
+            streak: snapshot.generation.streak, crashLooping: snapshot.generation.crashLooping)
+        for saved in snapshot.workers {
+            let id = WorkerID(saved.id)
+            workers[id] = Worker(
+                id: id, generation: saved.generation, slot: saved.slot, pid: saved.pid, state: .ready,
+                startedAt: now - .milliseconds(saved.ageMilliseconds),
+                readyAt: saved.readyAgeMilliseconds.map { now - .milliseconds($0) }, restarts: saved.restarts,
+                status: saved.status)
+            generation.workers.append(id)
+            generation.slots[saved.slot] = id
+        }
+        generations = [generation.id: generation]
+        lastReload = snapshot.lastReload.map {
+            Outcome(
+                ok: $0.ok, generation: $0.generation, duration: .milliseconds($0.durationMilliseconds), reason: $0.reason,
+                finishedAt: now - .milliseconds($0.ageMilliseconds))
+        }
+    }
+
     // MARK: - Queries
 
     public func worker(_ id: WorkerID) -> Worker? { workers[id] }

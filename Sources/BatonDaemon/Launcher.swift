@@ -41,6 +41,7 @@ public actor Launcher {
     private struct WorkerIO {
         var stdout: OutputPipe
         var stderr: OutputPipe
+        var notify: NotifyPipe?
         var readiness: Task<Void, Never>?
     }
 
@@ -55,19 +56,28 @@ public actor Launcher {
     private var lastStatusLine = ""
     private var exitCode: Int32?
     private let startedAt = ContinuousClock.now
+    /// The state this launcher resumes from after re-executing itself, if it did.
+    private let resume: ResumeState?
+    /// The binary to re-execute on SIGUSR2 (the path, so that an upgraded file is picked up).
+    private let executablePath: String
+    private var reexecRequested = false
 
     /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
     public init(
         configuration: LaunchConfiguration, listeners: [ListeningSocket], executable: String, environment: [String],
-        logger: Logger, journal: Bool = false
+        logger: Logger, journal: Bool = false, resume: ResumeState? = nil
     ) throws(SystemError) {
         self.journal = journal
+        self.resume = resume
+        self.executablePath = Process.currentExecutable() ?? "/usr/bin/baton"
         self.configuration = configuration
         self.listeners = listeners
         self.executable = executable
         self.baseEnvironment = LaunchConfiguration.workerBaseEnvironment(environment)
         self.logger = logger
-        self.supervisor = Supervisor(settings: configuration.supervisor)
+        self.supervisor =
+            resume.map { Supervisor(settings: configuration.supervisor, resuming: $0.supervisor, now: .now) }
+            ?? Supervisor(settings: configuration.supervisor)
         self.loop = try EventLoop()
         self.devNull = try FileDescriptor.devNull()
         (events, sink) = AsyncStream.makeStream(of: DaemonEvent.self)
@@ -77,14 +87,26 @@ public actor Launcher {
     public func run() async throws -> Int32 {
         for listener in listeners { listenerInodes.insert(try listener.inode()) }
         try setUpSignals()
-        try setUpNotifySocket()
-        try setUpControlSocket()
+        try setUpNotifySocket(existing: resume?.notify.map { FileDescriptor(rawValue: $0) }, address: resume?.notifyAddress)
+        try setUpControlSocket(existing: resume.map { FileDescriptor(rawValue: $0.control) })
         try setUpWatchdog()
+        if let resume { try adoptWorkers(resume) }
         loop.start()
-        perform(supervisor.handle(.start, now: .now))
+        if let resume {
+            logger.lifecycle(
+                LifecycleEvent(
+                    .reexecuted,
+                    "re-executed \(executablePath) in place: \(resume.previousVersion) -> \(BatonVersion.current), still serving generation \(resume.supervisor.serving)",
+                    generation: resume.supervisor.serving),
+                name: configuration.name)
+            notifyManager(.status(supervisor.statusLine))
+        } else {
+            perform(supervisor.handle(.start, now: .now))
+        }
 
         for await event in events {
             handle(event)
+            if reexecRequested && supervisor.isQuiet && exitCode == nil { reexecute() }
             if let exitCode {
                 cleanUp()
                 return exitCode
@@ -97,20 +119,15 @@ public actor Launcher {
     // MARK: - Setup
 
     private func setUpSignals() throws(SystemError) {
-        let signals = [Signals.hangup, Signals.terminate, Signals.interrupt, Signals.child]
-        let fd = try Signals.descriptor(for: signals)
+        let fd = try Signals.descriptor(for: Signals.handledByRun)
         let sink = self.sink
+        // Children are reaped by the actor, not here: a child reaped but not yet handled would be lost if baton
+        // re-executed itself in between.
         try loop.register(fd) {
-            for signal in Signals.drain(fd) {
-                if signal == Signals.child {
-                    for exit in Children.reapAll() { sink.yield(.childExited(exit)) }
-                } else {
-                    sink.yield(.signal(signal))
-                }
-            }
+            for signal in Signals.drain(fd) { sink.yield(.signal(signal)) }
         }
-        // Children that ended before the signalfd existed.
-        for exit in Children.reapAll() { sink.yield(.childExited(exit)) }
+        // Children that ended before the signalfd existed (or before a re-exec).
+        sink.yield(.signal(Signals.child))
     }
 
     /// Pings systemd's watchdog at half its interval from a timerfd of the event loop, through the actor: a stuck
@@ -125,10 +142,16 @@ public actor Launcher {
         logger.info("pinging the service manager's watchdog every \(Duration.microseconds(Int64(usec / 2)).shortDescription)")
     }
 
-    private func setUpNotifySocket() throws(SystemError) {
+    private func setUpNotifySocket(existing: FileDescriptor?, address existingAddress: String?) throws(SystemError) {
         guard configuration.readyMode == .notify else { return }
-        let address = "@baton/\(Process.id)/\(configuration.name)/notify"
-        let fd = try Sockets.notifySocket(path: address)
+        let address = existingAddress ?? "@baton/\(Process.id)/\(configuration.name)/notify"
+        let fd: FileDescriptor
+        if let existing {
+            fd = existing
+            try fd.setCloseOnExec()
+        } else {
+            fd = try Sockets.notifySocket(path: address)
+        }
         let sink = self.sink
         try loop.register(fd) {
             while let datagram = try? Sockets.receiveDatagram(fd, maximum: NotifyMessage.maximumSize + 1) {
@@ -139,16 +162,21 @@ public actor Launcher {
         notifyAddress = address
     }
 
-    private func setUpControlSocket() throws(SystemError) {
+    private func setUpControlSocket(existing: FileDescriptor?) throws(SystemError) {
         let path = configuration.controlPath
-        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
-            try Process.makeDirectory(String(path[..<slash]))
-        }
         let fd: FileDescriptor
-        do {
-            fd = try Sockets.listenUnix(path: path, mode: 0o600, backlog: 64)
-        } catch {
-            throw SystemError("control socket \(path): \(error.description)", error.underlying.errno)
+        if let existing {
+            fd = existing
+            try fd.setCloseOnExec()
+        } else {
+            if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+                try Process.makeDirectory(String(path[..<slash]))
+            }
+            do {
+                fd = try Sockets.listenUnix(path: path, mode: 0o600, backlog: 64)
+            } catch {
+                throw SystemError("control socket \(path): \(error.description)", error.underlying.errno)
+            }
         }
         try fd.setNonBlocking()
         controlSocket = fd
@@ -182,6 +210,11 @@ public actor Launcher {
         switch event {
         case .signal(let signal):
             switch signal {
+            case Signals.child:
+                for exit in Children.reapAll() { handle(.childExited(exit)) }
+            case Signals.upgrade:
+                logger.notice("re-execution of \(executablePath) requested")
+                reexecRequested = true
             case Signals.hangup:
                 perform(supervisor.handle(.reloadRequested(nil), now: now))
             case Signals.terminate, Signals.interrupt:
@@ -405,7 +438,9 @@ public actor Launcher {
             var workerIO = WorkerIO(stdout: stdoutPipe, stderr: stderrPipe)
             if let notifyPipe {
                 let sink = self.sink
-                try NotifyPipe(fd: notifyPipe.read, loop: loop) { sink.yield(.workerMessage(id, $0)) }.register()
+                let reader = NotifyPipe(fd: notifyPipe.read, loop: loop) { sink.yield(.workerMessage(id, $0)) }
+                try reader.register()
+                workerIO.notify = reader
             }
             switch configuration.readyMode {
             case .listen:
@@ -437,6 +472,92 @@ public actor Launcher {
                 delay = min(delay * 2, .milliseconds(100))
             }
         }
+    }
+
+    // MARK: - Re-execution in place
+
+    /// Takes over the output and readiness pipes of the workers the previous binary started.
+    private func adoptWorkers(_ resume: ResumeState) throws(SystemError) {
+        for saved in resume.workers {
+            let id = WorkerID(saved.worker)
+            guard let worker = supervisor.worker(id) else { continue }
+            let prefix = "\(configuration.name)[g\(worker.generation).w\(worker.slot)]: "
+            let fields = [
+                "SYSLOG_IDENTIFIER=\(configuration.name)", "BATON_INSTANCE=\(configuration.name)",
+                "BATON_GENERATION=\(worker.generation)", "BATON_WORKER=\(worker.slot)",
+            ]
+            func pipe(_ fd: Int32?, stream: String, keep: Int) throws(SystemError) -> OutputPipe {
+                let descriptor = FileDescriptor(rawValue: fd ?? -1)
+                let destination: OutputPipe.Destination =
+                    journal ? .journal(fields + ["BATON_STREAM=\(stream)"]) : stream == "stdout" ? .stdout(prefix) : .stderr(prefix)
+                let output = OutputPipe(fd: descriptor, destination: destination, keep: keep, loop: loop)
+                output.workerPID = worker.pid ?? 0
+                if fd != nil {
+                    try descriptor.setCloseOnExec()
+                    try output.register()
+                }
+                return output
+            }
+            var workerIO = WorkerIO(stdout: try pipe(saved.stdout, stream: "stdout", keep: 0), stderr: try pipe(saved.stderr, stream: "stderr", keep: 20))
+            if let fd = saved.notify {
+                let descriptor = FileDescriptor(rawValue: fd)
+                try descriptor.setCloseOnExec()
+                let sink = self.sink
+                let reader = NotifyPipe(fd: descriptor, loop: loop) { sink.yield(.workerMessage(id, $0)) }
+                try reader.register()
+                workerIO.notify = reader
+            }
+            io[id] = workerIO
+        }
+    }
+
+    /// Replaces this process's program with the (upgraded) binary at ``executablePath``, keeping the pid, the
+    /// listeners, the control socket and the running generation. If the new binary cannot be run, logs why and
+    /// keeps running.
+    private func reexecute() {
+        reexecRequested = false
+        let now = ContinuousClock.now
+        guard let snapshot = supervisor.snapshot(now: now) else { return }
+        let fail = { (why: String) in
+            self.logger.error("cannot re-execute \(self.executablePath): \(why); the running baton carries on")
+        }
+        // The new binary must at least run.
+        guard let version = probeVersion(executablePath) else {
+            return fail("it does not run ('\(executablePath) --version' failed)")
+        }
+        let state = ResumeState(
+            previousVersion: BatonVersion.current, supervisor: snapshot,
+            listeners: listeners.map { .init(fd: $0.fd.rawValue, name: $0.name, address: $0.address) },
+            control: controlSocket?.rawValue ?? -1, notify: notifySocket?.rawValue, notifyAddress: notifyAddress,
+            workers: snapshot.workers.map { saved in
+                let workerIO = io[WorkerID(saved.id)]
+                return .init(
+                    worker: saved.id, stdout: workerIO?.stdout.descriptor?.rawValue, stderr: workerIO?.stderr.descriptor?.rawValue,
+                    notify: workerIO?.notify?.descriptor?.rawValue)
+            })
+        guard let encoded = state.encoded() else { return fail("cannot encode its state") }
+        logger.notice("re-executing \(executablePath) (\(version)) in place, serving generation \(snapshot.serving)")
+        let descriptors = state.descriptors
+        for fd in descriptors { try? fd.setCloseOnExec(false) }
+        let environment = Process.environment().filter { !$0.hasPrefix(ResumeState.variable + "=") } + [ResumeState.variable + "=" + encoded]
+        let error = Process.execute(executablePath, arguments: CommandLine.arguments, environment: environment)
+        for fd in descriptors { try? fd.setCloseOnExec() }
+        fail("\(error)")
+    }
+
+    /// Runs `path --version` and returns what it printed, or nil if it did not run.
+    private func probeVersion(_ path: String) -> String? {
+        guard let pipe = try? FileDescriptor.closeOnExecPipe() else { return nil }
+        defer { pipe.read.closeOnce() }
+        let request = SpawnRequest(
+            executable: path, arguments: [path, "--version"], environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            listeners: [], setListenPID: false, standardInput: devNull, standardOutput: pipe.write, standardError: devNull)
+        let spawned = try? Spawner.spawn(request)
+        pipe.write.closeOnce()
+        guard spawned != nil else { return nil }
+        let output = String(decoding: pipe.read.readToEnd(timeout: .seconds(5)), as: UTF8.self)
+        let firstLine = output.split(separator: "\n").first.map(String.init) ?? ""
+        return firstLine.isEmpty ? nil : firstLine
     }
 
     // MARK: - Status and teardown

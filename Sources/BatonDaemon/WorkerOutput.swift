@@ -34,6 +34,9 @@ final class OutputPipe: Sendable {
         state = Mutex(State(fd: fd))
     }
 
+    /// The read end, while open.
+    var descriptor: FileDescriptor? { state.withLock { $0.fd } }
+
     /// The worker's pid, for the journal's `BATON_WORKER_PID=`.
     var workerPID: Int32 {
         get { state.withLock { $0.pid } }
@@ -107,6 +110,9 @@ final class NotifyPipe: Sendable {
         guard let fd = state.withLock({ $0.fd }) else { return }
         try loop.register(fd) { [self] in drain() }
     }
+
+    /// The read end, while open.
+    var descriptor: FileDescriptor? { state.withLock { $0.fd } }
 
     private func drain() {
         let lines: [[UInt8]] = state.withLock { state in

@@ -138,16 +138,26 @@ public enum PeriodicTimer {
 
 /// Signals delivered through a `signalfd` instead of handlers, so they arrive as ordinary events.
 public enum Signals {
-    /// Blocks `signals` in the calling thread; threads created afterwards inherit the mask. Call it first
-    /// thing on the main thread, before any other thread exists.
+    /// Blocks exactly `signals` in the calling thread (the mask is set, not added to); threads created afterwards
+    /// inherit it. Call it first thing on the main thread, before any other thread exists.
     ///
     /// The corresponding C function is `pthread_sigmask`.
     public static func block(_ signals: [Int32]) {
         var set = sigset_t()
         sigemptyset(&set)
         for signal in signals { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        pthread_sigmask(SIG_SETMASK, &set, nil)
     }
+
+    /// Ignores `signal` (for the short-lived client commands, which must not die of a launcher's SIGUSR2).
+    ///
+    /// The corresponding C function is `signal`.
+    public static func ignore(_ number: Int32) {
+        _ = signal(number, SIG_IGN)
+    }
+
+    /// The signals `baton run` receives through its signalfd.
+    public static let handledByRun = [SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR2]
 
     /// Ignores SIGPIPE, so that a write to a closed socket fails with EPIPE instead of killing baton.
     ///
@@ -185,6 +195,8 @@ public enum Signals {
     public static let child = SIGCHLD
     public static let kill = SIGKILL
     public static let quit = SIGQUIT
+    /// SIGUSR2 asks a launcher to re-execute its (upgraded) binary in place.
+    public static let upgrade = SIGUSR2
 
     /// A signal's number from a name such as `TERM`, `SIGTERM` or `15`.
     public static func number(named name: String) -> Int32? {

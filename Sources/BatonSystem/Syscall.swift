@@ -66,12 +66,30 @@ extension FileDescriptor {
         return flags & FD_CLOEXEC != 0
     }
 
-    /// Sets close-on-exec.
+    /// Sets or clears close-on-exec.
     ///
     /// The corresponding C function is `fcntl`.
-    public func setCloseOnExec() throws(SystemError) {
+    public func setCloseOnExec(_ on: Bool = true) throws(SystemError) {
         let flags = try syscall("fcntl(F_GETFD)") { fcntl(rawValue, F_GETFD) }
-        try syscall("fcntl(F_SETFD)") { fcntl(rawValue, F_SETFD, flags | FD_CLOEXEC) }
+        try syscall("fcntl(F_SETFD)") { fcntl(rawValue, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) }
+    }
+
+    /// Reads until end of file or until `timeout` passes; whatever arrived by then.
+    ///
+    /// The corresponding C functions are `poll` and `read`.
+    public func readToEnd(timeout: Duration) -> [UInt8] {
+        var result: [UInt8] = []
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            var entry = pollfd(fd: rawValue, events: Int16(POLLIN), revents: 0)
+            let remaining = max(1, Int32((deadline - ContinuousClock.now).components.seconds * 1000 + 1))
+            if poll(&entry, 1, remaining) <= 0 { continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(rawValue, $0.baseAddress, 4096) }
+            if n == 0 || (n < 0 && Glibc.errno != EINTR && Glibc.errno != EAGAIN) { break }
+            if n > 0 { result += buffer[0..<n] }
+        }
+        return result
     }
 
     /// Reads what is available without blocking: `nil` when nothing is (EAGAIN), an empty array at end of file.
@@ -226,6 +244,32 @@ public enum Process {
     /// The corresponding C function is `unlink`.
     public static func removeFile(_ path: String) {
         unlink(path)
+    }
+
+    /// The path this process was started from (`/proc/self/exe`), without the ` (deleted)` the kernel appends
+    /// once a package upgrade has replaced the file.
+    ///
+    /// The corresponding C function is `readlink`.
+    public static func currentExecutable() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, 4095)
+        guard n > 0 else { return nil }
+        var path = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+        return path
+    }
+
+    /// Replaces this process's program, keeping its pid, children and every fd without close-on-exec. Returns
+    /// only on failure.
+    ///
+    /// The corresponding C function is `execve`.
+    public static func execute(_ path: String, arguments: [String], environment: [String]) -> SystemError {
+        let argv = CStringArray(arguments)
+        let envp = CStringArray(environment)
+        _ = argv.withPointers { argvPointer in
+            envp.withPointers { envpPointer in execve(path, argvPointer, envpPointer) }
+        }
+        return SystemError("execve(\(path))", Errno(rawValue: Glibc.errno))
     }
 
     /// Exits at once, without running Swift or C cleanup (for a second SIGTERM).

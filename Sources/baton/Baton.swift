@@ -98,7 +98,7 @@ extension Baton {
         func run() throws {
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
-            Signals.block([Signals.hangup, Signals.terminate, Signals.interrupt, Signals.child])
+            Signals.block(Signals.handledByRun)
             Signals.ignoreBrokenPipe()
 
             let configuration: LaunchConfiguration
@@ -124,11 +124,20 @@ extension Baton {
             var logger = Logger(label: "baton")
             logger.logLevel = .info
 
-            let listeners: [ListeningSocket]
+            let resume: ResumeState?
             do {
-                listeners = try openListeners(configuration, logger: logger)
+                resume = try ResumeState.take()
             } catch {
                 throw fail(error.message)
+            }
+            // After a re-execution in place, the listeners are the ones this process already holds.
+            var listeners = resume?.listeningSockets ?? []
+            if resume == nil {
+                do {
+                    listeners = try openListeners(configuration, logger: logger)
+                } catch {
+                    throw fail(error.message)
+                }
             }
             if listeners.isEmpty {
                 throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit")
@@ -138,7 +147,7 @@ extension Baton {
             do {
                 launcher = try Launcher(
                     configuration: configuration, listeners: listeners, executable: executable,
-                    environment: Process.environment(), logger: logger, journal: journal)
+                    environment: Process.environment(), logger: logger, journal: journal, resume: resume)
             } catch {
                 throw fail("cannot start: \(error)")
             }
@@ -258,6 +267,7 @@ extension Baton {
 
         func run() throws {
             Signals.ignoreBrokenPipe()
+            Signals.ignore(Signals.upgrade)
             var client = try connect(control.controlPath)
             defer { client.fd.closeOnce() }
             try client.send(ControlProtocol.Request(command: .reload))
@@ -294,6 +304,7 @@ extension Baton {
 
         func run() throws {
             Signals.ignoreBrokenPipe()
+            Signals.ignore(Signals.upgrade)
             var client = try connect(control.controlPath)
             defer { client.fd.closeOnce() }
             try client.send(ControlProtocol.Request(command: .status))

@@ -130,10 +130,13 @@ final class BatonRun: @unchecked Sendable {
     let scratch: Scratch
     private let exited = DispatchSemaphore(value: 0)
 
-    init(_ arguments: [String], scratch: Scratch, environment: [String: String] = [:], echo: Bool = false) throws {
+    init(
+        _ arguments: [String], scratch: Scratch, environment: [String: String] = [:], executable: String = Paths.baton,
+        echo: Bool = false
+    ) throws {
         self.scratch = scratch
         control = scratch.file("control.sock")
-        process.executableURL = URL(fileURLWithPath: Paths.baton)
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = ["run", "--control", control] + arguments
         var env = ProcessInfo.processInfo.environment
         for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "WATCHDOG_USEC"] {

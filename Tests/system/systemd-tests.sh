@@ -323,14 +323,15 @@ jafter() { x python3 /opt/test/fixtures/jafter.py "$@"; }
 # to /opt/test/out/SUITE/TAG.json; loadgen_stop TAG ends it and prints the summary.
 declare -A loadgen_pid=()
 loadgen_start() {
-    local tag=$1 url=$2 dir=/opt/test/out/$SUITE
+    local tag=$1 url=$2 dir=/opt/test/out/$SUITE port
+    port=${url#http://*:}; port=${port%%/*}
     in_c rm -f "$dir/$tag.stop" "$dir/$tag.json"
     in_c python3 /opt/test/tools/loadgen.py --url "$url" --clients 16 --mode mixed \
         --slow-every 8 --slow-ms 300 --until-file "$dir/$tag.stop" --duration 240 \
         --json "$dir/$tag.json" >"$stage/out/$SUITE/$tag.log" 2>&1 &
     loadgen_pid[$tag]=$!
     # Going once it has connections to the port (bounded poll).
-    until_ok 10 in_c sh -c "ss -Htn state established '( dport = :${url##*:} )' | grep -q ." ||
+    until_ok 10 in_c sh -c "ss -Htn state established '( dport = :$port )' | grep -q ." ||
         note "warning: no load connections seen after 10 s"
     sleep 0.5
 }
@@ -366,6 +367,9 @@ if d["other_samples"]: print("other samples: %s" % d["other_samples"][:5])' \
 check_a() { # socket activation
     x systemctl start baton@demo.socket
     x systemctl is-active baton@demo.socket
+    if x systemctl is-active baton@demo.service; then
+        fail "baton@demo.service is active before any connection"
+    fi
     get http://127.0.0.1:8080/
     [[ $CODE == 200 ]] || fail "expected 200, got '$CODE'"
     [[ $BODY == "hello from generation 1 "* ]] || fail "expected generation 1, got '$BODY'"
@@ -522,7 +526,7 @@ check_g() { # kill -9 under load
 }
 
 check_h() { # systemctl stop drains a request in flight
-    local t0 ms out rc=0 curlpid
+    local t0 ms out rc=0 curlpid cur
     until_ok 30 is_active baton@demo.service || x systemctl start baton@demo.service
     x systemctl is-active baton@demo.service
     in_c curl -sS --max-time 30 -w '\n%{http_code}' 'http://127.0.0.1:8080/?sleep=2000' \
@@ -532,9 +536,16 @@ check_h() { # systemctl stop drains a request in flight
     until_ok 10 in_c sh -c "ss -Htnp state established '( sport = :8080 )' | grep -q node" ||
         fail "the slow request was not accepted by a worker within 10 s"
     x ss -Htnp state established '( sport = :8080 )'
+    cur=$(cursor)
     t0=$(now_ms)
     x timeout 60 systemctl stop baton@demo.service
     ms=$(($(now_ms) - t0))
+    jafter "$cur" UNIT=baton@demo.service
+    if grep -E 'Killing process|State .* timed out' <<<"$OUT"; then
+        fail "systemd had to kill what baton left behind"
+    fi
+    jafter "$cur" _SYSTEMD_UNIT=baton@demo.service
+    grep -q 'drained, exiting' <<<"$OUT" || fail "no worker said 'drained, exiting'"
     wait "$curlpid" || rc=$?
     out=$(cat "$stage/out/$SUITE/h.curl")
     printf '+ curl ?sleep=2000 (exit %d): %s\n' "$rc" "${out//$'\n'/ }"
@@ -545,27 +556,33 @@ check_h() { # systemctl stop drains a request in flight
 }
 
 check_i() { # fd store without a socket unit
-    local cur0 cur1 n0 pid refused stored bound
+    local cur0 cur1 n0 pid pid1 refused stored bound
     x install -m 0644 /opt/test/fixtures/batonfd.service /etc/systemd/system/batonfd.service
     x systemctl daemon-reload
-    trap 'in_c touch /opt/test/out/$SUITE/i.stop || true; in_c systemctl stop batonfd.service || true' EXIT
+    trap 'in_c touch /opt/test/out/$SUITE/i1.stop /opt/test/out/$SUITE/i2.stop || true
+        in_c systemctl stop batonfd.service || true' EXIT
     cur0=$(cursor)
     x timeout 90 systemctl start batonfd.service
     get http://127.0.0.1:8081/
     [[ $CODE == 200 ]] || fail "expected 200 from batonfd, got '$CODE'"
-    loadgen_start i http://127.0.0.1:8081/
+    # Under load (one run each): systemctl restart, then kill -9.
+    pid1=$(show batonfd.service MainPID)
+    loadgen_start i1 http://127.0.0.1:8081/
     cur1=$(cursor)
     x timeout 90 systemctl restart batonfd.service
     until_ok 30 is_active batonfd.service || fail "batonfd not active 30 s after the restart"
     sleep 1
+    loadgen_stop i1
+    note "systemctl restart (MainPID $pid1 -> $(show batonfd.service MainPID)): $(load_summary i1)"
     n0=$(show batonfd.service NRestarts)
     pid=$(show batonfd.service MainPID)
+    loadgen_start i2 http://127.0.0.1:8081/
     x kill -9 "$pid"
     until_ok 30 restarted batonfd.service "$n0" ||
         fail "batonfd not restarted and active within 30 s after kill -9"
     sleep 1
-    loadgen_stop i
-    note "$(load_summary i)"
+    loadgen_stop i2
+    note "kill -9 (MainPID $pid -> $(show batonfd.service MainPID)): $(load_summary i2)"
     jafter "$cur0" _SYSTEMD_UNIT=batonfd.service "MESSAGE_ID=$MID_LISTENER_STORED"
     stored=$(grep -c . <<<"$OUT" || true)
     note "first start: ${OUT//$'\n'/; }"
@@ -574,7 +591,7 @@ check_i() { # fd store without a socket unit
     jafter "$cur1" _SYSTEMD_UNIT=batonfd.service
     note "after the first start: $(grep -c 'passed by the service manager' <<<"$OUT" || true) start(s) took the listener from the fd store"
     note "$(grep -m1 'passed by the service manager' <<<"$OUT" || true)"
-    refused=$(field i refused)
+    refused=$(($(field i1 refused) + $(field i2 refused)))
     ((refused == 0)) || fail "$refused connections refused"
     ((stored >= 1)) || fail "no listener-stored event (MESSAGE_ID=$MID_LISTENER_STORED) on the first start"
     ((bound == 0)) || fail "baton bound the listener again after the first start ($bound listener-bound events)"
@@ -596,6 +613,7 @@ check_j() { # Type=notify-reload (systemd >= 254)
     x timeout 90 systemctl restart baton@demo.service
     x systemctl show -p Type -p ExecReload baton@demo.service
     [[ $OUT == *Type=notify-reload* ]] || fail "Type is not notify-reload"
+    [[ $OUT != *ExecReload=*path=* ]] || fail "ExecReload= is set: not the SIGHUP path"
     g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
     x timeout 90 systemctl reload baton@demo.service
     get http://127.0.0.1:8080/
@@ -701,6 +719,37 @@ check_leftovers() {
     return "$bad"
 }
 
+# The timings, the security scores and the final count; fails if any check failed.
+summary() {
+    local id s line any v p passed failed
+    echo
+    printf '%-10s' "check"
+    for s in "${suites[@]}"; do printf ' %14s' "$s (s)"; done
+    echo
+    for id in "${all_checks[@]}"; do
+        line=$(printf '%-10s' "$id")
+        any=0
+        for s in "${suites[@]}"; do
+            v=$(awk -v id="$id" '$1 == id { printf "%d.%d %s", $2 / 1000, ($2 % 1000) / 100, $3 }' \
+                "$work/$s.times" 2>/dev/null || true)
+            [[ -n $v ]] && any=1
+            line+=$(printf ' %14s' "${v:--}")
+        done
+        ((any)) && echo "$line"
+    done
+    for p in deps build rootfs boot checks teardown; do
+        [[ -n ${phase_ms[$p]:-} ]] && printf 'phase %-9s %6ss\n' "$p" "$(secs "${phase_ms[$p]}")"
+    done
+    echo "total: $(secs $(($(now_ms) - t_all)))s (RIG_PARALLEL=$parallel)"
+    for s in "${suites[@]}"; do
+        [[ -s $stage/out/$s/security ]] && echo "security: $(cat "$stage/out/$s/security")"
+    done
+    passed=$(grep -c '^ok$' "$results" || true)
+    failed=$(grep -c '^not ok$' "$results" || true)
+    echo "systemd: $passed passed, $failed failed"
+    ((failed == 0))
+}
+
 # -------------------------------------------------------------------------------- main
 
 t_all=$(now_ms)
@@ -709,13 +758,23 @@ phase_begin deps
 phase_end deps
 
 phase_begin build
-build_baton
+if ! build_baton; then
+    echo "not ok - build: the static baton did not build"
+    record notok build
+    summary || true
+    exit 1
+fi
 phase_end build
 write_stage
 
 phase_begin rootfs
 rootfs_job() { do_rootfs "$1" 2>&1 | emit "[$1] "; }
-if ! for_suites rootfs_job; then echo "systemd-tests: rootfs failed"; exit 1; fi
+if ! for_suites rootfs_job; then
+    echo "not ok - rootfs: could not build the root file systems"
+    record notok rootfs
+    summary || true
+    exit 1
+fi
 phase_end rootfs
 
 for s in "${suites[@]}"; do names+=("$(name_of "$s")"); done
@@ -759,29 +818,4 @@ fi
 names=()
 phase_end teardown
 
-echo
-printf '%-10s' "check"
-for s in "${suites[@]}"; do printf ' %14s' "$s (s)"; done
-echo
-for id in "${all_checks[@]}"; do
-    line=$(printf '%-10s' "$id")
-    any=0
-    for s in "${suites[@]}"; do
-        v=$(awk -v id="$id" '$1 == id { printf "%d.%d %s", $2 / 1000, ($2 % 1000) / 100, $3 }' \
-            "$work/$s.times" 2>/dev/null || true)
-        [[ -n $v ]] && any=1
-        line+=$(printf ' %14s' "${v:--}")
-    done
-    ((any)) && echo "$line"
-done
-for p in deps build rootfs boot checks teardown; do
-    printf 'phase %-9s %6ss\n' "$p" "$(secs "${phase_ms[$p]}")"
-done
-echo "total: $(secs $(($(now_ms) - t_all)))s (RIG_PARALLEL=$parallel)"
-for s in "${suites[@]}"; do
-    [[ -s $stage/out/$s/security ]] && echo "security: $(cat "$stage/out/$s/security")"
-done
-passed=$(grep -c '^ok$' "$results" || true)
-failed=$(grep -c '^not ok$' "$results" || true)
-echo "systemd: $passed passed, $failed failed"
-((failed == 0))
+summary
