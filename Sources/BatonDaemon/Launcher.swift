@@ -613,8 +613,3 @@ final class Counter: Sendable {
     private let value = Mutex(0)
     func next() -> Int { value.withLock { $0 += 1; return $0 } }
 }
-
-/// baton's version, shown by `baton --version` and `baton status`.
-public enum BatonVersion {
-    public static let current = "0.1.0"
-}

@@ -1,0 +1,504 @@
+#!/usr/bin/env bash
+# upgrade-tests.sh - package upgrades of an app under baton, on Debian 12 (bookworm, systemd 252)
+# and Debian 13 (trixie, systemd 257), each booted as PID 1 of a systemd-nspawn container by
+# rig.sh.
+#
+# Usage: Tests/system/upgrade-tests.sh        (as root)
+#
+# On the host: builds out/baton_*.deb (packaging/build-deb.sh) if it is missing or older than
+# Sources/, systemd/ or packaging/debian/, and the example package myapp (examples/debian-app/)
+# in versions 1.0, 1.1 and a broken 1.2 into out/debian-app/ when they are older than their
+# sources; lints them (lintian, when installed). Then, in each container (the suites at once),
+# these checks, in order, each printing "ok - SUITE X: ..." or "not ok - SUITE X: ..." with
+# diagnostics and `journalctl -u myapp -n 50`, the next one running anyway:
+#   a  apt-get install baton and myapp 1.0: myapp.socket enabled and active, the service not
+#      started before the first connection; curl 127.0.0.1:8080 answers version 1.0
+#   b  apt-get install myapp 1.1 under load (loadgen inside: 16 clients, mixed, slow
+#      requests): apt succeeds, 0 failed requests, the load spans two generations and ends on
+#      the new one, which answers version 1.1; reloaded, not restarted (MainPID unchanged,
+#      NRestarts=0)
+#   c  apt-get install the broken myapp 1.2 under load: apt fails and its output reports the
+#      failed reload and the worker's error; 0 failed requests; version 1.1 keeps serving
+#   d  after the failed upgrade: dpkg has myapp 1.2 half-configured (Config-Version 1.1);
+#      `dpkg --configure -a` re-runs 1.2's postinst and fails again; `apt-get install
+#      --allow-downgrades ./myapp_1.1_all.deb` recovers (installed, 1.1 serving, same MainPID)
+#   e  apt-get remove myapp: socket and service inactive (not failed), the service stopped
+#      cleanly (Result=success), no baton or node process left
+#   f  apt-get purge myapp: nothing left: none of the files `dpkg -L myapp` listed, no
+#      symlink to or state of its units, nothing named *myapp* anywhere, no dynamic user
+#      left in /run/systemd/dynamic-uid, no path created since boot that baton does not own
+# Ends with the timings and a line "upgrade: N passed, M failed"; exits non-zero if any
+# check failed. The containers are always torn down (trap).
+#
+# To add a check: write check_X SUITE (see check_install), using begin/fail/info/finish,
+# and add X to all_checks below. Checks run in order and may use what earlier ones left.
+#
+# Environment:
+#   RIG_CACHE      rootfs trees, default /var/cache/baton-rig (SUITE/ each; built if missing)
+#   RIG_SUITES     suites, default "bookworm trixie"
+#   RIG_PARALLEL   1 (default): the suites run at once; 0: one after another
+#   CHECKS         only these checks, e.g. "a b" (default: all; later checks need earlier ones)
+#   BATON_DEB      use this baton .deb, never build one
+#   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is
+
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+rig=$here/rig.sh
+cache=${RIG_CACHE:-/var/cache/baton-rig}
+parallel=${RIG_PARALLEL:-1}
+read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
+all_checks=(a b c d e f)
+read -r -a checks <<<"${CHECKS:-${all_checks[*]}}"
+myapp_out=$repo/out/debian-app
+port=8080
+
+[[ $(id -u) == 0 ]] || { echo "upgrade-tests: must run as root" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/baton-upgrade-tests.XXXXXX)
+names=()          # containers that may be running ("rig.sh stop" is idempotent)
+jobs_running=()   # background jobs to end on interruption
+
+name_of() { echo "upg-$1-$$"; }
+
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill -TERM "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? pid n
+    trap - EXIT INT TERM
+    for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
+    for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for n in "${names[@]}"; do "$rig" stop "$n" 2>/dev/null || rc=1; done
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+indent() { sed "s/^/${1:-#   }/"; }
+
+# ------------------------------------------------------------------------ check framework
+#
+# Inside a suite's job: begin NAME starts a check; fail TEXT records a failed assertion;
+# info TEXT a line printed in any case; transcript TITLE FILE the tail of a command's output,
+# printed only if the check fails; finish prints "ok"/"not ok" with all that, plus the
+# journal on failure, and records the result and the time in $work/results.
+
+suite="" ct=""       # the current suite and its container
+c_name="" c_t0=0 c_fail=() c_info=() c_trans=()
+
+inside() { "$rig" exec "$ct" "$@"; }
+# inside_t SECS CMD...: inside, killed after SECS seconds.
+inside_t() { local t=$1; shift; timeout -k 5 "$t" "$rig" exec "$ct" "$@"; }
+
+begin() { c_name=$1; c_t0=$(now_ms); c_fail=(); c_info=(); c_trans=(); }
+fail() { c_fail+=("$*"); }
+info() { c_info+=("$*"); }
+transcript() { # transcript TITLE FILE [LINES]
+    c_trans+=("$1 (last ${3:-25} lines):")
+    local line
+    while IFS= read -r line; do c_trans+=("  | $line"); done < <(tail -n "${3:-25}" "$2" | tr -d '\r')
+}
+finish() {
+    local ms=$(($(now_ms) - c_t0)) word=ok line
+    ((${#c_fail[@]})) && word="not ok"
+    echo "$word - $suite $c_name ($(secs "$ms")s)"
+    for line in "${c_info[@]}"; do echo "#   $line"; done
+    if ((${#c_fail[@]})); then
+        for line in "${c_fail[@]}"; do echo "#   FAILED: $line"; done
+        for line in "${c_trans[@]}"; do echo "#   $line"; done
+        echo "#   journalctl -u myapp -n 50 --no-pager:"
+        inside_t 20 journalctl -u myapp -n 50 --no-pager 2>&1 | indent "#     "
+    fi
+    { flock 9; printf '%s\t%s\t%s\t%s\n' "$word" "$suite" "${c_name%%:*}" "$ms" >>"$work/results"; } \
+        9>>"$work/lock"
+}
+
+# ----------------------------------------------------------------------------- helpers
+
+apt_install() { # apt_install LOG ARGS...: apt-get install -y ARGS in /opt/test; its status
+    local log=$1; shift
+    inside_t 300 sh -c 'cd /opt/test && exec env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"' \
+        sh "$@" >"$log" 2>&1
+}
+
+# curl_body: the body of GET / (empty if it failed).
+curl_body() { inside_t 20 curl -sS --max-time 10 "http://127.0.0.1:$port/" 2>&1; }
+version_of() { sed -n 's/.* version \([^ ]*\)$/\1/p' <<<"$1"; }
+generation_of() { sed -n 's/^hello from generation \([0-9]*\) .*/\1/p' <<<"$1"; }
+
+prop() { inside_t 20 systemctl show -P "$2" "$1" 2>/dev/null; }   # prop UNIT PROPERTY
+state() { inside_t 20 systemctl is-active "$1" 2>/dev/null; }
+
+# load_start TAG: loadgen inside the container (16 clients, mixed, every 8th request of a
+# client asks for 1500 ms) until /opt/test/TAG.stop exists (at most 180 s).
+load_start() {
+    local tag=$1 dir=$work/$suite
+    rm -f "$dir/$tag.stop" "$dir/$tag.json"
+    inside_t 240 python3 /opt/test/loadgen.py --url "http://127.0.0.1:$port/" --clients 16 \
+        --mode mixed --slow-every 8 --slow-ms 1500 --until-file "/opt/test/$tag.stop" \
+        --duration 180 --json "/opt/test/$tag.json" </dev/null >"$dir/$tag.log" 2>&1 &
+    load_pid=$!
+    sleep 2     # let every client get going
+}
+
+# load_stop TAG: stop it, wait for its summary; fails the check on any failed request.
+# Sets load_json.
+load_stop() {
+    local tag=$1 dir=$work/$suite
+    touch "$dir/$tag.stop"
+    wait "$load_pid"
+    load_json=$dir/$tag.json
+    if [[ ! -s $load_json ]]; then
+        fail "loadgen wrote no summary"
+        transcript "loadgen output" "$dir/$tag.log"
+        return 1
+    fi
+    info "load: $(json "$load_json" '"ok=%d failed=%d (refused %d, reset %d, eof %d/%d/%d, timeout %d, non2xx %d) generations=%s final=%s" % (d["ok"], d["failed"], d["refused"], d["reset"], d["eof_idle"], d["eof_new"], d["eof_mid"], d["timeout"], d["non2xx"], d["generations"], d["final_generations"])')"
+    (($(json "$load_json" 'd["failed"]') == 0)) || fail "$(json "$load_json" 'd["failed"]') failed requests"
+    (($(json "$load_json" 'd["ok"]') > 0)) || fail "no request succeeded"
+}
+
+# json FILE EXPR: EXPR evaluated with d = the parsed FILE.
+json() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+
+# --------------------------------------------------------------------------------- checks
+
+check_a() {
+    begin "a: install baton and myapp 1.0: socket enabled and active, service socket-activated, version 1.0"
+    local log=$work/$suite/a.apt body
+    apt_install "$log" "./$baton_deb_name" ./myapp_1.0_all.deb || { fail "apt-get install exited $?"; transcript "apt-get" "$log"; }
+    grep -q '^Get:.*http' "$log" && fail "apt-get downloaded something (expected an offline install)"
+    [[ $(inside_t 20 systemctl is-enabled myapp.socket 2>&1) == enabled ]] ||
+        fail "myapp.socket is $(inside_t 20 systemctl is-enabled myapp.socket 2>&1), not enabled"
+    [[ $(state myapp.socket) == active ]] || fail "myapp.socket is $(state myapp.socket), not active"
+    [[ $(state myapp.service) == inactive ]] ||
+        fail "myapp.service is $(state myapp.service) before the first connection (expected inactive: socket activation)"
+    [[ $(prop myapp.socket Listen) == *":$port (Stream)"* ]] ||
+        fail "myapp.socket listens on '$(prop myapp.socket Listen)', not port $port"
+    body=$(curl_body)
+    info "curl: $body"
+    [[ $(version_of "$body") == 1.0 ]] || fail "curl answered '$body', not version 1.0"
+    [[ $(state myapp.service) == active ]] || fail "myapp.service is $(state myapp.service) after the first connection"
+    finish
+}
+
+check_b() {
+    begin "b: upgrade to 1.1 under load: 0 failed requests, version 1.1, reloaded not restarted"
+    local log=$work/$suite/b.apt body pid_before pid_after gen t0 rc
+    pid_before=$(prop myapp.service MainPID)
+    [[ $pid_before =~ ^[1-9][0-9]*$ ]] || fail "myapp.service has no MainPID before the upgrade ('$pid_before')"
+    load_start b
+    t0=$(now_ms)
+    apt_install "$log" ./myapp_1.1_all.deb; rc=$?
+    info "apt-get install ./myapp_1.1_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
+    ((rc == 0)) || { fail "apt-get install exited $rc"; transcript "apt-get" "$log"; }
+    sleep 2.5   # longer than a slow request: every client's last answer comes after the reload
+    load_stop b
+    body=$(curl_body)
+    gen=$(generation_of "$body")
+    info "curl: $body"
+    [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
+    if [[ -s $load_json && -n $gen ]]; then
+        [[ $(json "$load_json" 'len(d["generations"])') -ge 2 ]] ||
+            fail "the load did not span the reload (generations $(json "$load_json" 'd["generations"]'))"
+        [[ $(json "$load_json" 'sorted(d["final_generations"])') == "['$gen']" ]] ||
+            fail "the clients' last answers came from generations $(json "$load_json" 'd["final_generations"]'), not only from generation $gen (version 1.1)"
+    fi
+    pid_after=$(prop myapp.service MainPID)
+    info "MainPID $pid_before -> $pid_after, NRestarts=$(prop myapp.service NRestarts)"
+    [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after: restarted, not reloaded"
+    [[ $(prop myapp.service NRestarts) == 0 ]] || fail "NRestarts=$(prop myapp.service NRestarts)"
+    inside_t 20 journalctl -u myapp.service --no-pager -o cat | grep -q '^Reloaded myapp.service' ||
+        fail "no 'Reloaded myapp.service' in the journal"
+    finish
+}
+
+check_c() {
+    begin "c: upgrade to the broken 1.2 under load: apt fails and says why, 1.1 keeps serving"
+    local log=$work/$suite/c.apt body pid_before pid_after rc t0
+    pid_before=$(prop myapp.service MainPID)
+    load_start c
+    t0=$(now_ms)
+    apt_install "$log" ./myapp_1.2_all.deb; rc=$?
+    info "apt-get install ./myapp_1.2_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
+    load_stop c
+    ((rc != 0)) || fail "apt-get install of the broken 1.2 succeeded"
+    grep -q 'reloading myapp.service failed' "$log" ||
+        fail "the apt output does not report the failed reload (postinst message missing)"
+    grep -q 'baton: reload failed' "$log" || fail "the apt output does not show baton's reason"
+    grep -q 'myapp 1.2: broken release' "$log" || fail "the apt output does not show the worker's stderr"
+    grep -q 'post-installation script subprocess returned error' "$log" || fail "dpkg does not report the failed postinst"
+    info "apt output, from the failed reload on:"
+    local line
+    while IFS= read -r line; do info "  | $line"; done < <(sed -n '/^Setting up myapp/,$p' "$log" | tr -d '\r')
+    body=$(curl_body)
+    info "curl: $body"
+    [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
+    [[ $(state myapp.service) == active ]] || fail "myapp.service is $(state myapp.service) after the failed reload"
+    pid_after=$(prop myapp.service MainPID)
+    [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
+    finish
+}
+
+check_d() {
+    begin "d: after the failed upgrade: half-configured; dpkg --configure -a fails again; installing 1.1 recovers"
+    local log=$work/$suite/d.apt status body pid_before pid_after rc
+    pid_before=$(prop myapp.service MainPID)
+    # shellcheck disable=SC2016  # dpkg-query fields, not shell variables
+    status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version} ${Config-Version}' myapp 2>&1)
+    info "dpkg after the failed upgrade: $status"
+    [[ $status == "install ok half-configured 1.2 1.1" ]] ||
+        fail "dpkg state is '$status', expected 'install ok half-configured 1.2 1.1'"
+    inside_t 120 dpkg --configure -a >"$work/$suite/d.configure" 2>&1; rc=$?
+    info "dpkg --configure -a: exit $rc (it runs 1.2's postinst again)"
+    ((rc != 0)) || fail "dpkg --configure -a succeeded with the broken 1.2"
+    [[ $(version_of "$(curl_body)") == 1.1 ]] || fail "1.1 no longer serving after dpkg --configure -a"
+    apt_install "$log" --allow-downgrades ./myapp_1.1_all.deb; rc=$?
+    info "apt-get install -y --allow-downgrades ./myapp_1.1_all.deb: exit $rc"
+    ((rc == 0)) || { fail "apt-get install of 1.1 exited $rc"; transcript "apt-get" "$log"; }
+    # shellcheck disable=SC2016
+    status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' myapp 2>&1)
+    [[ $status == "install ok installed 1.1" ]] || fail "dpkg state is '$status' after reinstalling 1.1"
+    body=$(curl_body)
+    info "curl: $body"
+    [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
+    pid_after=$(prop myapp.service MainPID)
+    [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
+    finish
+}
+
+check_e() {
+    begin "e: remove: service and socket stopped cleanly, no baton or node left"
+    local log=$work/$suite/e.apt rc procs result
+    # What purge (check f) must leave no trace of.
+    inside_t 20 dpkg -L myapp >"$work/$suite/files" 2>&1 || fail "dpkg -L myapp failed"
+    dyn_uid=$(inside_t 20 sh -c 'ps -o uid= -p "$(systemctl show -P MainPID myapp.service)"' 2>/dev/null | tr -d ' ')
+    inside_t 120 env DEBIAN_FRONTEND=noninteractive apt-get remove -y myapp >"$log" 2>&1; rc=$?
+    ((rc == 0)) || { fail "apt-get remove exited $rc"; transcript "apt-get" "$log"; }
+    [[ $(state myapp.service) == inactive ]] || fail "myapp.service is $(state myapp.service), not inactive"
+    [[ $(state myapp.socket) == inactive ]] || fail "myapp.socket is $(state myapp.socket), not inactive"
+    result=$(prop myapp.service Result)
+    [[ $result == success ]] || fail "myapp.service stopped with Result=$result"
+    procs=$(inside_t 20 ps -eo pid=,comm=,args= | awk '$2 == "baton" || $2 == "node"')
+    [[ -z $procs ]] || fail "processes left: $procs"
+    inside_t 20 curl -sS --max-time 5 "http://127.0.0.1:$port/" >/dev/null 2>&1 &&
+        fail "port $port still answers after the removal"
+    info "dpkg after remove: $(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>&1)"
+    inside_t 20 journalctl -u myapp.service --no-pager -o cat -n 4 | while IFS= read -r line; do echo "$line"; done \
+        >"$work/$suite/e.journal"
+    while IFS= read -r line; do info "journal: $line"; done <"$work/$suite/e.journal"
+    finish
+}
+
+check_f() {
+    begin "f: purge: no file, symlink, state or runtime directory left"
+    local log=$work/$suite/f.apt rc left f status
+    inside_t 120 env DEBIAN_FRONTEND=noninteractive apt-get purge -y myapp >"$log" 2>&1; rc=$?
+    ((rc == 0)) || { fail "apt-get purge exited $rc"; transcript "apt-get" "$log"; }
+    status=$(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>/dev/null)
+    [[ -z $status || $status == "unknown ok not-installed" ]] || fail "dpkg still knows myapp: '$status'"
+    # The package's files: gone, except directories other packages still use.
+    left=$(inside_t 30 sh -c 'while read -r f; do
+                if [ -L "$f" ] || [ -f "$f" ]; then echo "$f"
+                elif [ -d "$f" ] && [ -z "$(ls -A "$f")" ]; then echo "$f (empty directory)"; fi
+            done' <"$work/$suite/files")
+    [[ -z $left ]] || fail "left from dpkg -L myapp: $(echo $left)"
+    info "$(grep -c . "$work/$suite/files") paths from dpkg -L myapp: none left"
+    # Anything named after it, or pointing at it: unit symlinks, deb-systemd-helper state,
+    # runtime directory, dynamic user, private tmp dirs, dpkg info files.
+    left=$(inside_t 60 sh -c 'find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc \) -prune -o \
+                \( -name "*myapp*" -o -lname "*myapp*" \) -print 2>/dev/null | sort -u')
+    [[ -z $left ]] || fail "left, named after or pointing at myapp: $(echo $left)"
+    left=$(inside_t 20 sh -c 'grep -rl myapp /etc/systemd /var/lib/systemd 2>/dev/null')
+    [[ -z $left ]] || fail "files mentioning myapp: $(echo $left)"
+    if [[ -n ${dyn_uid:-} ]]; then
+        info "dynamic user of the service was uid $dyn_uid"
+        inside_t 20 test -e "/run/systemd/dynamic-uid/$dyn_uid" && fail "dynamic uid $dyn_uid still allocated"
+    fi
+    # Everything new since boot must be baton's (or the system's own bookkeeping).
+    inside_t 60 sh -c "$snapshot_cmd" >"$work/$suite/after.paths"
+    inside_t 20 dpkg -L baton >"$work/$suite/baton.paths" 2>/dev/null
+    left=$(comm -13 "$work/$suite/before.paths" "$work/$suite/after.paths" |
+        grep -vxFf "$work/$suite/baton.paths" | grep -vE "$snapshot_noise")
+    [[ -z $left ]] || fail "new since boot and not baton's: $(echo $left)"
+    finish
+}
+
+# Paths compared before install and after purge (check f), and what may change there anyway.
+snapshot_cmd='find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc -o -path /sys -o -path /dev \) -prune -o -print 2>/dev/null | sort -u'
+snapshot_noise='^/var/lib/dpkg/|^/var/cache/|^/var/log/|^/run/log/|^/var/lib/apt/|^/run/systemd/|^/var/lib/systemd/(deb-systemd-helper-enabled|catalog)|^/etc/ld\.so\.cache|^/tmp/systemd-private-[^/]*-systemd-|^/var/tmp/systemd-private-[^/]*-systemd-|^/run/udev|^/run/user|^/var/lib/systemd/random-seed'
+
+# ----------------------------------------------------------------------------- one suite
+
+run_suite() {
+    suite=$1
+    ct=$(name_of "$1")
+    local t0 c fn dir=$work/$1
+    t0=$(now_ms)
+    if ! "$rig" boot "$ct" "$cache/$1" "$dir" >"$dir/boot.log" 2>&1; then
+        echo "not ok - $1 boot: rig.sh boot failed"
+        indent "#   " <"$dir/boot.log"
+        { flock 9; printf 'not ok\t%s\tboot\t0\n' "$1" >>"$work/results"; } 9>>"$work/lock"
+        "$rig" stop "$ct" >/dev/null 2>&1
+        return 1
+    fi
+    printf 'time\t%s\tboot\t%s\n' "$1" $(($(now_ms) - t0)) >>"$dir/times"
+    echo "# $1: booted $ct: $(inside systemctl --version | head -n1), node $(inside node --version)"
+    inside_t 60 sh -c "$snapshot_cmd" >"$dir/before.paths"
+    for c in "${checks[@]}"; do
+        fn=check_$c
+        declare -F "$fn" >/dev/null || { echo "not ok - $1 $c: no such check"; continue; }
+        "$fn"
+    done
+    t0=$(now_ms)
+    "$rig" stop "$ct" >"$dir/stop.log" 2>&1 || { echo "# $1: rig.sh stop failed:"; indent "#   " <"$dir/stop.log"; }
+    printf 'time\t%s\tteardown\t%s\n' "$1" $(($(now_ms) - t0)) >>"$dir/times"
+}
+
+# --------------------------------------------------------------------------------- build
+
+newest_mtime() { find "$@" -type f -printf '%T@\n' 2>/dev/null | sort -n | tail -n1 | cut -d. -f1; }
+mtime() { stat -c %Y "$1" 2>/dev/null || echo 0; }
+
+build_baton() {
+    if [[ -n ${BATON_DEB:-} ]]; then
+        baton_deb=$(realpath "$BATON_DEB") || return 1
+        echo "# baton: using BATON_DEB=$baton_deb"
+        return 0
+    fi
+    local version arch
+    version=$(dpkg-parsechangelog -l "$repo/packaging/debian/changelog" -S Version)
+    arch=$(dpkg --print-architecture)
+    baton_deb=$repo/out/baton_${version}_${arch}.deb
+    local src
+    src=$(newest_mtime "$repo/Sources" "$repo/systemd" "$repo/Package.swift" \
+        "$repo/packaging/debian/control" "$repo/packaging/debian/rules" "$repo/packaging/debian/changelog")
+    if [[ -f $baton_deb ]] && { [[ ${UPG_BUILD:-1} == 0 ]] || (($(mtime "$baton_deb") >= src)); }; then
+        echo "# baton: using $baton_deb"
+        return 0
+    fi
+    [[ ${UPG_BUILD:-1} == 0 ]] && { echo "UPG_BUILD=0 but no $baton_deb"; return 1; }
+    echo "# baton: building $baton_deb (packaging/build-deb.sh)"
+    (cd "$repo" && bash packaging/build-deb.sh) >"$work/build-deb.log" 2>&1 ||
+        { tail -n 30 "$work/build-deb.log"; return 1; }
+}
+
+build_myapp() {
+    local src v pids=() rc=0 pid
+    src=$(newest_mtime "$repo/examples/debian-app" "$repo/examples/node/app.js")
+    for v in 1.0 1.1 1.2; do
+        if (($(mtime "$myapp_out/myapp_${v}_all.deb") >= src)); then continue; fi
+        if [[ $v == 1.2 ]]; then
+            "$repo/examples/debian-app/build.sh" "$v" --broken "$myapp_out" >"$work/build-$v.log" 2>&1 &
+        else
+            "$repo/examples/debian-app/build.sh" "$v" "$myapp_out" >"$work/build-$v.log" 2>&1 &
+        fi
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    ((${#pids[@]})) && echo "# myapp: built ${#pids[@]} package(s) into $myapp_out" ||
+        echo "# myapp: using $myapp_out (up to date)"
+    ((rc == 0)) || cat "$work"/build-*.log
+    return "$rc"
+}
+
+# lintian on the three myapp packages, on the host, in the background (results as a check).
+lint_myapp() {
+    suite=host ct=""
+    begin "lintian: myapp 1.0, 1.1, 1.2 have no errors or warnings"
+    if ! command -v lintian >/dev/null; then
+        info "SKIP: lintian is not installed (apt-get install lintian)"
+    else
+        local out
+        out=$(cd "$myapp_out" && lintian --fail-on error,warning myapp_1.0_all.deb myapp_1.1_all.deb \
+            myapp_1.2_all.deb 2>&1 | grep -v 'running with root privileges')
+        [[ ${PIPESTATUS[0]} == 0 ]] || fail "lintian failed"
+        [[ -z $out ]] && info "lintian: no tags" || info "lintian: $out"
+    fi
+    local ms=$(($(now_ms) - c_t0)) word=ok line
+    ((${#c_fail[@]})) && word="not ok"
+    echo "$word - $c_name ($(secs "$ms")s)"
+    for line in "${c_info[@]}" "${c_fail[@]}"; do echo "#   $line"; done
+    { flock 9; printf '%s\thost\tlintian\t%s\n' "$word" "$ms" >>"$work/results"; } 9>>"$work/lock"
+}
+
+# ---------------------------------------------------------------------------------- main
+
+main() {
+    local t_all t0 s pid pids=() rc=0
+    t_all=$(now_ms)
+    : >"$work/results"
+
+    echo "== build (host)"
+    t0=$(now_ms)
+    "$rig" deps
+    build_baton || { echo "upgrade: cannot build baton's package"; exit 1; }
+    baton_deb_name=$(basename "$baton_deb")
+    build_myapp || { echo "upgrade: cannot build myapp"; exit 1; }
+    build_ms=$(($(now_ms) - t0))
+    echo "== build: $(secs "$build_ms")s"
+
+    echo "== rootfs"
+    t0=$(now_ms)
+    for s in "${suites[@]}"; do
+        "$rig" rootfs "$s" "$cache/$s" || { echo "upgrade: no $s rootfs"; exit 1; }
+        mkdir -p "$work/$s"
+        cp "$baton_deb" "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
+        names+=("$(name_of "$s")")
+    done
+    rootfs_ms=$(($(now_ms) - t0))
+
+    lint_myapp >"$work/lint.out" 2>&1 &
+    pids+=($!)
+    echo "== checks: ${suites[*]} (checks ${checks[*]}$( ((parallel)) && echo ", suites at once"))"
+    t0=$(now_ms)
+    for s in "${suites[@]}"; do
+        run_suite "$s" >"$work/$s.out" 2>&1 &
+        pids+=($!); jobs_running=("${pids[@]}")
+        if ! ((parallel)); then wait "$!"; cat "$work/$s.out"; fi
+    done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+    jobs_running=()
+    checks_ms=$(($(now_ms) - t0))
+    cat "$work/lint.out"
+    if ((parallel)); then for s in "${suites[@]}"; do cat "$work/$s.out"; done; fi
+
+    # Timings: one row per phase, one column per suite.
+    echo "== timings (seconds)"
+    printf '  %-10s' phase; printf ' %9s' "${suites[@]}"; echo
+    local phases=(boot "${checks[@]}" teardown) p ms
+    for p in "${phases[@]}"; do
+        printf '  %-10s' "$p"
+        for s in "${suites[@]}"; do
+            ms=$(cat "$work/$s/times" 2>/dev/null | awk -F'\t' -v p="$p" '$3 == p {print $4}')
+            [[ -z $ms ]] && ms=$(awk -F'\t' -v s="$s" -v p="$p" '$2 == s && $3 == p {print $4}' "$work/results")
+            if [[ -n $ms ]]; then printf ' %9s' "$(secs "$ms")"; else printf ' %9s' -; fi
+        done
+        echo
+    done
+    echo "  build $(secs "$build_ms")s, rootfs $(secs "$rootfs_ms")s, suites $(secs "$checks_ms")s$( ((parallel)) && echo " (at once)"), total $(secs $(($(now_ms) - t_all)))s"
+
+    local passed failed
+    passed=$(grep -c '^ok' "$work/results")
+    failed=$(grep -c '^not ok' "$work/results")
+    # A suite that stopped early (or a check that never reported) counts as failed.
+    local expected=$((${#suites[@]} * ${#checks[@]} + 1))
+    if ((passed + failed < expected)); then
+        echo "# $((expected - passed - failed)) check(s) did not report"
+        failed=$((expected - passed))
+    fi
+    echo "upgrade: $passed passed, $failed failed"
+    ((failed == 0)) || rc=1
+    return "$rc"
+}
+
+main
