@@ -12,6 +12,20 @@ public struct LaunchConfiguration: Sendable {
     public var stopSignal: Int32
     public var controlPath: String
     public var supervisor: SupervisorSettings
+    /// Run workers as this user and group (baton keeps its own privileges and the listeners).
+    public var workerUser: WorkerUser?
+
+    public struct WorkerUser: Sendable, Equatable {
+        public var uid: UInt32
+        public var gid: UInt32
+        public var groups: [UInt32]
+
+        public init(uid: UInt32, gid: UInt32, groups: [UInt32]) {
+            self.uid = uid
+            self.gid = gid
+            self.groups = groups
+        }
+    }
 
     public init(
         name: String, command: [String], listeners: [ListenSpec], backlog: Int32 = 4096, unixMode: UInt32? = nil,

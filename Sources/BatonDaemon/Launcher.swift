@@ -420,10 +420,13 @@ public actor Launcher {
             let request = SpawnRequest(
                 executable: executable, arguments: configuration.command, environment: environment,
                 listeners: listeners.map(\.fd), extra: notifyPipe?.write, standardInput: devNull,
-                standardOutput: out.write, standardError: err.write)
+                standardOutput: out.write, standardError: err.write, userID: configuration.workerUser?.uid,
+                groupID: configuration.workerUser?.gid)
+            var spawnRequest = request
+            spawnRequest.groups = configuration.workerUser?.groups ?? []
             let pid: Int32
             do {
-                pid = try Spawner.spawn(request)
+                pid = try Spawner.spawn(spawnRequest)
             } catch {
                 out.read.closeOnce()
                 err.read.closeOnce()

@@ -22,6 +22,8 @@ public struct SpawnRequest: Sendable {
     /// Drop to this uid and gid in the child, if set.
     public var userID: UInt32?
     public var groupID: UInt32?
+    /// Supplementary groups when dropping privileges (empty: just `groupID`).
+    public var groups: [UInt32] = []
 
     public init(
         executable: String, arguments: [String], environment: [String], listeners: [FileDescriptor],
@@ -98,11 +100,15 @@ public enum Spawner {
         let argv = CStringArray(request.arguments)
         let envp = CStringArray(environment)
         let path = CStringArray([request.executable])
+        let groups = request.groups.map { gid_t($0) }
 
         let pid: Int32 = argv.withPointers { argvPointer in
             envp.withPointers { envpPointer in
                 path.withPointers { pathPointer in
+                  groups.withUnsafeBufferPointer { groupPointer in
                     var spawnRequest = cbaton_spawn_request()
+                    spawnRequest.groups = groupPointer.baseAddress
+                    spawnRequest.group_count = Int32(groups.count)
                     spawnRequest.path = UnsafePointer(pathPointer[0])
                     spawnRequest.argv = UnsafePointer(argvPointer)
                     spawnRequest.envp = UnsafePointer(envpPointer)
@@ -116,6 +122,7 @@ public enum Spawner {
                     spawnRequest.uid = request.userID.map { Int64($0) } ?? -1
                     spawnRequest.gid = request.groupID.map { Int64($0) } ?? -1
                     return cbaton_spawn(&spawnRequest)
+                  }
                 }
             }
         }

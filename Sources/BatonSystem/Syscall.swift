@@ -246,6 +246,34 @@ public enum Process {
         unlink(path)
     }
 
+    /// A user's uid, primary gid and supplementary groups, by name or number.
+    ///
+    /// The corresponding C functions are `getpwnam_r` and `getgrouplist`.
+    public static func user(named name: String) -> (uid: UInt32, gid: UInt32, groups: [UInt32])? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        if getpwnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil {
+            var count: Int32 = 256
+            var groups = [gid_t](repeating: 0, count: 256)
+            if getgrouplist(entry.pw_name, entry.pw_gid, &groups, &count) < 0 { count = 0 }
+            return (entry.pw_uid, entry.pw_gid, groups.prefix(Int(max(0, count))).map { UInt32($0) })
+        }
+        if let uid = UInt32(name) { return (uid, uid, []) }
+        return nil
+    }
+
+    /// A group's gid, by name or number.
+    ///
+    /// The corresponding C function is `getgrnam_r`.
+    public static func group(named name: String) -> UInt32? {
+        var entry = Glibc.group()
+        var result: UnsafeMutablePointer<Glibc.group>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        if getgrnam_r(name, &entry, &buffer, buffer.count, &result) == 0, result != nil { return entry.gr_gid }
+        return UInt32(name)
+    }
+
     /// The path this process was started from (`/proc/self/exe`), without the ` (deleted)` the kernel appends
     /// once a package upgrade has replaced the file.
     ///

@@ -141,7 +141,8 @@ static _Noreturn void child_main(const cbaton_spawn_request *r) {
     // 7. Drop privileges if asked, groups first.
     if (r->gid >= 0) {
         gid_t gid = (gid_t)r->gid;
-        if (setgroups(1, &gid) != 0 || setresgid(gid, gid, gid) != 0) child_fail(channel, errno);
+        int ok = r->group_count > 0 ? setgroups((size_t)r->group_count, r->groups) : setgroups(1, &gid);
+        if (ok != 0 || setresgid(gid, gid, gid) != 0) child_fail(channel, errno);
     }
     if (r->uid >= 0 && setresuid((uid_t)r->uid, (uid_t)r->uid, (uid_t)r->uid) != 0) child_fail(channel, errno);
 

@@ -84,6 +84,12 @@ extension Baton {
                 valueName: "duration"))
         var watchdog: String?
 
+        @Option(help: ArgumentHelp("Run the workers as this user (baton keeps the listeners, even on ports below 1024).", valueName: "user"))
+        var user: String?
+
+        @Option(help: ArgumentHelp("Run the workers with this group (default: the user's primary group).", valueName: "group"))
+        var group: String?
+
         @Option(help: "The listen backlog of sockets baton binds.")
         var backlog: Int32 = 4096
 
@@ -205,12 +211,31 @@ extension Baton {
                 }
                 specs.append(spec)
             }
-            return LaunchConfiguration(
+            var workerUser: LaunchConfiguration.WorkerUser?
+            if let user {
+                guard let entry = Process.user(named: user) else {
+                    throw BatonError(.badArgument, "invalid --user '\(user)': no such user (check getent passwd \(user))")
+                }
+                workerUser = .init(uid: entry.uid, gid: entry.gid, groups: entry.groups)
+            }
+            if let group {
+                guard let gid = Process.group(named: group) else {
+                    throw BatonError(.badArgument, "invalid --group '\(group)': no such group (check getent group \(group))")
+                }
+                let uid = workerUser?.uid ?? Process.userID
+                workerUser = .init(uid: uid, gid: gid, groups: [gid])
+            }
+            if workerUser != nil && Process.userID != 0 {
+                throw BatonError(.badArgument, "--user and --group need baton to run as root")
+            }
+            var configuration = LaunchConfiguration(
                 name: control.name, command: appCommand, listeners: specs, backlog: backlog, unixMode: mode,
                 readyMode: readyMode, stopSignal: stopSignal, controlPath: control.controlPath,
                 supervisor: SupervisorSettings(
                     workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout,
                     workerWatchdog: workerWatchdog))
+            configuration.workerUser = workerUser
+            return configuration
         }
 
         /// Sockets passed by systemd (a `.socket` unit or the fd store) come first; every `--listen` whose name
@@ -270,7 +295,7 @@ extension Baton {
             Signals.ignore(Signals.upgrade)
             var client = try connect(control.controlPath)
             defer { client.fd.closeOnce() }
-            try client.send(ControlProtocol.Request(command: .reload))
+            client.send(ControlProtocol.Request(command: .reload))
             while let line = client.readLine() {
                 guard let reply = ControlProtocol.decodeReply(line) else { continue }
                 switch reply.kind {
@@ -279,7 +304,9 @@ extension Baton {
                 case .result where reply.ok == true:
                     StandardStreams.writeOutput("\(reply.message ?? "reload succeeded")\n")
                     return
-                case .result, .error, .status:
+                case .error:
+                    throw fail(reply.message ?? "the launcher refused the request")
+                case .result, .status:
                     var text = "baton: reload failed: \(reply.message ?? "unknown reason")\n"
                     if let stderr = reply.stderr, !stderr.isEmpty {
                         text += "last lines the failing worker wrote to stderr:\n"
@@ -307,7 +334,7 @@ extension Baton {
             Signals.ignore(Signals.upgrade)
             var client = try connect(control.controlPath)
             defer { client.fd.closeOnce() }
-            try client.send(ControlProtocol.Request(command: .status))
+            client.send(ControlProtocol.Request(command: .status))
             guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
                 throw fail("the launcher closed the connection without answering")
             }
@@ -328,12 +355,10 @@ struct ControlConnection {
     let fd: FileDescriptor
     var buffer: [UInt8] = []
 
-    func send(_ request: ControlProtocol.Request) throws(ExitCode) {
-        do {
-            try fd.writeAll(ControlProtocol.encode(request))
-        } catch {
-            throw fail("cannot talk to the launcher: \(error)")
-        }
+    /// Sends the request. A launcher that refuses it answers and closes at once, so a failed write is not the
+    /// end: the reply, if any, is still read.
+    func send(_ request: ControlProtocol.Request) {
+        _ = try? fd.writeAll(ControlProtocol.encode(request))
     }
 
     /// The next line, or nil at end of stream.

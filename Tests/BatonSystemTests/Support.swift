@@ -279,6 +279,9 @@ struct WorkerReport: Decodable {
     var env: [String: String]
     var sigblk: String
     var sigign: String
+    var uid: Int
+    var gid: Int
+    var groups: [Int]
 
     static func all(in directory: String) -> [WorkerReport] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []

@@ -35,6 +35,7 @@ def report():
         "pid": os.getpid(), "pgid": os.getpgid(0), "fds": fds,
         "env": {k: v for k, v in os.environ.items()},
         "sigblk": status_line("SigBlk"), "sigign": status_line("SigIgn"),
+        "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
         "behaviour": behaviour,
     }
     path = os.path.join(directory, f"{os.getpid()}.json")
@@ -116,6 +117,19 @@ def notify(message):
         s.close()
     elif mode == "fd":
         os.write(int(os.environ["BATON_NOTIFY_FD"]), (message + "\n").encode())
+
+if behaviour == "junk-notify":
+    # Hostile messages from a worker: an oversized datagram, and one that carries an fd (which baton must close).
+    address = os.environ["NOTIFY_SOCKET"]
+    address = "\0" + address[1:] if address.startswith("@") else address
+    junk = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    junk.sendto(b"READY=1\n" + b"X" * 10000, address)
+    marker = open(os.path.join(os.environ["REPORT_DIR"], "leak-marker"), "w")
+    junk.connect(address)
+    socket.send_fds(junk, [b"READY=1"], [marker.fileno()])
+    marker.close()
+    junk.close()
+    print("junk sent", flush=True)
 
 try:
     notify("STATUS=serving\nREADY=1")

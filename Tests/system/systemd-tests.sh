@@ -122,7 +122,9 @@ for_suites() {
         pids+=($!); jobs_running=("${pids[@]}")
         if ! ((parallel)); then wait "$!" || rc=1; fi
     done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || rc=1; done
+    if ((parallel)); then
+        for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    fi
     jobs_running=()
     return "$rc"
 }
@@ -148,8 +150,12 @@ build_baton() {
         fi
         echo "rebuilding: $newer is newer than $baton_bin"
     fi
-    (cd "$repo" && swift build -c release --static-swift-stdlib --scratch-path .build-static \
-        --product baton 2>&1 | tail -n 3)
+    if ! (cd "$repo" && swift build -c release --static-swift-stdlib --scratch-path .build-static \
+            --product baton) >"$work/build.log" 2>&1; then
+        tail -n 30 "$work/build.log"
+        return 1
+    fi
+    tail -n 1 "$work/build.log"
     [[ -x $baton_bin ]]
 }
 

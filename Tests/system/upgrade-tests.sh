@@ -41,6 +41,7 @@
 #   BATON_DEB      use this baton .deb, never build one
 #   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is
 
+# shellcheck disable=SC2016  # single-quoted $...: dpkg-query fields and scripts run inside
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -84,6 +85,7 @@ trap 'exit 143' TERM
 now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
 secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
 indent() { sed "s/^/${1:-#   }/"; }
+oneline() { tr '\n' ' ' <<<"$1" | sed 's/ $//'; }
 
 # ------------------------------------------------------------------------ check framework
 #
@@ -253,7 +255,6 @@ check_d() {
     begin "d: after the failed upgrade: half-configured; dpkg --configure -a fails again; installing 1.1 recovers"
     local log=$work/$suite/d.apt status body pid_before pid_after rc
     pid_before=$(prop myapp.service MainPID)
-    # shellcheck disable=SC2016  # dpkg-query fields, not shell variables
     status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version} ${Config-Version}' myapp 2>&1)
     info "dpkg after the failed upgrade: $status"
     [[ $status == "install ok half-configured 1.2 1.1" ]] ||
@@ -265,7 +266,6 @@ check_d() {
     apt_install "$log" --allow-downgrades ./myapp_1.1_all.deb; rc=$?
     info "apt-get install -y --allow-downgrades ./myapp_1.1_all.deb: exit $rc"
     ((rc == 0)) || { fail "apt-get install of 1.1 exited $rc"; transcript "apt-get" "$log"; }
-    # shellcheck disable=SC2016
     status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' myapp 2>&1)
     [[ $status == "install ok installed 1.1" ]] || fail "dpkg state is '$status' after reinstalling 1.1"
     body=$(curl_body)
@@ -293,33 +293,35 @@ check_e() {
     inside_t 20 curl -sS --max-time 5 "http://127.0.0.1:$port/" >/dev/null 2>&1 &&
         fail "port $port still answers after the removal"
     info "dpkg after remove: $(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>&1)"
-    inside_t 20 journalctl -u myapp.service --no-pager -o cat -n 4 | while IFS= read -r line; do echo "$line"; done \
-        >"$work/$suite/e.journal"
+    local line
+    inside_t 20 journalctl -u myapp.service -u myapp.socket --no-pager -o cat -n 4 >"$work/$suite/e.journal" 2>&1
     while IFS= read -r line; do info "journal: $line"; done <"$work/$suite/e.journal"
     finish
 }
 
 check_f() {
     begin "f: purge: no file, symlink, state or runtime directory left"
-    local log=$work/$suite/f.apt rc left f status
+    local log=$work/$suite/f.apt rc left status
+    [[ -s $work/$suite/files ]] || inside_t 20 dpkg -L myapp >"$work/$suite/files" 2>&1
     inside_t 120 env DEBIAN_FRONTEND=noninteractive apt-get purge -y myapp >"$log" 2>&1; rc=$?
     ((rc == 0)) || { fail "apt-get purge exited $rc"; transcript "apt-get" "$log"; }
     status=$(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>/dev/null)
     [[ -z $status || $status == "unknown ok not-installed" ]] || fail "dpkg still knows myapp: '$status'"
     # The package's files: gone, except directories other packages still use.
+    # (A directory may also be a symlink to one: /lib -> usr/lib on a merged /usr.)
     left=$(inside_t 30 sh -c 'while read -r f; do
-                if [ -L "$f" ] || [ -f "$f" ]; then echo "$f"
-                elif [ -d "$f" ] && [ -z "$(ls -A "$f")" ]; then echo "$f (empty directory)"; fi
+                if [ -d "$f" ]; then [ -n "$(ls -A "$f")" ] || echo "$f (empty directory)"
+                elif [ -e "$f" ] || [ -L "$f" ]; then echo "$f"; fi
             done' <"$work/$suite/files")
-    [[ -z $left ]] || fail "left from dpkg -L myapp: $(echo $left)"
+    [[ -z $left ]] || fail "left from dpkg -L myapp: $(oneline "$left")"
     info "$(grep -c . "$work/$suite/files") paths from dpkg -L myapp: none left"
     # Anything named after it, or pointing at it: unit symlinks, deb-systemd-helper state,
     # runtime directory, dynamic user, private tmp dirs, dpkg info files.
     left=$(inside_t 60 sh -c 'find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc \) -prune -o \
                 \( -name "*myapp*" -o -lname "*myapp*" \) -print 2>/dev/null | sort -u')
-    [[ -z $left ]] || fail "left, named after or pointing at myapp: $(echo $left)"
+    [[ -z $left ]] || fail "left, named after or pointing at myapp: $(oneline "$left")"
     left=$(inside_t 20 sh -c 'grep -rl myapp /etc/systemd /var/lib/systemd 2>/dev/null')
-    [[ -z $left ]] || fail "files mentioning myapp: $(echo $left)"
+    [[ -z $left ]] || fail "files mentioning myapp: $(oneline "$left")"
     if [[ -n ${dyn_uid:-} ]]; then
         info "dynamic user of the service was uid $dyn_uid"
         inside_t 20 test -e "/run/systemd/dynamic-uid/$dyn_uid" && fail "dynamic uid $dyn_uid still allocated"
@@ -327,9 +329,11 @@ check_f() {
     # Everything new since boot must be baton's (or the system's own bookkeeping).
     inside_t 60 sh -c "$snapshot_cmd" >"$work/$suite/after.paths"
     inside_t 20 dpkg -L baton >"$work/$suite/baton.paths" 2>/dev/null
-    left=$(comm -13 "$work/$suite/before.paths" "$work/$suite/after.paths" |
-        grep -vxFf "$work/$suite/baton.paths" | grep -vE "$snapshot_noise")
-    [[ -z $left ]] || fail "new since boot and not baton's: $(echo $left)"
+    comm -13 "$work/$suite/before.paths" "$work/$suite/after.paths" >"$work/$suite/new.paths"
+    left=$(grep -vxFf "$work/$suite/baton.paths" "$work/$suite/new.paths" | grep -vE "$snapshot_noise")
+    info "$(grep -c . "$work/$suite/new.paths") paths new since boot: all baton's or the system's bookkeeping"
+    [[ -z $left ]] || fail "new since boot and not baton's: $(oneline "$left")"
+    [[ -z ${UPG_DEBUG:-} ]] || cp "$work/$suite/new.paths" "$work/$suite/baton.paths" "$UPG_DEBUG/"
     finish
 }
 
@@ -418,11 +422,12 @@ lint_myapp() {
     if ! command -v lintian >/dev/null; then
         info "SKIP: lintian is not installed (apt-get install lintian)"
     else
-        local out
-        out=$(cd "$myapp_out" && lintian --fail-on error,warning myapp_1.0_all.deb myapp_1.1_all.deb \
-            myapp_1.2_all.deb 2>&1 | grep -v 'running with root privileges')
-        [[ ${PIPESTATUS[0]} == 0 ]] || fail "lintian failed"
-        [[ -z $out ]] && info "lintian: no tags" || info "lintian: $out"
+        local out rc
+        (cd "$myapp_out" && lintian --fail-on error,warning myapp_1.0_all.deb myapp_1.1_all.deb \
+            myapp_1.2_all.deb) >"$work/lintian.out" 2>&1; rc=$?
+        out=$(grep -v 'running with root privileges' "$work/lintian.out")
+        ((rc == 0)) || fail "lintian exited $rc"
+        if [[ -z $out ]]; then info "lintian: no tags"; else info "lintian: $(oneline "$out")"; fi
     fi
     local ms=$(($(now_ms) - c_t0)) word=ok line
     ((${#c_fail[@]})) && word="not ok"
@@ -479,7 +484,7 @@ main() {
     for p in "${phases[@]}"; do
         printf '  %-10s' "$p"
         for s in "${suites[@]}"; do
-            ms=$(cat "$work/$s/times" 2>/dev/null | awk -F'\t' -v p="$p" '$3 == p {print $4}')
+            ms=$(awk -F'\t' -v p="$p" '$3 == p {print $4}' "$work/$s/times" 2>/dev/null)
             [[ -z $ms ]] && ms=$(awk -F'\t' -v s="$s" -v p="$p" '$2 == s && $3 == p {print $4}' "$work/results")
             if [[ -n $ms ]]; then printf ' %9s' "$(secs "$ms")"; else printf ' %9s' -; fi
         done

@@ -35,6 +35,10 @@ typedef struct {
     int stdin_fd, stdout_fd, stderr_fd;
     /// Whether to drop privileges to uid/gid before exec; -1 keeps them.
     int64_t uid, gid;
+    /// Supplementary groups set when dropping privileges (computed by the parent: getgrouplist is not
+    /// async-signal-safe).
+    const gid_t *groups;
+    int group_count;
 } cbaton_spawn_request;
 
 /// Forks a worker. Returns the child's pid, or -1 with errno set. The child never returns.
