@@ -660,6 +660,24 @@ declare -A check_title=(
     [k]="systemd-analyze verify clean, security score"
 )
 
+# After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's
+# audit lines name the system call (x86_64 numbers; the usual suspects are decoded).
+seccomp_diagnostics() {
+    local line nr name
+    "$rig" exec "$(name_of "$1")" journalctl -u baton@demo.service --no-pager 2>/dev/null |
+        grep -q 'Bad system call' || return 0
+    echo "    --- seccomp: kernel audit lines (type=1326) for the last blocked system calls"
+    dmesg 2>/dev/null | grep 'type=1326' | tail -n 3 | while read -r line; do
+        nr=$(sed -n 's/.* syscall=\([0-9]*\).*/\1/p' <<<"$line")
+        case $nr in
+            329) name=pkey_mprotect ;; 330) name=pkey_alloc ;; 331) name=pkey_free ;;
+            425) name=io_uring_setup ;; 426) name=io_uring_enter ;; 427) name=io_uring_register ;;
+            *) name="see ausyscall $nr" ;;
+        esac
+        echo "    $line  [syscall $nr = $name]"
+    done
+}
+
 # run_check SUITE ID: one check, in a subshell with a time limit; prints its block.
 run_check() {
     local s=$1 id=$2 t0 ms rc=0 pid killer log=$work/$1.$2.log notes=$work/$1.$2.notes
@@ -689,6 +707,7 @@ run_check() {
             echo "    --- journalctl -u baton@demo -n 50"
             "$rig" exec "$(name_of "$s")" journalctl -u baton@demo.service -n 50 --no-pager 2>&1 |
                 sed 's/^/    /'
+            seccomp_diagnostics "$s"
             if [[ $id == i ]]; then
                 echo "    --- journalctl -u batonfd -n 30"
                 "$rig" exec "$(name_of "$s")" journalctl -u batonfd.service -n 30 --no-pager 2>&1 |

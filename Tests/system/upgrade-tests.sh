@@ -27,6 +27,10 @@
 #   f  apt-get purge myapp: nothing left: none of the files `dpkg -L myapp` listed, no
 #      symlink to or state of its units, nothing named *myapp* anywhere, no dynamic user
 #      left in /run/systemd/dynamic-uid, no path created since boot that baton does not own
+#   g  install 1.0 again, with workers slow to start (drop-in STARTUP_MS=3000); upgrade to 1.1
+#      while a connection is starting the service: the postinst waits for the start (which
+#      read 1.0's files) and then reloads, so 1.1 serves (a reload requested while the
+#      service is activating merges into the start job and never runs); then purge
 # Ends with the timings and a line "upgrade: N passed, M failed"; exits non-zero if any
 # check failed. The containers are always torn down (trap).
 #
@@ -50,7 +54,7 @@ rig=$here/rig.sh
 cache=${RIG_CACHE:-/var/cache/baton-rig}
 parallel=${RIG_PARALLEL:-1}
 read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
-all_checks=(a b c d e f)
+all_checks=(a b c d e f g)
 read -r -a checks <<<"${CHECKS:-${all_checks[*]}}"
 myapp_out=$repo/out/debian-app
 port=8080
@@ -344,6 +348,35 @@ check_f() {
     finish
 }
 
+check_g() {
+    begin "g: upgrade while the service is starting: the postinst waits for the start, then reloads to 1.1"
+    local log=$work/$suite/g.apt body first rc st
+    apt_install "$log" ./myapp_1.0_all.deb || { fail "apt-get install of 1.0 exited $?"; transcript "apt-get" "$log"; }
+    # Workers that take 3 s to listen: the upgrade lands in the middle of the start.
+    inside_t 20 sh -c 'mkdir -p /run/systemd/system/myapp.service.d &&
+        printf "[Service]\nEnvironment=STARTUP_MS=3000\n" >/run/systemd/system/myapp.service.d/slow.conf &&
+        systemctl daemon-reload'
+    inside_t 30 curl -sS --max-time 20 "http://127.0.0.1:$port/" >"$work/$suite/g.first" 2>&1 &
+    local curl_pid=$!
+    sleep 0.7
+    st=$(state myapp.service)
+    info "myapp.service is $st when the upgrade starts"
+    [[ $st == activating ]] || fail "myapp.service is $st, not activating: the test missed the start"
+    apt_install "$log" ./myapp_1.1_all.deb; rc=$?
+    ((rc == 0)) || { fail "apt-get install of 1.1 exited $rc"; transcript "apt-get" "$log"; }
+    wait "$curl_pid"
+    first=$(cat "$work/$suite/g.first")
+    body=$(curl_body)
+    info "the connection that started it: $first"
+    info "after the upgrade: $body"
+    [[ $(version_of "$first") == 1.0 ]] || fail "the connection during the start got '$first', not version 1.0"
+    [[ $(version_of "$body") == 1.1 ]] || fail "after the upgrade: '$body', not version 1.1"
+    inside_t 20 rm -rf /run/systemd/system/myapp.service.d
+    inside_t 60 env DEBIAN_FRONTEND=noninteractive apt-get purge -y myapp >"$log" 2>&1 ||
+        { fail "apt-get purge exited $?"; transcript "apt-get" "$log"; }
+    finish
+}
+
 # Paths compared before install and after purge (check f), and what may change there anyway.
 snapshot_cmd='find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc -o -path /sys -o -path /dev \) -prune -o -print 2>/dev/null | sort -u'
 snapshot_noise='^/var/lib/dpkg/|^/var/cache/|^/var/log/|^/run/log/|^/var/lib/apt/|^/run/systemd/|^/var/lib/systemd/(deb-systemd-helper-enabled|catalog)|^/etc/ld\.so\.cache|^/tmp/systemd-private-[^/]*-systemd-|^/var/tmp/systemd-private-[^/]*-systemd-|^/run/udev|^/run/user|^/var/lib/systemd/random-seed'
@@ -398,9 +431,19 @@ build_baton() {
         return 0
     fi
     [[ ${UPG_BUILD:-1} == 0 ]] && { echo "UPG_BUILD=0 but no $baton_deb"; return 1; }
-    echo "# baton: building $baton_deb (packaging/build-deb.sh)"
-    (cd "$repo" && bash packaging/build-deb.sh) >"$work/build-deb.log" 2>&1 ||
-        { tail -n 30 "$work/build-deb.log"; return 1; }
+    # build-deb.sh is not safe to run twice at once (the debian symlink at the top, ../*.deb):
+    # take a lock, and look again once we hold it, as someone else may just have built it.
+    mkdir -p "$repo/out"
+    exec 8>"$repo/out/.build-deb.lock"
+    flock 8
+    if [[ -f $baton_deb ]] && (($(mtime "$baton_deb") >= src)); then
+        echo "# baton: using $baton_deb (just built by someone else)"
+    else
+        echo "# baton: building $baton_deb (packaging/build-deb.sh)"
+        (cd "$repo" && bash packaging/build-deb.sh) >"$work/build-deb.log" 2>&1 ||
+            { tail -n 30 "$work/build-deb.log"; exec 8>&-; return 1; }
+    fi
+    exec 8>&-
 }
 
 build_myapp() {
