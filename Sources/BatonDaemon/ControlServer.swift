@@ -6,13 +6,13 @@ import SystemPackage
 /// One connected `baton reload` or `baton status` client.
 final class ControlClient: Sendable {
     let id: Int
-    private let state: Mutex<(fd: FileDescriptor?, splitter: LineSplitter, answered: Bool)>
+    private let state: Locked<(fd: FileDescriptor?, splitter: LineSplitter, answered: Bool)>
     private let loop: EventLoop
 
     init(id: Int, fd: FileDescriptor, loop: EventLoop) {
         self.id = id
         self.loop = loop
-        state = Mutex((fd, LineSplitter(maximumLineLength: ControlProtocol.maximumRequestSize + 1), false))
+        state = Locked((fd, LineSplitter(maximumLineLength: ControlProtocol.maximumRequestSize + 1), false))
     }
 
     /// Sends one reply line; false if the client is gone or not reading.

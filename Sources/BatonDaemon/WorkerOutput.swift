@@ -24,14 +24,14 @@ final class OutputPipe: Sendable {
 
     let destination: Destination
     let keep: Int
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let loop: EventLoop
 
     init(fd: FileDescriptor, destination: Destination, keep: Int, loop: EventLoop) {
         self.destination = destination
         self.keep = keep
         self.loop = loop
-        state = Mutex(State(fd: fd))
+        state = Locked(State(fd: fd))
     }
 
     /// The read end, while open.
@@ -96,12 +96,12 @@ final class OutputPipe: Sendable {
 
 /// The read end of a worker's `BATON_NOTIFY_FD` pipe: `KEY=VALUE` lines become notify messages.
 final class NotifyPipe: Sendable {
-    private let state: Mutex<(fd: FileDescriptor?, splitter: LineSplitter)>
+    private let state: Locked<(fd: FileDescriptor?, splitter: LineSplitter)>
     private let loop: EventLoop
     private let deliver: @Sendable (NotifyMessage) -> Void
 
     init(fd: FileDescriptor, loop: EventLoop, deliver: @escaping @Sendable (NotifyMessage) -> Void) {
-        state = Mutex((fd, LineSplitter(maximumLineLength: NotifyMessage.maximumSize)))
+        state = Locked((fd, LineSplitter(maximumLineLength: NotifyMessage.maximumSize)))
         self.loop = loop
         self.deliver = deliver
     }

@@ -13,7 +13,7 @@ public final class EventLoop: Sendable {
 
     private let epoll: Int32
     private let wake: Int32
-    private let handlers = Mutex<[Int32: Handler]>([:])
+    private let handlers = Locked<[Int32: Handler]>([:])
     private let stopped = Atomic<Bool>(false)
     private let passes = Atomic<UInt64>(0)
 

@@ -497,6 +497,14 @@ main() {
     t0=$(now_ms)
     "$rig" deps
     build_baton || { echo "upgrade: cannot build baton's package"; exit 1; }
+    # A snapshot, checked whole: someone else's build may replace out/'s .deb at any time.
+    local try
+    for try in 1 2 3 4 5 6; do
+        cp "$baton_deb" "$work/baton.deb" && dpkg-deb --contents "$work/baton.deb" >/dev/null 2>&1 && break
+        ((try < 6)) || { echo "upgrade: $baton_deb is not a valid package"; exit 1; }
+        echo "# baton: $baton_deb is being rewritten; trying again in 5s"
+        sleep 5
+    done
     baton_deb_name=$(basename "$baton_deb")
     build_myapp || { echo "upgrade: cannot build myapp"; exit 1; }
     build_ms=$(($(now_ms) - t0))
@@ -507,7 +515,8 @@ main() {
     for s in "${suites[@]}"; do
         "$rig" rootfs "$s" "$cache/$s" || { echo "upgrade: no $s rootfs"; exit 1; }
         mkdir -p "$work/$s"
-        cp "$baton_deb" "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
+        cp "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
+        cp "$work/baton.deb" "$work/$s/$baton_deb_name"
         names+=("$(name_of "$s")")
     done
     rootfs_ms=$(($(now_ms) - t0))
