@@ -18,6 +18,7 @@ if [ ! -x "$binary" ] || [ -n "$(find Sources/BatonCore Fuzz/Targets -newer "$bi
     || { grep -v 'Cannot export local symbol' .build-fuzz/build.log >&2; exit 1; }
 fi
 status=0
+ok=0
 for target in notify control address; do
   corpus="Fuzz/corpus/$target"
   work=$(mktemp -d)
@@ -28,9 +29,11 @@ for target in notify control address; do
       -print_final_stats=1 "${dirs[@]}" >"$work/log" 2>&1; then
     execs=$(grep -o 'number_of_executed_units: *[0-9]*' "$work/log" | grep -o '[0-9]*$')
     echo "fuzz $target: $execs executions, 0 crashes, $(( $(date +%s) - start ))s, corpus $(ls "$corpus" | wc -l) inputs"
+    ok=$((ok + 1))
   else
     echo "fuzz $target: CRASH (input in Fuzz/crashes/)"; tail -30 "$work/log"; status=1
   fi
   rm -rf "$work"
 done
+echo "fuzz: $ok passed, $((3 - ok)) failed"
 exit $status

@@ -1,10 +1,69 @@
 #!/usr/bin/env bash
-# baton's test command: installs what it needs, builds once, runs every test.
-#   unit tests (the lifecycle state machine, parsers) without processes;
-#   system tests with real processes and sockets;
-#   end-to-end tests: the example Node and Python apps under load across 20 reloads each.
-set -euo pipefail
+# baton's test command. Installs what it needs, then runs every stage and ends with one line
+# "tests: N passed, M failed" (a stage that cannot count its checks counts as one):
+#   swift       unit tests (the lifecycle state machine, parsers) without processes; system tests with real
+#               processes and sockets; end to end: the example Node and Python apps under load across reloads
+#   fuzz        the parsers under libFuzzer, short form (Fuzz/run.sh --long for 10 million runs each)
+#   tsan, asan  the unit and system tests again under ThreadSanitizer and AddressSanitizer
+#   systemd     a real systemd (Debian 12 and 13 in systemd-nspawn): socket activation, reloads, watchdog, fd store
+#   upgrade     Debian packages: apt upgrades of an app and of baton itself under load
+# STAGES="swift fuzz" runs only those.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh
-swift build --build-tests
-swift test --skip-build
+bash scripts/deps.sh || exit 1
+STAGES=${STAGES:-swift fuzz tsan asan systemd upgrade}
+passed=0
+failed=0
+failures=()
+log=$(mktemp -d)
+trap 'rm -rf "$log"' EXIT
+
+# Runs one stage, echoing its output, and adds its counts from a closing "N passed, M failed" line, or from
+# Swift Testing's "Test run with N tests ... passed|failed" line.
+stage() {
+  local name=$1
+  shift
+  case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$log/$name"
+  local status=${PIPESTATUS[0]}
+  local counts p f
+  counts=$(grep -aE '^([a-z]+: )?[0-9]+ passed, [0-9]+ failed' "$log/$name" | tail -1)
+  if [ -n "$counts" ]; then
+    p=$(sed -E 's/^([a-z]+: )?([0-9]+) passed.*/\2/' <<<"$counts")
+    f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$counts")
+  elif counts=$(grep -aE 'Test run with [0-9]+ tests? .*(passed|failed)' "$log/$name" | tail -1) && [ -n "$counts" ]; then
+    local n
+    n=$(sed -E 's/.*Test run with ([0-9]+) test.*/\1/' <<<"$counts")
+    if [ "$status" = 0 ]; then p=$n f=0; else
+      f=$(grep -aE '^✘ Test .* failed after' "$log/$name" | grep -vc 'with [0-9]* test cases' || true)
+      [ "$f" -gt 0 ] || f=1
+      p=$(( n > f ? n - f : 0 ))
+    fi
+  elif [ "$status" = 0 ]; then p=1 f=0; else p=0 f=1; fi
+  if [ "$status" != 0 ] && [ "$f" = 0 ]; then f=1; fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+  [ "$status" = 0 ] || failures+=("$name")
+  echo "=== $name: exit $status, $p passed, $f failed, $((SECONDS - start))s"
+}
+
+swift_tests() { swift build --build-tests && swift test --skip-build --disable-xctest; }
+sanitized() {
+  local sanitizer=$1
+  # Leaks are checked in every baton process the tests start (and reported as a failure), not in the runner.
+  swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$2" &&
+    ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests
+}
+
+stage swift swift_tests
+stage fuzz bash Fuzz/run.sh
+stage tsan sanitized thread tsan
+stage asan sanitized address asan
+stage systemd bash Tests/system/systemd-tests.sh
+stage upgrade bash Tests/system/upgrade-tests.sh
+
+[ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"
+echo "tests: $passed passed, $failed failed"
+[ "$failed" = 0 ] && [ ${#failures[@]} -eq 0 ]

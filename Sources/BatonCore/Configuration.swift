@@ -50,6 +50,18 @@ public struct LaunchConfiguration: Sendable {
         return directory + "/" + name + ".sock"
     }
 
+    /// Where a client looks for the control socket of instance `name` when no `--control` is given, in order:
+    /// the launcher's own default, then the runtime directories the shipped units use (`/run/baton-NAME` for
+    /// `baton@NAME.service`, `/run/NAME` for an app's own unit with `RuntimeDirectory=NAME`).
+    public static func controlPathCandidates(name: String, runtimeDirectory: String?) -> [String] {
+        var candidates = [defaultControlPath(name: name, runtimeDirectory: runtimeDirectory)]
+        for directory in ["/run/baton", "/run/baton-\(name)", "/run/\(name)"] {
+            let path = directory + "/" + name + ".sock"
+            if !candidates.contains(path) { candidates.append(path) }
+        }
+        return candidates
+    }
+
     /// Whether `name` is usable as an instance name (it becomes a file name).
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.count <= 64 && name != "." && name != ".."

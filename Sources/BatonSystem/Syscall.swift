@@ -221,6 +221,14 @@ public enum Process {
         return nil
     }
 
+    /// Whether `path` is a unix socket.
+    ///
+    /// The corresponding C function is `stat`.
+    public static func isSocket(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFSOCK
+    }
+
     /// Whether `path` exists.
     public static func fileExists(_ path: String) -> Bool {
         access(path, F_OK) == 0

@@ -29,8 +29,18 @@ struct ControlOptions: ParsableArguments {
     @Option(help: "The instance name, which picks the default control socket.")
     var name: String = "baton"
 
+    /// The launcher's control socket: `--control`, or the default for `--name`.
     var controlPath: String {
         control ?? LaunchConfiguration.defaultControlPath(name: name, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
+    }
+
+    /// The socket a client connects to: `--control`, or the first socket that exists among the places a launcher
+    /// named `--name` puts it (see ``LaunchConfiguration/controlPathCandidates(name:runtimeDirectory:)``).
+    var clientPath: String {
+        if let control { return control }
+        let candidates = LaunchConfiguration.controlPathCandidates(
+            name: name, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
+        return candidates.first { Process.isSocket($0) } ?? candidates[0]
     }
 }
 
@@ -293,7 +303,7 @@ extension Baton {
         func run() throws {
             Signals.ignoreBrokenPipe()
             Signals.ignore(Signals.upgrade)
-            var client = try connect(control.controlPath)
+            var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
             client.send(ControlProtocol.Request(command: .reload))
             while let line = client.readLine() {
@@ -332,7 +342,7 @@ extension Baton {
         func run() throws {
             Signals.ignoreBrokenPipe()
             Signals.ignore(Signals.upgrade)
-            var client = try connect(control.controlPath)
+            var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
             client.send(ControlProtocol.Request(command: .status))
             guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {

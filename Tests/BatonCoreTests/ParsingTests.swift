@@ -80,6 +80,15 @@ struct ParsingTests {
         #expect(LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: "/run/shop:/run/x") == "/run/shop/shop.sock")
     }
 
+    @Test func clientsLookWhereTheShippedUnitsPutTheControlSocket() {
+        #expect(
+            LaunchConfiguration.controlPathCandidates(name: "shop", runtimeDirectory: nil)
+                == ["/run/baton/shop.sock", "/run/baton-shop/shop.sock", "/run/shop/shop.sock"])
+        #expect(
+            LaunchConfiguration.controlPathCandidates(name: "shop", runtimeDirectory: "/run/baton-shop")
+                == ["/run/baton-shop/shop.sock", "/run/baton/shop.sock", "/run/shop/shop.sock"])
+    }
+
     @Test func workersDoNotInheritWhatSystemdMeantForBaton() {
         let environment = LaunchConfiguration.workerBaseEnvironment([
             "PATH=/bin", "NOTIFY_SOCKET=/run/systemd/notify", "WATCHDOG_USEC=1", "WATCHDOG_PID=1", "LISTEN_FDS=1",

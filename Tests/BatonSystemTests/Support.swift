@@ -143,7 +143,7 @@ final class BatonRun: @unchecked Sendable {
             env[name] = nil
         }
         env.merge(environment) { $1 }
-        process.environment = env
+        process.environment = Sanitizers.childEnvironment(env)
         let errPipe = Pipe()
         let outPipe = Pipe()
         process.standardError = errPipe
@@ -185,6 +185,16 @@ final class BatonRun: @unchecked Sendable {
     }
 }
 
+/// Under AddressSanitizer the test runner itself runs without leak detection (the harness's own threads and
+/// processes are alive at exit); every baton it starts runs with the options in BATON_TEST_CHILD_ASAN_OPTIONS.
+enum Sanitizers {
+    static func childEnvironment(_ environment: [String: String]) -> [String: String] {
+        var result = environment
+        if let options = environment["BATON_TEST_CHILD_ASAN_OPTIONS"] { result["ASAN_OPTIONS"] = options }
+        return result
+    }
+}
+
 struct CommandResult {
     var status: Int32
     var stdout: String
@@ -196,7 +206,7 @@ func run(_ executable: String, _ arguments: [String], environment: [String: Stri
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    if let environment { process.environment = environment }
+    process.environment = Sanitizers.childEnvironment(environment ?? ProcessInfo.processInfo.environment)
     let out = Pipe()
     let err = Pipe()
     process.standardOutput = out

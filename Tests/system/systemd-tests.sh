@@ -270,7 +270,7 @@ SUITE="" NAME=""
 in_c() { "$rig" exec "$NAME" "$@"; }
 
 note() { printf '%s\n' "$*"; printf '%s\n' "$*" >&3; }
-fail() { printf 'FAIL: %s\n' "$*"; exit 1; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }  # stderr: seen from inside $(...) too
 
 # x CMD...: run CMD in the container; its output goes to the transcript and into $OUT.
 # Returns CMD's status (with "set -e", a failure ends the check unless tested).
@@ -317,6 +317,22 @@ until_ok() {
 }
 
 is_active() { [[ $(show "$1" ActiveState) == active ]]; }
+# ensure_active UNIT: start UNIT unless it is active (or becomes so within 10 s).
+ensure_active() {
+    until_ok 10 is_active "$1" && return 0
+    x timeout 90 systemctl start "$1"
+    is_active "$1" || fail "$1 is not active"
+}
+# main_pid UNIT: its MainPID, or the check fails if there is none. (Never signal a MainPID
+# of 0: "kill -9 0" inside would hit this script's own process group.)
+main_pid() {
+    local pid
+    pid=$(show "$1" MainPID)
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ((pid <= 1)); then
+        fail "$1 has no main process (MainPID=$pid)"
+    fi
+    echo "$pid"
+}
 # restarted UNIT N0: NRestarts went past N0 and the unit is active again.
 restarted() { (($(show "$1" NRestarts) > $2)) && is_active "$1"; }
 
@@ -489,7 +505,7 @@ check_f() { # watchdog
     note "${OUT//$'\n'/ }"
     [[ $OUT == *WatchdogUSec=2s* ]] || fail "the WatchdogSec=2 drop-in is not in effect"
     n0=$(show baton@demo.service NRestarts)
-    pid=$(show baton@demo.service MainPID)
+    pid=$(main_pid baton@demo.service)
     # Alive for more than one interval: baton pings at least every second.
     cur=$(cursor)
     sleep 3
@@ -510,9 +526,9 @@ check_f() { # watchdog
 
 check_g() { # kill -9 under load
     local n0 pid pid2 refused t0 ms
-    until_ok 30 is_active baton@demo.service || x systemctl start baton@demo.service
+    ensure_active baton@demo.service
     n0=$(show baton@demo.service NRestarts)
-    pid=$(show baton@demo.service MainPID)
+    pid=$(main_pid baton@demo.service)
     loadgen_start g http://127.0.0.1:8080/
     trap 'in_c touch /opt/test/out/$SUITE/g.stop || true' EXIT
     t0=$(now_ms)
@@ -533,8 +549,7 @@ check_g() { # kill -9 under load
 
 check_h() { # systemctl stop drains a request in flight
     local t0 ms out rc=0 curlpid cur
-    until_ok 30 is_active baton@demo.service || x systemctl start baton@demo.service
-    x systemctl is-active baton@demo.service
+    ensure_active baton@demo.service
     in_c curl -sS --max-time 30 -w '\n%{http_code}' 'http://127.0.0.1:8080/?sleep=2000' \
         >"$stage/out/$SUITE/h.curl" 2>&1 &
     curlpid=$!
@@ -581,7 +596,7 @@ check_i() { # fd store without a socket unit
     loadgen_stop i1
     note "systemctl restart (MainPID $pid1 -> $(show batonfd.service MainPID)): $(load_summary i1)"
     n0=$(show batonfd.service NRestarts)
-    pid=$(show batonfd.service MainPID)
+    pid=$(main_pid batonfd.service)
     loadgen_start i2 http://127.0.0.1:8081/
     x kill -9 "$pid"
     until_ok 30 restarted batonfd.service "$n0" ||
@@ -642,7 +657,7 @@ check_k() { # systemd-analyze verify and security
         sed 's/.*: //')
     [[ -n $score ]] || fail "no overall exposure level"
     echo "$SUITE $score" >"$stage/out/$SUITE/security"
-    note "security: $score"
+    note "security: $score; not set: $(awk '$1 != "✓" && $2 ~ /=/ {printf "%s ", $2}' <<<"$OUT")"
 }
 
 all_checks=(a b c d e f g h i j k)

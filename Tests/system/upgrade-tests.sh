@@ -34,8 +34,10 @@
 # Ends with the timings and a line "upgrade: N passed, M failed"; exits non-zero if any
 # check failed. The containers are always torn down (trap).
 #
-# To add a check: write check_X SUITE (see check_install), using begin/fail/info/finish,
-# and add X to all_checks below. Checks run in order and may use what earlier ones left.
+# To add a check: write a function check_X (see check_a) that runs in the suite's job ($suite,
+# its container $ct, `inside_t SECS CMD...` to run CMD in it, $work/$suite bound at
+# /opt/test), using begin/fail/info/transcript/finish, and add X to all_checks below.
+# Checks run in order and may use what earlier ones left.
 #
 # Environment:
 #   RIG_CACHE      rootfs trees, default /var/cache/baton-rig (SUITE/ each; built if missing)
@@ -64,6 +66,7 @@ port=8080
 work=$(mktemp -d /tmp/baton-upgrade-tests.XXXXXX)
 names=()          # containers that may be running ("rig.sh stop" is idempotent)
 jobs_running=()   # background jobs to end on interruption
+printed=0         # the suites' output has been printed
 
 name_of() { echo "upg-$1-$$"; }
 
@@ -79,6 +82,9 @@ cleanup() {
     for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
     for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
     for n in "${names[@]}"; do "$rig" stop "$n" 2>/dev/null || rc=1; done
+    if ((!printed)); then   # interrupted: show what the suites got through
+        for n in "$work"/*.out; do [[ -s $n ]] && echo "-- ${n##*/} (interrupted)" && cat "$n"; done
+    fi
     rm -rf "$work"
     exit "$rc"
 }
@@ -474,8 +480,8 @@ lint_myapp() {
     else
         local out rc
         (cd "$myapp_out" && lintian --fail-on error,warning myapp_1.0_all.deb myapp_1.1_all.deb \
-            myapp_1.2_all.deb) >"$work/lintian.out" 2>&1; rc=$?
-        out=$(grep -v 'running with root privileges' "$work/lintian.out")
+            myapp_1.2_all.deb) >"$work/lintian.log" 2>&1; rc=$?
+        out=$(grep -v 'running with root privileges' "$work/lintian.log")
         ((rc == 0)) || fail "lintian exited $rc"
         if [[ -z $out ]]; then info "lintian: no tags"; else info "lintian: $(oneline "$out")"; fi
     fi
@@ -528,13 +534,14 @@ main() {
     for s in "${suites[@]}"; do
         run_suite "$s" >"$work/$s.out" 2>&1 &
         pids+=($!); jobs_running=("${pids[@]}")
-        if ! ((parallel)); then wait "$!"; cat "$work/$s.out"; fi
+        if ! ((parallel)); then wait "$!"; cat "$work/$s.out"; : >"$work/$s.out"; fi
     done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
     jobs_running=()
     checks_ms=$(($(now_ms) - t0))
     cat "$work/lint.out"
     if ((parallel)); then for s in "${suites[@]}"; do cat "$work/$s.out"; done; fi
+    printed=1
 
     # Timings: one row per phase, one column per suite.
     echo "== timings (seconds)"
