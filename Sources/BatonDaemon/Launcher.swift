@@ -86,6 +86,7 @@ public actor Launcher {
     /// Runs until every generation has been retired; returns the process exit code.
     public func run() async throws -> Int32 {
         for listener in listeners { listenerInodes.insert(try listener.inode()) }
+        try Process.becomeSubreaper()
         try setUpSignals()
         try setUpNotifySocket(existing: resume?.notify.map { FileDescriptor(rawValue: $0) }, address: resume?.notifyAddress)
         try setUpControlSocket(existing: resume.map { FileDescriptor(rawValue: $0.control) })
@@ -211,7 +212,11 @@ public actor Launcher {
         case .signal(let signal):
             switch signal {
             case Signals.child:
-                for exit in Children.reapAll() { handle(.childExited(exit)) }
+                let exits = Children.reapAll()
+                // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
+                let gone = exits.compactMap { supervisor.worker(pid: $0.pid) }.map { "\($0.generation).\($0.slot)" }
+                if !exits.isEmpty { stopOrphans(alsoGone: Set(gone)) }
+                for exit in exits { handle(.childExited(exit)) }
             case Signals.upgrade:
                 logger.notice("re-execution of \(executablePath) requested")
                 reexecRequested = true
@@ -477,6 +482,24 @@ public actor Launcher {
         }
     }
 
+    /// Stops processes a worker left behind: daemonised descendants that escaped its process group were
+    /// re-parented to baton (a subreaper); each still carries the `BATON_GENERATION` and `BATON_WORKER` of the
+    /// worker that started it, and goes once that worker is gone.
+    private func stopOrphans(alsoGone gone: Set<String>) {
+        let live = Set(supervisor.liveWorkers.compactMap { worker in worker.pid.map { _ in "\(worker.generation).\(worker.slot)" } })
+            .subtracting(gone)
+        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil {
+            guard let identity = ProcInspector.batonWorkerIdentity(of: pid),
+                !live.contains("\(identity.generation).\(identity.slot)")
+            else { continue }
+            logger.warning(
+                "stopping pid \(pid), left behind by worker \(identity.slot) of generation \(identity.generation) outside its process group",
+                metadata: ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"])
+            Process.kill(-pid, Signals.kill)
+            Process.kill(pid, Signals.kill)
+        }
+    }
+
     // MARK: - Re-execution in place
 
     /// Takes over the output and readiness pipes of the workers the previous binary started.
@@ -595,6 +618,10 @@ public actor Launcher {
     }
 
     private func cleanUp() {
+        for pid in ProcInspector.ownChildren() where ProcInspector.batonWorkerIdentity(of: pid) != nil {
+            Process.kill(-pid, Signals.kill)
+            Process.kill(pid, Signals.kill)
+        }
         for worker in supervisor.liveWorkers {
             if let pid = worker.pid {
                 Process.kill(-pid, Signals.kill)

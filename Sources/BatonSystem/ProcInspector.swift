@@ -79,6 +79,24 @@ public enum ProcInspector {
         return result
     }
 
+    /// The direct children of this process (`/proc/self/task/*/children`).
+    public static func ownChildren() -> [Int32] {
+        children(of: getpid())
+    }
+
+    /// `BATON_GENERATION` and `BATON_WORKER` from a process's environment (`/proc/PID/environ`): every process a
+    /// worker starts inherits them, even one that daemonised itself into a session of its own.
+    public static func batonWorkerIdentity(of pid: Int32) -> (generation: Int, slot: Int)? {
+        var generation: Int?
+        var slot: Int?
+        for entry in readFile("/proc/\(pid)/environ").split(separator: "\0") {
+            if entry.hasPrefix("BATON_GENERATION=") { generation = Int(entry.dropFirst("BATON_GENERATION=".count)) }
+            if entry.hasPrefix("BATON_WORKER=") { slot = Int(entry.dropFirst("BATON_WORKER=".count)) }
+        }
+        guard let generation, let slot else { return nil }
+        return (generation, slot)
+    }
+
     /// The process group of `pid`, from `/proc/PID/stat`, or nil if it is gone.
     public static func processGroup(of pid: Int32) -> Int32? {
         let stat = readFile("/proc/\(pid)/stat")

@@ -221,6 +221,14 @@ public enum Process {
         return nil
     }
 
+    /// Makes this process a child subreaper: orphans among its descendants (a worker's daemonised grandchild)
+    /// are re-parented to it instead of to PID 1, so that baton can find and stop them.
+    ///
+    /// The corresponding C function is `prctl(PR_SET_CHILD_SUBREAPER)`.
+    public static func becomeSubreaper() throws(SystemError) {
+        try syscall("prctl(PR_SET_CHILD_SUBREAPER)") { cbaton_set_child_subreaper() }
+    }
+
     /// Whether `path` is a unix socket.
     ///
     /// The corresponding C function is `stat`.

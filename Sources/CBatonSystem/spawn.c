@@ -10,6 +10,7 @@
 #include <grp.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -244,3 +245,5 @@ pid_t cbaton_reap(int *code, int *status) {
 int cbaton_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 int cbaton_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+int cbaton_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }

@@ -307,6 +307,31 @@ struct LauncherTests {
         #expect(!isAlive(child), "the app's own child went with its process group")
     }
 
+    @Test func aDaemonisedGrandchildIsStoppedWithItsGeneration() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "daemonize")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch,
+            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let first = try #require(WorkerReport.all(in: reports).first)
+        let daemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(first.pid).daemon", encoding: .utf8)))
+        #expect(isAlive(daemon))
+        #expect((try? String(contentsOfFile: "/proc/\(daemon)/stat", encoding: .utf8))?.contains(" \(baton.pid) ") == true,
+                "the orphan was re-parented to baton, not to PID 1")
+        // Generation 1 retires: its worker's daemon goes with it, and generation 2's stays.
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(!isAlive(daemon))
+        #expect(baton.stderr.text.contains("left behind by worker 1 of generation 1"))
+        let second = try #require(WorkerReport.all(in: reports).first { $0.env["BATON_GENERATION"] == "2" })
+        let secondDaemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(second.pid).daemon", encoding: .utf8)))
+        #expect(isAlive(secondDaemon))
+        #expect(baton.stop() == 0)
+        #expect(!isAlive(secondDaemon), "no orphan survives baton")
+    }
+
     @Test func aSecondSigtermKillsAtOnce() throws {
         let scratch = Scratch()
         let reports = scratch.file("reports")

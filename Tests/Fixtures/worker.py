@@ -46,6 +46,22 @@ def report():
 report()
 print(f"worker pid {os.getpid()} behaviour {behaviour}", flush=True)
 
+if behaviour == "daemonize":
+    # The classic double fork: the grandchild leaves the worker's session and process group.
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.write(w, str(os.getpid()).encode())
+            os.close(w)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:
+                time.sleep(3600)
+        os._exit(0)
+    os.close(w)
+    daemon = os.read(r, 32).decode()
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
+        f.write(daemon)
 if behaviour == "slow-start":
     time.sleep(1.0)
 if behaviour == "crash":

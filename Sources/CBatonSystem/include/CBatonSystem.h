@@ -66,3 +66,6 @@ int cbaton_pipe_cloexec(int fds[2]);
 
 /// `accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`.
 int cbaton_accept(int socket);
+
+/// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
+int cbaton_set_child_subreaper(void);
