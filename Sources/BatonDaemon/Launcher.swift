@@ -184,8 +184,29 @@ public actor Launcher {
         let sink = self.sink
         let loop = self.loop
         let counter = Counter()
+        // A spare fd for when baton runs out of them: the pending connection is accepted with it, told why and
+        // closed, instead of staying queued and waking the loop forever while its client hangs.
+        let spare = Locked<FileDescriptor?>(try? FileDescriptor.devNull())
         try loop.register(fd) {
-            while let client = try? Sockets.accept(fd) {
+            while true {
+                let client: FileDescriptor
+                do throws(SystemError) {
+                    guard let accepted = try Sockets.accept(fd) else { break }
+                    client = accepted
+                } catch let error where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
+                    spare.withLock { spare in
+                        spare?.closeOnce()
+                        if let refused = try? Sockets.accept(fd) {
+                            let connection = ControlClient(id: counter.next(), fd: refused, loop: loop)
+                            connection.send(.error("baton is out of file descriptors (\(error.errno)); raise its limit (LimitNOFILE=)"))
+                            refused.closeOnce()
+                        }
+                        spare = try? FileDescriptor.devNull()
+                    }
+                    break
+                } catch {
+                    break
+                }
                 let connection = ControlClient(id: counter.next(), fd: client, loop: loop)
                 // Only root and baton's own user may drive it.
                 guard let peer = try? Sockets.peerCredentials(client), peer.uid == 0 || peer.uid == Process.userID else {

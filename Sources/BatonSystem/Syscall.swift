@@ -221,6 +221,23 @@ public enum Process {
         return nil
     }
 
+    /// Waits until process `pid` has ended (any process, not only a child); false on timeout. An ended process
+    /// that is not yet reaped counts as ended.
+    ///
+    /// The corresponding C functions are `pidfd_open` and `poll`.
+    public static func waitForExit(_ pid: Int32, timeout: Duration) -> Bool {
+        let fd = cbaton_pidfd_open(pid)
+        guard fd >= 0 else { return Glibc.errno == ESRCH }
+        defer { _ = close(fd) }
+        var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        while true {
+            let n = poll(&entry, 1, milliseconds)
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return n == 1
+        }
+    }
+
     /// Makes this process a child subreaper: orphans among its descendants (a worker's daemonised grandchild)
     /// are re-parented to it instead of to PID 1, so that baton can find and stop them.
     ///

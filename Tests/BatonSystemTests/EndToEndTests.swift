@@ -28,7 +28,7 @@ struct EndToEndTests {
         throws -> (LoadSummary, String)
     {
         let scratch = Scratch()
-        let port = 30000 + Int(getpid() % 20000)
+        let port = 25000 + Int(getpid() % 3000)
         let baton = try BatonRun(
             ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", ready, "--strategy", strategy,
              "--stop-timeout", "15s", "--"] + app,

@@ -1,3 +1,4 @@
+import BatonSystem
 import Foundation
 import Testing
 
@@ -300,6 +301,12 @@ struct WorkerReport: Decodable {
             return try? JSONDecoder().decode(WorkerReport.self, from: data)
         }
     }
+}
+
+/// Waits until process `pid` (any process, not only a child) has ended, using a pidfd: an event, not a poll.
+/// Returns false on timeout.
+func waitForExit(_ pid: Int32, timeout: TimeInterval = 10) -> Bool {
+    BatonSystem.Process.waitForExit(pid, timeout: .milliseconds(Int64(timeout * 1000)))
 }
 
 /// Whether a process exists (and is not a zombie).

@@ -6,9 +6,12 @@
 # Usage: Tests/system/upgrade-tests.sh        (as root)
 #
 # On the host: builds out/baton_*.deb (packaging/build-deb.sh) if it is missing or older than
-# Sources/, systemd/ or packaging/debian/, and the example package myapp (examples/debian-app/)
-# in versions 1.0, 1.1 and a broken 1.2 into out/debian-app/ when they are older than their
-# sources; lints them (lintian, when installed). Then, in each container (the suites at once),
+# Sources/, systemd/ or packaging/debian/; the next version of baton (0.1.0 -> 0.1.1, for
+# checks h and i) into out/upgrade/ if it is missing or older than that .deb (in a copy of
+# the repo kept in UPG_NEXT_CACHE: about 8 minutes the first time, 20 s after a change); and
+# the example package myapp (examples/debian-app/) in versions 1.0, 1.1 and a broken 1.2 into
+# out/debian-app/ when they are older than their sources; lints them (lintian, when
+# installed). Then, in each container (the suites at once),
 # these checks, in order, each printing "ok - SUITE X: ..." or "not ok - SUITE X: ..." with
 # diagnostics and `journalctl -u myapp -n 50`, the next one running anyway:
 #   a  apt-get install baton and myapp 1.0: myapp.socket enabled and active, the service not
@@ -31,6 +34,14 @@
 #      while a connection is starting the service: the postinst waits for the start (which
 #      read 1.0's files) and then reloads, so 1.1 serves (a reload requested while the
 #      service is activating merges into the start job and never runs); then purge
+#   h  upgrade baton itself (to the next version, built from these sources with the version
+#      bumped) under load, with myapp 1.1 serving (installed again after g's purge): apt
+#      succeeds; the launcher re-executes the new /usr/bin/baton in place (the journal's
+#      reexecuted event, MESSAGE_ID=...e652); 0 failed requests; same MainPID, NRestarts and
+#      workers; `baton status` shows the new version and the same pid; a reload still works
+#   i  a re-execution whose binary does not run (/usr/bin/baton replaced by a non-program,
+#      SIGUSR2): the journal says "cannot re-execute", same MainPID, still serving; with the
+#      binary restored, the next SIGUSR2 re-executes it
 # Ends with the timings and a line "upgrade: N passed, M failed"; exits non-zero if any
 # check failed. The containers are always torn down (trap).
 #
@@ -45,7 +56,10 @@
 #   RIG_PARALLEL   1 (default): the suites run at once; 0: one after another
 #   CHECKS         only these checks, e.g. "a b" (default: all; later checks need earlier ones)
 #   BATON_DEB      use this baton .deb, never build one
-#   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is
+#   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is (nor the
+#                  next one, out/upgrade/baton_NEXT_ARCH.deb, for checks h and i)
+#   UPG_NEXT_CACHE where the next baton is built: a persistent copy of the repo with its own
+#                  scratch paths (about 300 MB), default /var/cache/baton-upgrade
 
 # shellcheck disable=SC2016  # single-quoted $...: dpkg-query fields and scripts run inside
 set -uo pipefail
@@ -56,9 +70,10 @@ rig=$here/rig.sh
 cache=${RIG_CACHE:-/var/cache/baton-rig}
 parallel=${RIG_PARALLEL:-1}
 read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
-all_checks=(a b c d e f g)
+all_checks=(a b c d e f g h i)
 read -r -a checks <<<"${CHECKS:-${all_checks[*]}}"
 myapp_out=$repo/out/debian-app
+next_cache=${UPG_NEXT_CACHE:-/var/cache/baton-upgrade}
 port=8080
 
 [[ $(id -u) == 0 ]] || { echo "upgrade-tests: must run as root" >&2; exit 1; }
@@ -383,6 +398,123 @@ check_g() {
     finish
 }
 
+# The journal's "reexecuted" event (MESSAGE_ID), and what a failed re-execution logs.
+reexec_id=8f3c2b1e6a4d4b0f9e51c7a2d3b4e652
+reexec_events() { inside_t 20 journalctl --no-pager -o cat "MESSAGE_ID=$reexec_id" 2>/dev/null; }
+reexec_failures() { inside_t 20 journalctl --no-pager -o cat -u myapp.service 2>/dev/null | grep 'cannot re-execute'; }
+# wait_more N SECS FN: until FN prints more than N lines (at most SECS seconds); prints them.
+wait_more() {
+    local n=$1 deadline=$(($(now_ms) + $2 * 1000)) out
+    while :; do
+        out=$("$3")
+        (($(grep -c . <<<"$out") > n)) && { echo "$out"; return 0; }
+        (($(now_ms) < deadline)) || { echo "$out"; return 1; }
+        sleep 0.3
+    done
+}
+count() { grep -c . <<<"$1"; }
+# status_json FILE: `baton status --name myapp --json` into FILE.
+status_json() { inside_t 20 baton status --name myapp --json >"$1" 2>&1; }
+workers_of() { json "$1" 'sorted((g["id"], w["slot"], w["pid"]) for g in d["generations"] for w in g["workers"])'; }
+serving_of() { json "$1" '" ".join(str(g["id"]) for g in d["generations"] if g["state"] == "serving")'; }
+
+check_h() {
+    begin "h: upgrade baton to ${next:-the next version} under load: re-executed in place, same pid and workers, 0 failed requests"
+    if [[ -z $next_deb_name ]]; then fail "no baton ${next:-next} package (see the build output above)"; finish; return; fi
+    local log=$work/$suite/h.apt dir=$work/$suite st body pid_before pid_after nr_before rc t0 t_apt events n first
+    # baton (the version under test) and myapp 1.1, serving: what check d leaves, set up again
+    # if checks e-g (or CHECKS=) left something else.
+    st=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' baton 2>/dev/null)
+    [[ $st == "install ok installed $base_version" ]] ||
+        apt_install "$dir/h.setup" --allow-downgrades "./$baton_deb_name" ||
+        { fail "cannot install baton $base_version"; transcript "apt-get" "$dir/h.setup"; }
+    st=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' myapp 2>/dev/null)
+    [[ $st == "install ok installed 1.1" ]] || apt_install "$dir/h.setup" --allow-downgrades ./myapp_1.1_all.deb ||
+        { fail "cannot install myapp 1.1"; transcript "apt-get" "$dir/h.setup"; }
+    curl_body >/dev/null
+    wait_state myapp.service active 20 || fail "myapp.service is $(state myapp.service), not active, before the upgrade"
+    pid_before=$(prop myapp.service MainPID) nr_before=$(prop myapp.service NRestarts)
+    status_json "$dir/h.status-before"
+    info "before: baton $(json "$dir/h.status-before" 'd["version"]') pid $pid_before, serving generation $(serving_of "$dir/h.status-before"), workers (generation, slot, pid) $(workers_of "$dir/h.status-before")"
+    n=$(count "$(reexec_events)")
+    load_start h
+    t0=$(now_ms)
+    apt_install "$log" "./$next_deb_name"; rc=$?
+    t_apt=$(now_ms)
+    info "apt-get install ./$next_deb_name: exit $rc in $(secs $((t_apt - t0)))s"
+    ((rc == 0)) || { fail "apt-get install exited $rc"; transcript "apt-get" "$log"; }
+    if events=$(wait_more "$n" 30 reexec_events); then
+        info "reexecuted event $(secs $(($(now_ms) - t_apt)))s after apt-get returned: $(tail -n1 <<<"$events")"
+        [[ $(tail -n1 <<<"$events") == "re-executed /usr/bin/baton in place: $base_version -> $next, still serving generation $(serving_of "$dir/h.status-before")" ]] ||
+            fail "unexpected reexecuted event: $(tail -n1 <<<"$events")"
+    else
+        fail "no reexecuted event (MESSAGE_ID=$reexec_id) within 30s of the upgrade"
+    fi
+    sleep 2.5   # the load goes on after the re-execution: longer than a slow request
+    load_stop h
+    pid_after=$(prop myapp.service MainPID)
+    info "MainPID $pid_before -> $pid_after, NRestarts $nr_before -> $(prop myapp.service NRestarts), /proc/$pid_after/exe -> $(inside_t 20 readlink "/proc/$pid_after/exe")"
+    [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
+    [[ $(prop myapp.service NRestarts) == "$nr_before" ]] || fail "NRestarts changed from $nr_before to $(prop myapp.service NRestarts)"
+    [[ $(inside_t 20 readlink "/proc/$pid_after/exe") == /usr/bin/baton ]] ||
+        fail "the launcher does not run /usr/bin/baton: /proc/$pid_after/exe -> $(inside_t 20 readlink "/proc/$pid_after/exe")"
+    first=$(inside_t 20 baton status --name myapp 2>&1 | head -n1)
+    info "baton status: $first"
+    [[ $first == "baton myapp (pid $pid_before, version $next)" ]] ||
+        fail "baton status says '$first', not 'baton myapp (pid $pid_before, version $next)'"
+    status_json "$dir/h.status-after"
+    if [[ $(workers_of "$dir/h.status-after" 2>&1) != "$(workers_of "$dir/h.status-before" 2>&1)" ]]; then
+        fail "the workers changed: $(workers_of "$dir/h.status-before" 2>&1) -> $(workers_of "$dir/h.status-after" 2>&1)"
+    fi
+    [[ $(json "$dir/h.status-after" 'd["pid"], d["version"]' 2>&1) == "($pid_before, '$next')" ]] ||
+        fail "baton status --json: pid, version = $(json "$dir/h.status-after" 'd["pid"], d["version"]' 2>&1)"
+    # The re-executed launcher still reloads.
+    inside_t 60 systemctl reload myapp.service >"$dir/h.reload" 2>&1; rc=$?
+    ((rc == 0)) || { fail "systemctl reload myapp after the re-execution exited $rc"; transcript "systemctl reload" "$dir/h.reload"; }
+    body=$(curl_body)
+    info "after systemctl reload (exit $rc): $body"
+    [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
+    [[ $(generation_of "$body") -gt $(serving_of "$dir/h.status-before") ]] 2>/dev/null ||
+        fail "the reload did not start a new generation (curl: '$body')"
+    [[ $(prop myapp.service MainPID) == "$pid_before" ]] || fail "MainPID changed on the reload"
+    finish
+}
+
+check_i() {
+    begin "i: a re-execution whose new binary does not run: logged, the running baton carries on"
+    local dir=$work/$suite pid body n m events
+    pid=$(prop myapp.service MainPID)
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || { fail "myapp.service has no MainPID ('$pid')"; finish; return; }
+    n=$(count "$(reexec_failures)") m=$(count "$(reexec_events)")
+    # Renamed over, not written into: the running launcher's binary is busy (ETXTBSY).
+    inside_t 20 sh -c 'ln /usr/bin/baton /usr/bin/baton.upg-saved && printf "not a program\n" >/usr/bin/baton.upg-new &&
+        chmod 755 /usr/bin/baton.upg-new && mv -f /usr/bin/baton.upg-new /usr/bin/baton' ||
+        { fail "cannot replace /usr/bin/baton"; finish; return; }
+    inside_t 20 kill -USR2 "$pid"
+    if events=$(wait_more "$n" 20 reexec_failures); then
+        info "journal: $(tail -n1 <<<"$events")"
+    else
+        fail "no 'cannot re-execute' in the journal within 20s of SIGUSR2"
+    fi
+    sleep 1
+    [[ $(prop myapp.service MainPID) == "$pid" ]] || fail "MainPID changed from $pid to $(prop myapp.service MainPID)"
+    [[ $(state myapp.service) == active ]] || fail "myapp.service is $(state myapp.service)"
+    body=$(curl_body)
+    info "curl: $body"
+    [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
+    inside_t 20 mv -f /usr/bin/baton.upg-saved /usr/bin/baton || fail "cannot restore /usr/bin/baton"
+    # Once the binary runs again, the same launcher re-executes it.
+    inside_t 20 kill -USR2 "$pid"
+    if events=$(wait_more "$m" 20 reexec_events); then
+        info "with /usr/bin/baton restored, SIGUSR2: $(tail -n1 <<<"$events")"
+    else
+        fail "with /usr/bin/baton restored, no reexecuted event within 20s of SIGUSR2"
+    fi
+    [[ $(prop myapp.service MainPID) == "$pid" ]] || fail "MainPID changed from $pid to $(prop myapp.service MainPID)"
+    [[ $(version_of "$(curl_body)") == 1.1 ]] || fail "not serving version 1.1 at the end"
+    finish
+}
+
 # Paths compared before install and after purge (check f), and what may change there anyway.
 snapshot_cmd='find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc -o -path /sys -o -path /dev \) -prune -o -print 2>/dev/null | sort -u'
 snapshot_noise='^/var/lib/dpkg/|^/var/cache/|^/var/log/|^/run/log/|^/var/lib/apt/|^/run/systemd/|^/var/lib/systemd/(deb-systemd-helper-enabled|catalog)|^/etc/ld\.so\.cache|^/tmp/systemd-private-[^/]*-systemd-|^/var/tmp/systemd-private-[^/]*-systemd-|^/run/udev|^/run/user|^/var/lib/systemd/random-seed'
@@ -437,19 +569,96 @@ build_baton() {
         return 0
     fi
     [[ ${UPG_BUILD:-1} == 0 ]] && { echo "UPG_BUILD=0 but no $baton_deb"; return 1; }
-    # build-deb.sh is not safe to run twice at once (the debian symlink at the top, ../*.deb):
-    # take a lock, and look again once we hold it, as someone else may just have built it.
-    mkdir -p "$repo/out"
-    exec 8>"$repo/out/.build-deb.lock"
-    flock 8
-    if [[ -f $baton_deb ]] && (($(mtime "$baton_deb") >= src)); then
-        echo "# baton: using $baton_deb (just built by someone else)"
-    else
-        echo "# baton: building $baton_deb (packaging/build-deb.sh)"
-        (cd "$repo" && bash packaging/build-deb.sh) >"$work/build-deb.log" 2>&1 ||
-            { tail -n 30 "$work/build-deb.log"; exec 8>&-; return 1; }
+    # build-deb.sh takes out/.build-deb.lock itself (flock, its own open file): taking it here
+    # too would wait for ourselves forever.
+    echo "# baton: building $baton_deb (packaging/build-deb.sh)"
+    local t0; t0=$(now_ms)
+    (cd "$repo" && bash packaging/build-deb.sh) >"$work/build-deb.log" 2>&1 ||
+        { tail -n 30 "$work/build-deb.log"; return 1; }
+    echo "# baton: built $baton_deb in $(secs $(($(now_ms) - t0)))s"
+}
+
+# The next baton (checks h and i): the same sources with the version one higher (0.1.0 ->
+# 0.1.1), built in a copy of the repo kept in $next_cache/src/baton. The copy is persistent
+# and updated file by file (only what differs), so that its own scratch paths (.build-static,
+# .build) stay incremental; they are only ever used there, with debian/rules' flags. Rebuilt
+# only when the baton .deb under test is newer than out/upgrade/baton_NEXT_ARCH.deb.
+
+# next_version V: V with its last number one higher.
+next_version() { [[ $1 =~ ^(.*[^0-9])?([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}$((BASH_REMATCH[2] + 1))"; }
+
+# tree_list DIR: "path<TAB>size<TAB>mtime<TAB>link target" of DIR's files, without what is
+# not source (.git, scratch paths, out/, the debian/ symlink and debian/rules' products).
+tree_list() {
+    (cd "$1" && find . \( -name .git -o -name '.build*' -o -name __pycache__ -o -path ./out -o -path ./debian \
+        -o -path ./packaging/debian/baton -o -path ./packaging/debian/generated -o -path ./packaging/debian/.debhelper \
+        -o -path ./packaging/debian/files -o -path './packaging/debian/*.substvars' \
+        -o -path ./packaging/debian/debhelper-build-stamp -o -path './packaging/debian/*.log' \) -prune \
+        -o ! -type d -printf '%P\t%s\t%T@\t%l\n') | sort
+}
+
+# sync_tree SRC DST EXCEPT...: make DST's source files SRC's, copying only the files that
+# differ (size, mtime, link) and deleting those SRC does not have; EXCEPT: paths left alone.
+sync_tree() {
+    local src=$1 dst=$2 f; shift 2
+    local -x LC_ALL=C
+    printf '%s\n' "$@" >"$work/tree.except"
+    mkdir -p "$dst"
+    tree_list "$src" | awk -F'\t' 'NR == FNR { skip[$0]; next } !($1 in skip)' "$work/tree.except" - >"$work/tree.src"
+    tree_list "$dst" | awk -F'\t' 'NR == FNR { skip[$0]; next } !($1 in skip)' "$work/tree.except" - >"$work/tree.dst"
+    comm -13 <(cut -f1 "$work/tree.src" | sort) <(cut -f1 "$work/tree.dst" | sort) |
+        while IFS= read -r f; do rm -f "$dst/$f"; done
+    comm -23 "$work/tree.src" "$work/tree.dst" | cut -f1 | while IFS= read -r f; do
+        mkdir -p "$(dirname "$dst/$f")" &&
+            cp -P --preserve=mode,timestamps --remove-destination "$src/$f" "$dst/$f" || return 1
+    done
+}
+
+# put FILE: stdin into FILE, unless FILE already holds exactly that (its mtime unchanged).
+put() { local new; new=$(cat; echo x); [[ -f $1 && "$(cat "$1"; echo x)" == "$new" ]] || printf '%s' "${new%x}" >"$1"; }
+
+build_next_baton() {
+    local version arch src=$next_cache/src/baton t0 log=$work/build-next.log built
+    if ! version=$(dpkg-deb -f "$baton_deb" Version) || ! next=$(next_version "$version"); then
+        echo "# baton next: cannot tell the version of $baton_deb"; return 1
     fi
-    exec 8>&-
+    arch=$(dpkg --print-architecture)
+    next_deb=$repo/out/upgrade/baton_${next}_${arch}.deb
+    if [[ -f $next_deb ]] && { [[ ${UPG_BUILD:-1} == 0 ]] || ! [[ $baton_deb -nt $next_deb ]]; }; then
+        echo "# baton $next: using $next_deb"
+        return 0
+    fi
+    [[ ${UPG_BUILD:-1} == 0 ]] && { echo "# baton $next: UPG_BUILD=0 but no $next_deb"; return 1; }
+    mkdir -p "$repo/out/upgrade" "$src"
+    exec 7>"$repo/out/upgrade/.build.lock"
+    flock 7
+    if [[ -f $next_deb ]] && ! [[ $baton_deb -nt $next_deb ]]; then
+        echo "# baton $next: using $next_deb (just built by someone else)"
+        exec 7>&-
+        return 0
+    fi
+    [[ -d $src/.build-static ]] && built="incremental, in $src" || built="from scratch, in $src"
+    t0=$(now_ms)
+    local vfile=Sources/BatonDaemon/Version.swift cfile=packaging/debian/changelog
+    if ! grep -q "current = \"$version\"" "$repo/$vfile" ||
+        [[ $(dpkg-parsechangelog -l "$repo/$cfile" -S Version) != "$version" ]]; then
+        echo "# baton $next: $vfile or $cfile does not say $version (the version of $baton_deb)"
+        exec 7>&-; return 1
+    fi
+    sync_tree "$repo" "$src" "$vfile" "$cfile" || { echo "# baton $next: cannot copy $repo to $src"; exec 7>&-; return 1; }
+    sed "s/current = \"$version\"/current = \"$next\"/" "$repo/$vfile" | put "$src/$vfile"
+    { printf 'baton (%s) unstable; urgency=medium\n\n' "$next"
+      printf '  * Built by Tests/system/upgrade-tests.sh: %s with the version bumped.\n\n' "$version"
+      grep -m1 '^ -- ' "$repo/$cfile"; echo; cat "$repo/$cfile"; } | put "$src/$cfile"
+    if ! (cd "$src" && bash packaging/build-deb.sh) >"$log" 2>&1 ||
+        [[ $(dpkg-deb -f "$src/out/baton_${next}_${arch}.deb" Version 2>/dev/null) != "$next" ]]; then
+        echo "# baton $next: packaging/build-deb.sh failed in $src:"; tail -n 30 "$log"
+        exec 7>&-; return 1
+    fi
+    cp "$src/out/baton_${next}_${arch}.deb" "$repo/out/upgrade/.baton.deb.tmp" &&
+        mv "$repo/out/upgrade/.baton.deb.tmp" "$next_deb"
+    exec 7>&-
+    echo "# baton $next: built $next_deb in $(secs $(($(now_ms) - t0)))s ($built)"
 }
 
 build_myapp() {
@@ -495,7 +704,7 @@ lint_myapp() {
 # ---------------------------------------------------------------------------------- main
 
 main() {
-    local t_all t0 s pid pids=() rc=0
+    local t_all t0 t1 s pid pids=() rc=0
     t_all=$(now_ms)
     : >"$work/results"
 
@@ -512,9 +721,18 @@ main() {
         sleep 5
     done
     baton_deb_name=$(basename "$baton_deb")
+    base_version=$(dpkg-deb -f "$work/baton.deb" Version)
+    # The next version of baton, for checks h and i (which fail without it).
+    next_deb_name="" next=""
+    t1=$(now_ms)
+    if build_next_baton && cp "$next_deb" "$work/baton-next.deb" &&
+        dpkg-deb --contents "$work/baton-next.deb" >/dev/null 2>&1; then
+        next_deb_name=$(basename "$next_deb")
+    fi
+    next_ms=$(($(now_ms) - t1))
     build_myapp || { echo "upgrade: cannot build myapp"; exit 1; }
     build_ms=$(($(now_ms) - t0))
-    echo "== build: $(secs "$build_ms")s"
+    echo "== build: $(secs "$build_ms")s (of which baton $next: $(secs "$next_ms")s)"
 
     echo "== rootfs"
     t0=$(now_ms)
@@ -523,6 +741,7 @@ main() {
         mkdir -p "$work/$s"
         cp "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
         cp "$work/baton.deb" "$work/$s/$baton_deb_name"
+        [[ -n $next_deb_name ]] && cp "$work/baton-next.deb" "$work/$s/$next_deb_name"
         names+=("$(name_of "$s")")
     done
     rootfs_ms=$(($(now_ms) - t0))
@@ -556,7 +775,7 @@ main() {
         done
         echo
     done
-    echo "  build $(secs "$build_ms")s, rootfs $(secs "$rootfs_ms")s, suites $(secs "$checks_ms")s$( ((parallel)) && echo " (at once)"), total $(secs $(($(now_ms) - t_all)))s"
+    echo "  build $(secs "$build_ms")s (baton $next $(secs "$next_ms")s), rootfs $(secs "$rootfs_ms")s, suites $(secs "$checks_ms")s$( ((parallel)) && echo " (at once)"), total $(secs $(($(now_ms) - t_all)))s"
 
     local passed failed
     passed=$(grep -c '^ok' "$work/results")

@@ -69,3 +69,6 @@ int cbaton_accept(int socket);
 
 /// `prctl(PR_SET_CHILD_SUBREAPER, 1)`.
 int cbaton_set_child_subreaper(void);
+
+/// `pidfd_open(pid, 0)`: an fd that becomes readable when process `pid` (any process) ends. -1 with errno.
+int cbaton_pidfd_open(pid_t pid);

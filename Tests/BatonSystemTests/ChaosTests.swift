@@ -1,0 +1,240 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Faults under continuous load against the example Node app. Short form by default; BATON_CHAOS_LONG=1 for the
+/// long form. Every scenario prints its request counts.
+@Suite("chaos under load", .serialized, .timeLimit(.minutes(10)))
+struct ChaosTests {
+    static let long = ProcessInfo.processInfo.environment["BATON_CHAOS_LONG"] == "1"
+
+    /// baton running the Node app on a TCP port, with the load client running against it.
+    final class Rig {
+        let scratch = Scratch()
+        let baton: BatonRun
+        let port: Int
+        let load = Process()
+        let loadLog: LineCollector
+
+        init(workers: Int, extra: [String] = [], clients: Int = 16) throws {
+            let node = try #require(Paths.which("node") ?? Paths.which("nodejs"))
+            port = Rig.nextPort()
+            scratch.write("behaviour", "ok")
+            baton = try BatonRun(
+                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "3s"] + extra
+                    + ["--", node, Paths.packageRoot.appendingPathComponent("Tests/Fixtures/chaos-app.js").path],
+                scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour")])
+            #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+            load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+            load.arguments = [
+                Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "\(clients)", "--mode", "mixed",
+                "--slow-every", "10", "--slow-ms", "200", "--until-file", scratch.file("stop"), "--duration", "600",
+                "--json", scratch.file("load.json"),
+            ]
+            let pipe = Pipe()
+            load.standardError = pipe
+            try load.run()
+            loadLog = LineCollector(pipe.fileHandleForReading)
+        }
+
+        func behave(_ behaviour: String) { scratch.write("behaviour", behaviour) }
+
+        private static let lock = NSLock()
+        nonisolated(unsafe) private static var lastPort = 28000 + Int(getpid() % 500) * 8
+
+        /// A port of its own for each rig (below the kernel's ephemeral range, where the load client's sockets live),
+        /// so that one scenario's leftovers cannot disturb the next.
+        static func nextPort() -> Int {
+            lock.lock()
+            defer { lock.unlock() }
+            lastPort += 1
+            return lastPort
+        }
+
+        /// Stops the load and returns its summary.
+        func finish() throws -> [String: Any] {
+            scratch.write("stop", "")
+            load.waitUntilExit()
+            _ = loadLog.waitClosed()
+            let data = try #require(FileManager.default.contents(atPath: scratch.file("load.json")))
+            return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        }
+
+        func workerPIDs() throws -> [Int32] {
+            let status = baton.client(["status", "--json"]).stdout
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+            let generations = report["generations"] as? [[String: Any]] ?? []
+            return generations.filter { $0["state"] as? String == "serving" }
+                .flatMap { ($0["workers"] as? [[String: Any]] ?? []).compactMap { ($0["pid"] as? Int).map(Int32.init) } }
+        }
+
+        /// Connections a worker holds open (sockets other than the listener at fd 3).
+        func connections(of pid: Int32) -> Int {
+            let directory = "/proc/\(pid)/fd"
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+            return fds.filter { $0 != "3" }.filter {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)"))?.hasPrefix("socket:") == true
+            }.count
+        }
+    }
+
+    static func count(_ summary: [String: Any], _ key: String) -> Int { summary[key] as? Int ?? 0 }
+
+    func report(_ name: String, _ summary: [String: Any], _ extra: String = "") {
+        let kinds = ["refused", "reset", "eof_idle", "eof_new", "eof_mid", "timeout", "non2xx"]
+            .map { "\($0) \(Self.count(summary, $0))" }.joined(separator: ", ")
+        print("chaos \(name): \(Self.count(summary, "requests")) requests, \(Self.count(summary, "failed")) failed (\(kinds))\(extra)")
+    }
+
+    @Test func sigkillOfRandomServingWorkersCostsOnlyTheirOwnRequestsInFlight() throws {
+        let rig = try Rig(workers: 4)
+        var inFlight = 0
+        let kills = Self.long ? 60 : 8
+        for round in 1...kills {
+            let pids = try rig.workerPIDs()
+            let victim = try #require(pids.randomElement())
+            inFlight += rig.connections(of: victim)
+            kill(victim, SIGKILL)
+            // The replacement is ready again before the next kill (the event: baton logs it).
+            #expect(rig.baton.stderr.waitFor("is back", after: 0) != nil)
+            _ = rig.baton.stderr.waitFor("(pid \(victim)) exited with signal KILL")
+            let backs = rig.baton.stderr.all.filter { $0.contains("is back") }.count
+            if backs < round { _ = rig.baton.stderr.waitFor("is back", after: rig.baton.stderr.all.count - 1) }
+        }
+        let summary = try rig.finish()
+        report("sigkill", summary, ", \(kills) workers killed holding \(inFlight) connections")
+        #expect(Self.count(summary, "refused") == 0, "the shared accept queue never refuses")
+        #expect(Self.count(summary, "non2xx") == 0 && Self.count(summary, "timeout") == 0)
+        #expect(Self.count(summary, "failed") <= inFlight, "only requests in flight on a killed worker fail")
+        #expect(Self.count(summary, "ok") > 100)
+        #expect(rig.baton.stop() == 0)
+    }
+
+    @Test(arguments: ["crash", "hang"])
+    func reloadsToBrokenReleasesUnderLoadLoseNothing(behaviour: String) throws {
+        let rig = try Rig(workers: 2)
+        for _ in 1...(Self.long ? 10 : 2) {
+            rig.behave(behaviour)
+            #expect(rig.baton.client(["reload", "--quiet"]).status == 1)
+            rig.behave("ok")
+            #expect(rig.baton.client(["reload", "--quiet"]).status == 0)
+        }
+        let summary = try rig.finish()
+        report("reload to \(behaviour)", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(rig.baton.stop() == 0)
+    }
+
+    @Test func fiftyReloadsAtOnceAndReloadsDuringARollbackLoseNothing() throws {
+        let rig = try Rig(workers: 2)
+        let clients = try (0..<50).map { _ in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: Paths.baton)
+            process.arguments = ["reload", "--quiet", "--control", rig.baton.control]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        for client in clients { client.waitUntilExit() }
+        #expect(clients.allSatisfy { $0.terminationStatus == 0 })
+        // A broken release, and more reloads while its rollback runs (the ready timeout is 3 s).
+        rig.behave("hang")
+        let failing = Process()
+        failing.executableURL = URL(fileURLWithPath: Paths.baton)
+        failing.arguments = ["reload", "--quiet", "--control", rig.baton.control]
+        failing.standardError = FileHandle.nullDevice
+        try failing.run()
+        #expect(rig.baton.stderr.waitFor("generation 4 starting") != nil || rig.baton.stderr.waitFor("starting with 2 worker") != nil)
+        rig.behave("ok")
+        let during = (0..<5).map { _ in rig.baton.client(["reload", "--quiet"]).status }
+        failing.waitUntilExit()
+        #expect(during.allSatisfy { $0 == 0 }, "reloads asked for during the rollback follow it and succeed")
+        let summary = try rig.finish()
+        report("50 reloads at once, reloads during a rollback", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(rig.baton.stop() == 0)
+    }
+
+    @Test func runningOutOfFdsMidSpawnFailsTheReloadAndKeepsServing() throws {
+        let rig = try Rig(workers: 2)
+        // Lower baton's soft fd limit below what a new generation needs (pipes per worker), while it runs; the
+        // hard limit stays, so that it can be raised again.
+        let before = ProcInspectorCount.openFDs(rig.baton.pid)
+        let prlimit = try #require(Paths.which("prlimit"))
+        let original = run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile", "--raw", "--noheadings", "--output=SOFT"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(before + 3):"]).status == 0)
+        let reload = rig.baton.client(["reload"])
+        #expect(reload.status == 1)
+        #expect(reload.stderr.contains("Too many open files"), "the reason is named: \(reload.stderr)")
+        // With (nearly) no fd left, a client is answered, or told why not, and never left hanging. (The limit bounds
+        // fd numbers, so a hole in baton's fd table may still let the status through.)
+        let highest = ProcInspectorCount.highestFD(rig.baton.pid)
+        #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(highest + 1):"]).status == 0)
+        let answered = rig.baton.client(["status"])
+        #expect(answered.status == 0 || answered.stderr.contains("out of file descriptors"), "\(answered.stderr)")
+        print("chaos fd exhaustion: a status request with fds \(highest + 1) at most: \(answered.status == 0 ? "answered" : answered.stderr)")
+        #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(original):"]).status == 0)
+        #expect(rig.baton.client(["reload", "--quiet"]).status == 0, "once fds are back, reloads work again")
+        let summary = try rig.finish()
+        report("fd exhaustion", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(rig.baton.stop() == 0)
+    }
+
+    @Test func noFdOrMemoryGrowthAcrossManyReloads() throws {
+        let rig = try Rig(workers: 1, clients: 4)
+        _ = rig.baton.client(["reload", "--quiet"])
+        let fdsBefore = ProcInspectorCount.openFDs(rig.baton.pid)
+        let rssBefore = ProcInspectorCount.rssKiB(rig.baton.pid)
+        let reloads = Self.long ? 1000 : 60
+        for _ in 1...reloads { #expect(rig.baton.client(["reload", "--quiet"]).status == 0) }
+        let fdsAfter = ProcInspectorCount.openFDs(rig.baton.pid)
+        let rssAfter = ProcInspectorCount.rssKiB(rig.baton.pid)
+        let summary = try rig.finish()
+        report("\(reloads) reloads", summary, ", fds \(fdsBefore) -> \(fdsAfter), RSS \(rssBefore) -> \(rssAfter) KiB")
+        #expect(fdsAfter == fdsBefore)
+        #expect(rssAfter < rssBefore + 4096, "no memory growth beyond noise")
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(rig.baton.stop() == 0)
+    }
+
+    @Test func aReadOnlyRuntimeDirectoryGetsAClearErrorAtStart() throws {
+        let scratch = Scratch()
+        let directory = scratch.file("ro")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        // A read-only mount, as ProtectSystem= or a full disk would leave it.
+        let mount = try #require(Paths.which("mount"))
+        guard run(mount, ["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", directory]).status == 0 else {
+            Issue.record("cannot mount a read-only tmpfs here")
+            return
+        }
+        defer { _ = run(try! #require(Paths.which("umount")), [directory]) }
+        let result = run(
+            Paths.baton, ["run", "--control", "\(directory)/c.sock", "--listen", "unix:\(scratch.file("s.sock"))", "--", "true"])
+        #expect(result.status != 0)
+        #expect(result.stderr.contains("\(directory)/c.sock"), "the message names the path: \(result.stderr)")
+        #expect(result.stderr.contains("Read-only file system"))
+    }
+}
+
+/// Counts read from /proc for the chaos suite.
+enum ProcInspectorCount {
+    static func openFDs(_ pid: Int32) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
+    }
+
+    static func highestFD(_ pid: Int32) -> Int {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.max() ?? 0
+    }
+
+    static func rssKiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+}

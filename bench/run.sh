@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# baton's bench: baton against the alternatives, same run, same machine. See bench/README.md.
+#   bash bench/run.sh            full run (about 9 minutes once baton is built)
+#   bash bench/run.sh --quick    about 2 minutes
+#   extra options go to bench/bench.py: --only node,slow,workers4,idle10k,scale,idle  --keep  --no-readme
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the bench needs beyond baton's own build dependencies (scripts/deps.sh installs those).
+bash scripts/deps.sh
+need=()
+/usr/bin/python3 -c "import matplotlib" 2>/dev/null || need+=(python3-matplotlib)
+command -v gunicorn >/dev/null || need+=(gunicorn)
+command -v cc >/dev/null || need+=(gcc)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null || echo "bench: could not install ${need[*]}; going on without" >&2
+fi
+
+# 10 000 idle connections: the holder and node need more than 1024 descriptors each (10 000 + a few).
+ulimit -Hn 65536 2>/dev/null || true  # needs CAP_SYS_RESOURCE; otherwise the hard limit stays
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
+  echo "bench: ulimit -n is $(ulimit -n); the 10 000-connection scenario needs more" >&2
+fi
+
+# baton's release build in a scratch path of its own (the tests and other builds keep theirs).
+echo "bench: swift build -c release --scratch-path .build-bench --product baton" >&2
+swift build -c release --scratch-path .build-bench --product baton >&2
+baton=$PWD/.build-bench/release/baton
+
+# Debian's python3 (it has python3-matplotlib), also when another python3 comes first in PATH.
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+
+tiny=$(mktemp -d)/tinyapp
+trap 'rm -rf "$(dirname "$tiny")"' EXIT
+cc -O2 -o "$tiny" bench/tinyapp.c
+
+"$py" bench/bench.py --baton "$baton" --tinyapp "$tiny" "$@"
