@@ -128,6 +128,23 @@ struct ChaosTests {
         #expect(rig.baton.stop() == 0)
     }
 
+    @Test func aReleaseThatHangsAfterBecomingReadyIsCaughtByTheWatchdog() throws {
+        let rig = try Rig(workers: 2, extra: ["--watchdog", "1s"])
+        rig.behave("hang-after-ready")
+        #expect(rig.baton.client(["reload", "--quiet"]).status == 0)
+        #expect(rig.baton.stdout.waitFor("freezing now") != nil)
+        let hung = try #require(Int32(try String(contentsOfFile: rig.scratch.file("behaviour.hung"), encoding: .utf8)))
+        // A frozen worker accepts nothing more: what it held when it froze bounds what can fail.
+        let held = rig.connections(of: hung)
+        #expect(rig.baton.stderr.waitFor("stopped sending WATCHDOG=1") != nil)
+        #expect(rig.baton.stderr.waitFor("is back") != nil, "the hung worker was replaced")
+        let summary = try rig.finish()
+        report("hang after ready", summary, ", the hung worker held \(held) connections")
+        #expect(Self.count(summary, "refused") == 0 && Self.count(summary, "non2xx") == 0)
+        #expect(Self.count(summary, "failed") <= held, "only requests on the hung worker fail")
+        #expect(rig.baton.stop() == 0)
+    }
+
     @Test func fiftyReloadsAtOnceAndReloadsDuringARollbackLoseNothing() throws {
         let rig = try Rig(workers: 2)
         let clients = try (0..<50).map { _ in
