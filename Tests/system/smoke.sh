@@ -22,6 +22,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 rig=$here/rig.sh
+# shellcheck source=Tests/system/lib.sh
+source "$here/lib.sh"
 cache=${RIG_CACHE:-/var/cache/baton-rig}
 parallel=${RIG_PARALLEL:-1}
 read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
@@ -35,20 +37,10 @@ jobs_running=()
 
 name_of() { echo "smoke-$1-$$"; }
 
-# SIGTERM a process and its descendants, children first found, by PID.
-kill_tree() {
-    local child
-    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
-    kill -TERM "$1" 2>/dev/null || true
-}
-
 cleanup() {
-    local rc=$? pid n
+    local rc=$? n
     trap - EXIT INT TERM
-    # Interrupted in the middle of a phase: end its jobs (a boot in progress too) first.
-    for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
-    for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for n in "${names[@]}"; do "$rig" stop "$n" || rc=1; done
+    stop_jobs_and_containers || rc=1
     rm -rf "$work"
     exit "$rc"
 }
@@ -56,8 +48,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
-secs() { printf '%d.%02d' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
 # run_phase PHASE FUNC: FUNC SUITE for every suite (at once unless RIG_PARALLEL=0).
 # Each runs as a background job, so that "set -e" holds inside FUNC; its output is

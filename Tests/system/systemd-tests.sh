@@ -54,6 +54,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 rig=$here/rig.sh
+# shellcheck source=Tests/system/lib.sh
+source "$here/lib.sh"
 cache=${RIG_CACHE:-/var/cache/baton-rig}
 parallel=${RIG_PARALLEL:-1}
 units=${BATON_UNITS:-$repo/systemd}
@@ -77,18 +79,10 @@ jobs_running=()
 
 name_of() { echo "bt-$1-$$"; }
 
-kill_tree() {
-    local child
-    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
-    kill -TERM "$1" 2>/dev/null || true
-}
-
 cleanup() {
-    local rc=$? pid n
+    local rc=$? n
     trap - EXIT INT TERM
-    for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
-    for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for n in "${names[@]}"; do "$rig" stop "$n" || rc=1; done
+    stop_jobs_and_containers || rc=1
     rm -rf "$work"
     exit "$rc"
 }
@@ -96,8 +90,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
-secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
 
 # Results: one line per check in $work/results ("ok" or "not ok"), appended under a lock.
 results=$work/results

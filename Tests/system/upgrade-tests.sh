@@ -67,6 +67,8 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 rig=$here/rig.sh
+# shellcheck source=Tests/system/lib.sh
+source "$here/lib.sh"
 cache=${RIG_CACHE:-/var/cache/baton-rig}
 parallel=${RIG_PARALLEL:-1}
 read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
@@ -85,18 +87,10 @@ printed=0         # the suites' output has been printed
 
 name_of() { echo "upg-$1-$$"; }
 
-kill_tree() {
-    local child
-    for child in $(pgrep -P "$1" 2>/dev/null); do kill_tree "$child"; done
-    kill -TERM "$1" 2>/dev/null || true
-}
-
 cleanup() {
-    local rc=$? pid n
+    local rc=$? n
     trap - EXIT INT TERM
-    for pid in "${jobs_running[@]}"; do kill_tree "$pid"; done
-    for pid in "${jobs_running[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for n in "${names[@]}"; do "$rig" stop "$n" 2>/dev/null || rc=1; done
+    stop_jobs_and_containers || rc=1
     if ((!printed)); then   # interrupted: show what the suites got through
         for n in "$work"/*.out; do [[ -s $n ]] && echo "-- ${n##*/} (interrupted)" && cat "$n"; done
     fi
@@ -107,8 +101,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-now_ms() { local t=${EPOCHREALTIME//[!0-9]/}; echo $((t / 1000)); }
-secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
 indent() { sed "s/^/${1:-#   }/"; }
 oneline() { tr '\n' ' ' <<<"$1" | sed 's/ $//'; }
 
