@@ -112,6 +112,8 @@ extension Baton {
         var command: [String] = []
 
         func run() throws {
+            // The app's command is captured verbatim, so `baton run --help` arrives here as a command.
+            if command == ["--help"] || command == ["-h"] { throw CleanExit.helpRequest(self) }
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
             Signals.block(Signals.handledByRun)

@@ -430,6 +430,12 @@ struct ControlAndErrorTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func runHelpShowsHelpInsteadOfRunningIt() {
+        let result = run(Paths.baton, ["run", "--help"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("OVERVIEW: Run an app under baton"))
+    }
+
     @Test(arguments: [
         (["run", "--listen", "nonsense", "--", "true"], "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH"),
         (["run", "--listen", ":8080", "--", "/nonexistent/app"], "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)"),
