@@ -445,14 +445,13 @@ def run_case(scn, peer, port, workdir):
             windows.append(w)
             est = max(est, w["end"] - w["start"])
             next_at = max(w["end"] + scn["gap"], w["start"] + scn["period"])
-        if holder:
-            time.sleep(1.0)
-            open(case.path("holder.check"), "w").close()
-            holder.wait(timeout=120)
-    elif holder:
-        time.sleep(scn["warmup"] + 2)
+    busy = []  # the holder checking its connections: a burst of its own, neither quiet time nor a reload
+    if holder:
+        time.sleep(1.0 if peer.reloads else scn["warmup"] + 2)
+        t_check = time.time()
         open(case.path("holder.check"), "w").close()
         holder.wait(timeout=120)
+        busy.append((t_check, time.time()))
     left = t_run0 + duration - time.time()
     if left > 0:
         time.sleep(left)
@@ -465,7 +464,7 @@ def run_case(scn, peer, port, workdir):
     smaps = smaps_rollup(peer.monitored_pid()) if peer.monitored_pid() else {}
     peer.stop()
     la1 = loadavg()
-    res = analyse(case, windows, lj, lcsv, t_run0, scn.get("slow_ms"))
+    res = analyse(case, windows, lj, lcsv, t_run0, scn.get("slow_ms"), busy)
     res.update(scenario=scn["key"], peer=peer.name, label=peer.label, port=port, loadavg_before=la0, loadavg_after=la1)
     if holder:
         try:
@@ -482,10 +481,12 @@ def run_case(scn, peer, port, workdir):
     return res
 
 
-def analyse(case, windows, lj, lcsv, t_run0, slow_ms=None):
+def analyse(case, windows, lj, lcsv, t_run0, slow_ms=None, busy=()):
     """Latency figures are over successful requests; with slow_ms (the slow scenario), over those that
-    were not asked to be slow: the CSV does not say which were, but every one that was took >= slow_ms."""
+    were not asked to be slow: the CSV does not say which were, but every one that was took >= slow_ms.
+    Requests that overlap a busy window (the holder's check) count as neither quiet nor during a reload."""
     summary = json.load(open(lj))
+    busy_ms = [(a * 1000, b * 1000) for a, b in busy]
     slow = []
     wins = [(w["start"] * 1000, w["end"] * 1000) for w in windows]
     quiet, during, fails = [], [], []
@@ -496,10 +497,11 @@ def analyse(case, windows, lj, lcsv, t_run0, slow_ms=None):
     for t, lat, outcome in rows:
         t, lat = int(t), float(lat)
         d = any(t < we and t + lat > ws for ws, we in wins)
-        if outcome == "ok" and slow_ms and lat >= slow_ms:
-            slow.append(lat)
-        elif outcome == "ok":
-            (during if d else quiet).append(lat)
+        if outcome == "ok":
+            if slow_ms and lat >= slow_ms:
+                slow.append(lat)
+            elif d or not any(t < be and t + lat > bs for bs, be in busy_ms):
+                (during if d else quiet).append(lat)
         else:
             fails.append((round(t / 1000 - t_run0, 3), outcome))
             fail_during += d
@@ -520,6 +522,7 @@ def analyse(case, windows, lj, lcsv, t_run0, slow_ms=None):
         "reload_ms": [round((w["end"] - w["start"]) * 1000, 1) for w in windows],
         "reload_ms_median": round(statistics.median([(w["end"] - w["start"]) * 1000 for w in windows]), 1) if windows else None,
         "windows": [(round(w["start"] - t_run0, 3), round(w["end"] - t_run0, 3)) for w in windows],
+        "busy_windows": [(round(a - t_run0, 3), round(b - t_run0, 3)) for a, b in busy],
         "reload_detail": [{k: v for k, v in w.items() if k not in ("start", "end")} for w in windows],
         "_points": points, "_fails": fails,
     }
@@ -602,12 +605,14 @@ def baton_figures(peer, case, windows, sampler, rss_before_reload, smaps):
             # baton acts -> SIGTERM arrives in the old app; old app's last breath reaped -> reload done
             sp.update(baton_request_to_spawn_ms=ms(t_req, t_start), exec_to_node_start_ms=ms(t_start, origin),
                       baton_ready_seen_ms=ms(ready, t_seen), baton_sigterm_ms=ms(t_seen, sigterm),
+                      ready_to_sigterm_ms=ms(ready, sigterm),
                       node_exit_to_reaped_ms=ms(exit_, t_reaped), baton_reaped_to_done_ms=ms(t_reaped, t_done))
             sp["baton_own_ms"] = round(sum(sp[k] for k in ("baton_request_to_spawn_ms", "baton_ready_seen_ms",
                                                             "baton_sigterm_ms", "baton_reaped_to_done_ms")), 2)
         splits.append(sp)
     out["reload_split"] = splits
-    for key in ("rest_ms", "app_startup_ms", "app_drain_ms", "baton_own_ms", "exec_to_node_start_ms", "node_exit_to_reaped_ms"):
+    for key in ("rest_ms", "app_startup_ms", "app_drain_ms", "baton_own_ms", "exec_to_node_start_ms", "node_exit_to_reaped_ms",
+                "ready_to_sigterm_ms", "baton_request_to_spawn_ms", "baton_reaped_to_done_ms"):
         vals = [s_[key] for s_ in splits if s_.get(key) is not None]
         if vals:
             out[key + "_median"] = round(statistics.median(vals), 2)
@@ -950,7 +955,9 @@ def report(data):
             continue
         brows.append([f"{r['scenario']} / {r['label']}", fmt(r["reload_ms_median"], 0), fmt(b.get("app_startup_ms_median"), 0),
                       fmt(b.get("app_drain_ms_median"), 0), fmt(b.get("exec_to_node_start_ms_median"), 1),
-                      fmt(b.get("node_exit_to_reaped_ms_median"), 1), fmt(b.get("baton_own_ms_median"), 2),
+                      fmt(b.get("node_exit_to_reaped_ms_median"), 1), fmt(b.get("baton_request_to_spawn_ms_median"), 2),
+                      fmt(b.get("ready_to_sigterm_ms_median"), 2), fmt(b.get("baton_reaped_to_done_ms_median"), 2),
+                      fmt(b.get("baton_own_ms_median"), 2),
                       fmt(b.get("rest_ms_median"), 1),
                       fmt(b.get("cpu_ms_per_reload"), 1), fmt(b.get("cpu_ms_per_s_between_reloads"), 3),
                       fmt(round(b["rss_kib_one_generation"] / 1024, 1) if b.get("rss_kib_one_generation") else None, 1),
@@ -958,7 +965,8 @@ def report(data):
     if brows:
         lines.append("\n**baton itself**: each reload split along one clock (medians; see README, \"How a reload is split\"); CPU and RSS of the baton process\n")
         lines.append(md_table(["run", "reload ms", "app startup ms", "app drain ms", "exec to node start ms",
-                               "node exit to reaped ms", "baton's own ms", "all but the app's ms",
+                               "node exit to reaped ms", "request to spawn ms", "READY to SIGTERM in the old app ms",
+                               "reaped to done ms", "baton's own ms (sum of the 3)", "all but the app's ms",
                                "baton CPU ms/reload", "baton CPU ms/s between reloads", "RSS MiB (1 generation)", "RSS MiB (max)"], brows))
     if data.get("scale"):
         lines.append("\n**baton's own share and scale**: tinyapp (bench/tinyapp.c: ready at exec, dies on SIGTERM), reload timed over the control socket\n")
@@ -1039,6 +1047,8 @@ def plot(data, path_fmt):
             ok = [(p[0], p[1]) for p in r["_points"] if p[2] == "ok"]
             for ws, we in r["windows"]:
                 ax.axvspan(ws, we, color="#f2c14e", alpha=0.35, lw=0)
+            for ws, we in r.get("busy_windows", []):
+                ax.axvspan(ws, we, color="#999999", alpha=0.18, lw=0)
             if ok:
                 ax.scatter([p[0] for p in ok], [p[1] for p in ok], s=2, c="#1f5fa8", alpha=0.45, lw=0, rasterized=True)
             ax.set_yscale("log")
@@ -1048,12 +1058,19 @@ def plot(data, path_fmt):
                 ax.scatter([f[0] for f in fails], [ymax * 1.7] * len(fails), marker="|", s=120, c="#d62728", lw=1.2)
             kinds = ", ".join(f"{k} {v}" for k, v in r["fail_kinds"].items())
             title = (f"{r['label']}: {r['ok']} ok, {r['failed']} failed" + (f" ({kinds})" if kinds else "") +
-                     f"; p99 {fmt(r['p99_quiet'], 0)} ms quiet / {fmt(r['p99_during'], 0)} ms during reloads")
+                     (f"; p99 {fmt(r['p99_quiet'], 0)} ms without reloads / {fmt(r['p99_during'], 0)} ms during, "
+                      f"reload {fmt(r['reload_ms_median'], 0)} ms (median)" if r["reloads"] else f"; p99 {fmt(r['p99_quiet'], 0)} ms"))
+            idle = r.get("idle")
+            if idle and idle.get("held") is not None:
+                title += f"; {idle['held']} idle connections: {idle.get('failed')} failed"
             ax.set_title(title, fontsize=9, loc="left", color="#d62728" if r["failed"] else "black")
             ax.set_ylabel("latency ms", fontsize=8)
             ax.tick_params(labelsize=8)
             ax.grid(True, which="major", axis="y", alpha=0.3)
-        axes[-1, 0].set_xlabel("seconds since the load started   (yellow: reload windows; red ticks: failed requests)", fontsize=9)
+        xlabel = "seconds since the load started   (yellow: reload windows; red ticks: failed requests"
+        if any(r.get("busy_windows") for r in rows):
+            xlabel += "; grey: the holder checks its idle connections"
+        axes[-1, 0].set_xlabel(xlabel + ")", fontsize=9)
         fig.suptitle(f"{scn['key']}: {scn['title']}", fontsize=11, x=0.01, ha="left")
         fig.tight_layout(rect=(0, 0, 1, 0.97))
         p = path_fmt.format(scn["key"])
@@ -1091,7 +1108,39 @@ def update_readme(md):
         f.write(head + begin + "\n" + md + "\n" + end + tail)
 
 
+def render(data, pngs):
+    """The tables (and targets) as Markdown, from the data of a run; writes results/latest.md."""
+    table = report(data)
+    tg = targets(data)
+    data["targets"] = [{"target": t, "met": m, "figures": f} for t, m, f in tg]
+    m = data["machine"]
+    busy = data["loadavg_start"][0] > 0.5 * (m["nproc"] or 1)
+    header = (f"{'Full run' if data.get('full', not data['quick']) else 'Partial run' if not data['quick'] else 'Quick run'} "
+              f"of {data['date']} (baton {data.get('baton_commit', '?')}), "
+              f"{data['elapsed_s']:.0f} s. Machine: {m['nproc']} x {m['cpu']}, kernel {m['kernel']}, node {m['node']}, "
+              f"Python {m['python']}. Load average (1 min) {data['loadavg_start'][0]} at the start, "
+              f"{data['loadavg_during']['min']}-{data['loadavg_during']['max']} during the runs, "
+              f"{data['loadavg_end'][0]} at the end" + (": the machine was busy with other work." if busy else "."))
+    tmd = md_table(["target", "met", "figures"], [[t, "yes" if m_ else "**no**", f] for t, m_, f in tg])
+    md = header + "\n" + table + "\n\n**Targets** (printed, not asserted)\n\n" + tmd + "\n\n" + \
+        "Pictures: " + ", ".join(f"[{os.path.basename(p)}](results/{os.path.basename(p)})" for p in pngs) + "\n" + \
+        "".join(f"\n![latency over time, {os.path.basename(p)}](results/{os.path.basename(p)})\n" for p in pngs[:1])
+    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
+        f.write(md)
+    return md
+
+
 def main():
+    global RESULTS
+    if "--render" in sys.argv:  # tables and README again from results/latest.json, without running anything
+        data = json.load(open(os.path.join(RESULTS, "latest.json")))
+        pngs = [os.path.join(RESULTS, f"latency-{s_['key']}.png") for s_ in data["scenarios"]
+                if os.path.exists(os.path.join(RESULTS, f"latency-{s_['key']}.png"))]
+        md = render(data, pngs)
+        if data.get("full", not data["quick"]) and "--no-readme" not in sys.argv:
+            update_readme(md)
+        print(md)
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--baton", required=True)
     ap.add_argument("--tinyapp", required=True)
@@ -1100,7 +1149,10 @@ def main():
     ap.add_argument("--base-port", type=int, default=27100)
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, CSVs)")
+    ap.add_argument("--results", help="write results here instead of bench/results (and leave bench/README.md alone)")
     a = ap.parse_args()
+    if a.results:
+        RESULTS, a.no_readme = os.path.abspath(a.results), True
     only = set(a.only.split(",")) if a.only else None
     started = time.time()
     workdir = tempfile.mkdtemp(prefix="baton-bench.")
@@ -1142,32 +1194,21 @@ def main():
                               "mean": round(statistics.mean(load_samples), 2) if load_samples else None}
     data["elapsed_s"] = round(time.time() - started, 1)
 
-    table = report(data)
-    tg = targets(data)
-    data["targets"] = [{"target": t, "met": m, "figures": f} for t, m, f in tg]
     os.makedirs(RESULTS, exist_ok=True)
+    data["targets"] = []
     pngs = plot(data, os.path.join(RESULTS, "latency-{}.png"))
-    m = data["machine"]
-    header = (f"{'Quick run' if a.quick else 'Full run'} of {data['date']} (baton {data.get('baton_commit', '?')}), "
-              f"{data['elapsed_s']:.0f} s. Machine: {m['nproc']} x {m['cpu']}, kernel {m['kernel']}, node {m['node']}, "
-              f"Python {m['python']}. Load average (1 min) {data['loadavg_start'][0]} at the start, "
-              f"{data['loadavg_during']['min']}-{data['loadavg_during']['max']} during the runs, "
-              f"{data['loadavg_end'][0]} at the end (other jobs were running on the machine).")
-    tmd = md_table(["target", "met", "figures"], [[t, "yes" if m_ else "**no**", f] for t, m_, f in tg])
-    md = header + "\n" + table + "\n\n**Targets** (printed, not asserted)\n\n" + tmd + "\n\n" + \
-        "Pictures: " + ", ".join(f"[{os.path.basename(p)}](results/{os.path.basename(p)})" for p in pngs) + "\n"
     for r in data["runs"]:
         r.pop("_points", None)
         r["failures"] = r.pop("_fails")[:200]
+    data["full"] = not a.quick and not only
+    md = render(data, pngs)
     with open(os.path.join(RESULTS, "latest.json.tmp"), "w") as f:
         json.dump(data, f, indent=1)
     os.replace(os.path.join(RESULTS, "latest.json.tmp"), os.path.join(RESULTS, "latest.json"))
-    with open(os.path.join(RESULTS, "latest.md"), "w") as f:
-        f.write(md)
-    if not a.quick and not a.no_readme and not only:
+    if data["full"] and not a.no_readme:
         update_readme(md)
     print(md)
-    log(f"done in {data['elapsed_s']:.0f} s: bench/results/latest.json, latest.md, " + ", ".join(os.path.relpath(p, ROOT) for p in pngs))
+    log(f"done in {data['elapsed_s']:.0f} s: " + ", ".join(os.path.relpath(p, ROOT) for p in [os.path.join(RESULTS, "latest.json"), os.path.join(RESULTS, "latest.md")] + pngs))
     if a.keep:
         log(f"work directory kept: {workdir}")
     else:

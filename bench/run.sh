@@ -21,7 +21,7 @@ fi
 
 # 10 000 idle connections: the holder and node need more than 1024 descriptors each (10 000 + a few).
 ulimit -Hn 65536 2>/dev/null || true  # needs CAP_SYS_RESOURCE; otherwise the hard limit stays
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
   echo "bench: ulimit -n is $(ulimit -n); the 10 000-connection scenario needs more" >&2
 fi
