@@ -168,8 +168,9 @@ final class BatonRun: @unchecked Sendable {
 
     func signal(_ signal: Int32) { kill(process.processIdentifier, signal) }
 
-    /// Waits for the launcher to exit and returns its status.
-    func wait(timeout: TimeInterval = 30) -> Int32? {
+    /// Waits for the launcher to exit and returns its status. The default outlasts baton's default stop timeout
+    /// (30 s), after which a worker that missed its stop signal is killed and baton exits.
+    func wait(timeout: TimeInterval = 60) -> Int32? {
         guard exited.wait(timeout: .now() + timeout) == .success else { return nil }
         exited.signal()  // later waits return at once
         return process.terminationStatus
