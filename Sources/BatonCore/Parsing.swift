@@ -106,7 +106,10 @@ public struct ListenSpec: Sendable, Hashable {
         if host.hasPrefix("[") {
             guard host.hasSuffix("]"), host.count > 2 else { throw bad("an IPv6 address goes in brackets: [::1]:8080") }
             host = String(host.dropFirst().dropLast())
-            guard host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." || $0 == "%" || $0.isLetter || $0.isNumber })
+            // An IPv6 literal has a colon; a zone (fe80::1%eth0) may add letters after '%'.
+            let address = host.split(separator: "%", maxSplits: 1).first ?? ""
+            guard address.contains(":"), address.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }),
+                host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ":.%".contains($0)) })
             else { throw bad("'\(host)' is not an IPv6 address") }
         } else if host.contains(":") {
             throw bad("an IPv6 address goes in brackets: [\(host)]:\(port)")

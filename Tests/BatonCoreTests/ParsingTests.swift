@@ -27,11 +27,14 @@ struct ParsingTests {
         #expect(named.address == .unix(path: "/run/app=1.sock"))
         #expect(try ListenSpec(parsing: "unix:/tmp/a.sock", defaultName: "listen0").name == "listen0")
         #expect(try ListenSpec(parsing: "api=[::]:9000", defaultName: "d").address.description == "[::]:9000")
+        #expect(try ListenSpec(parsing: "[fe80::1%eth0]:80", defaultName: "d").address == .tcp(host: "fe80::1%eth0", port: 80))
     }
 
     @Test(arguments: [
         "8080", "host:", "host:0", "host:65536", ":http", "::1:80", "[::1:80", "unix:", "a:b=:80", "bad name=:80",
         "ho st:80", "[]:80",
+        // Found by the fuzzer: a bracketed name parsed as a TCP host and printed back as a unix socket.
+        "[unix]:6", "[127.0.0.1]:80", "[localhost]:80",
     ])
     func badListenAddresses(text: String) {
         #expect(throws: BatonError.self) { try ListenSpec(parsing: text, defaultName: "d") }
