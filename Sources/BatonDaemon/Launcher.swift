@@ -11,7 +11,6 @@ enum DaemonEvent: Sendable {
     case notifyDatagram(Sockets.Datagram)
     case workerMessage(WorkerID, NotifyMessage)
     case detectedReady(WorkerID)
-    case controlConnected(ControlClient)
     case controlRequest(ControlClient, Result<ControlProtocol.Request, BatonError>)
     case timer(TimerID, token: Int)
     case watchdogTick
@@ -55,7 +54,6 @@ public actor Launcher {
     private var nextClient = 1
     private var lastStatusLine = ""
     private var exitCode: Int32?
-    private let startedAt = ContinuousClock.now
     /// The state this launcher resumes from after re-executing itself, if it did.
     private let resume: ResumeState?
     /// The binary to re-execute on SIGUSR2 (the path, so that an upgraded file is picked up).
@@ -282,8 +280,6 @@ public actor Launcher {
             deliver(message, from: worker)
         case .detectedReady(let worker):
             perform(supervisor.handle(.ready(worker), now: now))
-        case .controlConnected:
-            break
         case .controlRequest(let client, let result):
             switch result {
             case .failure(let error):
