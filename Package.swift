@@ -49,9 +49,19 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
+        // The command line: options and the parser that checks them into a configuration (plain Swift).
+        .target(
+            name: "BatonCommandLine",
+            dependencies: [
+                "BatonCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcoming
+        ),
         .executableTarget(
             name: "baton",
             dependencies: [
+                "BatonCommandLine",
                 "BatonCore",
                 "BatonDaemon",
                 "BatonSystem",
@@ -60,7 +70,13 @@ let package = Package(
             ],
             swiftSettings: upcoming
         ),
-        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"], swiftSettings: upcoming),
+        .testTarget(
+            name: "BatonCoreTests",
+            dependencies: [
+                "BatonCore", "BatonCommandLine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: upcoming
+        ),
         .testTarget(
             name: "BatonSystemTests",
             dependencies: ["BatonCore", "BatonSystem", "BatonDaemon"],

@@ -2,30 +2,51 @@
 # Fuzzes baton's parsers with libFuzzer (swiftc -sanitize=fuzzer,address).
 #   bash Fuzz/run.sh            short form: 200 000 executions per target (the test command runs this)
 #   bash Fuzz/run.sh --long     long form: 10 000 000 executions per target; new inputs join Fuzz/corpus/
+#   bash Fuzz/run.sh [--long] TARGET...   only these targets (notify, control, address, config)
 # A crash leaves its input in Fuzz/crashes/ and fails the run; turn it into a regression test in
 # Tests/BatonCoreTests/FuzzRegressionTests.swift.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=200000
 long=0
-if [ "${1:-}" = "--long" ]; then runs=10000000; long=1; fi
-mkdir -p .build-fuzz Fuzz/crashes
-binary=.build-fuzz/fuzz
-if [ ! -x "$binary" ] || [ -n "$(find Sources/BatonCore Fuzz/Targets -newer "$binary" -name '*.swift' | head -1)" ]; then
-  # (ld.gold warns about every ASan symbol it cannot export: keep that out of the way unless the build fails.)
-  swiftc -sanitize=fuzzer,address -parse-as-library -O -module-name BatonCore \
-    Sources/BatonCore/*.swift Fuzz/Targets/Fuzz.swift -o "$binary" >.build-fuzz/build.log 2>&1 \
-    || { grep -v 'Cannot export local symbol' .build-fuzz/build.log >&2; exit 1; }
+if [ "${1:-}" = "--long" ]; then runs=10000000; long=1; shift; fi
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(notify control address config)
+build=${BATON_FUZZ_BUILD:-.build-fuzz}
+mkdir -p "$build" Fuzz/crashes
+binary=$build/fuzz
+flags=(-sanitize=fuzzer,address -parse-as-library -O)
+# (ld.gold warns about every ASan symbol it cannot export: keep that out of the way unless a step fails.)
+quiet() { "$@" >"$build/build.log" 2>&1 || { grep -v 'Cannot export local symbol' "$build/build.log" >&2; exit 1; }; }
+# swift-argument-parser, instrumented too, from the version Package.swift resolves to (its own scratch path, so
+# that a test run holding .build does not block this).
+modules=$build/modules
+if [ ! -f "$modules/ArgumentParser.o" ]; then
+  quiet swift package --scratch-path "$build/spm" resolve
+  sources=$build/spm/checkouts/swift-argument-parser/Sources
+  mkdir -p "$modules"
+  quiet swiftc "${flags[@]}" -wmo -module-name ArgumentParserToolInfo -emit-module -emit-module-path "$modules/ArgumentParserToolInfo.swiftmodule" \
+    -c "$sources"/ArgumentParserToolInfo/*.swift -o "$modules/ArgumentParserToolInfo.o"
+  mapfile -d '' files < <(find "$sources/ArgumentParser" -name '*.swift' -print0)
+  quiet swiftc "${flags[@]}" -wmo -module-name ArgumentParser -I "$modules" -emit-module -emit-module-path "$modules/ArgumentParser.swiftmodule" \
+    -c "${files[@]}" -o "$modules/ArgumentParser.o"
+fi
+# baton's parsers (BatonCore and BatonCommandLine, as one module) and the targets.
+if [ ! -x "$binary" ] || [ -n "$(find Sources/BatonCore Sources/BatonCommandLine Fuzz/Targets -newer "$binary" -name '*.swift' | head -1)" ]; then
+  quiet swiftc "${flags[@]}" -module-name BatonCore -I "$modules" -suppress-warnings \
+    Sources/BatonCore/*.swift Sources/BatonCommandLine/*.swift Fuzz/Targets/Fuzz.swift \
+    "$modules/ArgumentParser.o" "$modules/ArgumentParserToolInfo.o" -o "$binary"
 fi
 status=0
 ok=0
-for target in notify control address; do
+for target in "${targets[@]}"; do
   corpus="Fuzz/corpus/$target"
+  mkdir -p "$corpus"
   work=$(mktemp -d)
   # The short form explores from the committed corpus without changing it.
   if [ "$long" = 1 ]; then dirs=("$corpus"); else dirs=("$work" "$corpus"); fi
   start=$(date +%s)
-  if BATON_FUZZ_TARGET=$target "$binary" -runs="$runs" -max_len=8192 -artifact_prefix="Fuzz/crashes/$target-" \
+  if SWIFT_BACKTRACE=enable=no BATON_FUZZ_TARGET=$target "$binary" -runs="$runs" -max_len=8192 -artifact_prefix="Fuzz/crashes/$target-" \
       -print_final_stats=1 "${dirs[@]}" >"$work/log" 2>&1; then
     execs=$(grep -o 'number_of_executed_units: *[0-9]*' "$work/log" | grep -o '[0-9]*$')
     echo "fuzz $target: $execs executions, 0 crashes, $(( $(date +%s) - start ))s, corpus $(ls "$corpus" | wc -l) inputs"
@@ -35,5 +56,5 @@ for target in notify control address; do
   fi
   rm -rf "$work"
 done
-echo "fuzz: $ok passed, $((3 - ok)) failed"
+echo "fuzz: $ok passed, $((${#targets[@]} - ok)) failed"
 exit $status

@@ -74,7 +74,7 @@ public struct ListenSpec: Sendable, Hashable {
     /// name the listener is called `defaultName`.
     public init(parsing text: String, defaultName: String) throws(BatonError) {
         func bad(_ why: String) -> BatonError {
-            BatonError(.badArgument, "invalid --listen '\(text)': \(why)")
+            BatonError(.badArgument, "invalid --listen \(BatonError.quoted(text)): \(why)")
         }
         var name = defaultName
         var rest = Substring(text)
@@ -83,7 +83,7 @@ public struct ListenSpec: Sendable, Hashable {
             name = String(rest[..<equals])
             rest = rest[rest.index(after: equals)...]
             guard ListenSpec.isValidName(name) else {
-                throw bad("the name '\(name)' must be 1-255 printable characters without ':' or spaces")
+                throw bad("the name \(BatonError.quoted(name)) must be 1-255 printable characters without ':' or spaces")
             }
         }
         self.name = name
@@ -101,7 +101,7 @@ public struct ListenSpec: Sendable, Hashable {
         var host = String(rest[..<colon])
         let portText = rest[rest.index(after: colon)...]
         guard let port = UInt16(portText), port > 0 else {
-            throw bad("the port '\(portText)' must be a number from 1 to 65535")
+            throw bad("the port \(BatonError.quoted(String(portText))) must be a number from 1 to 65535")
         }
         if host.hasPrefix("[") {
             guard host.hasSuffix("]"), host.count > 2 else { throw bad("an IPv6 address goes in brackets: [::1]:8080") }
@@ -110,12 +110,13 @@ public struct ListenSpec: Sendable, Hashable {
             let address = host.split(separator: "%", maxSplits: 1).first ?? ""
             guard address.contains(":"), address.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }),
                 host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ":.%".contains($0)) })
-            else { throw bad("'\(host)' is not an IPv6 address") }
+            else { throw bad("\(BatonError.quoted(String(host))) is not an IPv6 address") }
         } else if host.contains(":") {
-            throw bad("an IPv6 address goes in brackets: [\(host)]:\(port)")
+            let example = host.allSatisfy({ $0.isHexDigit || ":.%".contains($0) }) ? host : "::1"
+            throw bad("an IPv6 address goes in brackets: [\(example)]:\(port)")
         } else if !host.isEmpty {
             guard host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") }) else {
-                throw bad("'\(host)' is not a host name or IPv4 address")
+                throw bad("\(BatonError.quoted(String(host))) is not a host name or IPv4 address")
             }
         }
         address = .tcp(host: host.isEmpty ? nil : host, port: port)

@@ -233,8 +233,7 @@ public actor Launcher {
             case Signals.child:
                 let exits = Children.reapAll()
                 // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
-                let gone = exits.compactMap { supervisor.worker(pid: $0.pid) }.map { "\($0.generation).\($0.slot)" }
-                if !exits.isEmpty { stopOrphans(alsoGone: Set(gone)) }
+                if !exits.isEmpty { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
                 for exit in exits { handle(.childExited(exit)) }
             case Signals.upgrade:
                 logger.notice("re-execution of \(executablePath) requested")
@@ -500,15 +499,19 @@ public actor Launcher {
     }
 
     /// Stops processes a worker left behind: daemonised descendants that escaped its process group were
-    /// re-parented to baton (a subreaper); each still carries the `BATON_GENERATION` and `BATON_WORKER` of the
-    /// worker that started it, and goes once that worker is gone.
-    private func stopOrphans(alsoGone gone: Set<String>) {
-        let live = Set(supervisor.liveWorkers.compactMap { worker in worker.pid.map { _ in "\(worker.generation).\(worker.slot)" } })
-            .subtracting(gone)
+    /// re-parented to baton (a subreaper); each still carries the `BATON_GENERATION`, `BATON_WORKER` and (unless
+    /// the app removed it) `LISTEN_PID` of the worker that started it, and goes once that worker is gone, even
+    /// when a replacement now serves the same slot.
+    private func stopOrphans(alsoGone gone: Set<Int32>) {
+        var live: [String: Int32] = [:]
+        for worker in supervisor.liveWorkers {
+            guard let pid = worker.pid, !gone.contains(pid) else { continue }
+            live["\(worker.generation).\(worker.slot)"] = pid
+        }
         for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil {
-            guard let identity = ProcInspector.batonWorkerIdentity(of: pid),
-                !live.contains("\(identity.generation).\(identity.slot)")
-            else { continue }
+            guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else { continue }
+            let owner = live["\(identity.generation).\(identity.slot)"]
+            if let owner, identity.workerPID == nil || identity.workerPID == owner { continue }
             logger.warning(
                 "stopping pid \(pid), left behind by worker \(identity.slot) of generation \(identity.generation) outside its process group",
                 metadata: ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"])

@@ -194,6 +194,8 @@ public enum Signals {
     public static let interrupt = SIGINT
     public static let child = SIGCHLD
     public static let kill = SIGKILL
+    /// The signals a process can neither catch nor ignore.
+    public static let uncatchable: Set<Int32> = [SIGKILL, SIGSTOP]
     public static let quit = SIGQUIT
     /// SIGUSR2 asks a launcher to re-execute its (upgraded) binary in place.
     public static let upgrade = SIGUSR2

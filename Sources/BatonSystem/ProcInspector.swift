@@ -84,17 +84,20 @@ public enum ProcInspector {
         children(of: getpid())
     }
 
-    /// `BATON_GENERATION` and `BATON_WORKER` from a process's environment (`/proc/PID/environ`): every process a
-    /// worker starts inherits them, even one that daemonised itself into a session of its own.
-    public static func batonWorkerIdentity(of pid: Int32) -> (generation: Int, slot: Int)? {
+    /// `BATON_GENERATION`, `BATON_WORKER` and `LISTEN_PID` from a process's environment (`/proc/PID/environ`): every
+    /// process a worker starts inherits them, even one that daemonised itself into a session of its own, and
+    /// `LISTEN_PID` (the worker's own pid, when the app has left it) tells which worker of the slot it was.
+    public static func batonWorkerIdentity(of pid: Int32) -> (generation: Int, slot: Int, workerPID: Int32?)? {
         var generation: Int?
         var slot: Int?
+        var workerPID: Int32?
         for entry in readFile("/proc/\(pid)/environ").split(separator: "\0") {
             if entry.hasPrefix("BATON_GENERATION=") { generation = Int(entry.dropFirst("BATON_GENERATION=".count)) }
             if entry.hasPrefix("BATON_WORKER=") { slot = Int(entry.dropFirst("BATON_WORKER=".count)) }
+            if entry.hasPrefix("LISTEN_PID=") { workerPID = Int32(entry.dropFirst("LISTEN_PID=".count)) }
         }
         guard let generation, let slot else { return nil }
-        return (generation, slot)
+        return (generation, slot, workerPID)
     }
 
     /// The process group of `pid`, from `/proc/PID/stat`, or nil if it is gone.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonCommandLine
 import BatonCore
 import BatonDaemon
 import BatonSystem
@@ -21,26 +22,25 @@ struct Baton: ParsableCommand {
     )
 }
 
-/// Options shared by the commands that talk to a running launcher.
-struct ControlOptions: ParsableArguments {
-    @Option(help: "The control socket (default: NAME.sock under $RUNTIME_DIRECTORY or /run/baton).")
-    var control: String?
-
-    @Option(help: "The instance name, which picks the default control socket.")
-    var name: String = "baton"
-
+extension ControlOptions {
     /// The launcher's control socket: `--control`, or the default for `--name`.
-    var controlPath: String {
-        control ?? LaunchConfiguration.defaultControlPath(name: name, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
-    }
+    var controlPath: String { controlPath(runtimeDirectory: Process.environment("RUNTIME_DIRECTORY")) }
 
     /// The socket a client connects to: `--control`, or the first socket that exists among the places a launcher
-    /// named `--name` puts it (see ``LaunchConfiguration/controlPathCandidates(name:runtimeDirectory:)``).
+    /// named `--name` puts it.
     var clientPath: String {
-        if let control { return control }
-        let candidates = LaunchConfiguration.controlPathCandidates(
-            name: name, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
+        let candidates = clientCandidates(runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
         return candidates.first { Process.isSocket($0) } ?? candidates[0]
+    }
+}
+
+extension SystemFacts {
+    /// This machine's users, groups and signals.
+    static var current: SystemFacts {
+        SystemFacts(
+            userID: Process.userID, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"),
+            user: { name in Process.user(named: name).map { .init(uid: $0.uid, gid: $0.gid, groups: $0.groups) } },
+            group: { Process.group(named: $0) }, signal: { Signals.number(named: $0) }, uncatchableSignals: Signals.uncatchable)
     }
 }
 
@@ -60,60 +60,10 @@ extension Baton {
                 generation gracefully and exits 0; a second SIGTERM kills at once.
                 """)
 
-        @Option(
-            name: .customLong("listen"),
-            help: ArgumentHelp(
-                "Listen on an address: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH, with an optional NAME= in front (exported in LISTEN_FDNAMES). Repeatable. Not needed when sockets are passed by systemd.",
-                valueName: "[NAME=]ADDRESS"))
-        var listen: [String] = []
-
-        @Option(help: "How many worker processes a generation has.")
-        var workers: Int = 1
-
-        @Option(
-            help: ArgumentHelp(
-                "How a worker reports it is ready: notify (NOTIFY_SOCKET), fd (BATON_NOTIFY_FD), listen (detected when it accepts on a listener; needs nothing from the app) or exec (as soon as it runs).",
-                valueName: "mode"))
-        var ready: String = "listen"
-
-        @Option(help: ArgumentHelp("How long a worker may take to become ready (30s, 500ms, 2m).", valueName: "duration"))
-        var readyTimeout: String = "30s"
-
-        @Option(help: ArgumentHelp("The signal that asks a worker to stop gracefully.", valueName: "signal"))
-        var stopSignal: String = "TERM"
-
-        @Option(help: ArgumentHelp("How long a worker may drain before its process group is killed.", valueName: "duration"))
-        var stopTimeout: String = "30s"
-
-        @Option(help: ArgumentHelp("How a reload replaces workers: all-at-once or rolling (one at a time, surge of one).", valueName: "strategy"))
-        var strategy: String = "all-at-once"
-
-        @Option(
-            help: ArgumentHelp(
-                "A watchdog for workers: exported as WATCHDOG_USEC; a worker that has sent WATCHDOG=1 once and then stays silent this long is replaced.",
-                valueName: "duration"))
-        var watchdog: String?
-
-        @Option(help: ArgumentHelp("Run the workers as this user (baton keeps the listeners, even on ports below 1024).", valueName: "user"))
-        var user: String?
-
-        @Option(help: ArgumentHelp("Run the workers with this group (default: the user's primary group).", valueName: "group"))
-        var group: String?
-
-        @Option(help: "The listen backlog of sockets baton binds.")
-        var backlog: Int32 = 4096
-
-        @Option(help: ArgumentHelp("The file mode of unix sockets baton binds, in octal (e.g. 660).", valueName: "mode"))
-        var socketMode: String?
-
-        @OptionGroup var control: ControlOptions
-
-        @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The app's command and arguments, after --.", valueName: "command"))
-        var command: [String] = []
+        @OptionGroup var options: RunOptions
 
         func run() throws {
-            // The app's command is captured verbatim, so `baton run --help` arrives here as a command.
-            if command == ["--help"] || command == ["-h"] { throw CleanExit.helpRequest(self) }
+            if options.asksForHelp { throw CleanExit.helpRequest(self) }
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
             Signals.block(Signals.handledByRun)
@@ -121,7 +71,7 @@ extension Baton {
 
             let configuration: LaunchConfiguration
             do {
-                configuration = try makeConfiguration()
+                configuration = try options.configuration(.current)
             } catch {
                 throw fail(error.message, code: 2)
             }
@@ -176,78 +126,6 @@ extension Baton {
             case .failure(let error):
                 throw fail("\(error)")
             }
-        }
-
-        func makeConfiguration() throws(BatonError) -> LaunchConfiguration {
-            guard !command.isEmpty, !(command.count == 1 && command[0] == "--") else {
-                throw BatonError(.badArgument, "no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js")
-            }
-            let appCommand = command.first == "--" ? Array(command.dropFirst()) : command
-            guard LaunchConfiguration.isValidName(control.name) else {
-                throw BatonError(.badArgument, "invalid --name '\(control.name)': use letters, digits, '-', '_', '.' or '@'")
-            }
-            guard (1...1024).contains(workers) else {
-                throw BatonError(.badArgument, "invalid --workers \(workers): give a number from 1 to 1024")
-            }
-            guard let readyMode = ReadyMode(rawValue: ready) else {
-                throw BatonError(.badArgument, "invalid --ready '\(ready)': use notify, fd, listen or exec")
-            }
-            guard let strategyValue = Strategy(rawValue: strategy) else {
-                throw BatonError(.badArgument, "invalid --strategy '\(strategy)': use all-at-once or rolling")
-            }
-            func duration(_ text: String, _ option: String) throws(BatonError) -> Duration {
-                guard let value = DurationText(text), value.duration > .zero else {
-                    throw BatonError(.badArgument, "invalid \(option) '\(text)': write a duration like 30s, 500ms or 2m")
-                }
-                return value.duration
-            }
-            let readyTimeout = try duration(self.readyTimeout, "--ready-timeout")
-            let stopTimeout = try duration(self.stopTimeout, "--stop-timeout")
-            let workerWatchdog = try watchdog.map { text throws(BatonError) in try duration(text, "--watchdog") }
-            guard let stopSignal = Signals.number(named: self.stopSignal), stopSignal != Signals.kill else {
-                throw BatonError(.badArgument, "invalid --stop-signal '\(self.stopSignal)': use a signal name such as TERM, INT, QUIT or USR2")
-            }
-            guard backlog > 0 else { throw BatonError(.badArgument, "invalid --backlog \(backlog): give a positive number") }
-            var mode: UInt32?
-            if let socketMode {
-                guard let value = UInt32(socketMode, radix: 8), value <= 0o777 else {
-                    throw BatonError(.badArgument, "invalid --socket-mode '\(socketMode)': give an octal mode such as 660")
-                }
-                mode = value
-            }
-            var specs: [ListenSpec] = []
-            for (index, text) in listen.enumerated() {
-                let spec = try ListenSpec(parsing: text, defaultName: "listen\(index)")
-                guard !specs.contains(where: { $0.name == spec.name }) else {
-                    throw BatonError(.badArgument, "invalid --listen '\(text)': the name '\(spec.name)' is used twice")
-                }
-                specs.append(spec)
-            }
-            var workerUser: LaunchConfiguration.WorkerUser?
-            if let user {
-                guard let entry = Process.user(named: user) else {
-                    throw BatonError(.badArgument, "invalid --user '\(user)': no such user (check getent passwd \(user))")
-                }
-                workerUser = .init(uid: entry.uid, gid: entry.gid, groups: entry.groups)
-            }
-            if let group {
-                guard let gid = Process.group(named: group) else {
-                    throw BatonError(.badArgument, "invalid --group '\(group)': no such group (check getent group \(group))")
-                }
-                let uid = workerUser?.uid ?? Process.userID
-                workerUser = .init(uid: uid, gid: gid, groups: [gid])
-            }
-            if workerUser != nil && Process.userID != 0 {
-                throw BatonError(.badArgument, "--user and --group need baton to run as root")
-            }
-            var configuration = LaunchConfiguration(
-                name: control.name, command: appCommand, listeners: specs, backlog: backlog, unixMode: mode,
-                readyMode: readyMode, stopSignal: stopSignal, controlPath: control.controlPath,
-                supervisor: SupervisorSettings(
-                    workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout,
-                    workerWatchdog: workerWatchdog))
-            configuration.workerUser = workerUser
-            return configuration
         }
 
         /// Sockets passed by systemd (a `.socket` unit or the fd store) come first; every `--listen` whose name

@@ -7,9 +7,12 @@ import Glibc
 
 /// Faults under continuous load against the example Node app. Short form by default; BATON_CHAOS_LONG=1 for the
 /// long form. Every scenario prints its request counts.
-@Suite("chaos under load", .serialized, .timeLimit(.minutes(10)))
+/// The long form: BATON_CHAOS_LONG=1.
+private let chaosLong = ProcessInfo.processInfo.environment["BATON_CHAOS_LONG"] == "1"
+
+@Suite("chaos under load", .serialized, .timeLimit(chaosLong ? .minutes(60) : .minutes(10)))
 struct ChaosTests {
-    static let long = ProcessInfo.processInfo.environment["BATON_CHAOS_LONG"] == "1"
+    static let long = chaosLong
 
     /// baton running the Node app on a TCP port, with the load client running against it.
     final class Rig {
@@ -63,6 +66,22 @@ struct ChaosTests {
             return try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         }
 
+        /// Processes still carrying this rig's environment: after baton has stopped, any is an orphan.
+        func survivors() -> [Int32] {
+            let marker = Array("BEHAVIOUR_FILE=\(scratch.file("behaviour"))".utf8) + [0]
+            let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+            return pids.filter { pid in
+                guard isAlive(pid), let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+                return [UInt8](environ).split(separator: 0).contains { Array($0) + [0] == marker }
+            }
+        }
+
+        /// Stops baton, which exits 0, and checks that nothing of its workers is left.
+        func stop() {
+            #expect(baton.stop() == 0)
+            #expect(survivors().isEmpty, "no orphan survives baton")
+        }
+
         func workerPIDs() throws -> [Int32] {
             let status = baton.client(["status", "--json"]).stdout
             let report = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
@@ -110,7 +129,8 @@ struct ChaosTests {
         #expect(Self.count(summary, "non2xx") == 0 && Self.count(summary, "timeout") == 0)
         #expect(Self.count(summary, "failed") <= inFlight, "only requests in flight on a killed worker fail")
         #expect(Self.count(summary, "ok") > 100)
-        #expect(rig.baton.stop() == 0)
+        #expect(Set(rig.survivors()).isSuperset(of: try rig.workerPIDs()), "the orphan check sees live workers")
+        rig.stop()
     }
 
     @Test(arguments: ["crash", "hang"])
@@ -125,7 +145,7 @@ struct ChaosTests {
         let summary = try rig.finish()
         report("reload to \(behaviour)", summary)
         #expect(Self.count(summary, "failed") == 0)
-        #expect(rig.baton.stop() == 0)
+        rig.stop()
     }
 
     @Test func aReleaseThatHangsAfterBecomingReadyIsCaughtByTheWatchdog() throws {
@@ -142,7 +162,7 @@ struct ChaosTests {
         report("hang after ready", summary, ", the hung worker held \(held) connections")
         #expect(Self.count(summary, "refused") == 0 && Self.count(summary, "non2xx") == 0)
         #expect(Self.count(summary, "failed") <= held, "only requests on the hung worker fail")
-        #expect(rig.baton.stop() == 0)
+        rig.stop()
     }
 
     @Test func fiftyReloadsAtOnceAndReloadsDuringARollbackLoseNothing() throws {
@@ -173,7 +193,7 @@ struct ChaosTests {
         let summary = try rig.finish()
         report("50 reloads at once, reloads during a rollback", summary)
         #expect(Self.count(summary, "failed") == 0)
-        #expect(rig.baton.stop() == 0)
+        rig.stop()
     }
 
     @Test func runningOutOfFdsMidSpawnFailsTheReloadAndKeepsServing() throws {
@@ -200,7 +220,7 @@ struct ChaosTests {
         let summary = try rig.finish()
         report("fd exhaustion", summary)
         #expect(Self.count(summary, "failed") == 0)
-        #expect(rig.baton.stop() == 0)
+        rig.stop()
     }
 
     @Test func noFdOrMemoryGrowthAcrossManyReloads() throws {
@@ -217,7 +237,7 @@ struct ChaosTests {
         #expect(fdsAfter == fdsBefore)
         #expect(rssAfter < rssBefore + 4096, "no memory growth beyond noise")
         #expect(Self.count(summary, "failed") == 0)
-        #expect(rig.baton.stop() == 0)
+        rig.stop()
     }
 
     @Test func aReadOnlyRuntimeDirectoryGetsAClearErrorAtStart() throws {

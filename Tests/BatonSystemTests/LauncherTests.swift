@@ -332,6 +332,29 @@ struct LauncherTests {
         #expect(waitForExit(secondDaemon), "no orphan survives baton")
     }
 
+    @Test func theDaemonOfACrashedWorkerGoesAlthoughAReplacementServesItsSlot() throws {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        scratch.write("behaviour", "daemonize")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch,
+            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let first = try #require(WorkerReport.all(in: reports).first)
+        let daemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(first.pid).daemon", encoding: .utf8)))
+        kill(first.pid, SIGKILL)
+        #expect(baton.stderr.waitFor("is back") != nil, "worker 1 of generation 1 was replaced")
+        #expect(waitForExit(daemon), "the crashed worker's daemon was killed")
+        #expect(baton.stderr.text.contains("stopping pid \(daemon), left behind by worker 1 of generation 1"))
+        let replacement = try #require(WorkerReport.all(in: reports).first { $0.pid != first.pid })
+        let replacementDaemon = try #require(
+            Int32(try String(contentsOfFile: "\(reports)/\(replacement.pid).daemon", encoding: .utf8)))
+        #expect(isAlive(replacementDaemon), "the replacement's own daemon stays")
+        #expect(baton.stop() == 0)
+        #expect(waitForExit(replacementDaemon), "no orphan survives baton")
+    }
+
     @Test func aSecondSigtermKillsAtOnce() throws {
         let scratch = Scratch()
         let reports = scratch.file("reports")

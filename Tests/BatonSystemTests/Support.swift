@@ -178,7 +178,17 @@ final class BatonRun: @unchecked Sendable {
 
     func stop() -> Int32? {
         signal(SIGTERM)
-        return wait()
+        let status = wait()
+        if status == nil { Issue.record("baton did not exit after SIGTERM:\n\(diagnosis())") }
+        return status
+    }
+
+    /// What a stuck launcher was doing: its log and the whole process tree, with each process's state and wait channel.
+    func diagnosis() -> String {
+        let tree = run(Paths.which("ps") ?? "/usr/bin/ps", ["-o", "pid,ppid,pgid,stat,wchan:24,etime,args", "--forest", "-e"]).stdout
+        let log = (stderr.all.suffix(40) + stdout.all.suffix(20)).map { "  | \($0)" }.joined(separator: "\n")
+        let state = isAlive(pid) ? "still running" : "gone (the harness missed its exit)"
+        return "baton is pid \(pid), \(state); processes:\n\(tree)\nlast lines:\n\(log)"
     }
 
     /// Runs `baton SUBCOMMAND --control ...`.
