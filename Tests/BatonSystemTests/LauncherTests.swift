@@ -10,6 +10,30 @@ import Glibc
 struct LauncherTests {
     func worker(_ extra: [String] = []) -> [String] { extra + ["--", "python3", Paths.worker] }
 
+    /// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
+    /// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE, which a test may change later).
+    func launch(
+        _ options: [String] = [], behaviour: String? = nil, environment: [String: String] = [:]
+    ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
+        let scratch = Scratch()
+        let reports = scratch.file("reports")
+        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+        var environment = environment
+        environment["REPORT_DIR"] = reports
+        if let behaviour {
+            scratch.write("behaviour", behaviour)
+            environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
+        }
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(options), scratch: scratch, environment: environment)
+        return (scratch, reports, baton)
+    }
+
+    /// The pid of the daemon a worker with behaviour `daemonize` started.
+    func daemonPID(of worker: Int32, in reports: String) throws -> Int32 {
+        try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker).daemon", encoding: .utf8)))
+    }
+
     /// The worker behind a shell whose first child records the signal mask and dispositions the worker was
     /// exec'd with, before Python changes its own (it ignores SIGPIPE and SIGXFSZ at start). `grep` reads its
     /// own status: it inherits the shell's mask and ignored signals, which are what baton handed over.
@@ -52,13 +76,7 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd", "listen"])
     func eachReadinessModeMakesTheGenerationReady(mode: String) throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        let readyMode = mode == "listen" ? "none" : mode
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode] + worker(), scratch: scratch,
-            environment: ["READY_MODE": readyMode, "REPORT_DIR": reports])
+        let (scratch, reports, baton) = try launch(["--ready", mode], environment: ["READY_MODE": mode == "listen" ? "none" : mode])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         switch mode {
@@ -77,13 +95,8 @@ struct LauncherTests {
     }
 
     @Test func notifyMessagesFromStrangersAreIgnoredAndLogged() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "hang")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", "notify", "--ready-timeout", "20s"] + worker(),
-            scratch: scratch, environment: ["READY_MODE": "notify", "REPORT_DIR": reports, "BEHAVIOUR_FILE": scratch.file("behaviour")])
+        let (_, reports, baton) = try launch(
+            ["--ready", "notify", "--ready-timeout", "20s"], behaviour: "hang", environment: ["READY_MODE": "notify"])
         #expect(baton.stdout.waitFor("behaviour hang") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         let address = try #require(report.env["NOTIFY_SOCKET"])
@@ -110,19 +123,14 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd", "listen"])
     func theReadyTimeoutAppliesInEveryModeAndAFirstGenerationThatNeverServesExitsNonZero(mode: String) throws {
-        let scratch = Scratch()
-        scratch.write("behaviour", "hang")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode, "--ready-timeout", "700ms"] + worker(),
-            scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": mode])
+        let (_, _, baton) = try launch(["--ready", mode, "--ready-timeout", "700ms"], behaviour: "hang", environment: ["READY_MODE": mode])
         let status = baton.wait()
         #expect(status == 1)
         #expect(baton.stderr.text.contains("did not become ready within 700ms"))
     }
 
     @Test func reloadReplacesTheGenerationAndReportsProgress() throws {
-        let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch)
+        let (scratch, _, baton) = try launch(["--workers", "2"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try HTTP.get(unix: scratch.file("s.sock"))
         #expect(before.body.hasPrefix("generation 1"))
@@ -141,13 +149,7 @@ struct LauncherTests {
     }
 
     @Test func concurrentReloadsCoalesceAndLeaveNoOrphan() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "slow-start")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch,
-            environment: ["REPORT_DIR": reports, "BEHAVIOUR_FILE": scratch.file("behaviour")])
+        let (_, reports, baton) = try launch(["--workers", "2"], behaviour: "slow-start")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         // Twelve clients at once; each new generation takes a second to start, so all of them arrive during
         // the first reload.
@@ -177,8 +179,7 @@ struct LauncherTests {
     }
 
     @Test func sighupReloadsToo() throws {
-        let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch)
+        let (_, _, baton) = try launch()
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         baton.signal(SIGHUP)
         #expect(baton.stderr.waitFor("reload to generation 2 succeeded") != nil)
@@ -196,11 +197,8 @@ struct LauncherTests {
 
     @Test(arguments: ["crash", "hang"])
     func aFailingNewGenerationRollsBackAndTheOldKeepsServing(behaviour: String) throws {
-        let scratch = Scratch()
-        scratch.write("behaviour", "ok")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2", "--ready", "fd", "--ready-timeout", "3s"] + worker(),
-            scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": "fd"])
+        let (scratch, _, baton) = try launch(
+            ["--workers", "2", "--ready", "fd", "--ready-timeout", "3s"], behaviour: "ok", environment: ["READY_MODE": "fd"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try workerPIDs(baton, generation: 1)
         #expect(before.count == 2)
@@ -230,8 +228,7 @@ struct LauncherTests {
     }
 
     @Test func aCrashedWorkerIsRespawned() throws {
-        let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2"] + worker(), scratch: scratch)
+        let (scratch, _, baton) = try launch(["--workers", "2"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let body = try HTTP.get(unix: scratch.file("s.sock")).body
         let pid = try #require(Int32(body.split(separator: " ").last!.trimmingCharacters(in: .whitespacesAndNewlines)))
@@ -246,11 +243,7 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd"])
     func aWorkerThatStopsPingingItsWatchdogIsReplaced(mode: String) throws {
-        let scratch = Scratch()
-        scratch.write("behaviour", "watchdog-once")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--ready", mode, "--watchdog", "300ms"] + worker(), scratch: scratch,
-            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "READY_MODE": mode])
+        let (_, _, baton) = try launch(["--ready", mode, "--watchdog", "300ms"], behaviour: "watchdog-once", environment: ["READY_MODE": mode])
         #expect(baton.stdout.waitFor("watchdog interval 300000") != nil, "WATCHDOG_USEC is passed to the worker")
         #expect(baton.stderr.waitFor("stopped sending WATCHDOG=1 (interval 300ms); replacing it") != nil)
         #expect(baton.stderr.waitFor("is back") != nil)
@@ -258,9 +251,7 @@ struct LauncherTests {
     }
 
     @Test func rollingReplacesFourWorkersOneAtATime() throws {
-        let scratch = Scratch()
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "4", "--strategy", "rolling"] + worker(), scratch: scratch)
+        let (_, _, baton) = try launch(["--workers", "4", "--strategy", "rolling"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let reload = baton.client(["reload"])
         #expect(reload.status == 0, "\(reload.stderr)")
@@ -275,8 +266,7 @@ struct LauncherTests {
     }
 
     @Test func sigtermDrainsRequestsInFlightThenExitsZero() throws {
-        let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch)
+        let (scratch, _, baton) = try launch()
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let slow = Thread {
             let response = try? HTTP.get(unix: scratch.file("s.sock"), "/?sleep=800")
@@ -291,13 +281,7 @@ struct LauncherTests {
     }
 
     @Test func aWorkerThatIgnoresTheStopSignalIsKilledWithItsProcessGroup() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "fork-child")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--stop-timeout", "500ms"] + worker(), scratch: scratch,
-            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        let (_, reports, baton) = try launch(["--stop-timeout", "500ms"], behaviour: "fork-child")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         let child = try #require(Int32(try String(contentsOfFile: "\(reports)/\(report.pid).child", encoding: .utf8)))
@@ -308,16 +292,10 @@ struct LauncherTests {
     }
 
     @Test func aDaemonisedGrandchildIsStoppedWithItsGeneration() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "daemonize")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch,
-            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        let (_, reports, baton) = try launch(behaviour: "daemonize")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let first = try #require(WorkerReport.all(in: reports).first)
-        let daemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(first.pid).daemon", encoding: .utf8)))
+        let daemon = try daemonPID(of: first.pid, in: reports)
         #expect(isAlive(daemon))
         #expect((try? String(contentsOfFile: "/proc/\(daemon)/stat", encoding: .utf8))?.contains(" \(baton.pid) ") == true,
                 "the orphan was re-parented to baton, not to PID 1")
@@ -326,43 +304,30 @@ struct LauncherTests {
         #expect(waitForExit(daemon), "the daemon of generation 1's worker was killed")
         #expect(baton.stderr.text.contains("left behind by worker 1 of generation 1"))
         let second = try #require(WorkerReport.all(in: reports).first { $0.env["BATON_GENERATION"] == "2" })
-        let secondDaemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(second.pid).daemon", encoding: .utf8)))
+        let secondDaemon = try daemonPID(of: second.pid, in: reports)
         #expect(isAlive(secondDaemon))
         #expect(baton.stop() == 0)
         #expect(waitForExit(secondDaemon), "no orphan survives baton")
     }
 
     @Test func theDaemonOfACrashedWorkerGoesAlthoughAReplacementServesItsSlot() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "daemonize")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(), scratch: scratch,
-            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        let (_, reports, baton) = try launch(behaviour: "daemonize")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let first = try #require(WorkerReport.all(in: reports).first)
-        let daemon = try #require(Int32(try String(contentsOfFile: "\(reports)/\(first.pid).daemon", encoding: .utf8)))
+        let daemon = try daemonPID(of: first.pid, in: reports)
         kill(first.pid, SIGKILL)
         #expect(baton.stderr.waitFor("is back") != nil, "worker 1 of generation 1 was replaced")
         #expect(waitForExit(daemon), "the crashed worker's daemon was killed")
         #expect(baton.stderr.text.contains("stopping pid \(daemon), left behind by worker 1 of generation 1"))
         let replacement = try #require(WorkerReport.all(in: reports).first { $0.pid != first.pid })
-        let replacementDaemon = try #require(
-            Int32(try String(contentsOfFile: "\(reports)/\(replacement.pid).daemon", encoding: .utf8)))
+        let replacementDaemon = try daemonPID(of: replacement.pid, in: reports)
         #expect(isAlive(replacementDaemon), "the replacement's own daemon stays")
         #expect(baton.stop() == 0)
         #expect(waitForExit(replacementDaemon), "no orphan survives baton")
     }
 
     @Test func aSecondSigtermKillsAtOnce() throws {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        scratch.write("behaviour", "ignore-term")
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--stop-timeout", "5m"] + worker(), scratch: scratch,
-            environment: ["BEHAVIOUR_FILE": scratch.file("behaviour"), "REPORT_DIR": reports])
+        let (_, reports, baton) = try launch(["--stop-timeout", "5m"], behaviour: "ignore-term")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         baton.signal(SIGTERM)
