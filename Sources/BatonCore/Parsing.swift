@@ -112,7 +112,7 @@ public struct ListenSpec: Sendable, Hashable {
                 host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ":.%".contains($0)) })
             else { throw bad("\(BatonError.quoted(String(host))) is not an IPv6 address") }
         } else if host.contains(":") {
-            let example = host.allSatisfy({ $0.isHexDigit || ":.%".contains($0) }) ? host : "::1"
+            let example = host.count <= 45 && host.allSatisfy({ $0.isHexDigit || ":.%".contains($0) }) ? host : "::1"
             throw bad("an IPv6 address goes in brackets: [\(example)]:\(port)")
         } else if !host.isEmpty {
             guard host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") }) else {

@@ -104,10 +104,12 @@ struct ConfigurationTests {
         #expect(failure(["--user", "nobody", "--", "app"], facts: facts) == "--user and --group need baton to run as root")
     }
 
-    /// Found by the fuzzer: values with control characters, or very long ones, made errors span lines or pages.
+    /// Found by the fuzzer: values with control characters, or very long ones (300 colons in --listen, echoed back
+    /// in the advice to use brackets), made errors span lines or pages.
     @Test func errorsStayOneShortLineWhateverTheValue() throws {
         let hostile = "a\nb\tc\u{2028}" + String(repeating: "\0", count: 300)
-        for arguments in [["--ready", hostile], ["--listen", ":" + hostile], ["--listen", hostile + "=:80"], ["--name", hostile]] {
+        let colons = String(repeating: ":", count: 300) + ":4"
+        for arguments in [["--ready", hostile], ["--listen", ":" + hostile], ["--listen", hostile + "=:80"], ["--name", hostile], ["--listen", colons]] {
             let message = try #require(failure(arguments + ["--", "app"]))
             let oneLine = !message.contains(where: \.isNewline)
             #expect(oneLine, "\(message)")
