@@ -16,7 +16,10 @@ A "Connection: close" from the server is not a failure: the client just
 reconnects for its next request.
 
 Stops after --duration seconds or once --until-file exists (whichever comes
-first); each client finishes its current request, then the JSON summary is
+first); each client finishes its current request. If the file holds a
+generation number G, each client first goes on until a response of its own
+came from generation G (for at most 10 s more), so that "every client's last
+response came from G" is a check, not a race. Then the JSON summary is
 written to --json and a one-line summary to stderr. Exit status is 0 unless the
 tool could not run at all: the caller asserts on the JSON.
 
@@ -137,6 +140,8 @@ class Client(threading.Thread):
     def __init__(self, idx, keepalive, args, target, stop):
         super().__init__(daemon=True)
         self.idx, self.keepalive, self.args, self.target, self.stop = idx, keepalive, args, target, stop
+        self.finish_at = None  # a generation: stop once a response came from it (set by main)
+        self.finish = threading.Event()
         self.counts = dict.fromkeys(["ok"] + FAILURE_KINDS, 0)
         self.by_status, self.generations, self.other_samples = {}, {}, []
         self.records = []  # (t_unix_ms, latency_ms, outcome)
@@ -159,6 +164,8 @@ class Client(threading.Thread):
         a, conn, n = self.args, None, 0
         base = a.path + ("&" if "?" in a.path else "?")
         while not self.stop.is_set():
+            if self.finish.is_set() and (self.finish_at is None or self.last_generation == self.finish_at):
+                break
             n += 1
             slow = a.slow_every and n % a.slow_every == 0
             path = f"{base}sleep={a.slow_ms}" if slow else a.path
@@ -254,6 +261,15 @@ def main():
         if end is not None and time.monotonic() >= end:
             break
         if a.until_file and os.path.exists(a.until_file):
+            with open(a.until_file) as f:
+                wanted = f.read().strip() or None
+            for c in clients:
+                c.finish_at = wanted
+                c.finish.set()
+            # Clients that have not yet had a response from that generation get 10 s more.
+            deadline = time.monotonic() + 10
+            for c in clients:
+                c.join(max(0, deadline - time.monotonic()))
             break
         stop.wait(0.05)
     stop.set()
