@@ -1,0 +1,120 @@
+/// Identifies one worker process for the whole life of the launcher (pids are reused; these are not).
+public struct WorkerID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var raw: Int
+    public init(_ raw: Int) { self.raw = raw }
+    public static func < (a: WorkerID, b: WorkerID) -> Bool { a.raw < b.raw }
+    public var description: String { "w\(raw)" }
+}
+
+/// Identifies a client waiting for a reload's outcome (`baton reload`); SIGHUP reloads have none.
+public struct RequesterID: Hashable, Sendable, CustomStringConvertible {
+    public var raw: Int
+    public init(_ raw: Int) { self.raw = raw }
+    public var description: String { "r\(raw)" }
+}
+
+/// The timers the state machine asks for.
+public enum TimerID: Hashable, Sendable {
+    case readyTimeout(WorkerID)
+    case stopTimeout(WorkerID)
+    case respawn(generation: Int, slot: Int)
+    case watchdog(WorkerID)
+}
+
+/// Settings the lifecycle depends on.
+public struct SupervisorSettings: Sendable, Equatable {
+    public var workers: Int
+    public var strategy: Strategy
+    public var readyTimeout: Duration
+    public var stopTimeout: Duration
+    public var backoff: Backoff
+    /// Consecutive crashes of a slot after which its generation is reported as crash-looping.
+    public var crashLoopThreshold: Int
+    /// Consecutive crashes of every slot after which baton gives up and exits non-zero.
+    public var giveUpThreshold: Int
+    /// The watchdog interval a worker opts in to by sending `WATCHDOG=1` (exported as `WATCHDOG_USEC`).
+    public var workerWatchdog: Duration?
+
+    public init(
+        workers: Int = 1, strategy: Strategy = .allAtOnce, readyTimeout: Duration = .seconds(30),
+        stopTimeout: Duration = .seconds(30), backoff: Backoff = Backoff(), crashLoopThreshold: Int = 5,
+        giveUpThreshold: Int = 10, workerWatchdog: Duration? = nil
+    ) {
+        self.workerWatchdog = workerWatchdog
+        self.workers = workers
+        self.strategy = strategy
+        self.readyTimeout = readyTimeout
+        self.stopTimeout = stopTimeout
+        self.backoff = backoff
+        self.crashLoopThreshold = crashLoopThreshold
+        self.giveUpThreshold = giveUpThreshold
+    }
+}
+
+/// Exponential backoff with a cap, reset once a worker has stayed up for `stablePeriod`.
+public struct Backoff: Sendable, Equatable {
+    public var initial: Duration
+    public var maximum: Duration
+    public var stablePeriod: Duration
+
+    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10), stablePeriod: Duration = .seconds(30)) {
+        self.initial = initial
+        self.maximum = maximum
+        self.stablePeriod = stablePeriod
+    }
+
+    /// The delay before the respawn that follows the `streak`-th consecutive crash (1-based).
+    public func delay(afterCrash streak: Int) -> Duration {
+        var delay = initial
+        var step = 1
+        while step < streak && delay < maximum {
+            delay *= 2
+            step += 1
+        }
+        return min(delay, maximum)
+    }
+}
+
+/// What the state machine asks the launcher to do.
+public enum SupervisorAction: Sendable, Equatable {
+    /// Start a worker for `slot` of `generation`; answer with `.spawned` or `.spawnFailed`.
+    case spawn(WorkerID, generation: Int, slot: Int)
+    /// Send the configured stop signal to the worker's process.
+    case stop(WorkerID, pid: Int32)
+    /// SIGKILL the worker's whole process group.
+    case kill(WorkerID, pid: Int32)
+    case schedule(TimerID, after: Duration)
+    case cancel(TimerID)
+    case progress([RequesterID], String)
+    /// The final answer to reload requesters; `failedWorker` names the worker whose stderr explains it.
+    case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: WorkerID?)
+    case log(LifecycleEvent)
+    case notifyManager(ManagerNotification)
+    /// Exit the process with this code; every worker is gone.
+    case exit(Int32)
+}
+
+/// What baton tells its own service manager.
+public enum ManagerNotification: Sendable, Equatable {
+    case ready
+    case reloading
+    case stopping
+    case status(String)
+    /// `EXTEND_TIMEOUT_USEC=`: a start, reload or stop that is going well needs this much more time.
+    case extendTimeout(Duration)
+}
+
+/// What happens to the state machine.
+public enum SupervisorEvent: Sendable, Equatable {
+    case start
+    case reloadRequested(RequesterID?)
+    case spawned(WorkerID, pid: Int32)
+    case spawnFailed(WorkerID, reason: String)
+    case ready(WorkerID)
+    case status(WorkerID, String)
+    case watchdogPing(WorkerID, interval: Duration?)
+    case exited(WorkerID, ExitReason)
+    case timer(TimerID)
+    case stop
+    case forceStop
+}
