@@ -1,10 +1,17 @@
 /// baton's domain error: a code, a message that names the thing and the fix, and the underlying cause.
+///
+/// The command line maps each code to an exit status in one place (`Baton.swift`).
 public struct BatonError: Error, CustomStringConvertible, Sendable {
     public enum Code: String, Sendable {
+        /// A bad option, value or request (a usage error).
         case badArgument
+        /// The app's command cannot be run.
         case cannotExecute
+        /// A listener cannot be bound or was not passed.
         case listen
+        /// The control socket cannot be set up or used.
         case control
+        /// No launcher answers.
         case notRunning
         case permissionDenied
         case reloadFailed
@@ -12,14 +19,21 @@ public struct BatonError: Error, CustomStringConvertible, Sendable {
     }
 
     public var code: Code
+    /// What went wrong, in one line that names the thing and the fix; the underlying error's words follow it.
     public var message: String
+    /// What caused it, such as a failed system call.
+    public var underlying: (any Error)?
 
-    public init(_ code: Code, _ message: String) {
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.underlying = underlying
     }
 
-    public var description: String { message }
+    public var description: String {
+        guard let underlying else { return message }
+        return "\(message): \(underlying)"
+    }
 }
 
 extension BatonError {

@@ -185,7 +185,7 @@ public struct Supervisor: Sendable {
         case .spawnFailed(let id, let reason):
             guard workers[id] != nil else { break }
             workers[id]?.failure = reason
-            workerGone(id, reason: nil, failure: reason, now: now, actions: &actions)
+            workerGone(id, reason: nil, failure: reason, stderr: [], now: now, actions: &actions)
         case .ready(let id):
             workerReady(id, now: now, actions: &actions)
         case .status(let id, let text):
@@ -197,16 +197,17 @@ public struct Supervisor: Sendable {
             if let interval = workers[id]?.watchdogInterval {
                 actions.append(.schedule(.watchdog(id), after: interval))
             }
-        case .exited(let id, let reason):
-            workerGone(id, reason: reason, failure: nil, now: now, actions: &actions)
+        case .exited(let id, let reason, let stderr):
+            workerGone(id, reason: reason, failure: nil, stderr: stderr, now: now, actions: &actions)
         case .timer(let timer):
             fire(timer, now: now, actions: &actions)
-        case .stop:
-            beginStop(now: now, actions: &actions)
-        case .forceStop:
+        case .stop where phase == .stopping:
+            actions.append(.log(LifecycleEvent(.stopping, "second stop signal: killing every worker now")))
             for worker in liveWorkers { if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) } }
             phase = .exited
             actions.append(.exit(0))
+        case .stop:
+            beginStop(now: now, actions: &actions)
         }
         if phase != .exited { actions.append(.notifyManager(.status(statusLine))) }
         return actions
@@ -401,7 +402,7 @@ public struct Supervisor: Sendable {
     }
 
     private mutating func finishReload(
-        ok: Bool, reason: String?, failedWorker: WorkerID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+        ok: Bool, reason: String?, failedWorker: FailedWorker?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
     ) {
         guard let reload else { return }
         self.reload = nil
@@ -427,7 +428,7 @@ public struct Supervisor: Sendable {
     }
 
     /// The reload's new generation cannot serve: kill it, restore what rolling retired, and fail the reload.
-    private mutating func rollBack(reason: String, failedWorker: WorkerID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func rollBack(reason: String, failedWorker: FailedWorker?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
         guard let reload, var target = generations[reload.target] else { return }
         target.state = .failed
         generations[reload.target] = target
@@ -444,7 +445,8 @@ public struct Supervisor: Sendable {
 
     /// A worker's process is gone (`reason`), or never started (`failure`).
     private mutating func workerGone(
-        _ id: WorkerID, reason: ExitReason?, failure: String?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+        _ id: WorkerID, reason: ExitReason?, failure: String?, stderr: [String], now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
     ) {
         guard var worker = workers[id], worker.state != .exited else { return }
         let previousState = worker.state
@@ -480,7 +482,7 @@ public struct Supervisor: Sendable {
         }
 
         if let reload, reload.target == generation.id, generation.state == .starting, !expected {
-            rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready", failedWorker: id, now: now, actions: &actions)
+            rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready", failedWorker: FailedWorker(id, stderr: stderr), now: now, actions: &actions)
             return
         }
 
@@ -493,9 +495,11 @@ public struct Supervisor: Sendable {
                 .generationFailed, "generation \(generation.id) failed to start: worker \(worker.slot) \(what)",
                 generation: generation.id, reason: what)))
             for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
-            giveUp(reason: "the first generation failed to start: worker \(worker.slot) \(what)", failedWorker: id, actions: &actions)
+            giveUp(
+                reason: "the first generation failed to start: worker \(worker.slot) \(what)",
+                failedWorker: FailedWorker(id, stderr: stderr), actions: &actions)
         case .serving where !expected:
-            respawnAfterCrash(worker, generation: generation.id, now: now, actions: &actions)
+            respawnAfterCrash(worker, stderr: stderr, generation: generation.id, now: now, actions: &actions)
         case .draining, .failed:
             retireIfDrained(generation.id, now: now, actions: &actions)
         default:
@@ -503,7 +507,7 @@ public struct Supervisor: Sendable {
         }
     }
 
-    private mutating func respawnAfterCrash(_ worker: Worker, generation id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func respawnAfterCrash(_ worker: Worker, stderr: [String], generation id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
         guard var generation = generations[id] else { return }
         let stable = worker.readyAt.map { now - $0 >= settings.backoff.stablePeriod } ?? false
         let streak = (stable ? 0 : generation.streak[worker.slot, default: 0]) + 1
@@ -522,7 +526,8 @@ public struct Supervisor: Sendable {
         if everySlotGaveUp && generation.workers.allSatisfy({ workers[$0]?.state != .ready }) {
             generations[id]?.state = .failed
             for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
-            giveUp(reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row", failedWorker: worker.id, actions: &actions)
+            giveUp(reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row",
+                failedWorker: FailedWorker(worker.id, stderr: stderr), actions: &actions)
             return
         }
         let delay = settings.backoff.delay(afterCrash: streak)
@@ -530,7 +535,7 @@ public struct Supervisor: Sendable {
     }
 
     /// No generation can serve: stop everything and exit non-zero.
-    private mutating func giveUp(reason: String, failedWorker: WorkerID?, actions: inout [SupervisorAction]) {
+    private mutating func giveUp(reason: String, failedWorker: FailedWorker?, actions: inout [SupervisorAction]) {
         actions.append(.log(LifecycleEvent(.generationFailed, "no generation can serve: \(reason)", reason: reason)))
         if let reload {
             actions.append(.reloadFinished(reload.requesters, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
@@ -554,11 +559,11 @@ public struct Supervisor: Sendable {
             let reason = "did not become ready within \(settings.readyTimeout.shortDescription)"
             workers[id]?.failure = reason
             if let reload, reload.target == worker.generation {
-                rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: id, now: now, actions: &actions)
+                rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
             } else {
                 // The exit that follows is handled as a failure (respawn, or giving up at start).
                 stopWorker(id, kill: true, actions: &actions)
-                if worker.pid == nil { workerGone(id, reason: nil, failure: reason, now: now, actions: &actions) }
+                if worker.pid == nil { workerGone(id, reason: nil, failure: reason, stderr: [], now: now, actions: &actions) }
             }
         case .stopTimeout(let id):
             guard let worker = workers[id], worker.state == .stopping, let pid = worker.pid else { return }

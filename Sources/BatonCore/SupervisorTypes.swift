@@ -87,11 +87,23 @@ public enum SupervisorAction: Sendable, Equatable {
     case cancel(TimerID)
     case progress([RequesterID], String)
     /// The final answer to reload requesters; `failedWorker` names the worker whose stderr explains it.
-    case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: WorkerID?)
+    case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: FailedWorker?)
     case log(LifecycleEvent)
     case notifyManager(ManagerNotification)
     /// Exit the process with this code; every worker is gone.
     case exit(Int32)
+}
+
+/// The worker whose failure ended a reload, and its last stderr lines: carried by its exit, or nil while it is
+/// still alive (the launcher then reads them from its pipe).
+public struct FailedWorker: Sendable, Equatable {
+    public var id: WorkerID
+    public var stderr: [String]?
+
+    public init(_ id: WorkerID, stderr: [String]?) {
+        self.id = id
+        self.stderr = stderr
+    }
 }
 
 /// What baton tells its own service manager.
@@ -113,8 +125,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     case ready(WorkerID)
     case status(WorkerID, String)
     case watchdogPing(WorkerID, interval: Duration?)
-    case exited(WorkerID, ExitReason)
+    /// A worker's process ended; `stderr` holds the last lines it wrote there.
+    case exited(WorkerID, ExitReason, stderr: [String] = [])
     case timer(TimerID)
+    /// Retire every generation gracefully and exit; a second one kills every worker at once.
     case stop
-    case forceStop
 }

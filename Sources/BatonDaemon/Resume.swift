@@ -32,8 +32,8 @@ public struct ResumeState: Codable, Sendable {
 
     /// Reads the state this process was re-executed with, if any, and removes it from the environment.
     public static func take() throws(BatonError) -> ResumeState? {
-        guard let text = Process.environment(variable) else { return nil }
-        Process.unsetEnvironment(variable)
+        guard let text = OS.environment(variable) else { return nil }
+        OS.unsetEnvironment(variable)
         do {
             return try JSONDecoder().decode(ResumeState.self, from: Data(text.utf8))
         } catch {

@@ -1,7 +1,6 @@
 internal import CBatonSystem
 internal import Glibc
 public import SystemPackage
-import Synchronization
 
 /// One thread that waits in `epoll_wait` and runs a handler when a registered fd becomes readable.
 ///
@@ -14,11 +13,6 @@ public final class EventLoop: Sendable {
     private let epoll: Int32
     private let wake: Int32
     private let handlers = Locked<[Int32: Handler]>([:])
-    private let stopped = Atomic<Bool>(false)
-    private let passes = Atomic<UInt64>(0)
-
-    /// How many times the loop has woken up; the watchdog pings only while this moves or the loop is idle.
-    public var heartbeat: UInt64 { passes.load(ordering: .relaxed) }
 
     public init() throws(SystemError) {
         epoll = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -46,13 +40,6 @@ public final class EventLoop: Sendable {
         pthread_detach(thread)
     }
 
-    /// Stops the loop's thread after its current pass.
-    public func stop() {
-        stopped.store(true, ordering: .sequentiallyConsistent)
-        var one: UInt64 = 1
-        _ = Glibc.write(wake, &one, 8)
-    }
-
     /// Calls `handler` on the loop's thread whenever `fd` is readable or hung up.
     ///
     /// The corresponding C function is `epoll_ctl(EPOLL_CTL_ADD)`.
@@ -74,9 +61,6 @@ public final class EventLoop: Sendable {
         _ = handlers.withLock { $0.removeValue(forKey: fd.rawValue) }
     }
 
-    /// How many fds are registered (the wake-up fd not included).
-    public var registeredCount: Int { handlers.withLock { $0.count } }
-
     private func add(_ fd: Int32) throws(SystemError) {
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
@@ -86,9 +70,8 @@ public final class EventLoop: Sendable {
 
     private func run() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
-        while !stopped.load(ordering: .sequentiallyConsistent) {
+        while true {
             let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, -1) }
-            passes.add(1, ordering: .relaxed)
             if n < 0 {
                 if Glibc.errno == EINTR { continue }
                 fatalError("epoll_wait: \(Errno(rawValue: Glibc.errno))")
@@ -113,18 +96,14 @@ public enum PeriodicTimer {
     /// A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC that expires every `interval`.
     ///
     /// The corresponding C functions are `timerfd_create` and `timerfd_settime`.
-    public static func descriptor(every interval: Duration) throws(SystemError) -> FileDescriptor {
-        let fd = try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) }
+    public static func descriptor(every interval: Duration) throws(SystemError) -> OwnedDescriptor {
+        let fd = OwnedDescriptor(
+            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) })
         let (seconds, attoseconds) = interval.components
         let period = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
         var spec = itimerspec(it_interval: period, it_value: period)
-        do {
-            try syscall("timerfd_settime") { timerfd_settime(fd, 0, &spec, nil) }
-        } catch {
-            _ = close(fd)
-            throw error
-        }
-        return FileDescriptor(rawValue: fd)
+        try syscall("timerfd_settime") { timerfd_settime(fd.descriptor.rawValue, 0, &spec, nil) }
+        return fd
     }
 
     /// Reads how many times the timer expired since the last read (0 if it has not).
@@ -169,12 +148,11 @@ public enum Signals {
     /// A non-blocking, close-on-exec `signalfd` for `signals`, which must be blocked already.
     ///
     /// The corresponding C function is `signalfd`.
-    public static func descriptor(for signals: [Int32]) throws(SystemError) -> FileDescriptor {
+    public static func descriptor(for signals: [Int32]) throws(SystemError) -> OwnedDescriptor {
         var set = sigset_t()
         sigemptyset(&set)
         for signal in signals { sigaddset(&set, signal) }
-        return FileDescriptor(
-            rawValue: try syscall("signalfd") { signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) })
+        return OwnedDescriptor(raw: try syscall("signalfd") { signalfd(-1, &set, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) })
     }
 
     /// Reads every pending signal number from a `signalfd`.
@@ -196,7 +174,6 @@ public enum Signals {
     public static let kill = SIGKILL
     /// The signals a process can neither catch nor ignore.
     public static let uncatchable: Set<Int32> = [SIGKILL, SIGSTOP]
-    public static let quit = SIGQUIT
     /// SIGUSR2 asks a launcher to re-execute its (upgraded) binary in place.
     public static let upgrade = SIGUSR2
 

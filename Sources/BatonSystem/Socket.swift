@@ -29,19 +29,44 @@ public struct ListeningSocket: Sendable, Hashable {
 
 /// Why a socket could not be bound, in words a user can act on.
 public struct BindError: Error, CustomStringConvertible, Sendable {
+    public enum Reason: Sendable {
+        /// A system call failed.
+        case system(SystemError)
+        /// A file that is not a socket is in the way of a unix socket.
+        case notASocket
+        /// The unix socket path does not fit in `sockaddr_un`.
+        case pathTooLong
+        /// The host name or address could not be resolved; the resolver's own words.
+        case unresolvable(String)
+    }
+
     public var address: String
-    public var underlying: SystemError
+    public var reason: Reason
+
+    public init(address: String, _ reason: Reason) {
+        self.address = address
+        self.reason = reason
+    }
 
     public var description: String {
-        switch underlying.errno {
-        case .addressInUse:
-            return "address \(address) is already in use: stop whatever listens there or choose another --listen"
-        case .permissionDenied:
-            return "permission denied binding \(address): ports below 1024 need root or CAP_NET_BIND_SERVICE"
-        case .addressNotAvailable:
-            return "address \(address) is not available on this host: check the IP in --listen"
-        default:
-            return "cannot listen on \(address): \(underlying)"
+        switch reason {
+        case .notASocket:
+            return "cannot listen on \(address): the path exists and is not a socket; remove it or choose another path"
+        case .pathTooLong:
+            return "cannot listen on \(address): the path is too long for a unix socket (at most 107 bytes)"
+        case .unresolvable(let why):
+            return "cannot listen on \(address): \(why); give a numeric IP address"
+        case .system(let error):
+            switch error.errno {
+            case .addressInUse:
+                return "address \(address) is already in use: stop whatever listens there or choose another --listen"
+            case .permissionDenied where !address.hasPrefix("unix:"):
+                return "permission denied binding \(address): ports below 1024 need root or CAP_NET_BIND_SERVICE"
+            case .addressNotAvailable:
+                return "address \(address) is not available on this host: check the IP in --listen"
+            default:
+                return "cannot listen on \(address): \(error)"
+            }
         }
     }
 }
@@ -52,25 +77,24 @@ public enum Sockets {
     ///
     /// The corresponding C functions are `getaddrinfo`, `socket`, `bind` and `listen`.
     public static func listenTCP(host: String?, port: UInt16, backlog: Int32, display: String) throws(BindError)
-        -> FileDescriptor
+        -> OwnedDescriptor
     {
+        if let host {
+            return try listenResolved(host: host, port: port, backlog: backlog, display: display)
+        }
         do {
-            if let host {
-                return try listenResolved(host: host, port: port, backlog: backlog)
-            }
-            do {
-                return try listenResolved(host: "::", port: port, backlog: backlog, dualStack: true)
-            } catch let error where error.errno == .addressFamilyNotSupported || error.errno == .addressNotAvailable {
-                return try listenResolved(host: "0.0.0.0", port: port, backlog: backlog)
-            }
-        } catch {
-            throw BindError(address: display, underlying: error)
+            return try listenResolved(host: "::", port: port, backlog: backlog, dualStack: true, display: display)
+        } catch let error {
+            guard case .system(let cause) = error.reason,
+                cause.errno == .addressFamilyNotSupported || cause.errno == .addressNotAvailable
+            else { throw error }
+            return try listenResolved(host: "0.0.0.0", port: port, backlog: backlog, display: display)
         }
     }
 
-    private static func listenResolved(host: String, port: UInt16, backlog: Int32, dualStack: Bool = false)
-        throws(SystemError) -> FileDescriptor
-    {
+    private static func listenResolved(
+        host: String, port: UInt16, backlog: Int32, dualStack: Bool = false, display: String
+    ) throws(BindError) -> OwnedDescriptor {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -78,30 +102,31 @@ public enum Sockets {
         var result: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &result)
         guard status == 0, let info = result else {
-            throw SystemError("getaddrinfo(\(host))", .noSuchAddressOrDevice)
+            throw BindError(address: display, .unresolvable(String(cString: gai_strerror(status))))
         }
         defer { freeaddrinfo(result) }
-        let fd = try syscall("socket") {
-            socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        }
-        do {
+        do throws(SystemError) {
+            let fd = OwnedDescriptor(
+                raw: try syscall("socket") {
+                    socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                })
+            let raw = fd.descriptor.rawValue
             var one: Int32 = 1
             try syscall("setsockopt(SO_REUSEADDR)") {
-                setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+                setsockopt(raw, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
             }
             if info.pointee.ai_family == AF_INET6 {
                 var v6only: Int32 = dualStack ? 0 : 1
                 try syscall("setsockopt(IPV6_V6ONLY)") {
-                    setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &v6only, socklen_t(MemoryLayout<Int32>.size))
+                    setsockopt(raw, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &v6only, socklen_t(MemoryLayout<Int32>.size))
                 }
             }
-            try syscall("bind") { bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) }
-            try syscall("listen") { listen(fd, backlog) }
+            try syscall("bind") { bind(raw, info.pointee.ai_addr, info.pointee.ai_addrlen) }
+            try syscall("listen") { listen(raw, backlog) }
+            return fd
         } catch {
-            _ = close(fd)
-            throw error
+            throw BindError(address: display, .system(error))
         }
-        return FileDescriptor(rawValue: fd)
     }
 
     /// Binds and listens on a unix stream socket at `path`, with file mode `mode`.
@@ -110,68 +135,60 @@ public enum Sockets {
     /// reported as in use, and a file that is not a socket is never touched.
     ///
     /// The corresponding C functions are `socket`, `bind`, `chmod` and `listen`.
-    public static func listenUnix(path: String, mode: UInt32?, backlog: Int32) throws(BindError) -> FileDescriptor {
+    public static func listenUnix(path: String, mode: UInt32?, backlog: Int32) throws(BindError) -> OwnedDescriptor {
         let display = "unix:" + path
+        guard path.utf8.count < unixPathCapacity else { throw BindError(address: display, .pathTooLong) }
         var info = stat()
         if lstat(path, &info) == 0 {
-            guard info.st_mode & S_IFMT == S_IFSOCK else {
-                throw BindError(address: display, underlying: SystemError("bind (\(path) exists and is not a socket)", .fileExists))
-            }
-            do {
-                let probe = try connectUnix(path: path)
-                probe.closeOnce()
-                throw BindError(address: display, underlying: SystemError("bind", .addressInUse))
-            } catch let error as SystemError where error.errno == .connectionRefused {
+            guard info.st_mode & S_IFMT == S_IFSOCK else { throw BindError(address: display, .notASocket) }
+            var live = false
+            do throws(SystemError) {
+                try connectUnix(path: path).close()
+                live = true
+            } catch where error.errno == .connectionRefused {
                 unlink(path)  // stale: nobody listens on it
-            } catch let error as BindError {
-                throw error
             } catch {
-                throw BindError(address: display, underlying: error as! SystemError)
+                throw BindError(address: display, .system(error))
             }
+            if live { throw BindError(address: display, .system(SystemError("connect", .addressInUse))) }
         }
         do throws(SystemError) {
             let fd = try unixSocket(type: SOCK_STREAM)
-            do throws(SystemError) {
-                _ = try withUnixAddress(path) { address, length throws(SystemError) in
-                    try syscall("bind") { bind(fd.rawValue, address, length) }
-                }
-                if let mode {
-                    try syscall("chmod") { chmod(path, mode_t(mode)) }
-                }
-                try syscall("listen") { listen(fd.rawValue, backlog) }
-                return fd
-            } catch {
-                fd.closeOnce()
-                throw error
+            try withUnixAddress(path) { address, length throws(SystemError) in
+                try syscall("bind") { bind(fd.descriptor.rawValue, address, length) }
             }
+            if let mode {
+                try syscall("chmod") { chmod(path, mode_t(mode)) }
+            }
+            try syscall("listen") { listen(fd.descriptor.rawValue, backlog) }
+            return fd
         } catch {
-            throw BindError(address: display, underlying: error)
+            throw BindError(address: display, .system(error))
         }
     }
 
     /// Connects a blocking, close-on-exec unix stream socket to `path`.
     ///
     /// The corresponding C function is `connect`.
-    public static func connectUnix(path: String) throws(SystemError) -> FileDescriptor {
+    public static func connectUnix(path: String) throws(SystemError) -> OwnedDescriptor {
         let fd = try unixSocket(type: SOCK_STREAM)
-        do {
-            _ = try withUnixAddress(path) { address, length throws(SystemError) in
-                try syscall("connect") { connect(fd.rawValue, address, length) }
-            }
-        } catch {
-            fd.closeOnce()
-            throw error
+        try withUnixAddress(path) { address, length throws(SystemError) in
+            try syscall("connect") { connect(fd.descriptor.rawValue, address, length) }
         }
         return fd
     }
 
-    static func unixSocket(type: __socket_type) throws(SystemError) -> FileDescriptor {
-        FileDescriptor(
-            rawValue: try syscall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
-        )
+    static func unixSocket(type: __socket_type) throws(SystemError) -> OwnedDescriptor {
+        OwnedDescriptor(
+            raw: try syscall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
     }
 
-    /// Calls `body` with a `sockaddr_un` for `path`; a leading `@` names an abstract socket.
+    /// The room for a path in `sockaddr_un`, its terminating NUL included.
+    static let unixPathCapacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+
+    /// Calls `body` with a `sockaddr_un` for `path`; a leading `@` names an abstract socket. A path that does not fit
+    /// fails as the kernel would fail it, with ENAMETOOLONG.
+    @discardableResult
     static func withUnixAddress<T>(
         _ path: String,
         _ body: (UnsafePointer<sockaddr>, socklen_t) throws(SystemError) -> T
@@ -181,8 +198,7 @@ public enum Sockets {
         var bytes = Array(path.utf8)
         let abstract = bytes.first == UInt8(ascii: "@")
         if abstract { bytes[0] = 0 }
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard bytes.count < capacity else { throw SystemError("bind(\(path): path too long)", .fileNameTooLong) }
+        guard bytes.count < unixPathCapacity else { throw SystemError("bind/connect", .fileNameTooLong) }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             raw.copyBytes(from: bytes)
         }
@@ -197,16 +213,9 @@ public enum Sockets {
     /// Accepts a connection, close-on-exec and non-blocking; `nil` when none is pending.
     ///
     /// The corresponding C function is `accept4`.
-    public static func accept(_ listener: FileDescriptor) throws(SystemError) -> FileDescriptor? {
-        while true {
-            let fd = cbaton_accept(listener.rawValue)
-            if fd >= 0 { return FileDescriptor(rawValue: fd) }
-            switch Glibc.errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK, ECONNABORTED: return nil
-            case let code: throw SystemError("accept4", Errno(rawValue: code))
-            }
-        }
+    public static func accept(_ listener: FileDescriptor) throws(SystemError) -> OwnedDescriptor? {
+        let result = try syscall(blocking: "accept4", alsoWouldBlock: [ECONNABORTED]) { cbaton_accept(listener.rawValue) }
+        return result.value.map { OwnedDescriptor(raw: $0) }
     }
 
     /// The credentials of a unix socket's peer.
@@ -244,20 +253,15 @@ public enum Sockets {
     /// `path` is a filesystem path or, with a leading `@`, an abstract name.
     ///
     /// The corresponding C functions are `socket`, `setsockopt(SO_PASSCRED)` and `bind`.
-    public static func notifySocket(path: String) throws(SystemError) -> FileDescriptor {
+    public static func notifySocket(path: String) throws(SystemError) -> OwnedDescriptor {
         let fd = try unixSocket(type: SOCK_DGRAM)
-        do {
-            var one: Int32 = 1
-            try syscall("setsockopt(SO_PASSCRED)") {
-                setsockopt(fd.rawValue, SOL_SOCKET, SO_PASSCRED, &one, socklen_t(MemoryLayout<Int32>.size))
-            }
-            try fd.setNonBlocking()
-            _ = try withUnixAddress(path) { address, length throws(SystemError) in
-                try syscall("bind") { bind(fd.rawValue, address, length) }
-            }
-        } catch {
-            fd.closeOnce()
-            throw error
+        var one: Int32 = 1
+        try syscall("setsockopt(SO_PASSCRED)") {
+            setsockopt(fd.descriptor.rawValue, SOL_SOCKET, SO_PASSCRED, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        try fd.descriptor.setNonBlocking()
+        try withUnixAddress(path) { address, length throws(SystemError) in
+            try syscall("bind") { bind(fd.descriptor.rawValue, address, length) }
         }
         return fd
     }
@@ -283,21 +287,15 @@ public enum Sockets {
         var uid: uid_t = 0
         var truncated: Int32 = 0
         var closed: Int32 = 0
-        while true {
-            let n = buffer.withUnsafeMutableBytes {
+        let result = try syscall(blocking: "recvmsg") {
+            buffer.withUnsafeMutableBytes {
                 cbaton_recv_with_credentials(socket.rawValue, $0.baseAddress, maximum, &pid, &uid, &truncated, &closed)
             }
-            if n < 0 {
-                switch Glibc.errno {
-                case EINTR: continue
-                case EAGAIN, EWOULDBLOCK: return nil
-                case let code: throw SystemError("recvmsg", Errno(rawValue: code))
-                }
-            }
-            buffer.removeSubrange(min(n, maximum)...)
-            return Datagram(
-                bytes: buffer, pid: pid >= 0 ? pid : nil, uid: pid >= 0 ? uid : nil, truncated: truncated != 0,
-                closedDescriptors: Int(closed))
         }
+        guard let n = result.value else { return nil }
+        buffer.removeSubrange(min(n, maximum)...)
+        return Datagram(
+            bytes: buffer, pid: pid >= 0 ? pid : nil, uid: pid >= 0 ? uid : nil, truncated: truncated != 0,
+            closedDescriptors: Int(closed))
     }
 }

@@ -51,21 +51,31 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
         case setup
         /// The child could not exec the app; `errno` says why.
         case exec
+        /// More listeners than a worker can receive (``Spawner/maximumListeners``).
+        case tooManyListeners
     }
 
     public var code: Code
     public var executable: String
-    public var underlying: SystemError
+    /// The failed call; nil for ``Code/tooManyListeners``.
+    public var underlying: SystemError?
 
     public var description: String {
         switch code {
-        case .exec: return "cannot execute \(executable): \(underlying.errno.description)"
-        case .setup: return "cannot start \(executable): \(underlying)"
+        case .exec:
+            return "cannot execute \(executable): \(underlying.map { $0.errno.description } ?? "unknown error")"
+        case .setup:
+            return "cannot start \(executable): \(underlying.map(\.description) ?? "unknown error")"
+        case .tooManyListeners:
+            return "cannot start \(executable): a worker can receive at most \(Spawner.maximumListeners) listeners"
         }
     }
 }
 
 public enum Spawner {
+    /// The most listeners one worker can receive.
+    public static let maximumListeners = Int(CBATON_MAX_LISTENERS)
+
     /// Starts a worker: forks, sends the listeners to the child over a SEQPACKET channel with SCM_RIGHTS,
     /// and waits until the child has exec'd (the channel closes) or reports why it could not.
     ///
@@ -77,8 +87,8 @@ public enum Spawner {
         func setupError(_ error: SystemError) -> SpawnError {
             SpawnError(code: .setup, executable: request.executable, underlying: error)
         }
-        guard request.listeners.count <= Int(CBATON_MAX_LISTENERS) else {
-            throw setupError(SystemError("spawn (more than \(CBATON_MAX_LISTENERS) listeners)", .invalidArgument))
+        guard request.listeners.count <= maximumListeners else {
+            throw SpawnError(code: .tooManyListeners, executable: request.executable, underlying: nil)
         }
         var pair: [Int32] = [-1, -1]
         do {
@@ -90,9 +100,8 @@ public enum Spawner {
         } catch {
             throw setupError(error)
         }
-        let parentEnd = FileDescriptor(rawValue: pair[0])
-        let childEnd = FileDescriptor(rawValue: pair[1])
-        defer { parentEnd.closeOnce() }
+        let parentEnd = OwnedDescriptor(raw: pair[0])
+        let childEnd = OwnedDescriptor(raw: pair[1])
 
         // Everything the child touches is allocated here, before fork.
         let listenPIDSlot = "LISTEN_PID=" + String(repeating: "0", count: 20)
@@ -113,7 +122,7 @@ public enum Spawner {
                     spawnRequest.argv = UnsafePointer(argvPointer)
                     spawnRequest.envp = UnsafePointer(envpPointer)
                     spawnRequest.listen_pid_slot = request.setListenPID ? envpPointer[environment.count - 1] : nil
-                    spawnRequest.channel_fd = childEnd.rawValue
+                    spawnRequest.channel_fd = pair[1]
                     spawnRequest.listener_count = Int32(request.listeners.count)
                     spawnRequest.extra_fd = request.extra?.rawValue ?? -1
                     spawnRequest.stdin_fd = request.standardInput.rawValue
@@ -127,7 +136,7 @@ public enum Spawner {
             }
         }
         let forkErrno = Glibc.errno
-        childEnd.closeOnce()
+        childEnd.close()  // only the child keeps its end
         guard pid > 0 else { throw setupError(SystemError("fork", Errno(rawValue: forkErrno))) }
 
         // Hand over the listeners in batches the kernel accepts.
@@ -135,7 +144,7 @@ public enum Spawner {
         let raw = request.listeners.map(\.rawValue)
         repeat {
             let batch = Array(raw[offset..<min(raw.count, offset + Int(CBATON_FDS_PER_MESSAGE))])
-            let sent = batch.withUnsafeBufferPointer { cbaton_send_fds(parentEnd.rawValue, $0.baseAddress, Int32(batch.count)) }
+            let sent = batch.withUnsafeBufferPointer { cbaton_send_fds(parentEnd.descriptor.rawValue, $0.baseAddress, Int32(batch.count)) }
             if sent < 0 {
                 let code = Glibc.errno
                 // The child died before taking them; its exit is reaped as usual.
@@ -150,7 +159,7 @@ public enum Spawner {
 
         // The channel closes at exec (EOF); before that, a failing child writes its errno.
         var reported: Int32 = 0
-        let n = try? syscall("read") { read(parentEnd.rawValue, &reported, MemoryLayout<Int32>.size) }
+        let n = try? syscall("read") { read(parentEnd.descriptor.rawValue, &reported, MemoryLayout<Int32>.size) }
         if let n, n == MemoryLayout<Int32>.size {
             throw SpawnError(code: .exec, executable: request.executable, underlying: SystemError("execve", Errno(rawValue: reported)))
         }

@@ -24,13 +24,13 @@ struct Baton: ParsableCommand {
 
 extension ControlOptions {
     /// The launcher's control socket: `--control`, or the default for `--name`.
-    var controlPath: String { controlPath(runtimeDirectory: Process.environment("RUNTIME_DIRECTORY")) }
+    var controlPath: String { controlPath(runtimeDirectory: OS.environment("RUNTIME_DIRECTORY")) }
 
     /// The socket a client connects to: `--control`, or the first socket that exists among the places a launcher
     /// named `--name` puts it.
     var clientPath: String {
-        let candidates = clientCandidates(runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"))
-        return candidates.first { Process.isSocket($0) } ?? candidates[0]
+        let candidates = clientCandidates(runtimeDirectory: OS.environment("RUNTIME_DIRECTORY"))
+        return candidates.first { OS.isSocket($0) } ?? candidates[0]
     }
 }
 
@@ -38,16 +38,32 @@ extension SystemFacts {
     /// This machine's users, groups and signals.
     static var current: SystemFacts {
         SystemFacts(
-            userID: Process.userID, runtimeDirectory: Process.environment("RUNTIME_DIRECTORY"),
-            user: { name in Process.user(named: name).map { .init(uid: $0.uid, gid: $0.gid, groups: $0.groups) } },
-            group: { Process.group(named: $0) }, signal: { Signals.number(named: $0) }, uncatchableSignals: Signals.uncatchable)
+            userID: OS.userID, runtimeDirectory: OS.environment("RUNTIME_DIRECTORY"),
+            user: { name in OS.user(named: name).map { .init(uid: $0.uid, gid: $0.gid, groups: $0.groups) } },
+            group: { OS.group(named: $0) }, signal: { Signals.number(named: $0) }, uncatchableSignals: Signals.uncatchable)
     }
 }
 
-/// Prints `baton: MESSAGE` on stderr and exits with `code`.
-func fail(_ message: String, code: Int32 = 1) -> ExitCode {
-    StandardStreams.writeError("baton: \(message)\n")
-    return ExitCode(code)
+extension BatonError {
+    /// The exit status for each kind of error: the one place that maps them. A usage error (a bad option or value)
+    /// exits 2; everything else 1.
+    var exitStatus: Int32 {
+        switch code {
+        case .badArgument: 2
+        case .cannotExecute, .listen, .control, .notRunning, .permissionDenied, .reloadFailed, .internalError: 1
+        }
+    }
+}
+
+/// Prints `baton: MESSAGE` on stderr and exits with the error's status.
+func fail(_ error: BatonError) -> ExitCode {
+    StandardStreams.writeError("baton: \(error)\n")
+    return ExitCode(error.exitStatus)
+}
+
+/// Prints `baton: MESSAGE` on stderr and exits with the status of an error of `code`.
+func fail(_ message: String, _ code: BatonError.Code = .internalError) -> ExitCode {
+    fail(BatonError(code, message))
 }
 
 extension Baton {
@@ -73,14 +89,14 @@ extension Baton {
             do {
                 configuration = try options.configuration(.current)
             } catch {
-                throw fail(error.message, code: 2)
+                throw fail(error)
             }
-            guard let executable = Process.resolveExecutable(configuration.command[0], path: Process.environment("PATH")) else {
+            guard let executable = OS.resolveExecutable(configuration.command[0], path: OS.environment("PATH")) else {
                 let name = configuration.command[0]
                 throw fail(
                     name.contains("/")
                         ? "cannot execute '\(name)': no such executable file (check the path and its x bit)"
-                        : "cannot execute '\(name)': not found in PATH (give its full path)")
+                        : "cannot execute '\(name)': not found in PATH (give its full path)", .cannotExecute)
             }
 
             let journal = StandardStreams.stderrIsJournal()
@@ -96,7 +112,7 @@ extension Baton {
             do {
                 resume = try ResumeState.take()
             } catch {
-                throw fail(error.message)
+                throw fail(error)
             }
             // After a re-execution in place, the listeners are the ones this process already holds.
             var listeners = resume?.listeningSockets ?? []
@@ -104,27 +120,27 @@ extension Baton {
                 do {
                     listeners = try openListeners(configuration, logger: logger)
                 } catch {
-                    throw fail(error.message)
+                    throw fail(error)
                 }
             }
             if listeners.isEmpty {
-                throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit")
+                throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit", .listen)
             }
 
             let launcher: Launcher
             do {
                 launcher = try Launcher(
                     configuration: configuration, listeners: listeners, executable: executable,
-                    environment: Process.environment(), logger: logger, journal: journal, resume: resume)
+                    environment: OS.environment(), logger: logger, journal: journal, resume: resume)
             } catch {
-                throw fail("cannot start: \(error)")
+                throw fail(error)
             }
-            let result = blockingAwait { try await launcher.run() }
+            let result = blockingAwait { () async throws(BatonError) -> Int32 in try await launcher.run() }
             switch result {
             case .success(let code):
                 if code != 0 { throw ExitCode(code) }
             case .failure(let error):
-                throw fail("\(error)")
+                throw fail(error)
             }
         }
 
@@ -145,18 +161,20 @@ extension Baton {
                 throw BatonError(.listen, "cannot read the sockets passed by systemd: \(error)")
             }
             for spec in configuration.listeners where !result.contains(where: { $0.name == spec.name }) {
-                do {
-                    let fd: FileDescriptor
+                do throws(BindError) {
+                    let owned: OwnedDescriptor
                     switch spec.address {
                     case .tcp(let host, let port):
-                        fd = try Sockets.listenTCP(host: host, port: port, backlog: configuration.backlog, display: spec.address.description)
+                        owned = try Sockets.listenTCP(host: host, port: port, backlog: configuration.backlog, display: spec.address.description)
                     case .unix(let path):
-                        fd = try Sockets.listenUnix(path: path, mode: configuration.unixMode, backlog: configuration.backlog)
+                        owned = try Sockets.listenUnix(path: path, mode: configuration.unixMode, backlog: configuration.backlog)
                     }
+                    // Held for baton's whole life from here on.
+                    let fd = owned.release()
                     result.append(ListeningSocket(fd: fd, name: spec.name, address: spec.address.description))
                     logger.lifecycle(LifecycleEvent(.listenerBound, "listening on \(spec.address) as '\(spec.name)'"), name: configuration.name)
                     // Into systemd's fd store, when there is one: a crash or restart of baton then keeps the socket.
-                    if Process.environment("NOTIFY_SOCKET") != nil, Systemd.notify("FDSTORE=1\nFDNAME=\(spec.name)", fds: [fd]) {
+                    if OS.environment("NOTIFY_SOCKET") != nil, Systemd.notify("FDSTORE=1\nFDNAME=\(spec.name)", fds: [fd]) {
                         logger.lifecycle(
                             LifecycleEvent(.listenerStored, "listener '\(spec.name)' (\(spec.address)) kept in the service manager's fd store"),
                             name: configuration.name)
@@ -195,7 +213,7 @@ extension Baton {
                     StandardStreams.writeOutput("\(reply.message ?? "reload succeeded")\n")
                     return
                 case .error:
-                    throw fail(reply.message ?? "the launcher refused the request")
+                    throw fail(reply.message ?? "the launcher refused the request", .control)
                 case .result, .status:
                     var text = "baton: reload failed: \(reply.message ?? "unknown reason")\n"
                     if let stderr = reply.stderr, !stderr.isEmpty {
@@ -206,7 +224,7 @@ extension Baton {
                     throw ExitCode(1)
                 }
             }
-            throw fail("the launcher closed the connection before the reload finished")
+            throw fail("the launcher closed the connection before the reload finished", .control)
         }
     }
 
@@ -226,15 +244,15 @@ extension Baton {
             defer { client.fd.closeOnce() }
             client.send(ControlProtocol.Request(command: .status))
             guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
-                throw fail("the launcher closed the connection without answering")
+                throw fail("the launcher closed the connection without answering", .control)
             }
             guard reply.kind == .status, let status = reply.status else {
-                throw fail(reply.message ?? "unexpected answer")
+                throw fail(reply.message ?? "unexpected answer", .control)
             }
             if json {
                 StandardStreams.writeOutput(String(decoding: ControlProtocol.encode(status), as: UTF8.self))
             } else {
-                StandardStreams.writeOutput(StatusFormatter.text(status, now: Process.wallClockSeconds()))
+                StandardStreams.writeOutput(StatusFormatter.text(status, now: OS.wallClockSeconds()))
             }
         }
     }
@@ -273,26 +291,26 @@ struct ControlConnection {
 }
 
 func connect(_ path: String) throws(ExitCode) -> ControlConnection {
-    do {
-        return ControlConnection(fd: try Sockets.connectUnix(path: path))
+    do throws(SystemError) {
+        return ControlConnection(fd: try Sockets.connectUnix(path: path).release())
     } catch {
         switch error.errno {
         case .noSuchFileOrDirectory, .connectionRefused:
-            throw fail("no launcher is running at \(path): start one with 'baton run', or pass --control or --name")
+            throw fail("no launcher is running at \(path): start one with 'baton run', or pass --control or --name", .notRunning)
         case .permissionDenied:
-            throw fail("permission denied on \(path): run as root or as the user running baton")
+            throw fail("permission denied on \(path): run as root or as the user running baton", .permissionDenied)
         default:
-            throw fail("cannot connect to \(path): \(error)")
+            throw fail(BatonError(.control, "cannot connect to \(path)", underlying: error))
         }
     }
 }
 
 /// Runs async work from synchronous code and waits for it on the calling thread.
-func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) -> Result<T, any Error> {
-    let box = ResultBox<T>()
+func blockingAwait<T: Sendable, E: Error>(_ body: @escaping @Sendable () async throws(E) -> T) -> Result<T, E> {
+    let box = ResultBox<T, E>()
     let done = DispatchSemaphore(value: 0)
     Task {
-        do {
+        do throws(E) {
             box.result = .success(try await body())
         } catch {
             box.result = .failure(error)
@@ -304,6 +322,6 @@ func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T
 }
 
 /// Carries a result from the task to the waiting thread; the semaphore orders the accesses.
-final class ResultBox<T>: @unchecked Sendable {
-    var result: Result<T, any Error>?
+final class ResultBox<T, E: Error>: @unchecked Sendable {
+    var result: Result<T, E>?
 }

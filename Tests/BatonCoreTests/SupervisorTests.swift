@@ -292,7 +292,7 @@ struct SupervisorTests {
         h.send(.start)
         h.readyAll(generation: 1)
         h.send(.stop)
-        let force = h.send(.forceStop)
+        let force = h.send(.stop)
         #expect(h.killed(in: force).count == 2)
         #expect(force.contains(.exit(0)))
     }

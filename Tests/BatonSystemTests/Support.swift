@@ -317,7 +317,7 @@ struct WorkerReport: Decodable {
 /// Waits until process `pid` (any process, not only a child) has ended, using a pidfd: an event, not a poll.
 /// Returns false on timeout.
 func waitForExit(_ pid: Int32, timeout: TimeInterval = 10) -> Bool {
-    BatonSystem.Process.waitForExit(pid, timeout: .milliseconds(Int64(timeout * 1000)))
+    OS.waitForExit(pid, timeout: .milliseconds(Int64(timeout * 1000)))
 }
 
 /// Whether a process exists (and is not a zombie).

@@ -1,0 +1,57 @@
+import BatonCore
+import BatonSystem
+import Logging
+
+/// Which processes are the workers', and stopping what they leave behind.
+extension Launcher {
+    /// The worker a notify message's sender belongs to: the worker itself, a process in its process group,
+    /// or a descendant.
+    func owner(of pid: Int32) -> WorkerID? {
+        if let worker = supervisor.worker(pid: pid) { return worker.id }
+        if let group = ProcInspector.processGroup(of: pid), let worker = supervisor.worker(pid: group) { return worker.id }
+        var current = pid
+        for _ in 0..<32 {
+            guard let parent = ProcInspector.parent(of: current), parent > 1 else { return nil }
+            if let worker = supervisor.worker(pid: parent) { return worker.id }
+            current = parent
+        }
+        return nil
+    }
+
+    /// Stops processes a worker left behind: daemonised descendants that escaped its process group were
+    /// re-parented to baton (a subreaper); each still carries the `BATON_GENERATION`, `BATON_WORKER` and (unless
+    /// the app removed it) `LISTEN_PID` of the worker that started it, and goes once that worker is gone, even
+    /// when a replacement now serves the same slot.
+    func stopOrphans(alsoGone gone: Set<Int32>) {
+        var live: [WorkerSlot: Int32] = [:]
+        for worker in supervisor.liveWorkers {
+            guard let pid = worker.pid, !gone.contains(pid) else { continue }
+            live[WorkerSlot(generation: worker.generation, slot: worker.slot)] = pid
+        }
+        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil {
+            guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else { continue }
+            let orphan = OrphanIdentity(
+                slot: WorkerSlot(generation: identity.generation, slot: identity.slot), workerPID: identity.workerPID)
+            guard orphan.isOrphaned(liveWorkers: live) else { continue }
+            logger.warning(
+                "stopping pid \(pid), left behind by worker \(identity.slot) of generation \(identity.generation) outside its process group",
+                metadata: ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"])
+            OS.kill(-pid, Signals.kill)
+            OS.kill(pid, Signals.kill)
+        }
+    }
+
+    /// SIGKILLs every worker's process group and everything a worker left behind (at exit).
+    func killEveryWorker() {
+        for pid in ProcInspector.ownChildren() where ProcInspector.batonWorkerIdentity(of: pid) != nil {
+            OS.kill(-pid, Signals.kill)
+            OS.kill(pid, Signals.kill)
+        }
+        for worker in supervisor.liveWorkers {
+            if let pid = worker.pid {
+                OS.kill(-pid, Signals.kill)
+                OS.kill(pid, Signals.kill)
+            }
+        }
+    }
+}
