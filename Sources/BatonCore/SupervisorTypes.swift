@@ -131,3 +131,28 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// Retire every generation gracefully and exit; a second one kills every worker at once.
     case stop
 }
+
+/// The one order in which the launcher and the tests feed events to a ``Supervisor`` and perform its actions.
+public enum EventOrder {
+    /// Handles `event`, then every event that performing its actions causes: an action list is performed whole, in
+    /// order, and the events its actions caused (a worker spawned, a spawn that failed, an exec-mode worker that is
+    /// ready) are handled after it, first caused first. Performing an action never re-enters the state machine.
+    ///
+    /// Returns every action performed.
+    @discardableResult
+    public static func run(
+        _ event: SupervisorEvent, handle: (SupervisorEvent) -> [SupervisorAction],
+        perform: (SupervisorAction) -> [SupervisorEvent]
+    ) -> [SupervisorAction] {
+        var performed: [SupervisorAction] = []
+        var queue = [event]
+        var next = 0
+        while next < queue.count {
+            let actions = handle(queue[next])
+            next += 1
+            for action in actions { queue += perform(action) }
+            performed += actions
+        }
+        return performed
+    }
+}

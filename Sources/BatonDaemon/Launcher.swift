@@ -17,10 +17,10 @@ enum DaemonEvent: Sendable {
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
 /// the actions it returns with the system layer.
 ///
-/// Event order: each event from the stream becomes zero or more ``SupervisorEvent``s, handled one at a time from a
-/// local queue. Performing an action never re-enters the Supervisor: what an action causes (a worker spawned, a spawn
-/// that failed, an exec-mode worker that is ready) is queued behind the current action list, as the Supervisor's
-/// tests do.
+/// Event order: each event from the stream becomes zero or more ``SupervisorEvent``s, each run through
+/// ``EventOrder/run(_:handle:perform:)``: performing an action never re-enters the Supervisor; what an action causes (a
+/// worker spawned, a spawn that failed, an exec-mode worker that is ready) is handled after the current action list,
+/// in the order the Supervisor's tests use too.
 public actor Launcher {
     public let configuration: LaunchConfiguration
     let logger: Logger
@@ -37,8 +37,6 @@ public actor Launcher {
     var control: ControlServer?
     var io: [WorkerID: WorkerIO] = [:]
 
-    private var pending: [SupervisorEvent] = []
-    private var draining = false
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
     private var requesters: [RequesterID: ControlClient] = [:]
@@ -168,15 +166,9 @@ public actor Launcher {
         }
     }
 
-    /// Hands `event` to the Supervisor and performs its actions, then whatever they queued, in order.
+    /// Hands `event` to the Supervisor and performs its actions, then those of the events they caused, in order.
     private func process(_ event: SupervisorEvent) {
-        pending.append(event)
-        guard !draining else { return }
-        draining = true
-        defer { draining = false }
-        while !pending.isEmpty {
-            perform(supervisor.handle(pending.removeFirst(), now: .now))
-        }
+        EventOrder.run(event, handle: { supervisor.handle($0, now: .now) }, perform: { perform($0) })
     }
 
     private func reapChildren() {
@@ -210,13 +202,13 @@ public actor Launcher {
 
     // MARK: - Actions
 
-    private func perform(_ actions: [SupervisorAction]) {
-        for action in actions {
+    /// Performs one action; returns the events it caused.
+    private func perform(_ action: SupervisorAction) -> [SupervisorEvent] {
             switch action {
             case .spawn(let id, let generation, let slot):
                 let started = starter.start(id, generation: generation, slot: slot, events: sink)
                 if let workerIO = started.io { io[id] = workerIO }
-                pending += started.events
+                return started.events
             case .stop(_, let pid):
                 OS.kill(pid, configuration.stopSignal)
             case .kill(_, let pid):
@@ -245,7 +237,7 @@ public actor Launcher {
             case .exit(let code):
                 exitCode = code
             }
-        }
+            return []
     }
 
     private func notifyManager(_ notification: ManagerNotification) {

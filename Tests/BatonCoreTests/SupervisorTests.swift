@@ -12,22 +12,25 @@ struct Harness {
         supervisor = Supervisor(settings: settings)
     }
 
-    /// Sends an event; answers every `.spawn` with `.spawned` (a new pid), as the launcher does.
+    /// Sends an event through ``EventOrder/run(_:handle:perform:)``, the launcher's event order; answers every `.spawn`
+    /// with `.spawned` (a new pid), and in exec mode also with `.ready`, as the launcher does.
     @discardableResult
     mutating func send(_ event: SupervisorEvent) -> [SupervisorAction] {
-        var all: [SupervisorAction] = []
-        var queue = [event]
-        while !queue.isEmpty {
-            let actions = supervisor.handle(queue.removeFirst(), now: now)
-            all += actions
-            for case .spawn(let id, _, _) in actions {
-                nextPID += 1
-                queue.append(.spawned(id, pid: nextPID))
-            }
+        var pid = nextPID
+        let readyAtExec = self.readyAtExec
+        let now = self.now
+        let all = EventOrder.run(event, handle: { supervisor.handle($0, now: now) }) { action in
+            guard case .spawn(let id, _, _) = action else { return [] }
+            pid += 1
+            return readyAtExec ? [.spawned(id, pid: pid), .ready(id)] : [.spawned(id, pid: pid)]
         }
+        nextPID = pid
         log += all
         return all
     }
+
+    /// Whether a spawned worker is ready at once (`--ready exec`).
+    var readyAtExec = false
 
     mutating func advance(_ duration: Duration) { now += duration }
 
@@ -285,6 +288,20 @@ struct SupervisorTests {
         for worker in h.supervisor.liveWorkers { exited = h.send(.exited(worker.id, .exited(0))) }
         #expect(exited.contains(.exit(0)))
         #expect(h.supervisor.phase == .exited)
+    }
+
+    @Test func anExecModeWorkerLeavesNoReadyTimerBehind() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.readyAtExec = true
+        let start = h.send(.start)
+        // Each worker's ready timer is scheduled with its spawn and cancelled by its readiness, in that order.
+        for worker in h.workers(generation: 1) {
+            let schedule = start.firstIndex(of: .schedule(.readyTimeout(worker.id), after: .seconds(30)))
+            let cancel = start.lastIndex(of: .cancel(.readyTimeout(worker.id)))
+            #expect(schedule != nil && cancel != nil && schedule! < cancel!)
+        }
+        #expect(start.contains(.notifyManager(.ready)))
+        #expect(h.supervisor.phase == .running)
     }
 
     @Test func aSecondStopKillsAtOnce() {
