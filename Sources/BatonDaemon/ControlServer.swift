@@ -4,7 +4,17 @@ import SystemPackage
 
 /// The control socket: accepts `baton reload` and `baton status` clients on the event loop, checks who they are,
 /// reads each one's request line and hands it to the launcher.
+///
+/// Clients cannot starve supervision: at most ``maximumClients`` are connected at once (the next are told so and
+/// closed), a client has ``requestDeadline`` to send its request and ``replyDeadline`` to read a reply that did not
+/// fit in its socket's buffer, and a reply of any size is sent whole, as the client reads it.
 final class ControlServer: Sendable {
+    static let maximumClients = 128
+    static let requestDeadline = Duration.seconds(5)
+    static let replyDeadline = Duration.seconds(10)
+    /// The most reply bytes queued for one client.
+    static let maximumPendingReply = 16 << 20
+
     /// The listening socket (close-on-exec, non-blocking).
     let descriptor: FileDescriptor
     private let loop: EventLoop
@@ -12,13 +22,19 @@ final class ControlServer: Sendable {
     /// A spare fd for when baton runs out of them: the pending connection is accepted with it, told why and closed,
     /// instead of staying queued and waking the loop forever while its client hangs.
     private let spare: Locked<OwnedDescriptor?>
+    /// The connected clients, by id.
+    private let clients = Locked<[Int: ControlClient]>([:])
+    /// Armed while some client has a deadline: once a second it closes those past theirs.
+    private let sweeper: FileDescriptor
 
     /// Takes ownership of the listening socket.
     init(_ fd: consuming OwnedDescriptor, loop: EventLoop) throws(SystemError) {
         try fd.descriptor.setNonBlocking()
         try fd.descriptor.setCloseOnExec()
+        let sweeper = try PeriodicTimer.disarmed()
         self.loop = loop
         spare = Locked(try? FileDescriptor.devNull())
+        self.sweeper = sweeper.release()
         descriptor = fd.release()
     }
 
@@ -26,8 +42,15 @@ final class ControlServer: Sendable {
     func start(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void)
         throws(SystemError)
     {
+        let sweeper = self.sweeper
+        try loop.register(sweeper) { [self] in
+            if PeriodicTimer.acknowledge(sweeper) > 0 { sweep() }
+        }
         try loop.register(descriptor) { [self] in acceptAll(deliver) }
     }
+
+    /// How many clients are connected.
+    var clientCount: Int { clients.withLock { $0.count } }
 
     private func acceptAll(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void) {
         while true {
@@ -43,12 +66,22 @@ final class ControlServer: Sendable {
             }
             // Only root and baton's own user may drive it.
             let peer = try? Sockets.peerCredentials(accepted.descriptor)
-            let client = ControlClient(id: counter.next(), accepted, loop: loop)
             guard let peer, peer.uid == 0 || peer.uid == OS.userID else {
-                client.send(.error("permission denied: only root or the user running baton may use its control socket"))
-                client.close()
+                refuse(accepted, "permission denied: only root or the user running baton may use its control socket")
                 continue
             }
+            guard makeRoom() else {
+                refuse(accepted, "too many control connections (\(Self.maximumClients)); try again once some have finished")
+                continue
+            }
+            let client = ControlClient(id: counter.next(), accepted, loop: loop) { [self] id in
+                _ = clients.withLock { $0.removeValue(forKey: id) }
+            }
+            let first = clients.withLock { clients in
+                clients[client.id] = client
+                return clients.count == 1
+            }
+            if first { PeriodicTimer.set(sweeper, every: .seconds(1)) }
             do {
                 try client.start(deliver)
             } catch {
@@ -57,27 +90,71 @@ final class ControlServer: Sendable {
         }
     }
 
+    private func refuse(_ fd: consuming OwnedDescriptor, _ message: String) {
+        _ = Sockets.sendNow(fd.descriptor, ControlProtocol.encode(ControlProtocol.Reply.error(message)))
+        fd.close()
+    }
+
     private func refuseForLackOfDescriptors(_ error: SystemError) {
         spare.withLock { spare in
             spare = nil  // closed, to make room
             if let refused = try? Sockets.accept(descriptor) {
-                _ = Sockets.sendNow(
-                    refused.descriptor,
-                    ControlProtocol.encode(ControlProtocol.Reply.error("baton is out of file descriptors (\(error.errno)); raise its limit (LimitNOFILE=)")))
+                refuse(refused, "baton is out of file descriptors (\(error.errno)); raise its limit (LimitNOFILE=)")
             }
             spare = try? FileDescriptor.devNull()
         }
+    }
+
+    /// Whether there is room for one more client: at the cap, the oldest client that has not sent its request yet
+    /// is closed to make room (one waiting for a reload's outcome never is).
+    private func makeRoom() -> Bool {
+        let oldestIdle = clients.withLock { clients -> ControlClient? in
+            guard clients.count >= Self.maximumClients else { return nil }
+            return clients.values.filter { !$0.hasRequest }.min { $0.id < $1.id }
+        }
+        guard clientCount >= Self.maximumClients else { return true }
+        guard let oldestIdle else { return false }
+        oldestIdle.send(.error("closed: too many control connections (\(Self.maximumClients)), and this one sent nothing"))
+        oldestIdle.close(force: true)
+        return true
+    }
+
+    /// Closes the clients that are past their deadline; disarms itself when no client is left.
+    private func sweep() {
+        let now = ContinuousClock.now
+        let all = clients.withLock { Array($0.values) }
+        for client in all where client.isPastDeadline(now) {
+            if !client.hasRequest {
+                client.send(.error("no complete request within \(Self.requestDeadline.shortDescription): closed"))
+            }
+            client.close(force: true)
+        }
+        if clientCount == 0 { PeriodicTimer.set(sweeper, every: nil) }
     }
 }
 
 /// One connected `baton reload` or `baton status` client.
 final class ControlClient: Sendable {
+    private struct State {
+        var answered = false
+        /// Reply bytes the socket has not taken yet.
+        var pending: [UInt8] = []
+        var closeWhenSent = false
+        var closed = false
+        var deadline: ContinuousClock.Instant?
+    }
+
     let id: Int
     private let reader: LineReader
-    private let answered = Locked(false)
+    private let loop: EventLoop
+    private let state: Locked<State>
+    private let onClose: @Sendable (Int) -> Void
 
-    init(id: Int, _ fd: consuming OwnedDescriptor, loop: EventLoop) {
+    init(id: Int, _ fd: consuming OwnedDescriptor, loop: EventLoop, onClose: @escaping @Sendable (Int) -> Void) {
         self.id = id
+        self.loop = loop
+        self.onClose = onClose
+        state = Locked(State(deadline: .now + ControlServer.requestDeadline))
         reader = LineReader(fd, maximumLineLength: ControlProtocol.maximumRequestSize + 1, budget: 16 * 1024, loop: loop)
     }
 
@@ -85,9 +162,22 @@ final class ControlClient: Sendable {
     func start(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void)
         throws(SystemError)
     {
-        try reader.start { [self] chunk in
-            guard let line = chunk.lines.first, !answered.withLock({ $0 }) else { return }
-            answered.withLock { $0 = true }
+        guard let fd = reader.descriptor else { return }
+        try loop.register(fd) { [self] in
+            // A reply still being sent comes first; the request is read (and end of file seen) only after it.
+            guard flush() else { return }
+            let chunk = reader.read()
+            if chunk.ended {
+                close(force: true)
+                return
+            }
+            guard let line = chunk.lines.first else { return }
+            let first = state.withLock { state in
+                defer { state.answered = true }
+                if !state.answered { state.deadline = nil }
+                return !state.answered
+            }
+            guard first else { return }
             do throws(BatonError) {
                 deliver(self, .success(try ControlProtocol.decodeRequest(line)))
             } catch {
@@ -96,14 +186,65 @@ final class ControlClient: Sendable {
         }
     }
 
-    /// Sends one reply line; false if the client is gone or not reading.
+    /// Queues one reply line and sends what the socket takes now; the rest goes as the client reads. False if the
+    /// client is gone, or has left so much unread that it is dropped.
     @discardableResult
     func send(_ reply: ControlProtocol.Reply) -> Bool {
         let bytes = ControlProtocol.encode(reply)
-        return reader.withDescriptor { fd in fd.map { Sockets.sendNow($0, bytes) } ?? false }
+        let accepted = state.withLock { state in
+            guard !state.closed, state.pending.count + bytes.count <= ControlServer.maximumPendingReply else {
+                return false
+            }
+            state.pending += bytes
+            return true
+        }
+        guard accepted else {
+            close(force: true)
+            return false
+        }
+        return flush()
     }
 
-    func close() { reader.close() }
+    /// Closes once every queued reply has been sent (or its deadline has passed).
+    func close() { close(force: false) }
+
+    func close(force: Bool) {
+        let now = state.withLock { state -> Bool in
+            guard !state.closed else { return false }
+            state.closeWhenSent = true
+            guard force || state.pending.isEmpty else { return false }
+            state.closed = true
+            return true
+        }
+        guard now else { return }
+        reader.close()
+        onClose(id)
+    }
+
+    /// Whether the client has sent its request.
+    var hasRequest: Bool { state.withLock { $0.answered } }
+
+    func isPastDeadline(_ now: ContinuousClock.Instant) -> Bool {
+        state.withLock { state in state.deadline.map { now >= $0 } ?? false }
+    }
+
+    /// Sends what the socket takes of the queued reply; true when nothing is left queued.
+    @discardableResult
+    private func flush() -> Bool {
+        let (done, closeNow) = reader.withDescriptor { fd -> (Bool, Bool) in
+            state.withLock { state in
+                guard let fd, !state.pending.isEmpty else { return (true, state.closeWhenSent && !state.closed) }
+                let sent = (try? Sockets.sendAvailable(fd, state.pending[...])) ?? state.pending.count
+                state.pending.removeFirst(sent)
+                let empty = state.pending.isEmpty
+                loop.watchWritable(fd, !empty)
+                state.deadline = empty ? (state.answered ? nil : state.deadline) : .now + ControlServer.replyDeadline
+                return (empty, empty && state.closeWhenSent)
+            }
+        }
+        if closeNow { close(force: true) }
+        return done
+    }
 }
 
 /// A thread-safe counter.

@@ -6,7 +6,8 @@ import SystemPackage
 /// Everything that reaches the launcher from the event loop and its timers, in one ordered stream.
 enum DaemonEvent: Sendable {
     case signal(Int32)
-    case notifyDatagram(Sockets.Datagram)
+    /// A notify message from `pid`, which runs as a worker's uid.
+    case notifyMessage(pid: Int32, NotifyMessage)
     case workerMessage(WorkerID, NotifyMessage)
     case detectedReady(WorkerID)
     case controlRequest(ControlClient, Result<ControlProtocol.Request, BatonError>)
@@ -36,6 +37,9 @@ public actor Launcher {
     let notify: (fd: FileDescriptor, address: String)?
     var control: ControlServer?
     var io: [WorkerID: WorkerIO] = [:]
+    /// Notify messages between the event loop and the actor, bounded.
+    let inbox = NotifyInbox()
+    private var ignoredNotifications = LogRateLimit()
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
@@ -73,7 +77,7 @@ public actor Launcher {
             starter = WorkerStarter(
                 configuration: configuration, listeners: listeners, listenerInodes: inodes, executable: executable,
                 baseEnvironment: LaunchConfiguration.workerBaseEnvironment(environment), notifyAddress: notify?.address,
-                standardInput: devNull.descriptor, journal: journal, loop: loop)
+                standardInput: devNull.descriptor, journal: journal, inbox: inbox, loop: loop)
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
@@ -127,19 +131,19 @@ public actor Launcher {
             case Signals.terminate, Signals.interrupt: process(.stop)
             default: break
             }
-        case .notifyDatagram(let datagram):
-            guard let pid = datagram.pid, let worker = owner(of: pid) else {
-                logger.warning(
-                    "ignored a notify message from pid \(datagram.pid.map(String.init) ?? "unknown"), which is not one of baton's workers")
-                return
-            }
-            guard !datagram.truncated, datagram.closedDescriptors == 0, let message = NotifyMessage(parsing: datagram.bytes)
-            else {
-                logger.warning("dropped a malformed, oversized or fd-carrying notify message from pid \(pid)")
+        case .notifyMessage(let pid, let message):
+            inbox.handled()
+            guard let worker = owner(of: pid) else {
+                let (log, suppressed) = ignoredNotifications.admit(now: .now)
+                if log {
+                    logger.warning(
+                        "ignored a notify message from pid \(pid), which is not one of baton's workers\(suppressed > 0 ? " (\(suppressed) more suppressed)" : "")")
+                }
                 return
             }
             deliver(message, from: worker)
         case .workerMessage(let worker, let message):
+            inbox.handled()
             deliver(message, from: worker)
         case .detectedReady(let worker):
             process(.ready(worker))
@@ -189,6 +193,10 @@ public actor Launcher {
     }
 
     private func deliver(_ message: NotifyMessage, from worker: WorkerID) {
+        let dropped = inbox.takeDropped()
+        if dropped > 0, ignoredNotifications.admit(now: .now).log {
+            logger.warning("dropped \(dropped) notify message(s): workers sent them faster than baton handles them")
+        }
         if let status = message.status { process(.status(worker, status)) }
         if message.watchdog || message.watchdogMicroseconds != nil {
             let interval = message.watchdogMicroseconds.map { Duration.microseconds(Int64($0)) }

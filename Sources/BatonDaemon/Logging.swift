@@ -21,7 +21,7 @@ public struct StderrLogHandler: LogHandler {
         for key in merged.keys.sorted() where key != "event" && key != "message.id" {
             line += " \(key)=\(merged[key]!)"
         }
-        StandardStreams.writeError(line + "\n")
+        OutputWriter.shared.write(line + "\n", to: 2)
     }
 }
 
@@ -54,7 +54,7 @@ public struct JournalLogHandler: LogHandler {
             guard let name = JournalLogHandler.journalFieldName(key) else { continue }
             fields.append("\(name)=\(value)")
         }
-        Systemd.journalSend(fields)
+        OutputWriter.shared.journal(fields)
     }
 
     /// syslog priorities: notice is 5, info 6, and so on.

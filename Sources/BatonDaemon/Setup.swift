@@ -52,11 +52,10 @@ extension Launcher {
     func setUpNotifications() throws(SystemError) {
         guard let fd = notify?.fd else { return }
         let sink = self.sink
-        try loop.register(fd) {
-            while let datagram = try? Sockets.receiveDatagram(fd, maximum: NotifyMessage.maximumSize + 1) {
-                sink.yield(.notifyDatagram(datagram))
-            }
-        }
+        var uids: Set<UInt32> = [OS.userID]
+        if let user = configuration.workerUser { uids.insert(user.uid) }
+        let receiver = NotifyReceiver(fd: fd, inbox: inbox, workerUIDs: uids, logger: logger)
+        try receiver.start(on: loop) { pid, message in sink.yield(.notifyMessage(pid: pid, message)) }
     }
 
     func setUpControlSocket() throws(BatonError) {

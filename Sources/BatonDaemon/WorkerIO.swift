@@ -85,10 +85,10 @@ final class OutputPipe: Sendable {
         case .stdout(let prefix), .stderr(let prefix):
             var text = ""
             for line in lines { text += prefix + String(decoding: line, as: UTF8.self) + "\n" }
-            if case .stderr = destination { StandardStreams.writeError(text) } else { StandardStreams.writeOutput(text) }
+            OutputWriter.shared.write(text, to: { if case .stderr = destination { 2 } else { 1 } }(), lines: lines.count)
         case .journal(let fields):
             for line in lines {
-                Systemd.journalSend(
+                OutputWriter.shared.journal(
                     ["MESSAGE=" + String(decoding: line, as: UTF8.self), "PRIORITY=6", "BATON_WORKER_PID=\(pid)"] + fields)
             }
         }
@@ -149,6 +149,7 @@ struct WorkerStarter: Sendable {
     let standardInput: FileDescriptor
     /// Worker output goes to the journal as structured entries instead of baton's stdout and stderr.
     let journal: Bool
+    let inbox: NotifyInbox
     let loop: EventLoop
 
     /// The environment of worker `slot` of `generation` (`LISTEN_PID` is filled in by the child).
@@ -209,7 +210,7 @@ struct WorkerStarter: Sendable {
         do throws(SystemError) {
             try stdoutPipe.start()
             try stderrPipe.start()
-            try notifyPipe?.start { sink.yield(.workerMessage(id, $0)) }
+            try notifyPipe?.start { [inbox] in if inbox.admit($0) { sink.yield(.workerMessage(id, $0)) } }
         } catch {
             _ = io.finish()
             throw error
@@ -265,7 +266,7 @@ struct WorkerStarter: Sendable {
             let descriptor = OwnedDescriptor(FileDescriptor(rawValue: notify))
             try descriptor.descriptor.setCloseOnExec()
             let reader = NotifyPipe(descriptor, loop: loop)
-            try reader.start { sink.yield(.workerMessage(id, $0)) }
+            try reader.start { [inbox] in if inbox.admit($0) { sink.yield(.workerMessage(id, $0)) } }
             io.notify = reader
         }
         return io

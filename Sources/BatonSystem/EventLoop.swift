@@ -61,6 +61,17 @@ public final class EventLoop: Sendable {
         _ = handlers.withLock { $0.removeValue(forKey: fd.rawValue) }
     }
 
+    /// Also calls `fd`'s handler whenever it is writable (or stops doing so): for a reply that did not fit in the
+    /// socket's buffer at once.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.
+    public func watchWritable(_ fd: FileDescriptor, _ on: Bool) {
+        var event = epoll_event()
+        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | (on ? EPOLLOUT.rawValue : 0)
+        event.data.fd = fd.rawValue
+        _ = epoll_ctl(epoll, EPOLL_CTL_MOD, fd.rawValue, &event)
+    }
+
     private func add(_ fd: Int32) throws(SystemError) {
         var event = epoll_event()
         event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
@@ -104,6 +115,24 @@ public enum PeriodicTimer {
         var spec = itimerspec(it_interval: period, it_value: period)
         try syscall("timerfd_settime") { timerfd_settime(fd.descriptor.rawValue, 0, &spec, nil) }
         return fd
+    }
+
+    /// A non-blocking, close-on-exec timerfd on CLOCK_MONOTONIC that is not armed yet (see ``set(_:every:)``).
+    ///
+    /// The corresponding C function is `timerfd_create`.
+    public static func disarmed() throws(SystemError) -> OwnedDescriptor {
+        OwnedDescriptor(
+            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) })
+    }
+
+    /// Arms the timer to expire every `interval`, or disarms it (nil).
+    ///
+    /// The corresponding C function is `timerfd_settime`.
+    public static func set(_ fd: FileDescriptor, every interval: Duration?) {
+        let (seconds, attoseconds) = (interval ?? .zero).components
+        let period = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var spec = itimerspec(it_interval: period, it_value: period)
+        _ = timerfd_settime(fd.rawValue, 0, &spec, nil)
     }
 
     /// Reads how many times the timer expired since the last read (0 if it has not).

@@ -229,23 +229,30 @@ public enum Sockets {
         return (pid, uid)
     }
 
-    /// Sends bytes without blocking and without SIGPIPE; returns false when the peer cannot take them.
+    /// Sends as many bytes as the socket takes now, without blocking and without SIGPIPE; returns how many it took
+    /// (0 when its buffer is full).
+    ///
+    /// The corresponding C function is `send`.
+    public static func sendAvailable(_ socket: FileDescriptor, _ bytes: ArraySlice<UInt8>) throws(SystemError) -> Int {
+        var offset = 0
+        while offset < bytes.count {
+            let result = try syscall(blocking: "send") {
+                bytes.withUnsafeBytes {
+                    send(socket.rawValue, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                }
+            }
+            guard let n = result.value else { break }
+            offset += n
+        }
+        return offset
+    }
+
+    /// Sends all bytes without blocking and without SIGPIPE; returns false when the peer cannot take them all now.
     ///
     /// The corresponding C function is `send`.
     @discardableResult
     public static func sendNow(_ socket: FileDescriptor, _ bytes: [UInt8]) -> Bool {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes {
-                send(socket.rawValue, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-            }
-            if n < 0 {
-                if Glibc.errno == EINTR { continue }
-                return false
-            }
-            offset += n
-        }
-        return true
+        (try? sendAvailable(socket, bytes[...])) == bytes.count
     }
 
     /// A datagram socket that receives sd_notify-style messages with their sender's credentials.

@@ -57,6 +57,8 @@ extension BatonError {
 
 /// Prints `baton: MESSAGE` on stderr and exits with the error's status.
 func fail(_ error: BatonError) -> ExitCode {
+    // What the daemon logged comes first.
+    OutputWriter.shared.flush(timeout: .seconds(1))
     StandardStreams.writeError("baton: \(error)\n")
     return ExitCode(error.exitStatus)
 }
@@ -136,6 +138,7 @@ extension Baton {
                 throw fail(error)
             }
             let result = blockingAwait { () async throws(BatonError) -> Int32 in try await launcher.run() }
+            OutputWriter.shared.flush(timeout: .seconds(2))
             switch result {
             case .success(let code):
                 if code != 0 { throw ExitCode(code) }

@@ -130,10 +130,12 @@ final class BatonRun: @unchecked Sendable {
     let control: String
     let scratch: Scratch
     private let exited = DispatchSemaphore(value: 0)
+    /// With `unreadOutput`, the pipes baton writes to, which nobody reads.
+    private var unread: [Pipe] = []
 
     init(
         _ arguments: [String], scratch: Scratch, environment: [String: String] = [:], executable: String = Paths.baton,
-        echo: Bool = false
+        echo: Bool = false, unreadOutput: Bool = false
     ) throws {
         self.scratch = scratch
         control = scratch.file("control.sock")
@@ -153,8 +155,17 @@ final class BatonRun: @unchecked Sendable {
         let exited = self.exited
         process.terminationHandler = { _ in exited.signal() }
         try process.run()
-        stderr = LineCollector(errPipe.fileHandleForReading, echo: echo)
-        stdout = LineCollector(outPipe.fileHandleForReading, echo: echo)
+        if unreadOutput {
+            // baton's stdout and stderr stay full: the collectors watch pipes that end at once.
+            unread = [errPipe, outPipe]
+            let none = Pipe()
+            try none.fileHandleForWriting.close()
+            stderr = LineCollector(none.fileHandleForReading)
+            stdout = LineCollector(none.fileHandleForReading)
+        } else {
+            stderr = LineCollector(errPipe.fileHandleForReading, echo: echo)
+            stdout = LineCollector(outPipe.fileHandleForReading, echo: echo)
+        }
     }
 
     deinit {

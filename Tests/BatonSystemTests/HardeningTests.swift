@@ -1,0 +1,208 @@
+import BatonCore
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What floods, stuck clients and failed spawns cannot do to baton: grow it, block it, or make it drop supervision.
+@Suite("hardening", .serialized, .timeLimit(.minutes(3)))
+struct HardeningTests {
+    let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
+    let flood = Paths.packageRoot.appendingPathComponent("Tests/Fixtures/flood.py").path
+
+    /// `baton status --json`, decoded, and how long it took.
+    func status(_ baton: BatonRun) -> (report: StatusReport?, seconds: Double) {
+        let start = Date()
+        let result = baton.client(["status", "--json"])
+        let seconds = Date().timeIntervalSince(start)
+        guard result.status == 0 else { return (nil, seconds) }
+        return (try? JSONDecoder().decode(StatusReport.self, from: Data(result.stdout.utf8)), seconds)
+    }
+
+    func servingPIDs(_ baton: BatonRun) -> [Int32] {
+        status(baton).report?.generations.first { $0.state == "serving" }?.workers.compactMap(\.pid) ?? []
+    }
+
+    @Test func aStrangersNotifyFloodCostsNeitherMemoryNorAnswers() throws {
+        try #require(getuid() == 0, "needs root to flood as a second user")
+        let setpriv = try #require(Paths.which("setpriv"))
+        let scratch = Scratch()
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "notify", "--", python, Paths.worker],
+            scratch: scratch, environment: ["READY_MODE": "notify"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let address = "@baton/\(baton.pid)/baton/notify"
+        let rssBefore = ProcInspectorCount.rssKiB(baton.pid)
+        // Three senders as nobody, for 4 seconds, while status is asked for again and again.
+        let senders = (0..<3).map { _ in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: setpriv)
+            process.arguments = [
+                "--reuid=65534", "--regid=65534", "--clear-groups", python, flood, "notify", address, "4",
+            ]
+            process.standardOutput = FileHandle.nullDevice
+            try? process.run()
+            return process
+        }
+        var slowest = 0.0
+        var answered = 0
+        while senders.contains(where: \.isRunning) {
+            let (report, seconds) = status(baton)
+            if report != nil { answered += 1 }
+            slowest = max(slowest, seconds)
+        }
+        for sender in senders { sender.waitUntilExit() }
+        let after = status(baton)
+        let rssAfter = ProcInspectorCount.rssKiB(baton.pid)
+        let ignoredLines = baton.stderr.all.filter { $0.contains("cannot be one of baton's workers") }.count
+        print("notify flood by a stranger: \(answered) status answers during it, slowest \(Int(slowest * 1000)) ms, RSS \(rssBefore) -> \(rssAfter) KiB, \(ignoredLines) log lines")
+        #expect(answered > 0 && after.report != nil, "status answers during and after the flood")
+        #expect(rssAfter < 32 * 1024, "RSS stays under 32 MiB")
+        #expect(ignoredLines <= 12, "strangers' datagrams are logged rate-limited, not each")
+        #expect(try HTTP.get(unix: scratch.file("web.sock")).status == 200)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aWorkersStatusFloodIsBounded() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "notify", "--", python, flood, "status", "4"],
+            scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        var answered = 0
+        while baton.stdout.all.first(where: { $0.contains("sent ") }) == nil {
+            if status(baton).report != nil { answered += 1 }
+            if baton.stdout.waitFor("sent ", timeout: 0.05) != nil { break }
+        }
+        let sent = baton.stdout.all.first { $0.contains("sent ") } ?? "?"
+        let rss = ProcInspectorCount.rssKiB(baton.pid)
+        print("STATUS= flood by a worker: \(sent) messages, \(answered) status answers during it, RSS \(rss) KiB")
+        #expect(answered > 0)
+        #expect(rss < 32 * 1024)
+        #expect(status(baton).report?.generations.first?.workers.first?.status?.hasPrefix("busy") == true)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func outputNobodyReadsNeitherBlocksNorStarvesSupervision() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "fd", "--", python, flood, "output", "300000"],
+            scratch: scratch, unreadOutput: true)
+        // Readiness, a status answer, a crash and its respawn, a reload and a stop all still happen while the worker
+        // writes without end to a stdout that nobody reads.
+        var first: [Int32] = []
+        let deadline = Date().addingTimeInterval(20)
+        while first.isEmpty && Date() < deadline { first = servingPIDs(baton) }
+        let victim = try #require(first.first)
+        kill(victim, SIGKILL)
+        var replaced: [Int32] = []
+        while (replaced.isEmpty || replaced == first) && Date() < deadline { replaced = servingPIDs(baton) }
+        #expect(!replaced.isEmpty && replaced != first, "the killed worker was respawned")
+        let (_, seconds) = status(baton)
+        print("output flood with stdout unread: status in \(Int(seconds * 1000)) ms, respawned \(victim) -> \(replaced)")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func repliesOfAnySizeArriveWhole() throws {
+        let scratch = Scratch()
+        // 250 workers, each with a STATUS= of 512 bytes (the most baton keeps).
+        let workers = 250
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web.sock"))", "--workers", "\(workers)", "--ready", "notify", "--",
+             python, "-S", flood, "bigstatus", "512"],
+            scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready", timeout: 120) != nil)
+        let result = baton.client(["status", "--json"])
+        let report = try JSONDecoder().decode(StatusReport.self, from: Data(result.stdout.utf8))
+        print("status reply of \(result.stdout.utf8.count) bytes")
+        #expect(result.stdout.utf8.count > 140 * 1024)
+        #expect(report.generations.first?.workers.count == workers)
+        #expect(report.generations.first?.workers.allSatisfy { $0.status?.utf8.count == 512 } == true)
+        #expect(baton.client(["status"]).stdout.contains(String(repeating: "s", count: 512)))
+
+        // A failing release whose worker wrote long lines to stderr: the reason and every line arrive.
+        scratch.write("release", "")
+        let failing = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web2.sock"))", "--ready", "fd", "--", "/bin/sh", "-c",
+             "if [ -s \(scratch.file("release")) ]; then exec \(python) \(flood) stderr 20 8000; else exec \(python) \(Paths.worker); fi"],
+            scratch: Scratch(), environment: ["READY_MODE": "fd"])
+        #expect(failing.stderr.waitFor("generation 1 ready") != nil)
+        scratch.write("release", "broken")
+        let reload = failing.client(["reload"])
+        #expect(reload.status == 1)
+        #expect(reload.stderr.contains("exited with exit 1"))
+        #expect((0..<20).allSatisfy { reload.stderr.contains(String(format: "line %02d ", $0) + String(repeating: "e", count: 7000)) })
+        #expect(failing.stop() == 0)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func idleControlConnectionsNeitherStarveSupervisionNorStayForever() throws {
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let wanted = rlim_t(1400)
+        if limit.rlim_cur < wanted && limit.rlim_max >= wanted {
+            limit.rlim_cur = wanted
+            setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        let scratch = Scratch()
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "fd", "--", python, Paths.worker],
+            scratch: scratch, environment: ["READY_MODE": "fd"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        // 1 100 idle connections, more than baton's 1 024 fds.
+        var idle: [Int32] = []
+        var refused = 0
+        while idle.count < 1100 && refused < 20_000 {
+            guard let fd = connectUnix(baton.control, nonBlocking: true) else {
+                refused += 1  // the backlog is full for a moment: baton is accepting
+                continue
+            }
+            idle.append(fd)
+        }
+        print("opened \(idle.count) idle control connections; baton holds \(ProcInspectorCount.openFDs(baton.pid)) fds")
+        // And then a partial request, without its newline.
+        let partial = try #require(connectUnix(baton.control))
+        _ = send(partial, "{\"command\":", 11, 0)
+        // Supervision goes on: a killed worker is respawned, status and reload are answered.
+        let first = servingPIDs(baton)
+        let victim = try #require(first.first)
+        kill(victim, SIGKILL)
+        var replaced: [Int32] = []
+        let deadline = Date().addingTimeInterval(20)
+        while (replaced.isEmpty || replaced == first) && Date() < deadline { replaced = servingPIDs(baton) }
+        #expect(!replaced.isEmpty && replaced != first, "the killed worker was respawned")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        // The partial request is closed at its deadline, with a reason.
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(partial, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var received: [UInt8] = []
+        while true {
+            let n = recv(partial, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            received += buffer[0..<n]
+        }
+        #expect(String(decoding: received, as: UTF8.self).contains("no complete request"))
+        for fd in idle + [partial] { close(fd) }
+        #expect(baton.stop() == 0)
+    }
+
+    func connectUnix(_ path: String, nonBlocking: Bool = false) -> Int32? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
+        guard fd >= 0 else { return nil }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard result == 0 || errno == EINPROGRESS else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+}
