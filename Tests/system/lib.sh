@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2154
+# shellcheck shell=bash disable=SC2154,SC2034
 # The harness of the container scripts (smoke.sh, systemd-tests.sh, upgrade-tests.sh); source it, don't run it.
 #
 #   rig_start SCRIPT PREFIX   the root check, rig.sh deps, the work directory $work, the trap that ends every
@@ -217,6 +217,7 @@ check_teardown() {
 # and check_diagnostics SUITE ID (the script's, if it has one), is printed at once, whole.
 check_timeout=0
 check_strict=1
+SUITE="" NAME=""    # in a check: its suite and that suite's container
 
 note() { printf '%s\n' "$*"; printf '%s\n' "$*" >&3; }
 fail() {
@@ -230,7 +231,8 @@ transcript() {
 }
 
 check() {
-    local s=$1 id=$2 t0 ms rc=0 pid killer skip="" status d=$work/check.$1.$2
+    local s=$1 id=$2 t0 ms rc=0 pid killer skip="" status d=$work/check.$1.$2 SUITE=$1 NAME
+    NAME=$(name_of "$1")
     t0=$(now_ms)
     : >"$d.failed"
     (
@@ -239,7 +241,6 @@ check() {
             trap 'echo "(check ended by: $BASH_COMMAND, status $?)"' ERR
         fi
         trap 'exit 143' TERM    # at the time limit: still run the check's EXIT trap (cleanup)
-        SUITE=$s NAME=$(name_of "$s")
         "check_$id"
         exit 0      # (with check_strict=0, what the check's last command returned does not count)
     ) >"$d.log" 2>&1 3>"$d.notes" 4>>"$d.failed" &
