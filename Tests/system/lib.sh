@@ -284,22 +284,23 @@ check() {
 
 # ------------------------------------------------------------------------------------------ the end
 
-# timings ROW...: a table of the times recorded under each ROW (a phase or a check), a column per suite,
-# "-" where none; a check that failed is marked "FAIL", a skip "SKIP". Then the phases' wall times.
+# timings ROW...: a table of the times recorded under each ROW (a phase or a check) that has any, a column
+# per suite, "-" where none; a check that failed is marked "FAIL", a skip "SKIP". Then the phases' wall times.
 timings() {
-    local row s line v
+    local row s line v any
     line=$(printf '%-10s' "(s)")
     for s in "${suites[@]}"; do line+=$(printf ' %14s' "$s"); done
     echo "$line"
     for row in "$@"; do
-        line=$(printf '%-10s' "$row")
+        line=$(printf '%-10s' "$row") any=0
         for s in "${suites[@]}"; do
             v=$(awk -F'\t' -v s="$s" -v r="$row" '$2 == s && $3 == r {
                     printf "%d.%d%s", $4 / 1000, ($4 % 1000) / 100, $1 == "not ok" ? " FAIL" : $1 == "skip" ? " SKIP" : "" }' \
                 "$results")
+            [[ -z $v ]] || any=1
             line+=$(printf ' %14s' "${v:--}")
         done
-        echo "$line"
+        if ((any)); then echo "$line"; fi
     done
     awk -F'\t' '$1 == "time" && $2 == "all" { printf "phase %-10s %6d.%ds\n", $3, $4 / 1000, ($4 % 1000) / 100 }' "$results"
     echo "total: $(secs $(($(now_ms) - t_all)))s (RIG_PARALLEL=$parallel)"

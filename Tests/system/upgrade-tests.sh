@@ -650,7 +650,7 @@ build_packages() {
 step build build_packages
 check_title[h]="upgrade baton to ${next:-the next version} under load: re-executed in place, same pid and workers, 0 failed requests"
 rootfs_phase
-((phase_rc == 0)) || { echo "upgrade: no rootfs"; exit 1; }
+if ((phase_rc)); then record "not ok" host rootfs 0; summary upgrade; exit 1; fi
 for s in "${suites[@]}"; do
     mkdir -p "$work/$s"
     cp "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
