@@ -17,6 +17,15 @@ from procs import BENCH, LOADGEN, Sampler, Spawned, kill_pids, loadavg, log, pct
 FAIL_KINDS = ["non2xx", "refused", "reset", "eof_idle", "eof_new", "eof_mid", "timeout", "other"]
 
 
+def received(sock, size):
+    """What sock receives, chunk by chunk, until the peer closes."""
+    while True:
+        chunk = sock.recv(size)
+        if not chunk:
+            return
+        yield chunk
+
+
 def wait_http(port, timeout=60, path="/"):
     """Until GET answers 200 on 127.0.0.1:port."""
     end = time.monotonic() + timeout
@@ -24,12 +33,7 @@ def wait_http(port, timeout=60, path="/"):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
                 s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                data = b""
-                while True:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = b"".join(received(s, 4096))
                 if data.startswith(b"HTTP/1.1 200"):
                     return True
         except OSError:
@@ -294,10 +298,7 @@ class Control:
         t0 = time.perf_counter()
         s.sendall(json.dumps({"command": command}).encode() + b"\n")
         buf = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
+        for chunk in received(s, 65536):
             buf += chunk
             lines = buf.split(b"\n")
             for line in lines[:-1]:
