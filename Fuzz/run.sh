@@ -3,8 +3,9 @@
 #   bash Fuzz/run.sh            short form: 200 000 executions per target (the test command runs this)
 #   bash Fuzz/run.sh --long     long form: 10 000 000 executions per target; new inputs join Fuzz/corpus/
 #   bash Fuzz/run.sh [--long] TARGET...   only these targets (notify, control, address, config)
-# A crash leaves its input in Fuzz/crashes/ and fails the run; turn it into a regression test in
-# Tests/BatonCoreTests/FuzzRegressionTests.swift.
+# A crash leaves its input in Fuzz/crashes/ and fails the run; turn it into a regression test beside that
+# parser's tests: Tests/BatonCoreTests/ParsingTests.swift (notify, control, address) or
+# Tests/BatonCoreTests/ConfigurationTests.swift (config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=200000

@@ -5,7 +5,8 @@
 # Usage: Tests/system/systemd-tests.sh        (as root)
 #
 # Phases (each timed): deps (rig.sh deps), build (the static baton, reused when newer than
-# Sources/ and Package.swift), rootfs (rig.sh rootfs, cached), boot, install, checks, teardown.
+# Sources/ and Package.swift), rootfs (rig.sh rootfs, cached), boot (and install), checks,
+# teardown; the harness (phases, checks, the count) is lib.sh's.
 # Into each container it installs /usr/bin/baton, the units of systemd/ (baton@.service,
 # baton@.socket), the catalog, the example Node app as /usr/share/baton/examples/node/app.js,
 # /etc/baton/demo.conf, and a drop-in making baton@demo.socket listen on 127.0.0.1:8080.
@@ -33,8 +34,8 @@
 #   j  systemd >= 254 only: Type=notify-reload (systemd/notify-reload.conf): SIGHUP reload
 #      (a SKIP on 252, not counted)
 #   k  `systemd-analyze verify` of both units is clean; `systemd-analyze security` score
-# and finally (counted as one more check) that the teardown left no process, cgroup or mount
-# behind. A check that passes prints its notes (timings, load summaries, journal lines).
+# and finally (counted as one more check, "host teardown") that the teardown left no process,
+# cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
 # The suites share only the staging directory (each writes under out/SUITE/); within a suite
 # the checks share one container, and e reads the reloads of b and d.
@@ -51,83 +52,22 @@
 
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-rig=$here/rig.sh
 # shellcheck source=Tests/system/lib.sh
-source "$here/lib.sh"
-cache=${RIG_CACHE:-/var/cache/baton-rig}
-parallel=${RIG_PARALLEL:-1}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 units=${BATON_UNITS:-$repo/systemd}
-read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
 read -r -a only <<<"${CHECKS:-}"
 check_timeout=${CHECK_TIMEOUT:-240}
 
 # MESSAGE_IDs of baton's events (systemd/baton.catalog).
-MID_GEN_READY=8f3c2b1e6a4d4b0f9e51c7a2d3b4e602
-MID_RELOAD_OK=8f3c2b1e6a4d4b0f9e51c7a2d3b4e612
-MID_RELOAD_FAILED=8f3c2b1e6a4d4b0f9e51c7a2d3b4e613
-MID_LISTENER_BOUND=8f3c2b1e6a4d4b0f9e51c7a2d3b4e641
-MID_LISTENER_STORED=8f3c2b1e6a4d4b0f9e51c7a2d3b4e642
+MID_GEN_READY=$(mid 'baton: generation .* is ready$')
+MID_RELOAD_OK=$(mid 'baton: reload of .* succeeded$')
+MID_RELOAD_FAILED=$(mid 'baton: reload of .* failed$')
+MID_LISTENER_BOUND=$(mid 'baton: .* bound a listening socket$')
+MID_LISTENER_STORED=$(mid 'baton: .* stored a listening socket in the fd store$')
 
-[[ $(id -u) == 0 ]] || { echo "systemd-tests: must run as root" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/baton-systemd-tests.XXXXXX)
+rig_start systemd-tests bt
 stage=$work/opt            # bind-mounted at /opt/test in every container
-names=()                   # containers that may be running ("rig.sh stop" is idempotent)
-jobs_running=()
-
-name_of() { echo "bt-$1-$$"; }
-
-cleanup() {
-    local rc=$? n
-    trap - EXIT INT TERM
-    stop_jobs_and_containers || rc=1
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-
-# Results: one line per check in $work/results ("ok" or "not ok"), appended under a lock.
-results=$work/results
-lock=$work/lock
-: >"$results"
-record() { # record ok|notok TEXT
-    local word=ok
-    [[ $1 == ok ]] || word="not ok"
-    { flock 9; printf '%s\n' "$word" >>"$results"; } 9>>"$lock"
-}
-
-# Print a block (stdin) atomically, every line prefixed with "[suite] " when suites run at once.
-emit() {
-    local prefix=$1
-    flock "$lock" sed "s/^/$prefix/"
-}
-
-declare -A phase_ms=()
-phase_begin() { echo "== $1"; phase_start=$(now_ms); }
-phase_end() { phase_ms[$1]=$(($(now_ms) - phase_start)); echo "== $1: $(secs "${phase_ms[$1]}")s"; }
-
-# for_suites FUNC: FUNC SUITE for every suite, at once unless RIG_PARALLEL=0, each as a
-# background job so that "set -e" holds inside. Returns non-zero if any failed.
-for_suites() {
-    local fn=$1 s rc=0 pids=() pid
-    for s in "${suites[@]}"; do
-        "$fn" "$s" &
-        pids+=($!); jobs_running=("${pids[@]}")
-        if ! ((parallel)); then wait "$!" || rc=1; fi
-    done
-    if ((parallel)); then
-        for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-    fi
-    jobs_running=()
-    return "$rc"
-}
-
-prefix_of() { if ((parallel && ${#suites[@]} > 1)); then echo "[$1] "; fi; }
+bind_of() { echo "$stage"; }
 
 # ---------------------------------------------------------------------------- build
 
@@ -232,38 +172,16 @@ systemctl daemon-reload
 EOF
 }
 
-# ---------------------------------------------------------------------------- phases
+# ---------------------------------------------------------------------------- set-up
 
-do_rootfs() {
-    local s=$1
-    if [[ -e $cache/$s/.rig-complete ]]; then
-        echo "reusing $cache/$s ($(grep '^systemd=' "$cache/$s/.rig-complete"))"
-    else
-        "$rig" rootfs "$s" "$cache/$s"
-        echo "built $cache/$s"
-    fi
-}
-
-do_boot() {
-    local s=$1 out
-    mkdir -p "$stage/out/$s"
-    if out=$("$rig" boot "$(name_of "$s")" "$cache/$s" "$stage" 2>&1); then
-        printf '%s\n' "$out" | sed '/^$/d'
-        echo "booted $(name_of "$s"): $("$rig" status "$(name_of "$s")")"
-    else
-        printf '%s\n' "$out"
-        return 1
-    fi
-}
-
-do_install() {
-    local s=$1 n
-    n=$(name_of "$s")
-    "$rig" exec "$n" sh /opt/test/fixtures/install.sh 2>&1
+# Inside a booted container: install baton, its units, the catalog and the demo app.
+install_in() {
+    local n
+    n=$(name_of "$1")
+    mkdir -p "$stage/out/$1"
+    "$rig" exec "$n" sh /opt/test/fixtures/install.sh 2>&1 && "$rig" exec "$n" test -x /usr/bin/baton || return 1
     echo "$("$rig" exec "$n" systemctl --version | sed -n 1p), node $("$rig" exec "$n" node --version)"
 }
-
-do_stop() { "$rig" stop "$(name_of "$1")"; }
 
 # ---------------------------------------------------------------------------- check helpers
 # These run inside a check: a subshell with "set -e" (any unexpected failure ends the check),
@@ -272,8 +190,6 @@ do_stop() { "$rig" stop "$(name_of "$1")"; }
 SUITE="" NAME=""
 in_c() { "$rig" exec "$NAME" "$@"; }
 
-note() { printf '%s\n' "$*"; printf '%s\n' "$*" >&3; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }  # stderr: seen from inside $(...) too
 
 # x CMD...: run CMD in the container; its output goes to the transcript and into $OUT.
 # Returns CMD's status (with "set -e", a failure ends the check unless tested).
@@ -665,7 +581,7 @@ check_k() { # systemd-analyze verify and security
 }
 
 all_checks=(a b c d e f g h i j k)
-declare -A check_title=(
+check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
     [c]="broken release: reload fails, old generation serves"
@@ -697,182 +613,60 @@ seccomp_diagnostics() {
     done
 }
 
-# run_check SUITE ID: one check, in a subshell with a time limit; prints its block.
-run_check() {
-    local s=$1 id=$2 t0 ms rc=0 pid killer log=$work/$1.$2.log notes=$work/$1.$2.notes
-    local status title=${check_title[$2]} skip=""
-    t0=$(now_ms)
-    (
-        set -eE
-        trap 'echo "(check ended by: $BASH_COMMAND, status $?)"' ERR
-        trap 'exit 143' TERM    # at the time limit: still run the check's EXIT trap (cleanup)
-        SUITE=$s NAME=$(name_of "$s")
-        "check_$id"
-    ) >"$log" 2>&1 3>"$notes" &
-    pid=$!
-    # The time limit. Cancelled with SIGTERM, on which it ends its sleep and exits 0 (a job
-    # killed by a signal would have bash print "Terminated").
-    (
-        trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
-        sleep "$check_timeout" & sleeper=$!
-        wait "$sleeper"
-        echo "TIMEOUT after ${check_timeout}s" >>"$log"
-        kill_tree "$pid"
-    ) &
-    killer=$!
-    wait "$pid" || rc=$?
-    kill -TERM "$killer" 2>/dev/null || true
-    wait "$killer" || true
-    ms=$(($(now_ms) - t0))
-    if grep -q '^SKIP: ' "$log"; then skip=" # SKIP $(sed -n 's/^SKIP: //p' "$log")"; fi
-    {
-        if ((rc == 0)); then
-            echo "ok - $s $id: $title ($(secs "$ms")s)$skip"
-            sed 's/^/    /' "$notes"
-        else
-            echo "not ok - $s $id: $title ($(secs "$ms")s)"
-            echo "    --- transcript"
-            sed 's/^/    /' "$log"
-            echo "    --- journalctl -u baton@demo -n 50"
-            "$rig" exec "$(name_of "$s")" journalctl -u baton@demo.service -n 50 --no-pager 2>&1 |
-                sed 's/^/    /'
-            seccomp_diagnostics "$s"
-            if [[ $id == i ]]; then
-                echo "    --- journalctl -u batonfd -n 30"
-                "$rig" exec "$(name_of "$s")" journalctl -u batonfd.service -n 30 --no-pager 2>&1 |
-                    sed 's/^/    /'
-            fi
-        fi
-    } | emit "$(prefix_of "$s")"
-    if [[ -n $skip ]]; then status=skip; elif ((rc == 0)); then status=ok; else status=notok; fi
-    if [[ $status != skip ]]; then record "$status" "$s $id"; fi
-    echo "$id $ms $status" >>"$work/$s.times"
+# On failure: the unit's journal (and batonfd's for i), and what seccomp blocked.
+check_diagnostics() {
+    local s=$1 id=$2
+    echo "--- journalctl -u baton@demo -n 50"
+    "$rig" exec "$(name_of "$s")" journalctl -u baton@demo.service -n 50 --no-pager 2>&1
+    seccomp_diagnostics "$s"
+    if [[ $id == i ]]; then
+        echo "--- journalctl -u batonfd -n 30"
+        "$rig" exec "$(name_of "$s")" journalctl -u batonfd.service -n 30 --no-pager 2>&1
+    fi
 }
 
-do_checks() {
+run_checks() {
     local s=$1 id
     for id in "${all_checks[@]}"; do
         if ((${#only[@]})) && [[ " ${only[*]} " != *" $id "* ]]; then continue; fi
-        run_check "$s" "$id"
+        check "$s" "$id"
     done
-}
-
-# Nothing of ours may survive the teardown: no nspawn, no cgroup, no mount.
-check_leftovers() {
-    local bad=0 n
-    for n in "${names[@]}"; do
-        if pgrep -f -- "-M $n " >/dev/null; then echo "process of $n still running"; bad=1; fi
-        if compgen -G "/sys/fs/cgroup/*/baton-rig-$n" >/dev/null ||
-           [[ -e /sys/fs/cgroup/baton-rig-$n ]]; then
-            echo "cgroup of $n left behind"; bad=1
-        fi
-    done
-    if findmnt -rn -o TARGET | grep -qF -e "$cache" -e "$work"; then
-        echo "mounts under $cache or $work left behind"; bad=1
-    fi
-    return "$bad"
 }
 
 # The timings, the security scores and the final count; fails if any check failed.
-summary() {
-    local id s line any v p passed failed
+finish() {
+    local s
     echo
-    printf '%-10s' "check"
-    for s in "${suites[@]}"; do printf ' %14s' "$s (s)"; done
-    echo
-    for id in "${all_checks[@]}"; do
-        line=$(printf '%-10s' "$id")
-        any=0
-        for s in "${suites[@]}"; do
-            v=$(awk -v id="$id" '$1 == id { printf "%d.%d %s", $2 / 1000, ($2 % 1000) / 100, $3 }' \
-                "$work/$s.times" 2>/dev/null || true)
-            [[ -n $v ]] && any=1
-            line+=$(printf ' %14s' "${v:--}")
-        done
-        ((any)) && echo "$line"
-    done
-    for p in deps build rootfs boot checks teardown; do
-        [[ -n ${phase_ms[$p]:-} ]] && printf 'phase %-9s %6ss\n' "$p" "$(secs "${phase_ms[$p]}")"
-    done
-    echo "total: $(secs $(($(now_ms) - t_all)))s (RIG_PARALLEL=$parallel)"
+    timings "${all_checks[@]}"
     for s in "${suites[@]}"; do
-        [[ -s $stage/out/$s/security ]] && echo "security: $(cat "$stage/out/$s/security")"
+        if [[ -s $stage/out/$s/security ]]; then echo "security: $(cat "$stage/out/$s/security")"; fi
     done
-    passed=$(grep -c '^ok$' "$results" || true)
-    failed=$(grep -c '^not ok$' "$results" || true)
-    echo "systemd: $passed passed, $failed failed"
-    ((failed == 0))
+    summary systemd
 }
 
 # -------------------------------------------------------------------------------- main
 
-t_all=$(now_ms)
-phase_begin deps
-"$rig" deps
-phase_end deps
-
-phase_begin build
-if ! build_baton; then
+step build build_baton
+if ((step_rc)); then
     echo "not ok - build: the static baton did not build"
-    record notok build
-    summary || true
+    record "not ok" host build 0
+    finish || true
     exit 1
 fi
-phase_end build
 write_stage
 
-phase_begin rootfs
-rootfs_job() { do_rootfs "$1" 2>&1 | emit "[$1] "; }
-if ! for_suites rootfs_job; then
+rootfs_phase
+if ((phase_rc)); then
     echo "not ok - rootfs: could not build the root file systems"
-    record notok rootfs
-    summary || true
+    record "not ok" host rootfs 0
+    finish || true
     exit 1
 fi
-phase_end rootfs
+boot_phase install_in
+if ((${#booted[@]})); then phase checks run_checks "${booted[@]}"; fi
+teardown_phase
+finish
 
-for s in "${suites[@]}"; do names+=("$(name_of "$s")"); done
-
-phase_begin boot
-boot_job() {
-    do_boot "$1" 2>&1 | emit "[$1] "
-    do_install "$1" 2>&1 | emit "[$1] "
-}
-booted=()
-for_suites boot_job || true
-for s in "${suites[@]}"; do
-    if "$rig" status "$(name_of "$s")" >/dev/null &&
-       "$rig" exec "$(name_of "$s")" test -x /usr/bin/baton; then
-        booted+=("$s")
-    else
-        echo "not ok - $s setup: boot and install" | emit ""
-        record notok "$s setup"
-    fi
-done
-phase_end boot
-
-phase_begin checks
-if ((${#booted[@]})); then
-    all_suites=("${suites[@]}")
-    suites=("${booted[@]}")
-    for_suites do_checks || true
-    suites=("${all_suites[@]}")
-fi
-phase_end checks
-
-phase_begin teardown
-for_suites do_stop || true
-if leftovers=$(check_leftovers); then
-    echo "ok - teardown: no process, cgroup or mount left"
-    record ok teardown
-else
-    echo "not ok - teardown: $leftovers"
-    record notok teardown
-fi
-names=()
-phase_end teardown
-
-summary
 
 # Notes, found by doing it:
 # - Never signal a MainPID read from "systemctl show" without checking it: a failed service has

@@ -42,13 +42,15 @@
 #   i  a re-execution whose binary does not run (/usr/bin/baton replaced by a non-program,
 #      SIGUSR2): the journal says "cannot re-execute", same MainPID, still serving; with the
 #      binary restored, the next SIGUSR2 re-executes it
-# Ends with the timings and a line "upgrade: N passed, M failed"; exits non-zero if any
-# check failed. The containers are always torn down (trap).
+# Ends with the check that the teardown left no process, cgroup or mount behind, the timings
+# and a line "upgrade: N passed, M failed"; exits non-zero if any check failed. The
+# containers are always torn down (trap). The harness is lib.sh's.
 #
-# To add a check: write a function check_X (see check_a) that runs in the suite's job ($suite,
-# its container $ct, `inside_t SECS CMD...` to run CMD in it, $work/$suite bound at
-# /opt/test), using begin/fail/info/transcript/finish, and add X to all_checks below.
-# Checks run in order and may use what earlier ones left.
+# To add a check: write a function check_X (see check_a) and its check_title[X], and add X to
+# all_checks below. It runs in a subshell of the suite's job ($SUITE, its container $NAME,
+# `inside_t SECS CMD...` to run CMD in it, $work/$SUITE bound at /opt/test), with lib.sh's
+# fail/note/transcript (a fail does not end the check). Checks run in order and may use what
+# earlier ones left in the container or in $work/$SUITE.
 #
 # Environment:
 #   RIG_CACHE      rootfs trees, default /var/cache/baton-rig (SUITE/ each; built if missing)
@@ -64,81 +66,31 @@
 # shellcheck disable=SC2016  # single-quoted $...: dpkg-query fields and scripts run inside
 set -uo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-rig=$here/rig.sh
 # shellcheck source=Tests/system/lib.sh
-source "$here/lib.sh"
-cache=${RIG_CACHE:-/var/cache/baton-rig}
-parallel=${RIG_PARALLEL:-1}
-read -r -a suites <<<"${RIG_SUITES:-bookworm trixie}"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 all_checks=(a b c d e f g h i)
 read -r -a checks <<<"${CHECKS:-${all_checks[*]}}"
 myapp_out=$repo/out/debian-app
 next_cache=${UPG_NEXT_CACHE:-/var/cache/baton-upgrade}
 port=8080
+check_strict=0      # a failed assertion does not end the check: the next ones need what it goes on to do
+REEXEC_ID=$(mid 'baton: .* re-executed its upgraded binary in place$')
 
-[[ $(id -u) == 0 ]] || { echo "upgrade-tests: must run as root" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/baton-upgrade-tests.XXXXXX)
-names=()          # containers that may be running ("rig.sh stop" is idempotent)
-jobs_running=()   # background jobs to end on interruption
-printed=0         # the suites' output has been printed
-
-name_of() { echo "upg-$1-$$"; }
-
-cleanup() {
-    local rc=$? n
-    trap - EXIT INT TERM
-    stop_jobs_and_containers || rc=1
-    if ((!printed)); then   # interrupted: show what the suites got through
-        for n in "$work"/*.out; do [[ -s $n ]] && echo "-- ${n##*/} (interrupted)" && cat "$n"; done
-    fi
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+rig_start upgrade-tests upg
+bind_of() { echo "$work/$1"; }
 
 indent() { sed "s/^/${1:-#   }/"; }
 oneline() { tr '\n' ' ' <<<"$1" | sed 's/ $//'; }
 
-# ------------------------------------------------------------------------ check framework
-#
-# Inside a suite's job: begin NAME starts a check; fail TEXT records a failed assertion;
-# info TEXT a line printed in any case; transcript TITLE FILE the tail of a command's output,
-# printed only if the check fails; finish prints "ok"/"not ok" with all that, plus the
-# journal on failure, and records the result and the time in $work/results.
-
-suite="" ct=""       # the current suite and its container
-c_name="" c_t0=0 c_fail=() c_info=() c_trans=()
-
-inside() { "$rig" exec "$ct" "$@"; }
+inside() { "$rig" exec "$NAME" "$@"; }
 # inside_t SECS CMD...: inside, killed after SECS seconds.
-inside_t() { local t=$1; shift; timeout -k 5 "$t" "$rig" exec "$ct" "$@"; }
+inside_t() { local t=$1; shift; timeout -k 5 "$t" "$rig" exec "$NAME" "$@"; }
 
-begin() { c_name=$1; c_t0=$(now_ms); c_fail=(); c_info=(); c_trans=(); }
-fail() { c_fail+=("$*"); }
-info() { c_info+=("$*"); }
-transcript() { # transcript TITLE FILE [LINES]
-    c_trans+=("$1 (last ${3:-25} lines):")
-    local line
-    while IFS= read -r line; do c_trans+=("  | $line"); done < <(tail -n "${3:-25}" "$2" | tr -d '\r')
-}
-finish() {
-    local ms=$(($(now_ms) - c_t0)) word=ok line
-    ((${#c_fail[@]})) && word="not ok"
-    echo "$word - $suite $c_name ($(secs "$ms")s)"
-    for line in "${c_info[@]}"; do echo "#   $line"; done
-    if ((${#c_fail[@]})); then
-        for line in "${c_fail[@]}"; do echo "#   FAILED: $line"; done
-        for line in "${c_trans[@]}"; do echo "#   $line"; done
-        echo "#   journalctl -u myapp -n 50 --no-pager:"
-        inside_t 20 journalctl -u myapp -n 50 --no-pager 2>&1 | indent "#     "
-    fi
-    { flock 9; printf '%s\t%s\t%s\t%s\n' "$word" "$suite" "${c_name%%:*}" "$ms" >>"$work/results"; } \
-        9>>"$work/lock"
+# On failure: the app's journal.
+check_diagnostics() {
+    [[ $1 != host ]] || return 0
+    echo "journalctl -u myapp -n 50 --no-pager:"
+    NAME=$(name_of "$1") inside_t 20 journalctl -u myapp -n 50 --no-pager 2>&1 | indent "  "
 }
 
 # ----------------------------------------------------------------------------- helpers
@@ -167,7 +119,7 @@ wait_state() { # wait_state UNIT STATE SECS
 # load_start TAG: loadgen inside the container (16 clients, mixed, every 8th request of a
 # client asks for 1500 ms) until /opt/test/TAG.stop exists (at most 180 s).
 load_start() {
-    local tag=$1 dir=$work/$suite
+    local tag=$1 dir=$work/$SUITE
     rm -f "$dir/$tag.stop" "$dir/$tag.json"
     inside_t 240 python3 /opt/test/loadgen.py --url "http://127.0.0.1:$port/" --clients 16 \
         --mode mixed --slow-every 8 --slow-ms 1500 --until-file "/opt/test/$tag.stop" \
@@ -179,7 +131,7 @@ load_start() {
 # load_stop TAG: stop it, wait for its summary; fails the check on any failed request.
 # Sets load_json.
 load_stop() {
-    local tag=$1 dir=$work/$suite
+    local tag=$1 dir=$work/$SUITE
     touch "$dir/$tag.stop"
     wait "$load_pid"
     load_json=$dir/$tag.json
@@ -188,7 +140,7 @@ load_stop() {
         transcript "loadgen output" "$dir/$tag.log"
         return 1
     fi
-    info "load: $(json "$load_json" '"ok=%d failed=%d (refused %d, reset %d, eof %d/%d/%d, timeout %d, non2xx %d) generations=%s final=%s" % (d["ok"], d["failed"], d["refused"], d["reset"], d["eof_idle"], d["eof_new"], d["eof_mid"], d["timeout"], d["non2xx"], d["generations"], d["final_generations"])')"
+    note "load: $(json "$load_json" '"ok=%d failed=%d (refused %d, reset %d, eof %d/%d/%d, timeout %d, non2xx %d) generations=%s final=%s" % (d["ok"], d["failed"], d["refused"], d["reset"], d["eof_idle"], d["eof_new"], d["eof_mid"], d["timeout"], d["non2xx"], d["generations"], d["final_generations"])')"
     (($(json "$load_json" 'd["failed"]') == 0)) || fail "$(json "$load_json" 'd["failed"]') failed requests"
     (($(json "$load_json" 'd["ok"]') > 0)) || fail "no request succeeded"
 }
@@ -199,8 +151,7 @@ json() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(e
 # --------------------------------------------------------------------------------- checks
 
 check_a() {
-    begin "a: install baton and myapp 1.0: socket enabled and active, service socket-activated, version 1.0"
-    local log=$work/$suite/a.apt body
+    local log=$work/$SUITE/a.apt body
     apt_install "$log" "./$baton_deb_name" ./myapp_1.0_all.deb || { fail "apt-get install exited $?"; transcript "apt-get" "$log"; }
     grep -q '^Get:.*http' "$log" && fail "apt-get downloaded something (expected an offline install)"
     [[ $(inside_t 20 systemctl is-enabled myapp.socket 2>&1) == enabled ]] ||
@@ -211,28 +162,26 @@ check_a() {
     [[ $(prop myapp.socket Listen) == *":$port (Stream)"* ]] ||
         fail "myapp.socket listens on '$(prop myapp.socket Listen)', not port $port"
     body=$(curl_body)
-    info "curl: $body"
+    note "curl: $body"
     [[ $(version_of "$body") == 1.0 ]] || fail "curl answered '$body', not version 1.0"
     # The first worker may answer while the others are still starting (service "activating").
     wait_state myapp.service active 15 || fail "myapp.service is $(state myapp.service) 15s after the first connection"
-    finish
 }
 
 check_b() {
-    begin "b: upgrade to 1.1 under load: 0 failed requests, version 1.1, reloaded not restarted"
-    local log=$work/$suite/b.apt body pid_before pid_after gen t0 rc
+    local log=$work/$SUITE/b.apt body pid_before pid_after gen t0 rc
     pid_before=$(prop myapp.service MainPID)
     [[ $pid_before =~ ^[1-9][0-9]*$ ]] || fail "myapp.service has no MainPID before the upgrade ('$pid_before')"
     load_start b
     t0=$(now_ms)
     apt_install "$log" ./myapp_1.1_all.deb; rc=$?
-    info "apt-get install ./myapp_1.1_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
+    note "apt-get install ./myapp_1.1_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
     ((rc == 0)) || { fail "apt-get install exited $rc"; transcript "apt-get" "$log"; }
     sleep 2.5   # longer than a slow request: every client's last answer comes after the reload
     load_stop b
     body=$(curl_body)
     gen=$(generation_of "$body")
-    info "curl: $body"
+    note "curl: $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     if [[ -s $load_json && -n $gen ]]; then
         [[ $(json "$load_json" 'len(d["generations"])') -ge 2 ]] ||
@@ -241,22 +190,20 @@ check_b() {
             fail "the clients' last answers came from generations $(json "$load_json" 'd["final_generations"]'), not only from generation $gen (version 1.1)"
     fi
     pid_after=$(prop myapp.service MainPID)
-    info "MainPID $pid_before -> $pid_after, NRestarts=$(prop myapp.service NRestarts)"
+    note "MainPID $pid_before -> $pid_after, NRestarts=$(prop myapp.service NRestarts)"
     [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after: restarted, not reloaded"
     [[ $(prop myapp.service NRestarts) == 0 ]] || fail "NRestarts=$(prop myapp.service NRestarts)"
     inside_t 20 journalctl -u myapp.service --no-pager -o cat | grep -q '^Reloaded myapp.service' ||
         fail "no 'Reloaded myapp.service' in the journal"
-    finish
 }
 
 check_c() {
-    begin "c: upgrade to the broken 1.2 under load: apt fails and says why, 1.1 keeps serving"
-    local log=$work/$suite/c.apt body pid_before pid_after rc t0
+    local log=$work/$SUITE/c.apt body pid_before pid_after rc t0
     pid_before=$(prop myapp.service MainPID)
     load_start c
     t0=$(now_ms)
     apt_install "$log" ./myapp_1.2_all.deb; rc=$?
-    info "apt-get install ./myapp_1.2_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
+    note "apt-get install ./myapp_1.2_all.deb: exit $rc in $(secs $(($(now_ms) - t0)))s"
     load_stop c
     ((rc != 0)) || fail "apt-get install of the broken 1.2 succeeded"
     grep -q 'reloading myapp.service failed' "$log" ||
@@ -264,49 +211,45 @@ check_c() {
     grep -q 'baton: reload failed' "$log" || fail "the apt output does not show baton's reason"
     grep -q 'myapp 1.2: broken release' "$log" || fail "the apt output does not show the worker's stderr"
     grep -q 'post-installation script subprocess returned error' "$log" || fail "dpkg does not report the failed postinst"
-    info "apt output, from the failed reload on:"
+    note "apt output, from the failed reload on:"
     local line
-    while IFS= read -r line; do info "  | $line"; done < <(sed -n '/^Setting up myapp/,$p' "$log" | tr -d '\r')
+    while IFS= read -r line; do note "  | $line"; done < <(sed -n '/^Setting up myapp/,$p' "$log" | tr -d '\r')
     body=$(curl_body)
-    info "curl: $body"
+    note "curl: $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     [[ $(state myapp.service) == active ]] || fail "myapp.service is $(state myapp.service) after the failed reload"
     pid_after=$(prop myapp.service MainPID)
     [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
-    finish
 }
 
 check_d() {
-    begin "d: after the failed upgrade: half-configured; dpkg --configure -a fails again; installing 1.1 recovers"
-    local log=$work/$suite/d.apt status body pid_before pid_after rc
+    local log=$work/$SUITE/d.apt status body pid_before pid_after rc
     pid_before=$(prop myapp.service MainPID)
     status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version} ${Config-Version}' myapp 2>&1)
-    info "dpkg after the failed upgrade: $status"
+    note "dpkg after the failed upgrade: $status"
     [[ $status == "install ok half-configured 1.2 1.1" ]] ||
         fail "dpkg state is '$status', expected 'install ok half-configured 1.2 1.1'"
-    inside_t 120 dpkg --configure -a >"$work/$suite/d.configure" 2>&1; rc=$?
-    info "dpkg --configure -a: exit $rc (it runs 1.2's postinst again)"
+    inside_t 120 dpkg --configure -a >"$work/$SUITE/d.configure" 2>&1; rc=$?
+    note "dpkg --configure -a: exit $rc (it runs 1.2's postinst again)"
     ((rc != 0)) || fail "dpkg --configure -a succeeded with the broken 1.2"
     [[ $(version_of "$(curl_body)") == 1.1 ]] || fail "1.1 no longer serving after dpkg --configure -a"
     apt_install "$log" --allow-downgrades ./myapp_1.1_all.deb; rc=$?
-    info "apt-get install -y --allow-downgrades ./myapp_1.1_all.deb: exit $rc"
+    note "apt-get install -y --allow-downgrades ./myapp_1.1_all.deb: exit $rc"
     ((rc == 0)) || { fail "apt-get install of 1.1 exited $rc"; transcript "apt-get" "$log"; }
     status=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' myapp 2>&1)
     [[ $status == "install ok installed 1.1" ]] || fail "dpkg state is '$status' after reinstalling 1.1"
     body=$(curl_body)
-    info "curl: $body"
+    note "curl: $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     pid_after=$(prop myapp.service MainPID)
     [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
-    finish
 }
 
 check_e() {
-    begin "e: remove: service and socket stopped cleanly, no baton or node left"
-    local log=$work/$suite/e.apt rc procs result
+    local log=$work/$SUITE/e.apt rc procs result
     # What purge (check f) must leave no trace of.
-    inside_t 20 dpkg -L myapp >"$work/$suite/files" 2>&1 || fail "dpkg -L myapp failed"
-    dyn_uid=$(inside_t 20 sh -c 'ps -o uid= -p "$(systemctl show -P MainPID myapp.service)"' 2>/dev/null | tr -d ' ')
+    inside_t 20 dpkg -L myapp >"$work/$SUITE/files" 2>&1 || fail "dpkg -L myapp failed"
+    inside_t 20 sh -c 'ps -o uid= -p "$(systemctl show -P MainPID myapp.service)"' 2>/dev/null | tr -d ' ' >"$work/$SUITE/dyn_uid"
     inside_t 120 env DEBIAN_FRONTEND=noninteractive apt-get remove -y myapp >"$log" 2>&1; rc=$?
     ((rc == 0)) || { fail "apt-get remove exited $rc"; transcript "apt-get" "$log"; }
     [[ $(state myapp.service) == inactive ]] || fail "myapp.service is $(state myapp.service), not inactive"
@@ -317,17 +260,15 @@ check_e() {
     [[ -z $procs ]] || fail "processes left: $procs"
     inside_t 20 curl -sS --max-time 5 "http://127.0.0.1:$port/" >/dev/null 2>&1 &&
         fail "port $port still answers after the removal"
-    info "dpkg after remove: $(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>&1)"
+    note "dpkg after remove: $(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>&1)"
     local line
-    inside_t 20 journalctl -u myapp.service -u myapp.socket --no-pager -o cat -n 4 >"$work/$suite/e.journal" 2>&1
-    while IFS= read -r line; do info "journal: $line"; done <"$work/$suite/e.journal"
-    finish
+    inside_t 20 journalctl -u myapp.service -u myapp.socket --no-pager -o cat -n 4 >"$work/$SUITE/e.journal" 2>&1
+    while IFS= read -r line; do note "journal: $line"; done <"$work/$SUITE/e.journal"
 }
 
 check_f() {
-    begin "f: purge: no file, symlink, state or runtime directory left"
-    local log=$work/$suite/f.apt rc left status
-    [[ -s $work/$suite/files ]] || inside_t 20 dpkg -L myapp >"$work/$suite/files" 2>&1
+    local log=$work/$SUITE/f.apt rc left status
+    [[ -s $work/$SUITE/files ]] || inside_t 20 dpkg -L myapp >"$work/$SUITE/files" 2>&1
     inside_t 120 env DEBIAN_FRONTEND=noninteractive apt-get purge -y myapp >"$log" 2>&1; rc=$?
     ((rc == 0)) || { fail "apt-get purge exited $rc"; transcript "apt-get" "$log"; }
     status=$(inside_t 20 dpkg-query -W -f='${Status}' myapp 2>/dev/null)
@@ -337,9 +278,9 @@ check_f() {
     left=$(inside_t 30 sh -c 'while read -r f; do
                 if [ -d "$f" ]; then [ -n "$(ls -A "$f")" ] || echo "$f (empty directory)"
                 elif [ -e "$f" ] || [ -L "$f" ]; then echo "$f"; fi
-            done' <"$work/$suite/files")
+            done' <"$work/$SUITE/files")
     [[ -z $left ]] || fail "left from dpkg -L myapp: $(oneline "$left")"
-    info "$(grep -c . "$work/$suite/files") paths from dpkg -L myapp: none left"
+    note "$(grep -c . "$work/$SUITE/files") paths from dpkg -L myapp: none left"
     # Anything named after it, or pointing at it: unit symlinks, deb-systemd-helper state,
     # runtime directory, dynamic user, private tmp dirs, dpkg info files.
     left=$(inside_t 60 sh -c 'find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc \) -prune -o \
@@ -347,52 +288,49 @@ check_f() {
     [[ -z $left ]] || fail "left, named after or pointing at myapp: $(oneline "$left")"
     left=$(inside_t 20 sh -c 'grep -rl myapp /etc/systemd /var/lib/systemd 2>/dev/null')
     [[ -z $left ]] || fail "files mentioning myapp: $(oneline "$left")"
-    if [[ -n ${dyn_uid:-} ]]; then
-        info "dynamic user of the service was uid $dyn_uid"
+    dyn_uid=$(cat "$work/$SUITE/dyn_uid" 2>/dev/null)
+    if [[ -n $dyn_uid ]]; then
+        note "dynamic user of the service was uid $dyn_uid"
         inside_t 20 test -e "/run/systemd/dynamic-uid/$dyn_uid" && fail "dynamic uid $dyn_uid still allocated"
     fi
     # Everything new since boot must be baton's (or the system's own bookkeeping).
-    inside_t 60 sh -c "$snapshot_cmd" >"$work/$suite/after.paths"
-    inside_t 20 dpkg -L baton >"$work/$suite/baton.paths" 2>/dev/null
-    comm -13 "$work/$suite/before.paths" "$work/$suite/after.paths" >"$work/$suite/new.paths"
-    left=$(grep -vxFf "$work/$suite/baton.paths" "$work/$suite/new.paths" | grep -vE "$snapshot_noise")
-    info "$(grep -c . "$work/$suite/new.paths") paths new since boot: all baton's or the system's bookkeeping"
+    inside_t 60 sh -c "$snapshot_cmd" >"$work/$SUITE/after.paths"
+    inside_t 20 dpkg -L baton >"$work/$SUITE/baton.paths" 2>/dev/null
+    comm -13 "$work/$SUITE/before.paths" "$work/$SUITE/after.paths" >"$work/$SUITE/new.paths"
+    left=$(grep -vxFf "$work/$SUITE/baton.paths" "$work/$SUITE/new.paths" | grep -vE "$snapshot_noise")
+    note "$(grep -c . "$work/$SUITE/new.paths") paths new since boot: all baton's or the system's bookkeeping"
     [[ -z $left ]] || fail "new since boot and not baton's: $(oneline "$left")"
-    finish
 }
 
 check_g() {
-    begin "g: upgrade while the service is starting: the postinst waits for the start, then reloads to 1.1"
-    local log=$work/$suite/g.apt body first rc st
+    local log=$work/$SUITE/g.apt body first rc st
     apt_install "$log" ./myapp_1.0_all.deb || { fail "apt-get install of 1.0 exited $?"; transcript "apt-get" "$log"; }
     # Workers that take 3 s to listen: the upgrade lands in the middle of the start.
     inside_t 20 sh -c 'mkdir -p /run/systemd/system/myapp.service.d &&
         printf "[Service]\nEnvironment=STARTUP_MS=3000\n" >/run/systemd/system/myapp.service.d/slow.conf &&
         systemctl daemon-reload'
-    inside_t 30 curl -sS --max-time 20 "http://127.0.0.1:$port/" >"$work/$suite/g.first" 2>&1 &
+    inside_t 30 curl -sS --max-time 20 "http://127.0.0.1:$port/" >"$work/$SUITE/g.first" 2>&1 &
     local curl_pid=$!
     sleep 0.7
     st=$(state myapp.service)
-    info "myapp.service is $st when the upgrade starts"
+    note "myapp.service is $st when the upgrade starts"
     [[ $st == activating ]] || fail "myapp.service is $st, not activating: the test missed the start"
     apt_install "$log" ./myapp_1.1_all.deb; rc=$?
     ((rc == 0)) || { fail "apt-get install of 1.1 exited $rc"; transcript "apt-get" "$log"; }
     wait "$curl_pid"
-    first=$(cat "$work/$suite/g.first")
+    first=$(cat "$work/$SUITE/g.first")
     body=$(curl_body)
-    info "the connection that started it: $first"
-    info "after the upgrade: $body"
+    note "the connection that started it: $first"
+    note "after the upgrade: $body"
     [[ $(version_of "$first") == 1.0 ]] || fail "the connection during the start got '$first', not version 1.0"
     [[ $(version_of "$body") == 1.1 ]] || fail "after the upgrade: '$body', not version 1.1"
     inside_t 20 rm -rf /run/systemd/system/myapp.service.d
     inside_t 60 env DEBIAN_FRONTEND=noninteractive apt-get purge -y myapp >"$log" 2>&1 ||
         { fail "apt-get purge exited $?"; transcript "apt-get" "$log"; }
-    finish
 }
 
 # The journal's "reexecuted" event (MESSAGE_ID), and what a failed re-execution logs.
-reexec_id=8f3c2b1e6a4d4b0f9e51c7a2d3b4e652
-reexec_events() { inside_t 20 journalctl --no-pager -o cat "MESSAGE_ID=$reexec_id" 2>/dev/null; }
+reexec_events() { inside_t 20 journalctl --no-pager -o cat "MESSAGE_ID=$REEXEC_ID" 2>/dev/null; }
 reexec_failures() { inside_t 20 journalctl --no-pager -o cat -u myapp.service 2>/dev/null | grep 'cannot re-execute'; }
 # wait_more N SECS FN: until FN prints more than N lines (at most SECS seconds); prints them.
 wait_more() {
@@ -411,9 +349,8 @@ workers_of() { json "$1" 'sorted((g["id"], w["slot"], w["pid"]) for g in d["gene
 serving_of() { json "$1" '" ".join(str(g["id"]) for g in d["generations"] if g["state"] == "serving")'; }
 
 check_h() {
-    begin "h: upgrade baton to ${next:-the next version} under load: re-executed in place, same pid and workers, 0 failed requests"
-    if [[ -z $next_deb_name ]]; then fail "no baton ${next:-next} package (see the build output above)"; finish; return; fi
-    local log=$work/$suite/h.apt dir=$work/$suite st body pid_before pid_after nr_before rc t0 t_apt events n first
+    if [[ -z $next_deb_name ]]; then fail "no baton ${next:-next} package (see the build output above)"; return; fi
+    local log=$work/$SUITE/h.apt dir=$work/$SUITE st body pid_before pid_after nr_before rc t0 t_apt events n first
     # baton (the version under test) and myapp 1.1, serving: what check d leaves, set up again
     # if checks e-g (or CHECKS=) left something else.
     st=$(inside_t 20 dpkg-query -W -f='${Status} ${Version}' baton 2>/dev/null)
@@ -427,31 +364,31 @@ check_h() {
     wait_state myapp.service active 20 || fail "myapp.service is $(state myapp.service), not active, before the upgrade"
     pid_before=$(prop myapp.service MainPID) nr_before=$(prop myapp.service NRestarts)
     status_json "$dir/h.status-before"
-    info "before: baton $(json "$dir/h.status-before" 'd["version"]') pid $pid_before, serving generation $(serving_of "$dir/h.status-before"), workers (generation, slot, pid) $(workers_of "$dir/h.status-before")"
+    note "before: baton $(json "$dir/h.status-before" 'd["version"]') pid $pid_before, serving generation $(serving_of "$dir/h.status-before"), workers (generation, slot, pid) $(workers_of "$dir/h.status-before")"
     n=$(count "$(reexec_events)")
     load_start h
     t0=$(now_ms)
     apt_install "$log" "./$next_deb_name"; rc=$?
     t_apt=$(now_ms)
-    info "apt-get install ./$next_deb_name: exit $rc in $(secs $((t_apt - t0)))s"
+    note "apt-get install ./$next_deb_name: exit $rc in $(secs $((t_apt - t0)))s"
     ((rc == 0)) || { fail "apt-get install exited $rc"; transcript "apt-get" "$log"; }
     if events=$(wait_more "$n" 30 reexec_events); then
-        info "reexecuted event $(secs $(($(now_ms) - t_apt)))s after apt-get returned: $(tail -n1 <<<"$events")"
+        note "reexecuted event $(secs $(($(now_ms) - t_apt)))s after apt-get returned: $(tail -n1 <<<"$events")"
         [[ $(tail -n1 <<<"$events") == "re-executed /usr/bin/baton in place: $base_version -> $next, still serving generation $(serving_of "$dir/h.status-before")" ]] ||
             fail "unexpected reexecuted event: $(tail -n1 <<<"$events")"
     else
-        fail "no reexecuted event (MESSAGE_ID=$reexec_id) within 30s of the upgrade"
+        fail "no reexecuted event (MESSAGE_ID=$REEXEC_ID) within 30s of the upgrade"
     fi
     sleep 2.5   # the load goes on after the re-execution: longer than a slow request
     load_stop h
     pid_after=$(prop myapp.service MainPID)
-    info "MainPID $pid_before -> $pid_after, NRestarts $nr_before -> $(prop myapp.service NRestarts), /proc/$pid_after/exe -> $(inside_t 20 readlink "/proc/$pid_after/exe")"
+    note "MainPID $pid_before -> $pid_after, NRestarts $nr_before -> $(prop myapp.service NRestarts), /proc/$pid_after/exe -> $(inside_t 20 readlink "/proc/$pid_after/exe")"
     [[ $pid_after == "$pid_before" ]] || fail "MainPID changed from $pid_before to $pid_after"
     [[ $(prop myapp.service NRestarts) == "$nr_before" ]] || fail "NRestarts changed from $nr_before to $(prop myapp.service NRestarts)"
     [[ $(inside_t 20 readlink "/proc/$pid_after/exe") == /usr/bin/baton ]] ||
         fail "the launcher does not run /usr/bin/baton: /proc/$pid_after/exe -> $(inside_t 20 readlink "/proc/$pid_after/exe")"
     first=$(inside_t 20 baton status --name myapp 2>&1 | head -n1)
-    info "baton status: $first"
+    note "baton status: $first"
     [[ $first == "baton myapp (pid $pid_before, version $next)" ]] ||
         fail "baton status says '$first', not 'baton myapp (pid $pid_before, version $next)'"
     status_json "$dir/h.status-after"
@@ -464,27 +401,25 @@ check_h() {
     inside_t 60 systemctl reload myapp.service >"$dir/h.reload" 2>&1; rc=$?
     ((rc == 0)) || { fail "systemctl reload myapp after the re-execution exited $rc"; transcript "systemctl reload" "$dir/h.reload"; }
     body=$(curl_body)
-    info "after systemctl reload (exit $rc): $body"
+    note "after systemctl reload (exit $rc): $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     [[ $(generation_of "$body") -gt $(serving_of "$dir/h.status-before") ]] 2>/dev/null ||
         fail "the reload did not start a new generation (curl: '$body')"
     [[ $(prop myapp.service MainPID) == "$pid_before" ]] || fail "MainPID changed on the reload"
-    finish
 }
 
 check_i() {
-    begin "i: a re-execution whose new binary does not run: logged, the running baton carries on"
-    local dir=$work/$suite pid body n m events
+    local dir=$work/$SUITE pid body n m events
     pid=$(prop myapp.service MainPID)
-    [[ $pid =~ ^[1-9][0-9]*$ ]] || { fail "myapp.service has no MainPID ('$pid')"; finish; return; }
+    [[ $pid =~ ^[1-9][0-9]*$ ]] || { fail "myapp.service has no MainPID ('$pid')"; return; }
     n=$(count "$(reexec_failures)") m=$(count "$(reexec_events)")
     # Renamed over, not written into: the running launcher's binary is busy (ETXTBSY).
     inside_t 20 sh -c 'ln /usr/bin/baton /usr/bin/baton.upg-saved && printf "not a program\n" >/usr/bin/baton.upg-new &&
         chmod 755 /usr/bin/baton.upg-new && mv -f /usr/bin/baton.upg-new /usr/bin/baton' ||
-        { fail "cannot replace /usr/bin/baton"; finish; return; }
+        { fail "cannot replace /usr/bin/baton"; return; }
     inside_t 20 kill -USR2 "$pid"
     if events=$(wait_more "$n" 20 reexec_failures); then
-        info "journal: $(tail -n1 <<<"$events")"
+        note "journal: $(tail -n1 <<<"$events")"
     else
         fail "no 'cannot re-execute' in the journal within 20s of SIGUSR2"
     fi
@@ -492,50 +427,50 @@ check_i() {
     [[ $(prop myapp.service MainPID) == "$pid" ]] || fail "MainPID changed from $pid to $(prop myapp.service MainPID)"
     [[ $(state myapp.service) == active ]] || fail "myapp.service is $(state myapp.service)"
     body=$(curl_body)
-    info "curl: $body"
+    note "curl: $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     inside_t 20 mv -f /usr/bin/baton.upg-saved /usr/bin/baton || fail "cannot restore /usr/bin/baton"
     # Once the binary runs again, the same launcher re-executes it.
     inside_t 20 kill -USR2 "$pid"
     if events=$(wait_more "$m" 20 reexec_events); then
-        info "with /usr/bin/baton restored, SIGUSR2: $(tail -n1 <<<"$events")"
+        note "with /usr/bin/baton restored, SIGUSR2: $(tail -n1 <<<"$events")"
     else
         fail "with /usr/bin/baton restored, no reexecuted event within 20s of SIGUSR2"
     fi
     [[ $(prop myapp.service MainPID) == "$pid" ]] || fail "MainPID changed from $pid to $(prop myapp.service MainPID)"
     [[ $(version_of "$(curl_body)") == 1.1 ]] || fail "not serving version 1.1 at the end"
-    finish
 }
 
 # Paths compared before install and after purge (check f), and what may change there anyway.
 snapshot_cmd='find / /run /tmp /var/tmp -xdev \( -path /opt/test -o -path /proc -o -path /sys -o -path /dev \) -prune -o -print 2>/dev/null | sort -u'
 snapshot_noise='^/var/lib/dpkg/|^/var/cache/|^/var/log/|^/run/log/|^/var/lib/apt/|^/run/systemd/|^/var/lib/systemd/(deb-systemd-helper-enabled|catalog)|^/etc/ld\.so\.cache|^/tmp/systemd-private-[^/]*-systemd-|^/var/tmp/systemd-private-[^/]*-systemd-|^/run/udev|^/run/user|^/var/lib/systemd/random-seed'
 
+check_title+=(
+    [a]="install baton and myapp 1.0: socket enabled and active, service socket-activated, version 1.0"
+    [b]="upgrade to 1.1 under load: 0 failed requests, version 1.1, reloaded not restarted"
+    [c]="upgrade to the broken 1.2 under load: apt fails and says why, 1.1 keeps serving"
+    [d]="after the failed upgrade: half-configured; dpkg --configure -a fails again; installing 1.1 recovers"
+    [e]="remove: service and socket stopped cleanly, no baton or node left"
+    [f]="purge: no file, symlink, state or runtime directory left"
+    [g]="upgrade while the service is starting: the postinst waits for the start, then reloads to 1.1"
+    [i]="a re-execution whose new binary does not run: logged, the running baton carries on"
+)
+
 # ----------------------------------------------------------------------------- one suite
 
-run_suite() {
-    suite=$1
-    ct=$(name_of "$1")
-    local t0 c fn dir=$work/$1
-    t0=$(now_ms)
-    if ! "$rig" boot "$ct" "$cache/$1" "$dir" >"$dir/boot.log" 2>&1; then
-        echo "not ok - $1 boot: rig.sh boot failed"
-        indent "#   " <"$dir/boot.log"
-        { flock 9; printf 'not ok\t%s\tboot\t0\n' "$1" >>"$work/results"; } 9>>"$work/lock"
-        "$rig" stop "$ct" >/dev/null 2>&1
-        return 1
-    fi
-    printf 'time\t%s\tboot\t%s\n' "$1" $(($(now_ms) - t0)) >>"$dir/times"
-    echo "# $1: booted $ct: $(inside systemctl --version | head -n1), node $(inside node --version)"
-    inside_t 60 sh -c "$snapshot_cmd" >"$dir/before.paths"
+# After the boot: what the container has, and the paths check f compares with.
+setup_suite() {
+    local NAME
+    NAME=$(name_of "$1")
+    echo "$NAME: $(inside systemctl --version | head -n1), node $(inside node --version)"
+    inside_t 60 sh -c "$snapshot_cmd" >"$work/$1/before.paths"
+}
+
+run_checks() {
+    local c
     for c in "${checks[@]}"; do
-        fn=check_$c
-        declare -F "$fn" >/dev/null || { echo "not ok - $1 $c: no such check"; continue; }
-        "$fn"
+        if declare -F "check_$c" >/dev/null; then check "$1" "$c"; else echo "not ok - $1 $c: no such check"; fi
     done
-    t0=$(now_ms)
-    "$rig" stop "$ct" >"$dir/stop.log" 2>&1 || { echo "# $1: rig.sh stop failed:"; indent "#   " <"$dir/stop.log"; }
-    printf 'time\t%s\tteardown\t%s\n' "$1" $(($(now_ms) - t0)) >>"$dir/times"
 }
 
 # --------------------------------------------------------------------------------- build
@@ -672,40 +607,28 @@ build_myapp() {
     return "$rc"
 }
 
-# lintian on the three myapp packages, on the host, in the background (results as a check).
-lint_myapp() {
-    suite=host ct=""
-    begin "lintian: myapp 1.0, 1.1, 1.2 have no errors or warnings"
+# lintian on the three myapp packages, on the host, in the background (a check of its own).
+check_title[lintian]="myapp 1.0, 1.1, 1.2 have no errors or warnings"
+check_lintian() {
     if ! command -v lintian >/dev/null; then
-        info "SKIP: lintian is not installed (apt-get install lintian)"
+        note "not run: lintian is not installed (apt-get install lintian)"
     else
         local out rc
         (cd "$myapp_out" && lintian --fail-on error,warning myapp_1.0_all.deb myapp_1.1_all.deb \
             myapp_1.2_all.deb) >"$work/lintian.log" 2>&1; rc=$?
         out=$(grep -v 'running with root privileges' "$work/lintian.log")
         ((rc == 0)) || fail "lintian exited $rc"
-        if [[ -z $out ]]; then info "lintian: no tags"; else info "lintian: $(oneline "$out")"; fi
+        if [[ -z $out ]]; then note "lintian: no tags"; else note "lintian: $(oneline "$out")"; fi
     fi
-    local ms=$(($(now_ms) - c_t0)) word=ok line
-    ((${#c_fail[@]})) && word="not ok"
-    echo "$word - $c_name ($(secs "$ms")s)"
-    for line in "${c_info[@]}" "${c_fail[@]}"; do echo "#   $line"; done
-    { flock 9; printf '%s\thost\tlintian\t%s\n' "$word" "$ms" >>"$work/results"; } 9>>"$work/lock"
 }
 
 # ---------------------------------------------------------------------------------- main
 
-main() {
-    local t_all t0 t1 s pid pids=() rc=0
-    t_all=$(now_ms)
-    : >"$work/results"
-
-    echo "== build (host)"
-    t0=$(now_ms)
-    "$rig" deps
+# The packages under test: baton's (a snapshot, checked whole: someone else's build may replace out/'s
+# .deb at any time), the next baton's (for checks h and i, which fail without it) and myapp's.
+build_packages() {
+    local try t1
     build_baton || { echo "upgrade: cannot build baton's package"; exit 1; }
-    # A snapshot, checked whole: someone else's build may replace out/'s .deb at any time.
-    local try
     for try in 1 2 3 4 5 6; do
         cp "$baton_deb" "$work/baton.deb" && dpkg-deb --contents "$work/baton.deb" >/dev/null 2>&1 && break
         ((try < 6)) || { echo "upgrade: $baton_deb is not a valid package"; exit 1; }
@@ -714,73 +637,37 @@ main() {
     done
     baton_deb_name=$(basename "$baton_deb")
     base_version=$(dpkg-deb -f "$work/baton.deb" Version)
-    # The next version of baton, for checks h and i (which fail without it).
     next_deb_name="" next=""
     t1=$(now_ms)
     if build_next_baton && cp "$next_deb" "$work/baton-next.deb" &&
         dpkg-deb --contents "$work/baton-next.deb" >/dev/null 2>&1; then
         next_deb_name=$(basename "$next_deb")
     fi
-    next_ms=$(($(now_ms) - t1))
+    echo "# baton $next: $(secs $(($(now_ms) - t1)))s"
     build_myapp || { echo "upgrade: cannot build myapp"; exit 1; }
-    build_ms=$(($(now_ms) - t0))
-    echo "== build: $(secs "$build_ms")s (of which baton $next: $(secs "$next_ms")s)"
-
-    echo "== rootfs"
-    t0=$(now_ms)
-    for s in "${suites[@]}"; do
-        "$rig" rootfs "$s" "$cache/$s" || { echo "upgrade: no $s rootfs"; exit 1; }
-        mkdir -p "$work/$s"
-        cp "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
-        cp "$work/baton.deb" "$work/$s/$baton_deb_name"
-        [[ -n $next_deb_name ]] && cp "$work/baton-next.deb" "$work/$s/$next_deb_name"
-        names+=("$(name_of "$s")")
-    done
-    rootfs_ms=$(($(now_ms) - t0))
-
-    lint_myapp >"$work/lint.out" 2>&1 &
-    pids+=($!)
-    echo "== checks: ${suites[*]} (checks ${checks[*]}$( ((parallel)) && echo ", suites at once"))"
-    t0=$(now_ms)
-    for s in "${suites[@]}"; do
-        run_suite "$s" >"$work/$s.out" 2>&1 &
-        pids+=($!); jobs_running=("${pids[@]}")
-        if ! ((parallel)); then wait "$!"; cat "$work/$s.out"; : >"$work/$s.out"; fi
-    done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
-    jobs_running=()
-    checks_ms=$(($(now_ms) - t0))
-    cat "$work/lint.out"
-    if ((parallel)); then for s in "${suites[@]}"; do cat "$work/$s.out"; done; fi
-    printed=1
-
-    # Timings: one row per phase, one column per suite.
-    echo "== timings (seconds)"
-    printf '  %-10s' phase; printf ' %9s' "${suites[@]}"; echo
-    local phases=(boot "${checks[@]}" teardown) p ms
-    for p in "${phases[@]}"; do
-        printf '  %-10s' "$p"
-        for s in "${suites[@]}"; do
-            ms=$(awk -F'\t' -v p="$p" '$3 == p {print $4}' "$work/$s/times" 2>/dev/null)
-            [[ -z $ms ]] && ms=$(awk -F'\t' -v s="$s" -v p="$p" '$2 == s && $3 == p {print $4}' "$work/results")
-            if [[ -n $ms ]]; then printf ' %9s' "$(secs "$ms")"; else printf ' %9s' -; fi
-        done
-        echo
-    done
-    echo "  build $(secs "$build_ms")s (baton $next $(secs "$next_ms")s), rootfs $(secs "$rootfs_ms")s, suites $(secs "$checks_ms")s$( ((parallel)) && echo " (at once)"), total $(secs $(($(now_ms) - t_all)))s"
-
-    local passed failed
-    passed=$(grep -c '^ok' "$work/results")
-    failed=$(grep -c '^not ok' "$work/results")
-    # A suite that stopped early (or a check that never reported) counts as failed.
-    local expected=$((${#suites[@]} * ${#checks[@]} + 1))
-    if ((passed + failed < expected)); then
-        echo "# $((expected - passed - failed)) check(s) did not report"
-        failed=$((expected - passed))
-    fi
-    echo "upgrade: $passed passed, $failed failed"
-    ((failed == 0)) || rc=1
-    return "$rc"
 }
 
-main
+step build build_packages
+check_title[h]="upgrade baton to ${next:-the next version} under load: re-executed in place, same pid and workers, 0 failed requests"
+rootfs_phase
+if ((phase_rc)); then record "not ok" host rootfs 0; summary upgrade; exit 1; fi
+for s in "${suites[@]}"; do
+    mkdir -p "$work/$s"
+    cp "$myapp_out"/myapp_1.{0,1,2}_all.deb "$repo/tools/loadgen.py" "$work/$s/"
+    cp "$work/baton.deb" "$work/$s/$baton_deb_name"
+    [[ -n $next_deb_name ]] && cp "$work/baton-next.deb" "$work/$s/$next_deb_name"
+done
+
+check host lintian &
+lint_pid=$!
+jobs_running=("$lint_pid")
+boot_phase setup_suite
+if ((${#booted[@]})); then phase checks run_checks "${booted[@]}"; fi
+wait "$lint_pid"
+jobs_running=()
+teardown_phase
+
+echo "== timings (seconds)"
+timings boot "${checks[@]}" teardown
+# A suite that stopped early (or a check that never reported) counts as failed.
+summary upgrade $((${#suites[@]} * ${#checks[@]} + 2))
