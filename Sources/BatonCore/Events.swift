@@ -16,6 +16,8 @@ public struct LifecycleEvent: Sendable, Equatable {
         case watchdogMissed = "watchdog-missed"
         case listenerBound = "listener-bound"
         case listenerStored = "listener-stored"
+        case listenerRepaired = "listener-repaired"
+        case listenerBroken = "listener-broken"
         case stopping = "stopping"
         case reexecuted = "reexecuted"
 
@@ -37,6 +39,8 @@ public struct LifecycleEvent: Sendable, Equatable {
             case .watchdogMissed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e631"
             case .listenerBound: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e641"
             case .listenerStored: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e642"
+            case .listenerRepaired: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e643"
+            case .listenerBroken: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e644"
             case .stopping: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e651"
             case .reexecuted: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e652"
             }

@@ -4,7 +4,8 @@ public enum StatusFormatter {
         var out = "baton \(status.name) (pid \(status.pid), version \(status.version))\(status.reloading ? ", reloading" : "")\n"
         out += "listeners:\n"
         for listener in status.listeners {
-            out += "  \(listener.name)  \(listener.address)  (fd \(listener.fd))\n"
+            out += "  \(listener.name)  \(listener.address)  (fd \(listener.fd))"
+            out += listener.refusing == true ? "  REFUSES CONNECTIONS: a worker shut it down; restart baton\n" : "\n"
         }
         out += "generations:\n"
         if status.generations.isEmpty { out += "  none\n" }

@@ -4,11 +4,14 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var name: String
         public var address: String
         public var fd: Int32
+        /// It refuses connections: a worker shut it down and baton could not repair it.
+        public var refusing: Bool?
 
-        public init(name: String, address: String, fd: Int32) {
+        public init(name: String, address: String, fd: Int32, refusing: Bool = false) {
             self.name = name
             self.address = address
             self.fd = fd
+            self.refusing = refusing ? true : nil
         }
     }
 
@@ -96,9 +99,11 @@ extension StatusReport {
         func wallTime(_ instant: ContinuousClock.Instant) -> Double {
             wallClock - Double((now - instant).milliseconds) / 1000
         }
+        // A generation does not serve while a listener refuses connections, whatever its workers say.
+        let serving = listeners.contains { $0.refusing == true } ? "not serving (a listener refuses connections)" : "serving"
         let generations = supervisor.orderedGenerations.map { generation in
             Generation(
-                id: generation.id, state: generation.id == supervisor.serving ? "serving" : generation.state.rawValue,
+                id: generation.id, state: generation.id == supervisor.serving ? serving : generation.state.rawValue,
                 startedAt: wallTime(generation.startedAt), crashLooping: generation.crashLooping,
                 workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in
                     Worker(

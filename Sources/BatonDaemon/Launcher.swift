@@ -13,6 +13,8 @@ enum DaemonEvent: Sendable {
     case controlRequest(ControlClient, Result<ControlProtocol.Request, BatonError>)
     case timer(TimerID, token: Int)
     case watchdogTick
+    /// A listener hung up: a worker shut it down.
+    case listenerHungUp
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -31,12 +33,16 @@ public actor Launcher {
     let sink: AsyncStream<DaemonEvent>.Continuation
 
     let listeners: [ListeningSocket]
+    var listenerGuard: ListenerGuard
     let starter: WorkerStarter
     let devNull: OwnedDescriptor
     /// The notify socket (`--ready notify`) and its address.
     let notify: (fd: FileDescriptor, address: String)?
     var control: ControlServer?
     var io: [WorkerID: WorkerIO] = [:]
+    /// When each generation started, in clock ticks since boot, to tell which one a process that wiped its environment
+    /// belongs to.
+    var generationStarts: [Int: UInt64] = [:]
     /// Notify messages between the event loop and the actor, bounded.
     let inbox = NotifyInbox()
     private var ignoredNotifications = LogRateLimit()
@@ -61,6 +67,7 @@ public actor Launcher {
     ) throws(BatonError) {
         self.configuration = configuration
         self.listeners = listeners
+        listenerGuard = ListenerGuard(listeners, backlog: configuration.backlog)
         self.logger = logger
         self.resume = resume
         executablePath = OS.currentExecutable() ?? "/usr/bin/baton"
@@ -90,6 +97,7 @@ public actor Launcher {
             try setUpSignals()
             try setUpNotifications()
             try setUpWatchdog()
+            try watchListeners()
             if let resume { try adoptWorkers(resume) }
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
@@ -97,13 +105,15 @@ public actor Launcher {
         try setUpControlSocket()
         loop.start()
         if let resume {
+            // The resumed generation started before anything that runs now.
+            generationStarts[resume.supervisor.serving] = 0
             logger.lifecycle(
                 LifecycleEvent(
                     .reexecuted,
                     "re-executed \(executablePath) in place: \(resume.previousVersion) -> \(BatonVersion.current), still serving generation \(resume.supervisor.serving)",
                     generation: resume.supervisor.serving),
                 name: configuration.name)
-            notifyManager(.status(supervisor.statusLine))
+            notifyManager(.status(statusLine))
         } else {
             process(.start)
         }
@@ -153,6 +163,7 @@ public actor Launcher {
         case .controlRequest(let client, .success(let request)):
             switch request.command {
             case .status:
+                checkListeners()
                 client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
                 client.close()
             case .reload:
@@ -163,6 +174,8 @@ public actor Launcher {
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")
+        case .listenerHungUp:
+            checkListeners()
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -240,6 +253,13 @@ public actor Launcher {
                 }
             case .log(let event):
                 logger.lifecycle(event, name: configuration.name)
+                switch event.kind {
+                case .generationStarted:
+                    if let id = event.generation { generationStarts[id] = OS.ticksSinceBoot() }
+                    checkListeners()
+                case .generationReady, .generationRetired, .generationFailed: checkListeners()
+                default: break
+                }
             case .notifyManager(let notification):
                 notifyManager(notification)
             case .exit(let code):
@@ -248,15 +268,16 @@ public actor Launcher {
             return []
     }
 
-    private func notifyManager(_ notification: ManagerNotification) {
+    func notifyManager(_ notification: ManagerNotification) {
         switch notification {
         case .ready:
-            Systemd.notify("READY=1\nSTATUS=\(supervisor.statusLine)")
+            Systemd.notify("READY=1\nSTATUS=\(statusLine)")
         case .reloading:
             Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(OS.monotonicMicroseconds())")
         case .stopping:
             Systemd.notify("STOPPING=1")
-        case .status(let line):
+        case .status:
+            let line = statusLine
             guard line != lastStatusLine else { return }
             lastStatusLine = line
             Systemd.notify("STATUS=\(line)")
@@ -284,9 +305,12 @@ public actor Launcher {
 
     /// What `baton status` reports.
     public func statusReport() -> StatusReport {
-        StatusReport(
+        let refusing = listenerGuard.refusing
+        return StatusReport(
             name: configuration.name, pid: OS.id, version: BatonVersion.current,
-            listeners: listeners.map { .init(name: $0.name, address: $0.address, fd: $0.fd.rawValue) },
+            listeners: listeners.map {
+                .init(name: $0.name, address: $0.address, fd: $0.fd.rawValue, refusing: refusing.contains($0))
+            },
             supervisor: supervisor, now: .now, wallClock: OS.wallClockSeconds())
     }
 

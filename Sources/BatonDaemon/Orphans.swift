@@ -28,8 +28,26 @@ extension Launcher {
             guard let pid = worker.pid, !gone.contains(pid) else { continue }
             live[WorkerSlot(generation: worker.generation, slot: worker.slot)] = pid
         }
-        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil {
-            guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else { continue }
+        var liveGenerations: Set<Int> = []
+        for worker in supervisor.liveWorkers where !gone.contains(worker.pid ?? 0) { liveGenerations.insert(worker.generation) }
+        // Generations older than every live one need no start time of their own: what started before the oldest live
+        // generation belongs to none that lives.
+        if let oldest = supervisor.liveWorkers.map(\.generation).min() {
+            generationStarts = generationStarts.filter { $0.key >= oldest }
+        }
+        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil && !gone.contains(pid) {
+            guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else {
+                // No identity: it wiped its environment. Its generation is the newest that had started when it did.
+                guard let start = ProcInspector.startTime(of: pid) else { continue }
+                let generation = likelyGeneration(startedAt: start, generationStarts: generationStarts)
+                if let generation, liveGenerations.contains(generation) { continue }
+                logger.warning(
+                    "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it wiped its environment)",
+                    metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"])
+                OS.kill(-pid, Signals.kill)
+                OS.kill(pid, Signals.kill)
+                continue
+            }
             let orphan = OrphanIdentity(
                 slot: WorkerSlot(generation: identity.generation, slot: identity.slot), workerPID: identity.workerPID)
             guard orphan.isOrphaned(liveWorkers: live) else { continue }
@@ -41,9 +59,10 @@ extension Launcher {
         }
     }
 
-    /// SIGKILLs every worker's process group and everything a worker left behind (at exit).
+    /// SIGKILLs every worker's process group and everything a worker left behind (at exit): every child of baton's
+    /// is one of those.
     func killEveryWorker() {
-        for pid in ProcInspector.ownChildren() where ProcInspector.batonWorkerIdentity(of: pid) != nil {
+        for pid in ProcInspector.ownChildren() {
             OS.kill(-pid, Signals.kill)
             OS.kill(pid, Signals.kill)
         }

@@ -44,9 +44,31 @@ public final class EventLoop: Sendable {
     ///
     /// The corresponding C function is `epoll_ctl(EPOLL_CTL_ADD)`.
     public func register(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) {
+        try register(fd, events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue, handler)
+    }
+
+    /// Calls `handler` on the loop's thread once `fd` hangs up (a listener a worker shut down), once: call
+    /// ``watchHangUp(_:)`` to watch again.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_ADD)`.
+    public func registerHangUp(_ fd: FileDescriptor, _ handler: @escaping Handler) throws(SystemError) {
+        try register(fd, events: EPOLLONESHOT.rawValue, handler)
+    }
+
+    /// Watches a fd registered with ``registerHangUp(_:_:)`` again.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.
+    public func watchHangUp(_ fd: FileDescriptor) {
+        var event = epoll_event()
+        event.events = EPOLLONESHOT.rawValue
+        event.data.fd = fd.rawValue
+        _ = epoll_ctl(epoll, EPOLL_CTL_MOD, fd.rawValue, &event)
+    }
+
+    private func register(_ fd: FileDescriptor, events: UInt32, _ handler: @escaping Handler) throws(SystemError) {
         handlers.withLock { $0[fd.rawValue] = handler }
         do {
-            try add(fd.rawValue)
+            try add(fd.rawValue, events: events)
         } catch {
             _ = handlers.withLock { $0.removeValue(forKey: fd.rawValue) }
             throw error
@@ -72,9 +94,9 @@ public final class EventLoop: Sendable {
         _ = epoll_ctl(epoll, EPOLL_CTL_MOD, fd.rawValue, &event)
     }
 
-    private func add(_ fd: Int32) throws(SystemError) {
+    private func add(_ fd: Int32, events: UInt32 = EPOLLIN.rawValue | EPOLLRDHUP.rawValue) throws(SystemError) {
         var event = epoll_event()
-        event.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue
+        event.events = events
         event.data.fd = fd
         try syscall("epoll_ctl(EPOLL_CTL_ADD)") { epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event) }
     }

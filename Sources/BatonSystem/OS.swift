@@ -53,6 +53,17 @@ public enum OS {
         return UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
     }
 
+    /// Time since boot in clock ticks (CLOCK_BOOTTIME at `sysconf(_SC_CLK_TCK)`), the unit of a process's start time
+    /// in `/proc`.
+    ///
+    /// The corresponding C functions are `clock_gettime` and `sysconf`.
+    public static func ticksSinceBoot() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &ts)
+        let hz = UInt64(max(1, sysconf(Int32(_SC_CLK_TCK))))
+        return UInt64(ts.tv_sec) * hz + UInt64(ts.tv_nsec) * hz / 1_000_000_000
+    }
+
     /// Wall-clock time in seconds since the epoch.
     ///
     /// The corresponding C function is `clock_gettime`.

@@ -111,6 +111,17 @@ public enum ProcInspector {
         return Int32(fields[2])
     }
 
+    /// When `pid` started, in clock ticks since boot (`/proc/PID/stat` field 22), comparable with
+    /// ``OS/ticksSinceBoot()``.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        let stat = readFile("/proc/\(pid)/stat")
+        guard let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // Field 3 (state) is fields[0], so field 22 (starttime) is fields[19].
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
     /// The parent of `pid`, from `/proc/PID/stat`.
     public static func parent(of pid: Int32) -> Int32? {
         let stat = readFile("/proc/\(pid)/stat")

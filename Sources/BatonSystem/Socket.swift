@@ -27,6 +27,47 @@ public struct ListeningSocket: Sendable, Hashable {
     }
 }
 
+/// What the kernel says of a listening socket that every worker shares.
+public struct ListenerCondition: Sendable, Equatable {
+    /// `SO_ACCEPTCONN`: it is listening (a worker's `shutdown()` of a TCP listener clears it).
+    public var accepting: Bool
+    /// Whether it was shut down (`EPOLLHUP`): connections are refused even where `accepting` still says 1 (unix).
+    public var shutDown: Bool
+    /// The accept backlog of a TCP listener (`TCP_INFO` `tcpi_sacked`); nil for other sockets.
+    public var backlog: Int?
+    /// Connections waiting to be accepted (`tcpi_unacked`); nil for other sockets.
+    public var queued: Int?
+}
+
+extension ListeningSocket {
+    /// Asks the kernel how the listener is: listening, shut down, its backlog and its queue.
+    ///
+    /// The corresponding C functions are `getsockopt(SO_ACCEPTCONN)`, `getsockopt(TCP_INFO)` and `poll`.
+    public func condition() -> ListenerCondition {
+        var accepting: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        _ = getsockopt(fd.rawValue, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length)
+        var entry = pollfd(fd: fd.rawValue, events: 0, revents: 0)
+        _ = poll(&entry, 1, 0)
+        var result = ListenerCondition(
+            accepting: accepting != 0, shutDown: entry.revents & Int16(POLLHUP) != 0, backlog: nil, queued: nil)
+        var info = tcp_info()
+        length = socklen_t(MemoryLayout<tcp_info>.size)
+        if getsockopt(fd.rawValue, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 {
+            result.backlog = Int(info.tcpi_sacked)
+            result.queued = Int(info.tcpi_unacked)
+        }
+        return result
+    }
+
+    /// Makes it listen again with `backlog`: undoes a worker's `shutdown()` of a TCP listener, or its `listen(fd, 1)`.
+    ///
+    /// The corresponding C function is `listen`.
+    public func listenAgain(backlog: Int32) throws(SystemError) {
+        try syscall("listen") { listen(fd.rawValue, backlog) }
+    }
+}
+
 /// Why a socket could not be bound, in words a user can act on.
 public struct BindError: Error, CustomStringConvertible, Sendable {
     public enum Reason: Sendable {

@@ -208,6 +208,14 @@ struct ChaosTests {
         let reload = rig.baton.client(["reload"])
         #expect(reload.status == 1)
         #expect(reload.stderr.contains("Too many open files"), "the reason is named: \(reload.stderr)")
+        // Every fd made on the way to the failed spawns is closed again (the reload's own connection closes just
+        // after its answer).
+        let settled = Date().addingTimeInterval(5)
+        while ProcInspectorCount.openFDs(rig.baton.pid) != before && Date() < settled { usleep(10_000) }
+        #expect(ProcInspectorCount.openFDs(rig.baton.pid) == before, "no fd is left over from the failed spawns")
+        for _ in 0..<3 { #expect(rig.baton.client(["reload", "--quiet"]).status == 1) }
+        while ProcInspectorCount.openFDs(rig.baton.pid) != before && Date() < settled.addingTimeInterval(5) { usleep(10_000) }
+        #expect(ProcInspectorCount.openFDs(rig.baton.pid) == before, "nor after three more")
         // With (nearly) no fd left, a client is answered, or told why not, and never left hanging. (The limit bounds
         // fd numbers, so a hole in baton's fd table may still let the status through.)
         let highest = ProcInspectorCount.highestFD(rig.baton.pid)

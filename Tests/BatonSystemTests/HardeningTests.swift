@@ -206,3 +206,71 @@ struct HardeningTests {
         return fd
     }
 }
+
+/// A worker that breaks the listener every worker shares.
+@Suite("listener integrity", .serialized, .timeLimit(.minutes(2)))
+struct ListenerIntegrityTests {
+    let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
+
+    func launch(_ scratch: Scratch, port: Int, workers: Int = 2) throws -> BatonRun {
+        scratch.write("behaviour", "ok")
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "5s", "--",
+             python, Paths.worker],
+            scratch: scratch, environment: ["READY_MODE": "fd", "BEHAVIOUR_FILE": scratch.file("behaviour")])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        return baton
+    }
+
+    /// The backlog `ss` shows for the listener on `port` (its Send-Q).
+    func backlog(_ port: Int) -> Int? {
+        let out = run(Paths.which("ss") ?? "/usr/bin/ss", ["-ltnH", "sport = :\(port)"]).stdout
+        return out.split(separator: "\n").first.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[2]) }
+    }
+
+    @Test func aWorkerThatShutsTheListenerDownDoesNotStopTheService() throws {
+        let scratch = Scratch()
+        let port = 29500 + Int(getpid() % 400)
+        let baton = try launch(scratch, port: port)
+        scratch.write("behaviour", "shutdown-listener")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(baton.stderr.waitFor("was shut down (shutdown()) by a worker of generation 2") != nil)
+        #expect(baton.stderr.all.contains { $0.contains("it listens again") })
+        #expect(baton.stdout.waitFor("shut the listener down") != nil)
+        for _ in 0..<20 { #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200) }
+        let status = baton.client(["status"]).stdout
+        #expect(status.contains("serving") && !status.contains("REFUSES"))
+        // A later reload to a healthy release serves too.
+        scratch.write("behaviour", "ok")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aReleaseThatShutsTheListenerDownAndFailsIsRolledBackWithAListeningSocket() throws {
+        let scratch = Scratch()
+        let port = 29900 + Int(getpid() % 400)
+        // One worker: the new generation's only worker breaks the listener, then fails its start.
+        let baton = try launch(scratch, port: port, workers: 1)
+        scratch.write("behaviour", "shutdown-then-crash")
+        #expect(baton.client(["reload", "--quiet"]).status == 1)
+        #expect(baton.stderr.waitFor("it listens again") != nil)
+        for _ in 0..<20 { #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200) }
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aWorkersSmallBacklogIsUndone() throws {
+        let scratch = Scratch()
+        let port = 30300 + Int(getpid() % 400)
+        let baton = try launch(scratch, port: port)
+        let before = try #require(backlog(port))
+        scratch.write("behaviour", "small-backlog")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(baton.stdout.waitFor("listen(fd, 1)") != nil)
+        // Each status request checks the listeners.
+        _ = baton.client(["status"])
+        #expect(backlog(port) == before, "the backlog is baton's again")
+        #expect(baton.stderr.all.contains { $0.contains("given a backlog of 1 instead of \(before)") })
+        #expect(baton.stop() == 0)
+    }
+}

@@ -310,6 +310,20 @@ struct LauncherTests {
         #expect(waitForExit(secondDaemon), "no orphan survives baton")
     }
 
+    @Test func aDaemonThatWipedItsEnvironmentIsStoppedWithItsGeneration() throws {
+        let (scratch, reports, baton) = try launch(behaviour: "wiped-daemon")
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let first = try #require(WorkerReport.all(in: reports).first)
+        let daemon = try daemonPID(of: first.pid, in: reports)
+        #expect(isAlive(daemon))
+        #expect(!((try? String(contentsOfFile: "/proc/\(daemon)/environ", encoding: .utf8)) ?? "BATON").contains("BATON"))
+        scratch.write("behaviour", "ok")
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(waitForExit(daemon), "the daemon of generation 1's worker went with its generation")
+        #expect(baton.stderr.text.contains("stopping pid \(daemon), left behind by a worker of generation 1"))
+        #expect(baton.stop() == 0)
+    }
+
     @Test func theDaemonOfACrashedWorkerGoesAlthoughAReplacementServesItsSlot() throws {
         let (_, reports, baton) = try launch(behaviour: "daemonize")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)

@@ -4,7 +4,8 @@
 Behaviour comes from the environment and from a file read at start, so that a reload can switch it:
   REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
   READY_MODE       notify | fd | none (default none: baton detects the accept)
-  BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash
+  BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
+                   shutdown-listener | shutdown-then-crash | small-backlog | wiped-daemon
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -62,10 +63,21 @@ if behaviour == "daemonize":
     daemon = os.read(r, 32).decode()
     with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
         f.write(daemon)
+if behaviour == "wiped-daemon":
+    # A daemon that leaves the worker's session and wipes its environment (BATON_* included): `setsid env -i sleep`.
+    import subprocess
+    daemon = subprocess.Popen(["setsid", "env", "-i", "sleep", "3599"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
+        f.write(str(daemon.pid))
 if behaviour == "slow-start":
     time.sleep(1.0)
 if behaviour == "crash":
     print("fatal: cannot load configuration (test crash)", file=sys.stderr, flush=True)
+    sys.exit(3)
+if behaviour == "shutdown-then-crash":
+    socket.socket(fileno=os.dup(3)).shutdown(socket.SHUT_RDWR)
+    print("shut the listener down, then crashing", file=sys.stderr, flush=True)
     sys.exit(3)
 if behaviour == "hang":
     print("hanging before ready", file=sys.stderr, flush=True)
@@ -155,9 +167,21 @@ try:
         notify("WATCHDOG=1")
     if behaviour == "late-crash":
         threading.Timer(0.2, lambda: os._exit(4)).start()
+    if behaviour == "shutdown-listener" and worker == "1":
+        # Breaks the listener every worker shares: the kernel then refuses every connection, for every worker.
+        listeners[0].shutdown(socket.SHUT_RDWR)
+        print("shut the listener down", flush=True)
+    if behaviour == "small-backlog":
+        listeners[0].listen(1)
+        print("listen(fd, 1)", flush=True)
     def serve(listener):
         while not stopping.is_set():
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                # The listener was shut down (by a worker); baton makes it listen again.
+                time.sleep(0.01)
+                continue
             threading.Thread(target=handle, args=(conn,), daemon=True).start()
     # The first listener is served by the main thread (blocked in accept, which baton can see), the others by
     # threads of their own.

@@ -1,0 +1,102 @@
+import BatonCore
+import BatonSystem
+import SystemPackage
+
+/// Keeps the listening sockets that every worker shares listening: a worker's `shutdown()` of one makes the kernel
+/// refuse every connection, and its `listen(fd, 1)` shrinks the backlog for everyone.
+///
+/// A shut-down listener hangs up, which the event loop reports at once; the backlog is checked at each generation's
+/// start, readiness, retirement or rollback, and at each status request. TCP listeners are repaired by listening
+/// again with baton's backlog; a shut-down unix socket cannot be, and is reported until baton is restarted.
+struct ListenerGuard: Sendable {
+    struct Finding: Sendable {
+        var listener: ListeningSocket
+        var what: String
+        var repaired: Bool
+    }
+
+    private struct Watched: Sendable {
+        var socket: ListeningSocket
+        /// The kernel's backlog for a TCP listener when baton started, to listen again with.
+        var tcpBacklog: Int?
+        var refusing = false
+    }
+
+    private var watched: [Watched]
+    private let backlog: Int32
+
+    init(_ listeners: [ListeningSocket], backlog: Int32) {
+        self.backlog = backlog
+        watched = listeners.map { Watched(socket: $0, tcpBacklog: $0.condition().backlog) }
+    }
+
+    /// The listeners that refuse connections now (shut down, not repairable).
+    var refusing: [ListeningSocket] { watched.filter(\.refusing).map(\.socket) }
+
+    /// Looks at every listener and repairs what it can; returns what it found.
+    mutating func check() -> [Finding] {
+        var findings: [Finding] = []
+        for index in watched.indices where !watched[index].refusing {
+            let socket = watched[index].socket
+            let condition = socket.condition()
+            if let tcpBacklog = watched[index].tcpBacklog {
+                var what: [String] = []
+                if !condition.accepting || condition.shutDown { what.append("shut down (shutdown())") }
+                if let now = condition.backlog, now != tcpBacklog, condition.accepting {
+                    what.append("given a backlog of \(now) instead of \(tcpBacklog) (listen())")
+                }
+                guard !what.isEmpty else { continue }
+                let repaired = (try? socket.listenAgain(backlog: Int32(clamping: tcpBacklog))) != nil
+                    && socket.condition().accepting
+                if !repaired { watched[index].refusing = true }
+                findings.append(Finding(listener: socket, what: what.joined(separator: " and "), repaired: repaired))
+            } else if condition.shutDown {
+                watched[index].refusing = true
+                findings.append(Finding(listener: socket, what: "shut down (shutdown())", repaired: false))
+            } else {
+                // A unix listener's backlog cannot be read: listen again with baton's, which undoes a listen(fd, 1).
+                try? socket.listenAgain(backlog: backlog)
+            }
+        }
+        return findings
+    }
+}
+
+extension Launcher {
+    /// Watches every listener for a hang-up (a worker's `shutdown()`), on the event loop.
+    func watchListeners() throws(SystemError) {
+        for listener in listeners {
+            let sink = self.sink
+            try loop.registerHangUp(listener.fd) { sink.yield(.listenerHungUp) }
+        }
+    }
+
+    /// Checks the listeners, repairs what it can, and logs what a worker did, naming the generation whose workers
+    /// were the newest to start (the suspects).
+    func checkListeners() {
+        let findings = listenerGuard.check()
+        for listener in listeners where !listenerGuard.refusing.contains(listener) { loop.watchHangUp(listener.fd) }
+        guard !findings.isEmpty else { return }
+        let suspects = supervisor.orderedGenerations.last { !$0.workers.isEmpty }
+        let pids = suspects?.workers.compactMap { supervisor.worker($0)?.pid }.map(String.init) ?? []
+        let who = suspects.map { "a worker of generation \($0.id) (pid \(pids.joined(separator: ", ")))" } ?? "a worker"
+        for finding in findings {
+            let what = "listener '\(finding.listener.name)' (\(finding.listener.address)) was \(finding.what) by \(who)"
+            logger.lifecycle(
+                finding.repaired
+                    ? LifecycleEvent(
+                        .listenerRepaired, "\(what); it listens again", generation: suspects?.id, reason: finding.what)
+                    : LifecycleEvent(
+                        .listenerBroken, "\(what); it refuses connections until baton is restarted",
+                        generation: suspects?.id, reason: finding.what),
+                name: configuration.name)
+        }
+        notifyManager(.status(statusLine))
+    }
+
+    /// The `STATUS=` line: the Supervisor's, after any listener that refuses connections.
+    var statusLine: String {
+        let refusing = listenerGuard.refusing.map { "listener '\($0.name)' refuses connections" }
+        return (refusing + [supervisor.statusLine]).joined(separator: " · ")
+    }
+}
