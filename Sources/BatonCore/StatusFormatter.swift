@@ -9,17 +9,17 @@ public enum StatusFormatter {
         out += "generations:\n"
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
-            let age = Duration.milliseconds(Int64(max(0, now - generation.startedAt) * 1000)).shortDescription
-            out += "  generation \(generation.id)  \(generation.state)\(generation.crashLooping ? " (crash-looping)" : "")  started \(age) ago\n"
+            let started = age(now - generation.startedAt).shortDescription
+            out += "  generation \(generation.id)  \(generation.state)\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
             for worker in generation.workers {
-                let uptime = Duration.milliseconds(Int64(worker.uptimeSeconds * 1000)).shortDescription
+                let uptime = age(worker.uptimeSeconds).shortDescription
                 out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(worker.state)  up \(uptime)  restarts \(worker.restarts)"
                 if let text = worker.status { out += "  \"\(text)\"" }
                 out += "\n"
             }
         }
         if let reload = status.lastReload {
-            let ago = Duration.milliseconds(Int64(max(0, now - reload.finishedAt) * 1000)).shortDescription
+            let ago = age(now - reload.finishedAt).shortDescription
             out += "last reload: \(reload.ok ? "ok" : "failed") (generation \(reload.generation)) in \(Duration.milliseconds(reload.durationMilliseconds).shortDescription), \(ago) ago"
             if let reason = reload.reason { out += ": \(reason)" }
             out += "\n"
@@ -27,5 +27,12 @@ public enum StatusFormatter {
             out += "last reload: none\n"
         }
         return out
+    }
+
+    /// A span in seconds as a duration: negative, not finite or absurd values (a clock step, a bad reply) show as
+    /// 0 or are capped at 100 years instead of trapping in the conversion.
+    static func age(_ seconds: Double) -> Duration {
+        guard seconds.isFinite, seconds > 0 else { return .zero }
+        return .milliseconds(Int64(min(seconds, 100 * 365 * 86400) * 1000))
     }
 }

@@ -322,9 +322,11 @@ public actor Launcher {
     private func deliver(_ message: NotifyMessage, from worker: WorkerID) {
         let now = ContinuousClock.now
         if let status = message.status { perform(supervisor.handle(.status(worker, status), now: now)) }
-        if message.watchdog || message.watchdogMicroseconds != nil {
-            let interval = message.watchdogMicroseconds.map { Duration.microseconds(Int64($0)) }
-            perform(supervisor.handle(.watchdogPing(worker, interval: interval), now: now))
+        for rejected in message.rejected {
+            logger.warning("rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)")
+        }
+        if message.watchdog || message.watchdogInterval != nil {
+            perform(supervisor.handle(.watchdogPing(worker, interval: message.watchdogInterval), now: now))
         }
         if message.ready { perform(supervisor.handle(.ready(worker), now: now)) }
         if message.stopping, let pid = supervisor.worker(worker)?.pid {

@@ -4,7 +4,8 @@
 Behaviour comes from the environment and from a file read at start, so that a reload can switch it:
   REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
   READY_MODE       notify | fd | none (default none: baton detects the accept)
-  BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash
+  BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash, or
+                   'send-notify MSG|MSG...' (notify messages sent once ready)
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -153,6 +154,11 @@ try:
         # Opts in to baton's watchdog (WATCHDOG_USEC), then hangs as far as the watchdog can tell.
         print(f"watchdog interval {os.environ.get('WATCHDOG_USEC')}", flush=True)
         notify("WATCHDOG=1")
+    if behaviour.startswith("send-notify "):
+        # Messages of the test's choosing, '|' between them, once ready: what a hostile or buggy app may send.
+        for message in behaviour[len("send-notify "):].split("|"):
+            notify(message)
+        print("sent notify", flush=True)
     if behaviour == "late-crash":
         threading.Timer(0.2, lambda: os._exit(4)).start()
     def serve(listener):
