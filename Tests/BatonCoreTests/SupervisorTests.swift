@@ -134,8 +134,8 @@ struct SupervisorTests {
         h.send(.ready(newWorkers[0].id))
         let crashed = h.send(.exited(newWorkers[1].id, .exited(3)))
 
-        #expect(h.killed(in: crashed).contains(newWorkers[0].id), "the rest of the new generation is killed")
-        #expect(h.stopped(in: crashed).isEmpty)
+        #expect(h.stopped(in: crashed) == [newWorkers[0].id], "the rest of the new generation is asked to stop")
+        #expect(!h.killed(in: crashed).contains(newWorkers[0].id), "not SIGKILLed: it may be answering requests")
         #expect(!h.killed(in: crashed).contains { before.contains($0) }, "the old generation is not touched")
         let result = h.finished(in: crashed)
         #expect(result.map(\.ok) == [false])
@@ -153,7 +153,9 @@ struct SupervisorTests {
         h.send(.reloadRequested(RequesterID(1)))
         let slow = h.workers(generation: 2)[0]
         let fired = h.send(.timer(.readyTimeout(slow.id)))
-        #expect(h.killed(in: fired) == [slow.id])
+        #expect(h.stopped(in: fired) == [slow.id], "a worker slow to say it is ready may be accepting already")
+        #expect(h.killed(in: fired).isEmpty)
+        #expect(fired.contains(.schedule(.stopTimeout(slow.id), after: SupervisorSettings().stopTimeout)))
         #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s") == true)
         #expect(h.supervisor.serving == 1)
     }
@@ -267,9 +269,63 @@ struct SupervisorTests {
         var h = Harness(SupervisorSettings(workers: 2))
         h.send(.start)
         let worker = h.workers(generation: 1)[0]
+        let other = h.workers(generation: 1)[1]
+        h.send(.ready(other.id))
         let actions = h.send(.exited(worker.id, .exited(127)))
-        #expect(actions.contains(.exit(1)))
-        #expect(h.killed(in: actions).contains(h.log.compactMap { if case .spawn(let id, _, 2) = $0 { id } else { nil } }[0]))
+        #expect(h.stopped(in: actions) == [other.id], "the ready worker of the failed generation drains first")
+        #expect(!h.killed(in: actions).contains(other.id))
+        #expect(!actions.contains(.exit(1)), "baton exits once its workers are gone")
+        #expect(h.supervisor.phase == .stopping)
+        let gone = h.send(.exited(other.id, .signaled("TERM")))
+        #expect(gone.contains(.exit(1)))
+    }
+
+    @Test func aRollbackStopsTheNewWorkersGracefullyAndKillsOnlyAfterTheStopTimeout() {
+        var h = Harness(SupervisorSettings(workers: 3, stopTimeout: .seconds(7)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let new = h.workers(generation: 2)
+        h.send(.ready(new[0].id))
+        let crashed = h.send(.exited(new[2].id, .exited(1)))
+        #expect(Set(h.stopped(in: crashed)) == [new[0].id, new[1].id], "ready or starting, each gets the stop signal")
+        #expect(h.killed(in: crashed) == [new[2].id], "only the crashed worker's own process group")
+        #expect(crashed.contains(.schedule(.stopTimeout(new[0].id), after: .seconds(7))))
+        #expect(crashed.contains(.schedule(.stopTimeout(new[1].id), after: .seconds(7))))
+        #expect(h.finished(in: crashed).map(\.ok) == [false], "the reload fails at once; the workers drain behind it")
+        #expect(h.supervisor.statusLine.contains("generation 2 failed, stopping (2)"))
+        // One drains and exits; the other ignores the signal and is killed when its stop timeout fires.
+        h.send(.exited(new[0].id, .exited(0)))
+        let fired = h.send(.timer(.stopTimeout(new[1].id)))
+        #expect(h.killed(in: fired) == [new[1].id])
+        h.send(.exited(new[1].id, .signaled("KILL")))
+        #expect(h.supervisor.generations[2] == nil, "the failed generation is gone once its workers are")
+        #expect(h.supervisor.serving == 1)
+        #expect(h.workers(generation: 1).count == 3 && h.workers(generation: 1).allSatisfy { $0.state == .ready })
+    }
+
+    @Test func aFailedRollingReloadStopsTheNewReadyWorkerGracefully() {
+        var h = Harness(SupervisorSettings(workers: 2, strategy: .rolling))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(nil))
+        let first = h.workers(generation: 2)[0]
+        h.send(.ready(first.id))
+        let second = h.workers(generation: 2).first { $0.slot == 2 }!
+        let crashed = h.send(.exited(second.id, .exited(1)))
+        #expect(h.stopped(in: crashed) == [first.id])
+        #expect(!h.killed(in: crashed).contains(first.id))
+        #expect(h.spawns(in: crashed).map(\.generation) == [1], "the retired slot of generation 1 comes back")
+    }
+
+    @Test func aWorkerThatMissesItsReadyTimeoutAtStartGetsTheStopSignalFirst() {
+        var h = Harness(SupervisorSettings(workers: 2, readyTimeout: .seconds(2)))
+        h.send(.start)
+        let slow = h.workers(generation: 1)[0]
+        h.send(.ready(h.workers(generation: 1)[1].id))
+        let fired = h.send(.timer(.readyTimeout(slow.id)))
+        #expect(h.stopped(in: fired) == [slow.id])
+        #expect(h.killed(in: fired).isEmpty)
     }
 
     @Test func stopRetiresEveryGenerationGracefullyThenExitsZero() {
