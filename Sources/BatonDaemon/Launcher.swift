@@ -654,7 +654,7 @@ public actor Launcher {
         timers = [:]
         for (_, client) in requesters { client.send(.error("baton is exiting")); client.close() }
         requesters = [:]
-        if controlSocket != nil { Process.removeFile(configuration.controlPath) }
+        if controlSocket != nil { Sockets.removeSocketFile(configuration.controlPath) }
         Systemd.notify("STATUS=stopped")
         sink.finish()
     }

@@ -109,11 +109,24 @@ public enum Sockets {
     /// A socket file left by a process that is gone (connecting is refused) is removed first; a live one is
     /// reported as in use, and a file that is not a socket is never touched.
     ///
-    /// The corresponding C functions are `socket`, `bind`, `chmod` and `listen`.
+    /// No step can be redirected by whoever else can write the directory: the stale file is checked and removed in
+    /// the directory opened once (`fstatat`, `unlinkat`); the mode is set on the socket before `bind` (the file is
+    /// created with it, less the umask, so it is never more open than asked, not even for an instant); and what the
+    /// umask took away is put back on the file that `bind` made, opened without following a symlink
+    /// (`CBATON_O_PATH | O_NOFOLLOW`) and checked to be a socket owned by baton, through `/proc/self/fd`. A file swapped in
+    /// after `bind` is refused, never changed.
+    ///
+    /// The corresponding C functions are `socket`, `fchmod`, `bind`, `openat`, `chmod` and `listen`.
     public static func listenUnix(path: String, mode: UInt32?, backlog: Int32) throws(BindError) -> FileDescriptor {
         let display = "unix:" + path
+        let (directoryPath, name) = splitPath(path)
+        let directory = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard directory >= 0 else {
+            throw BindError(address: display, underlying: SystemError("open(\(directoryPath))", Errno(rawValue: Glibc.errno)))
+        }
+        defer { _ = close(directory) }
         var info = stat()
-        if lstat(path, &info) == 0 {
+        if fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0 {
             guard info.st_mode & S_IFMT == S_IFSOCK else {
                 throw BindError(address: display, underlying: SystemError("bind (\(path) exists and is not a socket)", .fileExists))
             }
@@ -122,7 +135,13 @@ public enum Sockets {
                 probe.closeOnce()
                 throw BindError(address: display, underlying: SystemError("bind", .addressInUse))
             } catch let error as SystemError where error.errno == .connectionRefused {
-                unlink(path)  // stale: nobody listens on it
+                // Stale: nobody listens on it. Removed only if it is still the very file checked.
+                var again = stat()
+                if fstatat(directory, name, &again, AT_SYMLINK_NOFOLLOW) == 0, again.st_dev == info.st_dev,
+                    again.st_ino == info.st_ino
+                {
+                    unlinkat(directory, name, 0)
+                }
             } catch let error as BindError {
                 throw error
             } catch {
@@ -132,11 +151,14 @@ public enum Sockets {
         do throws(SystemError) {
             let fd = try unixSocket(type: SOCK_STREAM)
             do throws(SystemError) {
+                if let mode {
+                    try syscall("fchmod") { fchmod(fd.rawValue, mode_t(mode)) }
+                }
                 _ = try withUnixAddress(path) { address, length throws(SystemError) in
                     try syscall("bind") { bind(fd.rawValue, address, length) }
                 }
                 if let mode {
-                    try syscall("chmod") { chmod(path, mode_t(mode)) }
+                    try setSocketFileMode(directory: directory, name: name, path: path, mode: mode)
                 }
                 try syscall("listen") { listen(fd.rawValue, backlog) }
                 return fd
@@ -147,6 +169,52 @@ public enum Sockets {
         } catch {
             throw BindError(address: display, underlying: error)
         }
+    }
+
+    /// Gives the socket file `name` in `directory`, just made by `bind`, exactly `mode`, without following a
+    /// symlink and only if it is still a socket owned by this process's user.
+    private static func setSocketFileMode(directory: Int32, name: String, path: String, mode: UInt32) throws(SystemError) {
+        let file = openat(directory, name, CBATON_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        guard file >= 0 else { throw SystemError("open(\(path)) after bind", Errno(rawValue: Glibc.errno)) }
+        defer { _ = close(file) }
+        var info = stat()
+        try syscall("fstat") { fstat(file, &info) }
+        guard info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == geteuid() else {
+            throw SystemError(
+                "bind (\(path) was replaced by another file right after bind: another user can write its directory; "
+                    + "use a directory only baton's user can write)", .fileExists)
+        }
+        guard info.st_mode & 0o7777 != mode_t(mode) else { return }
+        // chmod of the magic link reaches the inode the O_PATH fd holds, whatever is at `path` by now.
+        if chmod("/proc/self/fd/\(file)", mode_t(mode)) != 0 {
+            let code = Glibc.errno
+            throw SystemError(
+                code == ENOENT ? "chmod(\(path)) (needs /proc mounted to set the mode safely)" : "chmod(\(path))",
+                Errno(rawValue: code))
+        }
+    }
+
+    /// Removes the unix socket file at `path` if it is a socket owned by this process's user, in the directory it
+    /// is in, without following a symlink; anything else there is left alone.
+    ///
+    /// The corresponding C functions are `fstatat` and `unlinkat`.
+    public static func removeSocketFile(_ path: String) {
+        let (directoryPath, name) = splitPath(path)
+        let directory = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard directory >= 0 else { return }
+        defer { _ = close(directory) }
+        var info = stat()
+        guard fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFSOCK,
+            info.st_uid == geteuid()
+        else { return }
+        unlinkat(directory, name, 0)
+    }
+
+    /// A path's directory and last component: `/run/a.sock` is `/run` and `a.sock`, `a.sock` is `.` and `a.sock`.
+    static func splitPath(_ path: String) -> (directory: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        return (directory, String(path[path.index(after: slash)...]))
     }
 
     /// Connects a blocking, close-on-exec unix stream socket to `path`.

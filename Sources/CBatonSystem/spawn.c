@@ -20,6 +20,7 @@
 #endif
 
 _Static_assert(sizeof(int) == 4, "fds travel as 32-bit ints");
+_Static_assert(CBATON_O_PATH == O_PATH, "O_PATH as the kernel defines it");
 _Static_assert(CBATON_FDS_PER_MESSAGE <= 253, "SCM_MAX_FD is 253");
 
 static void child_fail(int channel, int error) {

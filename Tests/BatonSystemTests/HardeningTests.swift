@@ -49,4 +49,104 @@ struct HardeningTests {
         #expect(!baton.stderr.text.contains("stopped sending WATCHDOG=1"), "no watchdog was armed from a rejected value")
         #expect(baton.stop() == 0)
     }
+
+    // MARK: - Paths another user can write
+
+    /// A racer running as `nobody` in a directory `nobody` owns: whenever a socket appears at the path, it moves
+    /// it away and puts a symlink to a root-owned file in its place. strace holds baton for 300 ms right after each
+    /// `bind` returns (`inject=bind:delay_exit`), so that the racer wins that window every time. baton must never
+    /// change the file's mode, and refuses to start with the socket gone from under it.
+    @Test func aSymlinkSwappedInAfterBindIsNeverFollowed() throws {
+        try #require(getuid() == 0, "needs root to act as a second user")
+        let setpriv = try #require(Paths.which("setpriv"))
+        let strace = try #require(Paths.which("strace"), "scripts/deps.sh installs strace")
+        let scratch = Scratch()
+        chmod(scratch.path, 0o755)
+        let shared = scratch.file("shared")
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        chown(shared, 65534, 65534)
+        let target = scratch.file("root-only")
+        scratch.write("root-only", "secret\n")
+        chmod(target, 0o600)
+        let path = "\(shared)/s.sock"
+        scratch.write(
+            "racer.py",
+            """
+            import os, stat, sys, time
+            path, target = sys.argv[1], sys.argv[2]
+            n = 0
+            print("racing", flush=True)
+            while True:
+                try:
+                    if stat.S_ISSOCK(os.lstat(path).st_mode):
+                        os.rename(path, f"{path}.{n}")
+                        os.symlink(target, path)
+                        n += 1
+                except OSError:
+                    pass
+                time.sleep(0.002)
+            """)
+        let racer = Foundation.Process()
+        racer.executableURL = URL(fileURLWithPath: setpriv)
+        racer.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", scratch.file("racer.py"), path, target]
+        let racerOut = Pipe()
+        racer.standardOutput = racerOut
+        try racer.run()
+        // SIGKILL: the test runner's children inherit its blocked signals, SIGTERM included.
+        defer { kill(racer.processIdentifier, SIGKILL); racer.waitUntilExit() }
+        #expect(LineCollector(racerOut.fileHandleForReading).waitFor("racing") != nil)
+
+        var refused = 0
+        var attempts = 0
+        while refused < 3 && attempts < 6 {
+            attempts += 1
+            unlink(path)  // the racer's symlink from the last round (removed as root; the racer only moves sockets)
+            let result = run(
+                strace, [
+                    "-qq", "-o", "/dev/null", "-e", "trace=bind", "-e", "inject=bind:delay_exit=300000", Paths.baton, "run",
+                    "--control", scratch.file("c.sock"), "--listen", "unix:\(path)", "--socket-mode", "666", "--", "true",
+                ])
+            if result.stderr.contains("was replaced by another file right after bind") { refused += 1 }
+            var info = stat()
+            lstat(target, &info)
+            if info.st_mode & 0o7777 != 0o600 {
+                Issue.record("baton changed the mode of a root-owned file through a symlink (attempt \(attempts)): \(String(info.st_mode & 0o7777, radix: 8))")
+                break
+            }
+            #expect(result.stderr.split(separator: "\n").allSatisfy { !$0.isEmpty }, "one-line errors")
+        }
+        print("symlink race: \(attempts) starts, the racer won the window after bind \(refused) times")
+        #expect(refused == 3, "baton saw the socket replaced after bind and refused, each time")
+        var info = stat()
+        lstat(target, &info)
+        #expect(info.st_mode & 0o7777 == 0o600 && info.st_uid == 0)
+    }
+
+    @Test func aSocketModeIsExactDespiteTheUmaskAndTheControlSocketIsNeverOpenToOthers() throws {
+        let scratch = Scratch()
+        let path = scratch.file("s.sock")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(path)", "--socket-mode", "666", "--", "python3", Paths.worker], scratch: scratch,
+            wrapper: ["/bin/sh", "-c", "umask 077; exec \"$0\" \"$@\""])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        var info = stat()
+        #expect(lstat(path, &info) == 0 && info.st_mode & 0o7777 == 0o666, "exactly the mode asked for, whatever the umask")
+        #expect(lstat(baton.control, &info) == 0 && info.st_mode & 0o7777 == 0o600)
+        #expect(baton.stop() == 0)
+        #expect(lstat(baton.control, &info) != 0, "the control socket is removed at exit")
+    }
+
+    @Test func atExitBatonRemovesOnlyItsOwnControlSocket() throws {
+        let scratch = Scratch()
+        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker], scratch: scratch)
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        // Something else now sits at the control path: a symlink to a file that must survive.
+        scratch.write("keep", "keep\n")
+        unlink(baton.control)
+        symlink(scratch.file("keep"), baton.control)
+        #expect(baton.stop() == 0)
+        var info = stat()
+        #expect(lstat(baton.control, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK, "not baton's socket: left alone")
+        #expect(FileManager.default.fileExists(atPath: scratch.file("keep")))
+    }
 }

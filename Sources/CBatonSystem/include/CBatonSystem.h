@@ -17,6 +17,9 @@
 /// The most fds the kernel accepts in one SCM_RIGHTS message is 253; baton sends batches of this size.
 #define CBATON_FDS_PER_MESSAGE 250
 
+/// `O_PATH` (which Glibc's module does not export without _GNU_SOURCE): an fd that names a file without opening it.
+static const int CBATON_O_PATH = 010000000;
+
 /// What the child side of a spawn needs. Everything is prepared by the parent before `fork`,
 /// because the child may only make async-signal-safe calls.
 typedef struct {
