@@ -229,26 +229,29 @@ public actor Launcher {
         let now = ContinuousClock.now
         switch event {
         case .signal(let signal):
-            switch signal {
-            case Signals.child:
+            switch Signals.meaning(of: signal) {
+            case .reap:
                 let exits = Children.reapAll()
                 // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
                 if !exits.isEmpty { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
                 for exit in exits { handle(.childExited(exit)) }
-            case Signals.upgrade:
+            case .reexecute:
                 logger.notice("re-execution of \(executablePath) requested")
                 reexecRequested = true
-            case Signals.hangup:
+            case .reload:
                 perform(supervisor.handle(.reloadRequested(nil), now: now))
-            case Signals.terminate, Signals.interrupt:
+            case .stop:
                 if supervisor.phase == .stopping {
-                    logger.notice("second stop signal: killing every worker now")
+                    logger.notice("second stop signal (SIG\(Signals.name(of: signal))): killing every worker now")
                     perform(supervisor.handle(.forceStop, now: now))
                 } else {
+                    if signal != Signals.terminate && signal != Signals.interrupt {
+                        logger.notice("SIG\(Signals.name(of: signal)) received: stopping as for SIGTERM")
+                    }
                     perform(supervisor.handle(.stop, now: now))
                 }
-            default:
-                break
+            case .ignore:
+                logger.notice("ignored SIG\(Signals.name(of: signal)): HUP reloads, USR2 re-executes, TERM stops")
             }
         case .childExited(let exit):
             guard let worker = supervisor.worker(pid: exit.pid) else { return }

@@ -67,7 +67,7 @@ extension Baton {
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
             Signals.block(Signals.handledByRun)
-            Signals.ignoreBrokenPipe()
+            Signals.ignoreMeaningless()
 
             let configuration: LaunchConfiguration
             do {

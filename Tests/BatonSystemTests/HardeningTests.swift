@@ -149,4 +149,37 @@ struct HardeningTests {
         #expect(lstat(baton.control, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK, "not baton's socket: left alone")
         #expect(FileManager.default.fileExists(atPath: scratch.file("keep")))
     }
+
+    // MARK: - Signals
+
+    /// Every signal whose default would end baton and that means nothing to it: none may take baton down or cost a
+    /// worker. (SIGRTMIN is 34 under glibc, SIGRTMAX 64.)
+    @Test func signalsThatMeanNothingToBatonAreIgnored() throws {
+        let (scratch, reports, baton) = try launch(["--workers", "2"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let workers = Set(WorkerReport.all(in: reports).map(\.pid))
+        #expect(workers.count == 2)
+        let signals = [SIGUSR1, SIGPIPE, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT, SIGXFSZ, 34, 35, 40, 50, 63, 64]
+        for signal in signals { #expect(kill(baton.pid, signal) == 0) }
+        // A request answered after the signals: baton has run since they arrived.
+        let status = baton.client(["status"])
+        #expect(status.status == 0, "baton survives \(signals): \(status.stderr)")
+        #expect(isAlive(baton.pid))
+        #expect(workers.allSatisfy(isAlive), "no worker was touched")
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200)
+        #expect(baton.stop() == 0)
+    }
+
+    @Test(arguments: [SIGQUIT, SIGPWR, SIGXCPU])
+    func signalsThatMeanStopRetireEveryWorkerAndRemoveTheControlSocket(signal: Int32) throws {
+        let (_, reports, baton) = try launch(["--workers", "2"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let workers = WorkerReport.all(in: reports).map(\.pid)
+        #expect(workers.count == 2)
+        kill(baton.pid, signal)
+        #expect(baton.wait() == 0, "a graceful stop, as for SIGTERM")
+        #expect(baton.stderr.text.contains("received: stopping as for SIGTERM"))
+        for pid in workers { #expect(waitForExit(pid), "worker \(pid) is gone with baton") }
+        #expect(!FileManager.default.fileExists(atPath: baton.control), "no stale control socket")
+    }
 }

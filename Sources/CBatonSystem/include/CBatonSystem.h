@@ -20,6 +20,10 @@
 /// `O_PATH` (which Glibc's module does not export without _GNU_SOURCE): an fd that names a file without opening it.
 static const int CBATON_O_PATH = 010000000;
 
+/// `SIGRTMIN` and `SIGRTMAX` as glibc gives them to programs (it keeps the first real-time signals for itself).
+int cbaton_sigrtmin(void);
+int cbaton_sigrtmax(void);
+
 /// What the child side of a spawn needs. Everything is prepared by the parent before `fork`,
 /// because the child may only make async-signal-safe calls.
 typedef struct {
