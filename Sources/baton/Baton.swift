@@ -64,6 +64,8 @@ extension Baton {
 
         func run() throws {
             if options.asksForHelp { throw CleanExit.helpRequest(self) }
+            // Workers get the scheduling and limits baton starts with, read here, on the main thread.
+            ProcessAttributes.capture()
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
             Signals.block(Signals.handledByRun)

@@ -182,4 +182,62 @@ struct HardeningTests {
         for pid in workers { #expect(waitForExit(pid), "worker \(pid) is gone with baton") }
         #expect(!FileManager.default.fileExists(atPath: baton.control), "no stale control socket")
     }
+
+    // MARK: - What a worker inherits
+
+    /// Fields of /proc/PID/stat after the command name, 1-based as proc(5) numbers them.
+    func statField(_ pid: Int32, _ number: Int) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return number >= 3 && number - 3 < fields.count ? String(fields[number - 3]) : nil
+    }
+
+    /// A limit's soft and hard value from /proc/PID/limits, such as `Max open files`.
+    func limit(_ pid: Int32, _ name: String) -> (soft: String, hard: String)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name) })
+        else { return nil }
+        let values = line.dropFirst(name.count).split(separator: " ")
+        return values.count >= 2 ? (String(values[0]), String(values[1])) : nil
+    }
+
+    @Test func workersGetTheNiceValueAndPolicyBatonStartedWithWhicheverThreadSpawnsThem() throws {
+        let nice = try #require(Paths.which("nice"))
+        let chrt = try #require(Paths.which("chrt"))
+        let (_, reports, baton) = try launch(["--workers", "2"], wrapper: [nice, "-n", "10", chrt, "--batch", "0"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        #expect(statField(baton.pid, 19) == "10", "baton's main thread runs at nice 10")
+        // The first generation, then a reload's and a respawn's: each spawned from whatever thread runs the actor.
+        #expect(baton.client(["reload"]).status == 0)
+        let reports2 = WorkerReport.all(in: reports)
+        let victim = try #require(reports2.map(\.pid).max())
+        kill(victim, SIGKILL)
+        #expect(baton.stderr.waitFor("is back") != nil)
+        let workers = WorkerReport.all(in: reports).map(\.pid).filter(isAlive)
+        #expect(workers.count == 2)
+        for pid in workers {
+            #expect(statField(pid, 19) == "10", "worker \(pid) runs at nice 10, as baton does")
+            #expect(statField(pid, 41) == "3", "worker \(pid) runs under SCHED_BATCH, as baton does")
+        }
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func workersGetTheLimitsBatonStartedWithWhateverHappensToBatonsOwn() throws {
+        let prlimit = try #require(Paths.which("prlimit"))
+        let (_, reports, baton) = try launch(
+            [], wrapper: [prlimit, "--nofile=900:4000", "--core=0:100000", "--nproc=3000:5000"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        // baton's own limits change while it runs; a new worker still gets those it started with. (A hard limit
+        // lowered since comes back only with CAP_SYS_RESOURCE; without it the soft limit still does.)
+        #expect(run(prlimit, ["--pid", "\(baton.pid)", "--nofile=700:", "--core=5000:", "--nproc=2000:4000"]).status == 0)
+        #expect(limit(baton.pid, "Max open files")! == ("700", "4000"))
+        #expect(baton.client(["reload"]).status == 0)
+        let worker = try #require(WorkerReport.all(in: reports).map(\.pid).filter(isAlive).first)
+        #expect(limit(worker, "Max open files")! == ("900", "4000"))
+        #expect(limit(worker, "Max core file size")! == ("0", "100000"))
+        let processes = try #require(limit(worker, "Max processes"))
+        #expect(processes.soft == "3000" && ["4000", "5000"].contains(processes.hard), "\(processes)")
+        #expect(baton.stop() == 0)
+    }
 }
