@@ -1,27 +1,29 @@
-/// Renders a ``StatusReport`` for people.
+/// Renders a ``StatusReport`` for people. Text from workers (their `STATUS=`) and everything else in the report is
+/// shown with its control characters escaped (``TerminalText``).
 public enum StatusFormatter {
     public static func text(_ status: StatusReport, now: Double) -> String {
-        var out = "baton \(status.name) (pid \(status.pid), version \(status.version))\(status.reloading ? ", reloading" : "")\n"
+        let clean = TerminalText.sanitized
+        var out = "baton \(clean(status.name)) (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
         out += "listeners:\n"
         for listener in status.listeners {
-            out += "  \(listener.name)  \(listener.address)  (fd \(listener.fd))\n"
+            out += "  \(clean(listener.name))  \(clean(listener.address))  (fd \(listener.fd))\n"
         }
         out += "generations:\n"
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
             let started = age(now - generation.startedAt).shortDescription
-            out += "  generation \(generation.id)  \(generation.state)\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
+            out += "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
             for worker in generation.workers {
                 let uptime = age(worker.uptimeSeconds).shortDescription
-                out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(worker.state)  up \(uptime)  restarts \(worker.restarts)"
-                if let text = worker.status { out += "  \"\(text)\"" }
+                out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
+                if let text = worker.status { out += "  \"\(clean(text))\"" }
                 out += "\n"
             }
         }
         if let reload = status.lastReload {
             let ago = age(now - reload.finishedAt).shortDescription
             out += "last reload: \(reload.ok ? "ok" : "failed") (generation \(reload.generation)) in \(Duration.milliseconds(reload.durationMilliseconds).shortDescription), \(ago) ago"
-            if let reason = reload.reason { out += ": \(reason)" }
+            if let reason = reload.reason { out += ": \(clean(reason))" }
             out += "\n"
         } else {
             out += "last reload: none\n"

@@ -174,7 +174,7 @@ public actor Launcher {
             do {
                 fd = try Sockets.listenUnix(path: path, mode: 0o600, backlog: 64)
             } catch {
-                throw SystemError("control socket \(path): \(error.description)", error.underlying.errno)
+                throw SystemError(message: "control socket \(path): \(error.description)", error.underlying.errno)
             }
         }
         try fd.setNonBlocking()

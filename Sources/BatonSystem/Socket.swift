@@ -36,6 +36,8 @@ public struct BindError: Error, CustomStringConvertible, Sendable {
         switch underlying.errno {
         case .addressInUse:
             return "address \(address) is already in use: stop whatever listens there or choose another --listen"
+        case .permissionDenied where address.hasPrefix("unix:"):
+            return "permission denied creating \(address): baton's user needs write and search permission on its directory"
         case .permissionDenied:
             return "permission denied binding \(address): ports below 1024 need root or CAP_NET_BIND_SERVICE"
         case .addressNotAvailable:

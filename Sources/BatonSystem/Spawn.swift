@@ -57,7 +57,18 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
     public var executable: String
     public var underlying: SystemError
 
+    public init(code: Code, executable: String, underlying: SystemError) {
+        self.code = code
+        self.executable = executable
+        self.underlying = underlying
+    }
+
     public var description: String {
+        if underlying.errno == .tooManyOpenFiles || underlying.errno == .tooManyOpenFilesInSystem {
+            // Whether the fork's setup or the child ran out, it is baton's limit (or the system's), not the app.
+            let whose = underlying.errno == .tooManyOpenFiles ? "raise baton's limit (LimitNOFILE=)" : "the system's file table is full"
+            return "cannot start \(executable): out of file descriptors (\(underlying.errno.description)); \(whose)"
+        }
         switch code {
         case .exec: return "cannot execute \(executable): \(underlying.errno.description)"
         case .setup: return "cannot start \(executable): \(underlying)"

@@ -9,12 +9,22 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The error the call set.
     public var errno: Errno
 
+    /// The whole text, when it already names the errno (it then is not appended again).
+    public var message: String?
+
     public init(_ call: String, _ errno: Errno) {
         self.call = call
         self.errno = errno
     }
 
-    public var description: String { "\(call): \(errno.description)" }
+    /// An error whose `message` says it all, errno included, such as one that wraps a ``BindError``.
+    public init(message: String, _ errno: Errno) {
+        self.call = message
+        self.errno = errno
+        self.message = message
+    }
+
+    public var description: String { message ?? "\(call): \(errno.description)" }
 }
 
 /// Runs a system call that returns -1 on failure, retrying on EINTR and throwing a ``SystemError`` that
@@ -371,4 +381,9 @@ public enum StandardStreams {
     ///
     /// The corresponding C function is `isatty`.
     public static func stderrIsTerminal() -> Bool { isatty(2) == 1 }
+
+    /// Whether stdout is a terminal.
+    ///
+    /// The corresponding C function is `isatty`.
+    public static func stdoutIsTerminal() -> Bool { isatty(1) == 1 }
 }

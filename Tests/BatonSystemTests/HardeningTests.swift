@@ -1,4 +1,6 @@
+import BatonSystem
 import Foundation
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -239,5 +241,72 @@ struct HardeningTests {
         let processes = try #require(limit(worker, "Max processes"))
         #expect(processes.soft == "3000" && ["4000", "5000"].contains(processes.hard), "\(processes)")
         #expect(baton.stop() == 0)
+    }
+
+    // MARK: - What baton shows of a worker, and its messages
+
+    @Test func aWorkersControlCharactersNeverReachTheTerminalOfBatonStatusOrBatonReload() throws {
+        let (scratch, _, baton) = try launch(
+            ["--ready", "notify"], behaviour: "send-notify STATUS=\u{1b}]0;owned\u{07}\u{1b}[2Jwarm\u{9b}31m",
+            environment: ["READY_MODE": "notify"])
+        #expect(baton.stdout.waitFor("sent notify") != nil)
+        let status = baton.client(["status"])
+        #expect(status.status == 0)
+        #expect(status.stdout.contains(#""\x1b]0;owned\x07\x1b[2Jwarm\u{9b}31m""#), "\(status.stdout)")
+        #expect(!status.stdout.unicodeScalars.contains { $0.value == 0x1b || $0.value == 0x07 || $0.value == 0x9b })
+        let json = baton.client(["status", "--json"])
+        #expect(json.stdout.contains(#"\u001b]0;owned"#), "JSON escapes them its own way")
+        // A release that fails with escapes in its last stderr lines.
+        scratch.write("behaviour", "crash-with-escapes")
+        let reload = baton.client(["reload"])
+        #expect(reload.status == 1)
+        #expect(reload.stderr.contains(#"| \x1b]0;owned\x07\x1b[2Jfatal: escapes (test crash)"#), "\(reload.stderr)")
+        #expect(!reload.stderr.unicodeScalars.contains { $0.value == 0x1b || $0.value == 0x07 })
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func aWorkersOutputOnATerminalHasItsControlCharactersEscaped() throws {
+        let script = try #require(Paths.which("script"))
+        let scratch = Scratch()
+        // An app that writes escapes and a tab, then fails its start: baton relays the lines, gives up and exits.
+        scratch.write("app.sh", "#!/bin/sh\nprintf '\\033]0;owned\\007\\033[2Jmarker\\n'\nprintf 'tab\\there\\n' >&2\nexit 3\n")
+        chmod(scratch.file("app.sh"), 0o755)
+        // script(1) gives baton a terminal for stdout and stderr, and copies what it shows to its own stdout.
+        let command = "\(Paths.baton) run --control \(scratch.file("c.sock")) --listen unix:\(scratch.file("s.sock")) -- \(scratch.file("app.sh"))"
+        let result = run(script, ["-qec", command, "/dev/null"])
+        let line = try #require(result.stdout.split(separator: "\n").first { $0.contains("marker") }, "\(result.stdout)")
+        #expect(line.contains(#"baton[g1.w1]: \x1b]0;owned\x07\x1b[2Jmarker"#), "\(line)")
+        #expect(!result.stdout.unicodeScalars.contains { $0.value == 0x1b || $0.value == 0x07 }, "\(result.stdout)")
+        #expect(result.stdout.contains("baton[g1.w1]: tab\there"), "a tab is no danger: kept")
+    }
+
+    @Test func errorsAboutPathsAndLimitsSayWhatIsWrongOnce() throws {
+        try #require(getuid() == 0, "needs root to act as a second user")
+        let setpriv = try #require(Paths.which("setpriv"))
+        let scratch = Scratch()
+        chmod(scratch.path, 0o755)
+        let control = scratch.file("ctl")
+        try FileManager.default.createDirectory(atPath: control, withIntermediateDirectories: true)
+        chmod(control, 0o777)
+        let locked = scratch.file("locked")
+        try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: true)
+        // A unix socket in a directory baton's user cannot write: no hint about ports.
+        let unwritable = run(setpriv, [
+            "--reuid=65534", "--regid=65534", "--clear-groups", Paths.baton, "run", "--control", "\(control)/c.sock",
+            "--listen", "unix:\(locked)/s.sock", "--", "/bin/true",
+        ])
+        #expect(
+            unwritable.stderr
+                == "baton: permission denied creating unix:\(locked)/s.sock: baton's user needs write and search permission on its directory")
+        // A control path taken by a file: the errno once.
+        scratch.write("taken", "")
+        let taken = run(Paths.baton, ["run", "--control", scratch.file("taken"), "--listen", "unix:\(scratch.file("s.sock"))", "--", "/bin/true"])
+        #expect(taken.status != 0)
+        let error = String(taken.stderr.split(separator: "\n").last ?? "")
+        #expect(error.hasPrefix("baton: control socket \(scratch.file("taken")): "), "\(error)")
+        #expect(error.components(separatedBy: "File exists").count == 2, "\(error)")
+        // Out of fds, in the spawn's setup or in the child: baton's limit, not the app's fault.
+        let spawn = SpawnError(code: .exec, executable: "python3", underlying: SystemError("execve", .tooManyOpenFiles))
+        #expect(spawn.description == "cannot start python3: out of file descriptors (Too many open files); raise baton's limit (LimitNOFILE=)")
     }
 }

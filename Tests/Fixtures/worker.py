@@ -68,6 +68,10 @@ if behaviour == "slow-start":
 if behaviour == "crash":
     print("fatal: cannot load configuration (test crash)", file=sys.stderr, flush=True)
     sys.exit(3)
+if behaviour == "crash-with-escapes":
+    # A release whose last words would drive the terminal of whoever reads them: retitle it, clear it.
+    print("\x1b]0;owned\x07\x1b[2Jfatal: escapes (test crash)", file=sys.stderr, flush=True)
+    sys.exit(3)
 if behaviour == "hang":
     print("hanging before ready", file=sys.stderr, flush=True)
     while True:
