@@ -459,8 +459,8 @@ public struct Supervisor: Sendable {
         actions.append(.cancel(.stopTimeout(id)))
         actions.append(.cancel(.watchdog(id)))
         if let pid = worker.pid {
-            // Whatever the app left in its process group goes with it.
-            actions.append(.kill(id, pid: pid))
+            // Whatever the app left in its process group goes with it: asked first, like any worker.
+            actions.append(.stopGroup(id, pid: pid))
         }
         guard var generation = generations[worker.generation] else { return }
         generation.workers.removeAll { $0 == id }

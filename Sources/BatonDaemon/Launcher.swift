@@ -59,6 +59,9 @@ public actor Launcher {
     /// The binary to re-execute on SIGUSR2 (the path, so that an upgraded file is picked up).
     private let executablePath: String
     private var reexecRequested = false
+    /// Processes workers left behind, told to stop and waiting out their stop timeout.
+    private var leftovers = Leftovers()
+    private var leftoverCheck: Task<Void, Never>?
 
     /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
     public init(
@@ -233,7 +236,7 @@ public actor Launcher {
             case .reap:
                 let exits = Children.reapAll()
                 // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
-                if !exits.isEmpty { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
+                if !exits.isEmpty || leftovers.nextDeadline != nil { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
                 for exit in exits { handle(.childExited(exit)) }
             case .reexecute:
                 logger.notice("re-execution of \(executablePath) requested")
@@ -349,6 +352,8 @@ public actor Launcher {
             case .kill(_, let pid):
                 Process.kill(-pid, Signals.kill)
                 Process.kill(pid, Signals.kill)
+            case .stopGroup(_, let pid):
+                Process.kill(-pid, configuration.stopSignal)
             case .schedule(let id, let delay):
                 schedule(id, after: delay)
             case .cancel(let id):
@@ -503,25 +508,49 @@ public actor Launcher {
         }
     }
 
-    /// Stops processes a worker left behind: daemonised descendants that escaped its process group were
-    /// re-parented to baton (a subreaper); each still carries the `BATON_GENERATION`, `BATON_WORKER` and (unless
-    /// the app removed it) `LISTEN_PID` of the worker that started it, and goes once that worker is gone, even
-    /// when a replacement now serves the same slot.
+    /// Stops processes a worker left behind: descendants re-parented to baton (a subreaper) once it was gone;
+    /// each still carries the `BATON_GENERATION`, `BATON_WORKER` and (unless the app removed it) `LISTEN_PID` of
+    /// the worker that started it, and goes once that worker is gone, even when a replacement now serves the same
+    /// slot. ``Leftovers`` decides how: the stop signal first for one in the worker's process group, SIGKILL at once
+    /// for one that escaped it.
     private func stopOrphans(alsoGone gone: Set<Int32>) {
         var live: [String: Int32] = [:]
         for worker in supervisor.liveWorkers {
             guard let pid = worker.pid, !gone.contains(pid) else { continue }
             live["\(worker.generation).\(worker.slot)"] = pid
         }
-        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil {
+        let children = ProcInspector.ownChildren()
+        leftovers.retain(Set(children))
+        let now = ContinuousClock.now
+        for pid in children where supervisor.worker(pid: pid) == nil {
             guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else { continue }
-            let owner = live["\(identity.generation).\(identity.slot)"]
-            if let owner, identity.workerPID == nil || identity.workerPID == owner { continue }
-            logger.warning(
-                "stopping pid \(pid), left behind by worker \(identity.slot) of generation \(identity.generation) outside its process group",
-                metadata: ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"])
-            Process.kill(-pid, Signals.kill)
-            Process.kill(pid, Signals.kill)
+            let verdict = leftovers.judge(
+                pid: pid, generation: identity.generation, slot: identity.slot, workerPID: identity.workerPID,
+                processGroup: ProcInspector.processGroup(of: pid), owner: live["\(identity.generation).\(identity.slot)"],
+                gone: gone, now: now, stopTimeout: configuration.supervisor.stopTimeout)
+            let metadata: Logger.Metadata = ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"]
+            switch verdict {
+            case .keep:
+                continue
+            case .stop(let message):
+                logger.warning("\(message)", metadata: metadata)
+                Process.kill(pid, configuration.stopSignal)
+            case .kill(let message):
+                logger.warning("\(message)", metadata: metadata)
+                Process.kill(-pid, Signals.kill)
+                Process.kill(pid, Signals.kill)
+            }
+        }
+        // Look again when the first stop timeout ends (as if a child had exited: that is when this runs).
+        leftoverCheck?.cancel()
+        leftoverCheck = leftovers.nextDeadline.map { deadline in
+            let sink = self.sink
+            return Task {
+                do {
+                    try await Task.sleep(until: deadline, clock: .continuous)
+                    sink.yield(.signal(Signals.child))
+                } catch {}
+            }
         }
     }
 
@@ -654,6 +683,7 @@ public actor Launcher {
             }
         }
         for (_, timer) in timers { timer.task.cancel() }
+        leftoverCheck?.cancel()
         timers = [:]
         for (_, client) in requesters { client.send(.error("baton is exiting")); client.close() }
         requesters = [:]

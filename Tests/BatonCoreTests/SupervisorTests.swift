@@ -289,7 +289,8 @@ struct SupervisorTests {
         h.send(.ready(new[0].id))
         let crashed = h.send(.exited(new[2].id, .exited(1)))
         #expect(Set(h.stopped(in: crashed)) == [new[0].id, new[1].id], "ready or starting, each gets the stop signal")
-        #expect(h.killed(in: crashed) == [new[2].id], "only the crashed worker's own process group")
+        #expect(h.killed(in: crashed).isEmpty, "nothing is SIGKILLed at once")
+        #expect(crashed.contains { if case .stopGroup(new[2].id, _) = $0 { true } else { false } }, "what the crashed worker left in its group is asked to stop")
         #expect(crashed.contains(.schedule(.stopTimeout(new[0].id), after: .seconds(7))))
         #expect(crashed.contains(.schedule(.stopTimeout(new[1].id), after: .seconds(7))))
         #expect(h.finished(in: crashed).map(\.ok) == [false], "the reload fails at once; the workers drain behind it")
@@ -386,5 +387,41 @@ struct SupervisorTests {
         h.send(.stop)
         let actions = h.send(.reloadRequested(RequesterID(3)))
         #expect(h.finished(in: actions).map(\.ok) == [false])
+    }
+}
+
+@Suite("leftovers of a worker")
+struct LeftoversTests {
+    @Test func aHelperInTheWorkersGroupIsAskedFirstAndKilledOnlyAfterTheStopTimeout() {
+        var leftovers = Leftovers()
+        let start = ContinuousClock.now
+        func judge(_ now: ContinuousClock.Instant) -> Leftovers.Verdict {
+            leftovers.judge(
+                pid: 501, generation: 1, slot: 1, workerPID: 500, processGroup: 500, owner: nil, gone: [500], now: now,
+                stopTimeout: .seconds(2))
+        }
+        #expect(judge(start) == .stop("stopping pid 501, left in the process group of worker 1 of generation 1 after it exited"))
+        #expect(leftovers.nextDeadline == start + .seconds(2))
+        #expect(judge(start + .seconds(1)) == .keep)
+        guard case .kill(let message) = judge(start + .seconds(2)) else {
+            Issue.record("not killed after the stop timeout")
+            return
+        }
+        #expect(message.contains("did not stop within 2s"))
+        leftovers.retain([])
+        #expect(leftovers.nextDeadline == nil)
+    }
+
+    @Test func aDaemonThatLeftTheGroupIsKilledAtOnceAndALiveWorkersHelperIsKept() {
+        var leftovers = Leftovers()
+        let now = ContinuousClock.now
+        let daemon = leftovers.judge(
+            pid: 601, generation: 2, slot: 1, workerPID: 600, processGroup: 601, owner: nil, gone: [600], now: now,
+            stopTimeout: .seconds(2))
+        #expect(daemon == .kill("stopping pid 601, left behind by worker 1 of generation 2 outside its process group"))
+        let kept = leftovers.judge(
+            pid: 701, generation: 3, slot: 1, workerPID: 700, processGroup: 700, owner: 700, gone: [], now: now,
+            stopTimeout: .seconds(2))
+        #expect(kept == .keep)
     }
 }

@@ -309,4 +309,45 @@ struct HardeningTests {
         let spawn = SpawnError(code: .exec, executable: "python3", underlying: SystemError("execve", .tooManyOpenFiles))
         #expect(spawn.description == "cannot start python3: out of file descriptors (Too many open files); raise baton's limit (LimitNOFILE=)")
     }
+
+    // MARK: - What a worker leaves in its process group
+
+    @Test func aHelperLeftInTheWorkersProcessGroupGetsTheStopSignalThenSIGKILLAfterTheStopTimeout() throws {
+        let (_, reports, baton) = try launch(["--stop-timeout", "1s"], behaviour: "fork-child")
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let worker = try #require(WorkerReport.all(in: reports).first)
+        let child = try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).child", encoding: .utf8)))
+        #expect(baton.client(["reload"]).status == 0)
+        // The old worker drained and exited; its child (which ignores SIGTERM) stayed in its process group.
+        let stopping = baton.stderr.waitFor("stopping pid \(child), left in the process group of worker 1 of generation 1 after it exited")
+        #expect(stopping != nil, "\(baton.stderr.text)")
+        let killing = baton.stderr.waitFor("killing pid \(child), left in the process group of worker 1 of generation 1: it did not stop within 1s")
+        #expect(killing != nil)
+        #expect((stopping ?? 0) < (killing ?? 0), "the stop signal comes first")
+        #expect(waitForExit(child))
+        #expect(!baton.stderr.text.contains("outside its process group"), "it never left the group")
+        #expect(baton.stop() == 0)
+    }
+
+    @Test func pythonsResourceTrackerIsNotTakenForADaemonNorSIGKILLed() throws {
+        let (_, reports, baton) = try launch([], behaviour: "resource-tracker")
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let worker = try #require(WorkerReport.all(in: reports).first)
+        let tracker = try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).tracker", encoding: .utf8)))
+        #expect(ProcInspectorCount.processGroup(tracker) == worker.pid, "the tracker runs in its worker's process group")
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(waitForExit(tracker), "it exits once its worker is gone")
+        #expect(!baton.stderr.text.contains("outside its process group"), "\(baton.stderr.text)")
+        #expect(!baton.stderr.text.contains("killing pid \(tracker)"))
+        #expect(baton.stop() == 0)
+    }
+}
+
+extension ProcInspectorCount {
+    static func processGroup(_ pid: Int32) -> Int32? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+        return fields.count > 2 ? Int32(fields[2]) : nil
+    }
 }

@@ -63,6 +63,12 @@ if behaviour == "daemonize":
     daemon = os.read(r, 32).decode()
     with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
         f.write(daemon)
+if behaviour == "resource-tracker":
+    # Python's multiprocessing helper: a child in the worker's process group that exits once the worker is gone.
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.tracker"), "w") as f:
+        f.write(str(resource_tracker._resource_tracker._pid))
 if behaviour == "slow-start":
     time.sleep(1.0)
 if behaviour == "crash":
