@@ -31,15 +31,17 @@ public struct Leftovers: Sendable {
     }
 
     /// Decides about process `pid`, whose environment names worker `slot` of `generation` (pid `workerPID`, when
-    /// `LISTEN_PID` was kept), in process group `processGroup`. `owner` is the live worker of that slot, if any;
-    /// `gone` are the pids that have just exited.
+    /// `LISTEN_PID` was kept: without it, nothing tells its worker's group, and it is taken for a daemon), in process
+    /// group `processGroup`. `owner` is the live worker of that slot, if any.
     public mutating func judge(
-        pid: Int32, generation: Int, slot: Int, workerPID: Int32?, processGroup: Int32?, owner: Int32?, gone: Set<Int32>,
+        pid: Int32, generation: Int, slot: Int, workerPID: Int32?, processGroup: Int32?, owner: Int32?,
         now: ContinuousClock.Instant, stopTimeout: Duration
     ) -> Verdict {
         if let owner, workerPID == nil || workerPID == owner { return .keep }
         let worker = "worker \(slot) of generation \(generation)"
-        let inGroup = processGroup.map { $0 != pid && ($0 == workerPID || gone.contains($0) || $0 == owner) } ?? false
+        // In the group its worker led (the worker's pid, from `LISTEN_PID`). A group led by some other process that
+        // is gone too (a daemon's first fork, reaped with the worker) is a group of its own: that one escaped.
+        let inGroup = workerPID != nil && processGroup == workerPID && pid != workerPID
         guard inGroup else {
             return .kill("stopping pid \(pid), left behind by \(worker) outside its process group")
         }

@@ -527,7 +527,7 @@ public actor Launcher {
             let verdict = leftovers.judge(
                 pid: pid, generation: identity.generation, slot: identity.slot, workerPID: identity.workerPID,
                 processGroup: ProcInspector.processGroup(of: pid), owner: live["\(identity.generation).\(identity.slot)"],
-                gone: gone, now: now, stopTimeout: configuration.supervisor.stopTimeout)
+                now: now, stopTimeout: configuration.supervisor.stopTimeout)
             let metadata: Logger.Metadata = ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"]
             switch verdict {
             case .keep:

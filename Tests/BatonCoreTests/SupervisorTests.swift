@@ -397,7 +397,7 @@ struct LeftoversTests {
         let start = ContinuousClock.now
         func judge(_ now: ContinuousClock.Instant) -> Leftovers.Verdict {
             leftovers.judge(
-                pid: 501, generation: 1, slot: 1, workerPID: 500, processGroup: 500, owner: nil, gone: [500], now: now,
+                pid: 501, generation: 1, slot: 1, workerPID: 500, processGroup: 500, owner: nil, now: now,
                 stopTimeout: .seconds(2))
         }
         #expect(judge(start) == .stop("stopping pid 501, left in the process group of worker 1 of generation 1 after it exited"))
@@ -416,11 +416,15 @@ struct LeftoversTests {
         var leftovers = Leftovers()
         let now = ContinuousClock.now
         let daemon = leftovers.judge(
-            pid: 601, generation: 2, slot: 1, workerPID: 600, processGroup: 601, owner: nil, gone: [600], now: now,
+            pid: 601, generation: 2, slot: 1, workerPID: 600, processGroup: 601, owner: nil, now: now,
             stopTimeout: .seconds(2))
         #expect(daemon == .kill("stopping pid 601, left behind by worker 1 of generation 2 outside its process group"))
+        // A double fork's grandchild: its group is led by the first fork, reaped along with the worker.
+        let grandchild = leftovers.judge(
+            pid: 603, generation: 2, slot: 1, workerPID: 600, processGroup: 602, owner: nil, now: now, stopTimeout: .seconds(2))
+        #expect(grandchild == .kill("stopping pid 603, left behind by worker 1 of generation 2 outside its process group"))
         let kept = leftovers.judge(
-            pid: 701, generation: 3, slot: 1, workerPID: 700, processGroup: 700, owner: 700, gone: [], now: now,
+            pid: 701, generation: 3, slot: 1, workerPID: 700, processGroup: 700, owner: 700, now: now,
             stopTimeout: .seconds(2))
         #expect(kept == .keep)
     }
