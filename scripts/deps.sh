@@ -6,6 +6,7 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
 command -v node >/dev/null || command -v nodejs >/dev/null || need+=(nodejs)
 command -v python3 >/dev/null || need+=(python3)
+command -v strace >/dev/null || need+=(strace)  # the tests hold baton in a race window with strace's syscall delays
 for extra in "$@"; do
   command -v "${extra%%:*}" >/dev/null || need+=("${extra##*:}")
 done

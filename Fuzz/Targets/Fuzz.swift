@@ -34,12 +34,63 @@ func fuzzNotify(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         check(size <= NotifyMessage.maximumSize)
         check(message.other.count <= 16)
         check((message.status?.count ?? 0) <= 512)
+        // What is rejected is said in one short printable line each, for the log.
+        check(message.rejected.count <= 16)
+        for rejected in message.rejected {
+            // (A tab is kept: it cannot drive a terminal.)
+            check(rejected.count < 160 && !rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f }, rejected)
+        }
+        // The values baton acts on are within their documented bounds, and turn into timers without trapping.
+        if let interval = message.watchdogInterval {
+            let range = NotifyMessage.watchdogRange
+            check(interval >= .microseconds(Int64(range.lowerBound)) && interval <= .microseconds(Int64(range.upperBound)))
+            check(UInt64(interval.microseconds) >= range.lowerBound && interval.milliseconds > 0)
+            _ = ContinuousClock.now + interval
+            _ = interval.shortDescription
+        }
+        checkSupervisorActs(on: message)
     }
     // The same bytes as a stream of lines on a BATON_NOTIFY_FD pipe.
     var splitter = LineSplitter(maximumLineLength: 64)
     for line in splitter.feed(bytes) { check(line.count <= 64) }
     return 0
 }
+
+/// Feeds a parsed message to a supervisor the way the launcher does, for a worker that is starting and again once
+/// it is ready, and checks that every timer it asks for is positive and bounded, and that status text is kept short.
+func checkSupervisorActs(on message: NotifyMessage) {
+    var supervisor = Supervisor(settings: SupervisorSettings(workers: 1, workerWatchdog: .seconds(10)))
+    let start = ContinuousClock.now
+    var actions = supervisor.handle(.start, now: start)
+    guard case .spawn(let id, _, _)? = actions.first(where: { if case .spawn = $0 { true } else { false } }) else {
+        return check(false, "no spawn at start")
+    }
+    actions += supervisor.handle(.spawned(id, pid: 100), now: start)
+    for round in 0..<2 {
+        let now = start + .seconds(round)
+        if let status = message.status { actions += supervisor.handle(.status(id, status), now: now) }
+        if message.watchdog || message.watchdogInterval != nil {
+            actions += supervisor.handle(.watchdogPing(id, interval: message.watchdogInterval), now: now)
+        }
+        if message.ready { actions += supervisor.handle(.ready(id), now: now) }
+    }
+    let longest = Duration.microseconds(Int64(NotifyMessage.watchdogRange.upperBound))
+    for action in actions {
+        switch action {
+        case .schedule(let timer, let delay):
+            check(delay > .zero && delay <= max(longest, .seconds(60)), "timer \(timer) after \(delay)")
+            _ = now() + delay
+        case .notifyManager(.extendTimeout(let delay)):
+            check(delay > .zero && delay.microseconds > 0)
+        default:
+            break
+        }
+    }
+    check((supervisor.worker(id)?.status?.count ?? 0) <= 512)
+    _ = supervisor.statusLine
+}
+
+func now() -> ContinuousClock.Instant { .now }
 
 // libFuzzer target: the control protocol's request decoder (what any local client can send).
 func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {

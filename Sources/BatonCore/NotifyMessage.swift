@@ -5,13 +5,20 @@ public struct NotifyMessage: Sendable, Equatable {
     public var watchdog = false
     public var reloading = false
     public var status: String?
-    /// `WATCHDOG_USEC=`: the worker asks for a watchdog of this interval.
-    public var watchdogMicroseconds: UInt64?
+    /// `WATCHDOG_USEC=`: the worker asks for a watchdog of this interval, within ``watchdogRange``.
+    public var watchdogInterval: Duration?
     /// Assignments baton does not act on.
     public var other: [String] = []
+    /// Assignments baton would act on but whose value it rejected, each as `KEY=VALUE (why)`, printable and short,
+    /// for the log. The rest of the message still counts.
+    public var rejected: [String] = []
 
     /// The largest message baton accepts; larger datagrams are dropped.
     public static let maximumSize = 4096
+
+    /// The `WATCHDOG_USEC=` values baton accepts, in microseconds: 1 ms to 365 days (as long as any duration
+    /// baton takes). Anything else (0, a number past 64 bits, a sign) is rejected.
+    public static let watchdogRange: ClosedRange<UInt64> = 1_000...31_536_000_000_000
 
     public init() {}
 
@@ -29,10 +36,23 @@ public struct NotifyMessage: Sendable, Equatable {
             case "WATCHDOG": watchdog = value == "1"
             case "RELOADING": reloading = value == "1"
             case "STATUS": status = String(value.prefix(512))
-            case "WATCHDOG_USEC": watchdogMicroseconds = UInt64(value)
+            case "WATCHDOG_USEC":
+                if let number = UInt64(value), NotifyMessage.watchdogRange.contains(number) {
+                    watchdogInterval = .microseconds(Int64(number))
+                } else if rejected.count < 16 {
+                    rejected.append(
+                        "WATCHDOG_USEC=\(NotifyMessage.printable(value, limit: 32)) (not a number of microseconds from "
+                            + "\(NotifyMessage.watchdogRange.lowerBound) to \(NotifyMessage.watchdogRange.upperBound))")
+                }
             default: if other.count < 16 { other.append(String(key.prefix(64))) }
             }
         }
+    }
+
+    /// `text` cut to `limit` characters with control characters escaped, fit for one log line.
+    static func printable(_ text: Substring, limit: Int) -> String {
+        let clean = TerminalText.sanitized(String(text.prefix(limit)))
+        return clean.count > limit || text.count > limit ? clean.prefix(limit) + "..." : clean
     }
 }
 

@@ -22,14 +22,19 @@ public struct DurationText: Sendable, Equatable {
 }
 
 extension Duration {
-    /// Milliseconds, rounded down.
-    public var milliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
+    /// Milliseconds, rounded toward zero; saturated at `Int64.min` and `Int64.max` rather than trapping.
+    public var milliseconds: Int64 { count(unit: 1000) }
 
-    /// Microseconds, rounded down.
-    public var microseconds: Int64 {
-        components.seconds * 1_000_000 + components.attoseconds / 1_000_000_000_000
+    /// Microseconds, rounded toward zero; saturated at `Int64.min` and `Int64.max` rather than trapping.
+    public var microseconds: Int64 { count(unit: 1_000_000) }
+
+    /// How many `1/unit` seconds this is, saturated.
+    private func count(unit: Int64) -> Int64 {
+        let (seconds, attoseconds) = components
+        let (whole, overflow) = seconds.multipliedReportingOverflow(by: unit)
+        let (total, carry) = whole.addingReportingOverflow(attoseconds / (1_000_000_000_000_000_000 / unit))
+        guard !overflow && !carry else { return seconds < 0 ? .min : .max }
+        return total
     }
 
     /// A short human form: `840ms`, `2.5s`, `3m10s`.

@@ -1,32 +1,41 @@
-/// Renders a ``StatusReport`` for people.
+/// Renders a ``StatusReport`` for people. Text from workers (their `STATUS=`) and everything else in the report is
+/// shown with its control characters escaped (``TerminalText``).
 public enum StatusFormatter {
     public static func text(_ status: StatusReport, now: Double) -> String {
-        var out = "baton \(status.name) (pid \(status.pid), version \(status.version))\(status.reloading ? ", reloading" : "")\n"
+        let clean = TerminalText.sanitized
+        var out = "baton \(clean(status.name)) (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
         out += "listeners:\n"
         for listener in status.listeners {
-            out += "  \(listener.name)  \(listener.address)  (fd \(listener.fd))"
+            out += "  \(clean(listener.name))  \(clean(listener.address))  (fd \(listener.fd))"
             out += listener.refusing == true ? "  REFUSES CONNECTIONS: a worker shut it down; restart baton\n" : "\n"
         }
         out += "generations:\n"
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
-            let age = Duration.milliseconds(Int64(max(0, now - generation.startedAt) * 1000)).shortDescription
-            out += "  generation \(generation.id)  \(generation.state)\(generation.crashLooping ? " (crash-looping)" : "")  started \(age) ago\n"
+            let started = age(now - generation.startedAt).shortDescription
+            out += "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
             for worker in generation.workers {
-                let uptime = Duration.milliseconds(Int64(worker.uptimeSeconds * 1000)).shortDescription
-                out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(worker.state)  up \(uptime)  restarts \(worker.restarts)"
-                if let text = worker.status { out += "  \"\(text)\"" }
+                let uptime = age(worker.uptimeSeconds).shortDescription
+                out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
+                if let text = worker.status { out += "  \"\(clean(text))\"" }
                 out += "\n"
             }
         }
         if let reload = status.lastReload {
-            let ago = Duration.milliseconds(Int64(max(0, now - reload.finishedAt) * 1000)).shortDescription
+            let ago = age(now - reload.finishedAt).shortDescription
             out += "last reload: \(reload.ok ? "ok" : "failed") (generation \(reload.generation)) in \(Duration.milliseconds(reload.durationMilliseconds).shortDescription), \(ago) ago"
-            if let reason = reload.reason { out += ": \(reason)" }
+            if let reason = reload.reason { out += ": \(clean(reason))" }
             out += "\n"
         } else {
             out += "last reload: none\n"
         }
         return out
+    }
+
+    /// A span in seconds as a duration: negative, not finite or absurd values (a clock step, a bad reply) show as
+    /// 0 or are capped at 100 years instead of trapping in the conversion.
+    static func age(_ seconds: Double) -> Duration {
+        guard seconds.isFinite, seconds > 0 else { return .zero }
+        return .milliseconds(Int64(min(seconds, 100 * 365 * 86400) * 1000))
     }
 }

@@ -71,6 +71,8 @@ public struct Supervisor: Sendable {
     /// Requesters of the one reload that follows the current one (nil: none pending).
     public private(set) var followUp: [RequesterID]?
     public private(set) var lastReload: Outcome?
+    /// The code baton exits with once every worker is gone: 0 after a stop, 1 once no generation can serve.
+    public private(set) var exitStatus: Int32 = 0
     private var nextWorker = 1
     private var nextGeneration = 1
 
@@ -205,7 +207,7 @@ public struct Supervisor: Sendable {
             actions.append(.log(LifecycleEvent(.stopping, "second stop signal: killing every worker now")))
             for worker in liveWorkers { if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) } }
             phase = .exited
-            actions.append(.exit(0))
+            actions.append(.exit(exitStatus))
         case .stop:
             beginStop(now: now, actions: &actions)
         }
@@ -427,13 +429,16 @@ public struct Supervisor: Sendable {
         }
     }
 
-    /// The reload's new generation cannot serve: kill it, restore what rolling retired, and fail the reload.
+    /// The reload's new generation cannot serve: stop it, restore what rolling retired, and fail the reload.
+    ///
+    /// Its workers get the stop signal and the stop timeout like any retiring worker, never SIGKILL first: one that
+    /// became ready (or accepts before it says so) holds connections it has accepted, and those must be answered.
     private mutating func rollBack(reason: String, failedWorker: FailedWorker?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
         guard let reload, var target = generations[reload.target] else { return }
         target.state = .failed
         generations[reload.target] = target
         actions.append(.log(LifecycleEvent(.generationFailed, "generation \(reload.target) failed: \(reason)", generation: reload.target, reason: reason)))
-        for worker in target.workers { stopWorker(worker, kill: true, actions: &actions) }
+        for worker in target.workers { stopWorker(worker, kill: false, actions: &actions) }
         if let previous = reload.previous {
             for slot in reload.retiredSlots.sorted() where generations[previous]?.slots[slot] == nil {
                 spawnWorker(generation: previous, slot: slot, restarts: 0, now: now, actions: &actions)
@@ -456,8 +461,8 @@ public struct Supervisor: Sendable {
         actions.append(.cancel(.stopTimeout(id)))
         actions.append(.cancel(.watchdog(id)))
         if let pid = worker.pid {
-            // Whatever the app left in its process group goes with it.
-            actions.append(.kill(id, pid: pid))
+            // Whatever the app left in its process group goes with it: asked first, like any worker.
+            actions.append(.stopGroup(id, pid: pid))
         }
         guard var generation = generations[worker.generation] else { return }
         generation.workers.removeAll { $0 == id }
@@ -476,7 +481,7 @@ public struct Supervisor: Sendable {
         if phase == .stopping {
             if liveWorkers.isEmpty {
                 phase = .exited
-                actions.append(.exit(0))
+                actions.append(.exit(exitStatus))
             }
             return
         }
@@ -494,7 +499,6 @@ public struct Supervisor: Sendable {
             actions.append(.log(LifecycleEvent(
                 .generationFailed, "generation \(generation.id) failed to start: worker \(worker.slot) \(what)",
                 generation: generation.id, reason: what)))
-            for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
             giveUp(
                 reason: "the first generation failed to start: worker \(worker.slot) \(what)",
                 failedWorker: FailedWorker(id, stderr: stderr), actions: &actions)
@@ -525,7 +529,6 @@ public struct Supervisor: Sendable {
         let everySlotGaveUp = (1...settings.workers).allSatisfy { generation.streak[$0, default: 0] >= settings.giveUpThreshold }
         if everySlotGaveUp && generation.workers.allSatisfy({ workers[$0]?.state != .ready }) {
             generations[id]?.state = .failed
-            for other in generation.workers { stopWorker(other, kill: true, actions: &actions) }
             giveUp(reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row",
                 failedWorker: FailedWorker(worker.id, stderr: stderr), actions: &actions)
             return
@@ -534,7 +537,8 @@ public struct Supervisor: Sendable {
         actions.append(.schedule(.respawn(generation: id, slot: worker.slot), after: delay))
     }
 
-    /// No generation can serve: stop everything and exit non-zero.
+    /// No generation can serve: stop every worker the way a stop does (the stop signal, then SIGKILL after the
+    /// stop timeout: one that is up may be answering requests), and exit non-zero once they are gone.
     private mutating func giveUp(reason: String, failedWorker: FailedWorker?, actions: inout [SupervisorAction]) {
         actions.append(.log(LifecycleEvent(.generationFailed, "no generation can serve: \(reason)", reason: reason)))
         if let reload {
@@ -545,11 +549,14 @@ public struct Supervisor: Sendable {
             actions.append(.reloadFinished(followUp, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
             self.followUp = nil
         }
-        for worker in liveWorkers {
-            if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) }
+        exitStatus = 1
+        phase = .stopping
+        actions.append(.notifyManager(.stopping))
+        for worker in liveWorkers { stopWorker(worker.id, kill: false, actions: &actions) }
+        if liveWorkers.isEmpty {
+            phase = .exited
+            actions.append(.exit(exitStatus))
         }
-        phase = .exited
-        actions.append(.exit(1))
     }
 
     private mutating func fire(_ timer: TimerID, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
@@ -561,8 +568,9 @@ public struct Supervisor: Sendable {
             if let reload, reload.target == worker.generation {
                 rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
             } else {
-                // The exit that follows is handled as a failure (respawn, or giving up at start).
-                stopWorker(id, kill: true, actions: &actions)
+                // The exit that follows is handled as a failure (respawn, or giving up at start). The stop signal
+                // first: a worker that is slow to say it is ready may already be accepting.
+                stopWorker(id, kill: false, actions: &actions)
                 if worker.pid == nil { workerGone(id, reason: nil, failure: reason, stderr: [], now: now, actions: &actions) }
             }
         case .stopTimeout(let id):

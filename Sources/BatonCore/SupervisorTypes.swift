@@ -83,6 +83,9 @@ public enum SupervisorAction: Sendable, Equatable {
     case stop(WorkerID, pid: Int32)
     /// SIGKILL the worker's whole process group.
     case kill(WorkerID, pid: Int32)
+    /// Send the stop signal to what is left of the process group of an exited worker (`pid` was its leader):
+    /// helpers it started there get to finish; those still there after the stop timeout are killed as leftovers.
+    case stopGroup(WorkerID, pid: Int32)
     case schedule(TimerID, after: Duration)
     case cancel(TimerID)
     case progress([RequesterID], String)

@@ -46,6 +46,9 @@ public actor Launcher {
     /// Notify messages between the event loop and the actor, bounded.
     let inbox = NotifyInbox()
     private var ignoredNotifications = LogRateLimit()
+    /// What workers left behind, and when those told to stop are killed.
+    var leftovers = Leftovers()
+    var leftoverCheck: Task<Void, Never>?
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
@@ -132,14 +135,19 @@ public actor Launcher {
     private func handle(_ event: DaemonEvent) {
         switch event {
         case .signal(let signal):
-            switch signal {
-            case Signals.child: reapChildren()
-            case Signals.upgrade:
+            switch Signals.meaning(of: signal) {
+            case .reap: reapChildren()
+            case .reexecute:
                 logger.notice("re-execution of \(executablePath) requested")
                 reexecRequested = true
-            case Signals.hangup: process(.reloadRequested(nil))
-            case Signals.terminate, Signals.interrupt: process(.stop)
-            default: break
+            case .reload: process(.reloadRequested(nil))
+            case .stop:
+                if signal != Signals.terminate && signal != Signals.interrupt {
+                    logger.notice("SIG\(Signals.name(of: signal)) received: stopping as for SIGTERM")
+                }
+                process(.stop)
+            case .ignore:
+                logger.notice("ignored SIG\(Signals.name(of: signal)): HUP reloads, USR2 re-executes, TERM stops")
             }
         case .notifyMessage(let pid, let message):
             inbox.handled()
@@ -190,9 +198,8 @@ public actor Launcher {
 
     private func reapChildren() {
         let exits = Children.reapAll()
-        guard !exits.isEmpty else { return }
         // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
-        stopOrphans(alsoGone: Set(exits.map(\.pid)))
+        if !exits.isEmpty || leftovers.nextDeadline != nil { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
         for exit in exits {
             guard let worker = supervisor.worker(pid: exit.pid) else { continue }
             let reason: ExitReason =
@@ -211,9 +218,11 @@ public actor Launcher {
             logger.warning("dropped \(dropped) notify message(s): workers sent them faster than baton handles them")
         }
         if let status = message.status { process(.status(worker, status)) }
-        if message.watchdog || message.watchdogMicroseconds != nil {
-            let interval = message.watchdogMicroseconds.map { Duration.microseconds(Int64($0)) }
-            process(.watchdogPing(worker, interval: interval))
+        for rejected in message.rejected {
+            logger.warning("rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)")
+        }
+        if message.watchdog || message.watchdogInterval != nil {
+            process(.watchdogPing(worker, interval: message.watchdogInterval))
         }
         if message.ready { process(.ready(worker)) }
         if message.stopping, let pid = supervisor.worker(worker)?.pid {
@@ -232,6 +241,8 @@ public actor Launcher {
                 return started.events
             case .stop(_, let pid):
                 OS.kill(pid, configuration.stopSignal)
+            case .stopGroup(_, let pid):
+                OS.kill(-pid, configuration.stopSignal)
             case .kill(_, let pid):
                 OS.kill(-pid, Signals.kill)
                 OS.kill(pid, Signals.kill)
@@ -317,13 +328,14 @@ public actor Launcher {
     private func cleanUp() {
         killEveryWorker()
         for (_, timer) in timers { timer.task.cancel() }
+        leftoverCheck?.cancel()
         timers = [:]
         for (_, client) in requesters {
             client.send(.error("baton is exiting"))
             client.close()
         }
         requesters = [:]
-        if control != nil { OS.removeFile(configuration.controlPath) }
+        if control != nil { Sockets.removeSocketFile(configuration.controlPath) }
         Systemd.notify("STATUS=stopped")
         sink.finish()
     }

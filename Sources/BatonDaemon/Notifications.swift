@@ -19,7 +19,7 @@ final class NotifyInbox: Sendable {
     /// Whether `message` may be queued now; counts it if so, and counts it as dropped if not.
     func admit(_ message: NotifyMessage) -> Bool {
         state.withLock { state in
-            let statusOnly = !message.ready && !message.watchdog && message.watchdogMicroseconds == nil && !message.stopping
+            let statusOnly = !message.ready && !message.watchdog && message.watchdogInterval == nil && !message.stopping
             let limit = statusOnly ? Self.statusLimit : Self.limit
             guard state.queued < limit else {
                 state.dropped += 1

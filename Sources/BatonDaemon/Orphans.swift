@@ -23,19 +23,22 @@ extension Launcher {
     /// the app removed it) `LISTEN_PID` of the worker that started it, and goes once that worker is gone, even
     /// when a replacement now serves the same slot.
     func stopOrphans(alsoGone gone: Set<Int32>) {
-        var live: [WorkerSlot: Int32] = [:]
+        var live: [String: Int32] = [:]
+        var liveGenerations: Set<Int> = []
         for worker in supervisor.liveWorkers {
             guard let pid = worker.pid, !gone.contains(pid) else { continue }
-            live[WorkerSlot(generation: worker.generation, slot: worker.slot)] = pid
+            live["\(worker.generation).\(worker.slot)"] = pid
+            liveGenerations.insert(worker.generation)
         }
-        var liveGenerations: Set<Int> = []
-        for worker in supervisor.liveWorkers where !gone.contains(worker.pid ?? 0) { liveGenerations.insert(worker.generation) }
         // Generations older than every live one need no start time of their own: what started before the oldest live
         // generation belongs to none that lives.
         if let oldest = supervisor.liveWorkers.map(\.generation).min() {
             generationStarts = generationStarts.filter { $0.key >= oldest }
         }
-        for pid in ProcInspector.ownChildren() where supervisor.worker(pid: pid) == nil && !gone.contains(pid) {
+        let children = ProcInspector.ownChildren()
+        leftovers.retain(Set(children))
+        let now = ContinuousClock.now
+        for pid in children where supervisor.worker(pid: pid) == nil && !gone.contains(pid) {
             guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else {
                 // No identity: it wiped its environment. Its generation is the newest that had started when it did.
                 guard let start = ProcInspector.startTime(of: pid) else { continue }
@@ -48,14 +51,33 @@ extension Launcher {
                 OS.kill(pid, Signals.kill)
                 continue
             }
-            let orphan = OrphanIdentity(
-                slot: WorkerSlot(generation: identity.generation, slot: identity.slot), workerPID: identity.workerPID)
-            guard orphan.isOrphaned(liveWorkers: live) else { continue }
-            logger.warning(
-                "stopping pid \(pid), left behind by worker \(identity.slot) of generation \(identity.generation) outside its process group",
-                metadata: ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"])
-            OS.kill(-pid, Signals.kill)
-            OS.kill(pid, Signals.kill)
+            let verdict = leftovers.judge(
+                pid: pid, generation: identity.generation, slot: identity.slot, workerPID: identity.workerPID,
+                processGroup: ProcInspector.processGroup(of: pid), owner: live["\(identity.generation).\(identity.slot)"],
+                now: now, stopTimeout: configuration.supervisor.stopTimeout)
+            let metadata: Logger.Metadata = ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"]
+            switch verdict {
+            case .keep:
+                continue
+            case .stop(let message):
+                logger.warning("\(message)", metadata: metadata)
+                OS.kill(pid, configuration.stopSignal)
+            case .kill(let message):
+                logger.warning("\(message)", metadata: metadata)
+                OS.kill(-pid, Signals.kill)
+                OS.kill(pid, Signals.kill)
+            }
+        }
+        // Look again when the first stop timeout ends (as if a child had exited: that is when this runs).
+        leftoverCheck?.cancel()
+        leftoverCheck = leftovers.nextDeadline.map { deadline in
+            let sink = self.sink
+            return Task {
+                do {
+                    try await Task.sleep(until: deadline, clock: .continuous)
+                    sink.yield(.signal(Signals.child))
+                } catch {}
+            }
         }
     }
 

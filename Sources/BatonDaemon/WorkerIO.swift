@@ -83,8 +83,15 @@ final class OutputPipe: Sendable {
         }
         switch destination {
         case .stdout(let prefix), .stderr(let prefix):
+            // On a terminal, a worker's control characters are shown escaped: its output must not drive the
+            // terminal (retitle it, clear it, forge baton's own lines). To a pipe or file the lines go as written.
+            let terminal =
+                if case .stderr = destination { StandardStreams.stderrIsTerminal() } else { StandardStreams.stdoutIsTerminal() }
             var text = ""
-            for line in lines { text += prefix + String(decoding: line, as: UTF8.self) + "\n" }
+            for line in lines {
+                let decoded = String(decoding: line, as: UTF8.self)
+                text += prefix + (terminal ? TerminalText.sanitized(decoded) : decoded) + "\n"
+            }
             OutputWriter.shared.write(text, to: { if case .stderr = destination { 2 } else { 1 } }(), lines: lines.count)
         case .journal(let fields):
             for line in lines {

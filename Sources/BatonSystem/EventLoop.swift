@@ -186,8 +186,58 @@ public enum Signals {
         _ = signal(number, SIG_IGN)
     }
 
-    /// The signals `baton run` receives through its signalfd.
-    public static let handledByRun = [SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR2]
+    /// What `baton run` does with a signal it receives through its signalfd.
+    public enum Meaning: Sendable, Equatable {
+        /// SIGCHLD: reap children.
+        case reap
+        /// SIGHUP: reload.
+        case reload
+        /// SIGUSR2: re-execute the (upgraded) binary in place.
+        case reexecute
+        /// Retire every generation gracefully and exit, like SIGTERM.
+        case stop
+        /// Log it and carry on.
+        case ignore
+    }
+
+    /// Signals that stop baton gracefully, as SIGTERM does: INT, QUIT (as nginx and gunicorn read it), PWR (init's
+    /// power-failure shutdown) and XCPU (the soft CPU limit: the workers are stopped before the hard limit's
+    /// SIGKILL could leave them behind).
+    public static let stopping: [Int32] = [SIGTERM, SIGINT, SIGQUIT, SIGPWR, SIGXCPU]
+
+    /// Signals whose default would kill baton but that mean nothing to it: ignored (`SIG_IGN`, see
+    /// ``ignoreMeaningless()``). USR1, the timer signals (ALRM, VTALRM, PROF), IO/POLL, STKFLT, XFSZ (a write past
+    /// the file size limit fails with EFBIG instead) and every real-time signal glibc leaves to programs. They are
+    /// ignored rather than read from the signalfd because libdispatch's threads leave some of them (PROF)
+    /// unblocked, and a signal one thread does not block would be delivered there and kill baton.
+    public static let ignored: [Int32] =
+        [SIGUSR1, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT, SIGXFSZ] + Array(cbaton_sigrtmin()...cbaton_sigrtmax())
+
+    /// The signals `baton run` receives through its signalfd. With ``ignored`` and PIPE ignored, that is every
+    /// signal that would otherwise end it, except the ones that report a crash (SEGV, BUS, FPE, ILL, ABRT, TRAP,
+    /// SYS: baton dies of those at once, for a core dump and for systemd's watchdog, whose SIGABRT must end a hung
+    /// baton). The job control signals (TSTP, TTIN, TTOU, and STOP, which no process can catch) pause baton as they
+    /// would any program, and the workers keep serving meanwhile.
+    public static let handledByRun: [Int32] = [SIGCHLD, SIGHUP, SIGUSR2] + stopping
+
+    /// Ignores SIGPIPE and every signal in ``ignored``. Workers do not inherit this: a spawn resets every
+    /// disposition.
+    ///
+    /// The corresponding C function is `signal`.
+    public static func ignoreMeaningless() {
+        for number in [SIGPIPE] + ignored { _ = signal(number, SIG_IGN) }
+    }
+
+    /// What `baton run` does with `signal`.
+    public static func meaning(of signal: Int32) -> Meaning {
+        switch signal {
+        case SIGCHLD: .reap
+        case SIGHUP: .reload
+        case SIGUSR2: .reexecute
+        case _ where stopping.contains(signal): .stop
+        default: .ignore
+        }
+    }
 
     /// Ignores SIGPIPE, so that a write to a closed socket fails with EPIPE instead of killing baton.
     ///
@@ -245,9 +295,16 @@ public enum Signals {
         let table: [Int32: String] = [
             SIGHUP: "HUP", SIGINT: "INT", SIGQUIT: "QUIT", SIGKILL: "KILL", SIGUSR1: "USR1", SIGUSR2: "USR2",
             SIGTERM: "TERM", SIGSEGV: "SEGV", SIGABRT: "ABRT", SIGBUS: "BUS", SIGFPE: "FPE", SIGILL: "ILL",
-            SIGPIPE: "PIPE", SIGALRM: "ALRM", SIGCONT: "CONT", SIGSTOP: "STOP",
+            SIGPIPE: "PIPE", SIGALRM: "ALRM", SIGCONT: "CONT", SIGSTOP: "STOP", SIGVTALRM: "VTALRM", SIGPROF: "PROF",
+            SIGIO: "IO", SIGPWR: "PWR", SIGSTKFLT: "STKFLT", SIGXCPU: "XCPU", SIGXFSZ: "XFSZ", SIGTRAP: "TRAP",
+            SIGSYS: "SYS", SIGCHLD: "CHLD", SIGWINCH: "WINCH", SIGURG: "URG", SIGTSTP: "TSTP", SIGTTIN: "TTIN",
+            SIGTTOU: "TTOU",
         ]
-        return table[signal] ?? String(cString: text)
+        if let name = table[signal] { return name }
+        let first = cbaton_sigrtmin()
+        let last = cbaton_sigrtmax()
+        if signal >= first && signal <= last { return signal == first ? "RTMIN" : "RTMIN+\(signal - first)" }
+        return String(cString: text)
     }
 }
 

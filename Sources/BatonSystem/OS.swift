@@ -192,10 +192,12 @@ public enum OS {
     }
 
     /// Replaces this process's program, keeping its pid, children and every fd without close-on-exec. Returns
-    /// only on failure.
+    /// only on failure. The calling thread first takes the nice value, scheduling policy and limits baton started
+    /// with (``ProcessAttributes``), which the new program then starts with and hands to its workers.
     ///
     /// The corresponding C function is `execve`.
     public static func execute(_ path: String, arguments: [String], environment: [String]) -> SystemError {
+        ProcessAttributes.restore()
         let argv = CStringArray(arguments)
         let envp = CStringArray(environment)
         _ = argv.withPointers { argvPointer in
@@ -233,4 +235,9 @@ public enum StandardStreams {
     ///
     /// The corresponding C function is `isatty`.
     public static func stderrIsTerminal() -> Bool { isatty(2) == 1 }
+
+    /// Whether stdout is a terminal.
+    ///
+    /// The corresponding C function is `isatty`.
+    public static func stdoutIsTerminal() -> Bool { isatty(1) == 1 }
 }

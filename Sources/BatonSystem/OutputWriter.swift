@@ -1,3 +1,4 @@
+internal import CBatonSystem
 internal import Glibc
 
 /// baton's own output (worker lines, log lines, journal entries), written by a thread of its own, so that the event

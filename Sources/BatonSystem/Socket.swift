@@ -79,6 +79,8 @@ public struct BindError: Error, CustomStringConvertible, Sendable {
         case pathTooLong
         /// The host name or address could not be resolved; the resolver's own words.
         case unresolvable(String)
+        /// The socket file was replaced by another file right after `bind` (someone else can write its directory).
+        case replaced
     }
 
     public var address: String
@@ -97,11 +99,16 @@ public struct BindError: Error, CustomStringConvertible, Sendable {
             return "cannot listen on \(address): the path is too long for a unix socket (at most 107 bytes)"
         case .unresolvable(let why):
             return "cannot listen on \(address): \(why); give a numeric IP address"
+        case .replaced:
+            return "cannot listen on \(address): the socket file was replaced by another file right after bind "
+                + "(another user can write its directory): use a directory only baton's user can write"
         case .system(let error):
             switch error.errno {
             case .addressInUse:
                 return "address \(address) is already in use: stop whatever listens there or choose another --listen"
-            case .permissionDenied where !address.hasPrefix("unix:"):
+            case .permissionDenied where address.hasPrefix("unix:"):
+                return "permission denied creating \(address): baton's user needs write and search permission on its directory"
+            case .permissionDenied:
                 return "permission denied binding \(address): ports below 1024 need root or CAP_NET_BIND_SERVICE"
             case .addressNotAvailable:
                 return "address \(address) is not available on this host: check the IP in --listen"
@@ -175,19 +182,38 @@ public enum Sockets {
     /// A socket file left by a process that is gone (connecting is refused) is removed first; a live one is
     /// reported as in use, and a file that is not a socket is never touched.
     ///
-    /// The corresponding C functions are `socket`, `bind`, `chmod` and `listen`.
+    /// No step can be redirected by whoever else can write the directory: the stale file is checked and removed in
+    /// the directory opened once (`fstatat`, `unlinkat`); the mode is set on the socket before `bind` (the file is
+    /// created with it, less the umask, so it is never more open than asked, not even for an instant); and what the
+    /// umask took away is put back on the file that `bind` made, opened without following a symlink
+    /// (`CBATON_O_PATH | O_NOFOLLOW`) and checked to be a socket owned by baton, through `/proc/self/fd`. A file swapped
+    /// in after `bind` is refused, never changed.
+    ///
+    /// The corresponding C functions are `socket`, `fchmod`, `bind`, `openat`, `chmod` and `listen`.
     public static func listenUnix(path: String, mode: UInt32?, backlog: Int32) throws(BindError) -> OwnedDescriptor {
         let display = "unix:" + path
         guard path.utf8.count < unixPathCapacity else { throw BindError(address: display, .pathTooLong) }
+        let (directoryPath, name) = splitPath(path)
+        let opened = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard opened >= 0 else {
+            throw BindError(address: display, .system(SystemError("open(\(directoryPath))", Errno(rawValue: Glibc.errno))))
+        }
+        let directory = OwnedDescriptor(raw: opened)
         var info = stat()
-        if lstat(path, &info) == 0 {
+        if fstatat(directory.descriptor.rawValue, name, &info, AT_SYMLINK_NOFOLLOW) == 0 {
             guard info.st_mode & S_IFMT == S_IFSOCK else { throw BindError(address: display, .notASocket) }
             var live = false
             do throws(SystemError) {
                 try connectUnix(path: path).close()
                 live = true
             } catch where error.errno == .connectionRefused {
-                unlink(path)  // stale: nobody listens on it
+                // Stale: nobody listens on it. Removed only if it is still the very file checked.
+                var again = stat()
+                if fstatat(directory.descriptor.rawValue, name, &again, AT_SYMLINK_NOFOLLOW) == 0,
+                    again.st_dev == info.st_dev, again.st_ino == info.st_ino
+                {
+                    unlinkat(directory.descriptor.rawValue, name, 0)
+                }
             } catch {
                 throw BindError(address: display, .system(error))
             }
@@ -195,17 +221,69 @@ public enum Sockets {
         }
         do throws(SystemError) {
             let fd = try unixSocket(type: SOCK_STREAM)
+            if let mode {
+                try syscall("fchmod") { fchmod(fd.descriptor.rawValue, mode_t(mode)) }
+            }
             try withUnixAddress(path) { address, length throws(SystemError) in
                 try syscall("bind") { bind(fd.descriptor.rawValue, address, length) }
             }
             if let mode {
-                try syscall("chmod") { chmod(path, mode_t(mode)) }
+                guard try setSocketFileMode(directory: directory.descriptor.rawValue, name: name, path: path, mode: mode)
+                else { throw SystemError("bind", .fileExists) }
             }
             try syscall("listen") { listen(fd.descriptor.rawValue, backlog) }
             return fd
+        } catch where error.errno == .fileExists && error.call == "bind" && mode != nil {
+            throw BindError(address: display, .replaced)
         } catch {
             throw BindError(address: display, .system(error))
         }
+    }
+
+    /// Gives the socket file `name` in `directory`, just made by `bind`, exactly `mode`, without following a
+    /// symlink and only if it is still a socket owned by this process's user.
+    /// Returns false when the file is no longer the socket baton bound.
+    private static func setSocketFileMode(
+        directory: Int32, name: String, path: String, mode: UInt32
+    ) throws(SystemError) -> Bool {
+        let file = openat(directory, name, CBATON_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        guard file >= 0 else { throw SystemError("open(\(path)) after bind", Errno(rawValue: Glibc.errno)) }
+        defer { _ = close(file) }
+        var info = stat()
+        try syscall("fstat") { fstat(file, &info) }
+        guard info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == geteuid() else { return false }
+        guard info.st_mode & 0o7777 != mode_t(mode) else { return true }
+        // chmod of the magic link reaches the inode the O_PATH fd holds, whatever is at `path` by now.
+        if chmod("/proc/self/fd/\(file)", mode_t(mode)) != 0 {
+            let code = Glibc.errno
+            throw SystemError(
+                code == ENOENT ? "chmod(\(path)) (needs /proc mounted to set the mode safely)" : "chmod(\(path))",
+                Errno(rawValue: code))
+        }
+        return true
+    }
+
+    /// Removes the unix socket file at `path` if it is a socket owned by this process's user, in the directory it
+    /// is in, without following a symlink; anything else there is left alone.
+    ///
+    /// The corresponding C functions are `fstatat` and `unlinkat`.
+    public static func removeSocketFile(_ path: String) {
+        let (directoryPath, name) = splitPath(path)
+        let directory = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard directory >= 0 else { return }
+        defer { _ = close(directory) }
+        var info = stat()
+        guard fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFSOCK,
+            info.st_uid == geteuid()
+        else { return }
+        unlinkat(directory, name, 0)
+    }
+
+    /// A path's directory and last component: `/run/a.sock` is `/run` and `a.sock`, `a.sock` is `.` and `a.sock`.
+    static func splitPath(_ path: String) -> (directory: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return (".", path) }
+        let directory = slash == path.startIndex ? "/" : String(path[..<slash])
+        return (directory, String(path[path.index(after: slash)...]))
     }
 
     /// Connects a blocking, close-on-exec unix stream socket to `path`.

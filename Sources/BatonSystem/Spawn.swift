@@ -60,7 +60,19 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
     /// The failed call; nil for ``Code/tooManyListeners``.
     public var underlying: SystemError?
 
+    public init(code: Code, executable: String, underlying: SystemError?) {
+        self.code = code
+        self.executable = executable
+        self.underlying = underlying
+    }
+
     public var description: String {
+        if let underlying, underlying.errno == .tooManyOpenFiles || underlying.errno == .tooManyOpenFilesInSystem {
+            // Whether the fork's setup or the child ran out, it is baton's limit (or the system's), not the app.
+            let whose =
+                underlying.errno == .tooManyOpenFiles ? "raise baton's limit (LimitNOFILE=)" : "the system's file table is full"
+            return "cannot start \(executable): out of file descriptors (\(underlying.errno.description)); \(whose)"
+        }
         switch code {
         case .exec:
             return "cannot execute \(executable): \(underlying.map { $0.errno.description } ?? "unknown error")"
@@ -72,6 +84,35 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// The nice value, scheduling policy and resource limits baton started with, which every worker gets.
+///
+/// On Linux nice and the scheduling policy belong to a thread, and a worker inherits those of the thread that
+/// forks it: a runtime thread whose priority libdispatch raised, say. So they are read once, from the main thread
+/// at start (``capture()``), and the child side of a spawn sets them again before it drops privileges. The limits
+/// are the ones baton started with, whatever baton or `prlimit` changed since.
+public enum ProcessAttributes {
+    /// Read on first use; ``capture()`` makes that the start.
+    static let starting: cbaton_process_attributes = {
+        var attributes = cbaton_process_attributes()
+        cbaton_read_attributes(&attributes)
+        return attributes
+    }()
+
+    /// Reads them now. Call it first thing on the main thread, before any other thread exists.
+    ///
+    /// The corresponding C functions are `getpriority`, `sched_getscheduler` and `getrlimit`.
+    public static func capture() { _ = starting }
+
+    /// Gives the calling thread and the process the attributes baton started with, as far as it may (before a
+    /// re-execution, so that the new program starts as this one did).
+    ///
+    /// The corresponding C functions are `sched_setscheduler`, `setpriority` and `setrlimit`.
+    public static func restore() {
+        var attributes = starting
+        _ = cbaton_apply_attributes(&attributes)
+    }
+}
+
 public enum Spawner {
     /// The most listeners one worker can receive.
     public static let maximumListeners = Int(CBATON_MAX_LISTENERS)
@@ -80,7 +121,8 @@ public enum Spawner {
     /// and waits until the child has exec'd (the channel closes) or reports why it could not.
     ///
     /// The child lays the listeners out at 3, 4, ..., closes every other fd, resets its signal mask and
-    /// dispositions, moves into a process group of its own and fills in `LISTEN_PID` with its pid.
+    /// dispositions, moves into a process group of its own, takes baton's starting nice value, scheduling policy
+    /// and resource limits (``ProcessAttributes``) and fills in `LISTEN_PID` with its pid.
     ///
     /// The corresponding C functions are `socketpair`, `fork`, `sendmsg` and `execve`.
     public static func spawn(_ request: SpawnRequest) throws(SpawnError) -> Int32 {
@@ -110,12 +152,15 @@ public enum Spawner {
         let envp = CStringArray(environment)
         let path = CStringArray([request.executable])
         let groups = request.groups.map { gid_t($0) }
+        var attributes = ProcessAttributes.starting
 
         let pid: Int32 = argv.withPointers { argvPointer in
             envp.withPointers { envpPointer in
                 path.withPointers { pathPointer in
                   groups.withUnsafeBufferPointer { groupPointer in
+                   withUnsafePointer(to: &attributes) { attributesPointer in
                     var spawnRequest = cbaton_spawn_request()
+                    spawnRequest.attributes = attributesPointer
                     spawnRequest.groups = groupPointer.baseAddress
                     spawnRequest.group_count = Int32(groups.count)
                     spawnRequest.path = UnsafePointer(pathPointer[0])
@@ -131,6 +176,7 @@ public enum Spawner {
                     spawnRequest.uid = request.userID.map { Int64($0) } ?? -1
                     spawnRequest.gid = request.groupID.map { Int64($0) } ?? -1
                     return cbaton_spawn(&spawnRequest)
+                   }
                   }
                 }
             }

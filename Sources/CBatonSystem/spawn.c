@@ -8,9 +8,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #endif
 
 _Static_assert(sizeof(int) == 4, "fds travel as 32-bit ints");
+_Static_assert(CBATON_O_PATH == O_PATH, "O_PATH as the kernel defines it");
 _Static_assert(CBATON_FDS_PER_MESSAGE <= 253, "SCM_MAX_FD is 253");
 
 static void child_fail(int channel, int error) {
@@ -139,7 +142,11 @@ static _Noreturn void child_main(const cbaton_spawn_request *r) {
     if (close_range_compat((unsigned)layout, (unsigned)channel - 1) != 0) child_fail(channel, errno);
     if (close_range_compat((unsigned)channel + 1, ~0U) != 0) child_fail(channel, errno);
 
-    // 7. Drop privileges if asked, groups first.
+    // 7. The nice value, scheduling policy and resource limits baton started with, not those of the thread that
+    //    forked (libdispatch raises its threads' priority; nice is per thread), while still privileged enough to.
+    if (r->attributes != NULL) (void)cbaton_apply_attributes(r->attributes);
+
+    // 8. Drop privileges if asked, groups first.
     if (r->gid >= 0) {
         gid_t gid = (gid_t)r->gid;
         int ok = r->group_count > 0 ? setgroups((size_t)r->group_count, r->groups) : setgroups(1, &gid);
@@ -147,7 +154,7 @@ static _Noreturn void child_main(const cbaton_spawn_request *r) {
     }
     if (r->uid >= 0 && setresuid((uid_t)r->uid, (uid_t)r->uid, (uid_t)r->uid) != 0) child_fail(channel, errno);
 
-    // 8. LISTEN_PID is this very process.
+    // 9. LISTEN_PID is this very process.
     if (r->listen_pid_slot != NULL) child_write_pid(r->listen_pid_slot);
 
     execve(r->path, r->argv, r->envp);
@@ -249,3 +256,54 @@ int cbaton_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC 
 int cbaton_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
 int cbaton_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int cbaton_sigrtmin(void) { return SIGRTMIN; }
+
+int cbaton_sigrtmax(void) { return SIGRTMAX; }
+
+_Static_assert(RLIMIT_NLIMITS <= CBATON_RLIMITS, "every resource limit fits");
+
+void cbaton_read_attributes(cbaton_process_attributes *out) {
+    memset(out, 0, sizeof *out);
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, 0);  // this thread's, on Linux
+    out->nice = (nice == -1 && errno != 0) ? 0 : nice;
+    out->policy = sched_getscheduler(0);
+    struct sched_param param;
+    out->priority = sched_getparam(0, &param) == 0 ? param.sched_priority : 0;
+    out->limit_count = RLIMIT_NLIMITS;
+    for (int i = 0; i < RLIMIT_NLIMITS; i++) {
+        struct rlimit limit;
+        if (getrlimit((__rlimit_resource_t)i, &limit) != 0) continue;
+        out->soft[i] = limit.rlim_cur;
+        out->hard[i] = limit.rlim_max;
+        out->limit_valid[i] = 1;
+    }
+}
+
+int cbaton_apply_attributes(const cbaton_process_attributes *a) {
+    int first = 0;
+#define CBATON_NOTE(call) do { if ((call) != 0 && first == 0) first = errno; } while (0)
+    if (a->policy >= 0) {
+        struct sched_param param = {.sched_priority = a->priority};
+        CBATON_NOTE(sched_setscheduler(0, a->policy, &param));
+    }
+    // After the policy: for SCHED_OTHER and SCHED_BATCH the nice value is what orders threads.
+    CBATON_NOTE(setpriority(PRIO_PROCESS, 0, a->nice));
+    for (int i = 0; i < a->limit_count && i < CBATON_RLIMITS; i++) {
+        if (!a->limit_valid[i]) continue;
+        struct rlimit limit = {.rlim_cur = a->soft[i], .rlim_max = a->hard[i]};
+        if (setrlimit((__rlimit_resource_t)i, &limit) == 0) continue;
+        // A hard limit lowered since start comes back only with CAP_SYS_RESOURCE: then the soft limit, within it.
+        struct rlimit now;
+        if (errno == EPERM && getrlimit((__rlimit_resource_t)i, &now) == 0) {
+            limit.rlim_max = now.rlim_max;
+            if (limit.rlim_cur > now.rlim_max) limit.rlim_cur = now.rlim_max;
+            CBATON_NOTE(setrlimit((__rlimit_resource_t)i, &limit));
+        } else if (first == 0) {
+            first = errno;
+        }
+    }
+#undef CBATON_NOTE
+    return first;
+}

@@ -82,10 +82,12 @@ extension Baton {
 
         func run() throws {
             if options.asksForHelp { throw CleanExit.helpRequest(self) }
+            // Workers get the scheduling and limits baton starts with, read here, on the main thread.
+            ProcessAttributes.capture()
             // Signals arrive through a signalfd: block them before any other thread exists, so every thread
             // inherits the mask.
             Signals.block(Signals.handledByRun)
-            Signals.ignoreBrokenPipe()
+            Signals.ignoreMeaningless()
 
             let configuration: LaunchConfiguration
             do {
@@ -209,19 +211,22 @@ extension Baton {
             client.send(ControlProtocol.Request(command: .reload))
             while let line = client.readLine() {
                 guard let reply = ControlProtocol.decodeReply(line) else { continue }
+                // What the launcher relays (a failure's reason, a worker's stderr) is shown with control characters
+                // escaped: a worker must not be able to drive the terminal of whoever runs `baton reload`.
+                let message = reply.message.map(TerminalText.sanitized)
                 switch reply.kind {
                 case .progress:
-                    if !quiet { StandardStreams.writeOutput("\(reply.message ?? "")\n") }
+                    if !quiet { StandardStreams.writeOutput("\(message ?? "")\n") }
                 case .result where reply.ok == true:
-                    StandardStreams.writeOutput("\(reply.message ?? "reload succeeded")\n")
+                    StandardStreams.writeOutput("\(message ?? "reload succeeded")\n")
                     return
                 case .error:
-                    throw fail(reply.message ?? "the launcher refused the request", .control)
+                    throw fail(message ?? "the launcher refused the request", .control)
                 case .result, .status:
-                    var text = "baton: reload failed: \(reply.message ?? "unknown reason")\n"
+                    var text = "baton: reload failed: \(message ?? "unknown reason")\n"
                     if let stderr = reply.stderr, !stderr.isEmpty {
                         text += "last lines the failing worker wrote to stderr:\n"
-                        for line in stderr { text += "  | \(line)\n" }
+                        for line in stderr { text += "  | \(TerminalText.sanitized(line))\n" }
                     }
                     StandardStreams.writeError(text)
                     throw ExitCode(1)
@@ -250,7 +255,7 @@ extension Baton {
                 throw fail("the launcher closed the connection without answering", .control)
             }
             guard reply.kind == .status, let status = reply.status else {
-                throw fail(reply.message ?? "unexpected answer", .control)
+                throw fail(reply.message.map(TerminalText.sanitized) ?? "unexpected answer", .control)
             }
             if json {
                 StandardStreams.writeOutput(String(decoding: ControlProtocol.encode(status), as: UTF8.self))

@@ -53,13 +53,56 @@ struct ParsingTests {
         let message = try #require(NotifyMessage(parsing: Array("READY=1\nSTATUS=warming up\nWATCHDOG_USEC=500000\nX_CUSTOM=1\n".utf8)))
         #expect(message.ready)
         #expect(message.status == "warming up")
-        #expect(message.watchdogMicroseconds == 500_000)
+        #expect(message.watchdogInterval == .milliseconds(500))
+        #expect(message.rejected.isEmpty)
         #expect(message.other == ["X_CUSTOM"])
         #expect(NotifyMessage(parsing: Array("WATCHDOG=1".utf8))?.watchdog == true)
         #expect(NotifyMessage(parsing: Array("READY".utf8)) == nil)
         #expect(NotifyMessage(parsing: [0xff, 0xfe]) == nil)
         #expect(NotifyMessage(parsing: Array("READY=1\0".utf8)) == nil)
         #expect(NotifyMessage(parsing: [UInt8](repeating: 65, count: 5000)) == nil)
+    }
+
+    @Test(arguments: [
+        "18446744073709551615", "18446744073709551616", "99999999999999999999999", "0", "-1", "999", "31536000000001",
+        "1e6", " 5", "5s", "", "\u{1b}[2J",
+        // Found by the notify fuzzer: escaping made a rejected value longer than a log line should be.
+        "-001=T" + String(repeating: "\u{11}", count: 60), "888888" + String(repeating: "\t", count: 40) + "8888\u{01}\u{7f}",
+    ])
+    func notifyValuesOutOfRangeAreRejectedAndTheRestCounts(value: String) throws {
+        let message = try #require(NotifyMessage(parsing: Array("READY=1\nWATCHDOG_USEC=\(value)\nWATCHDOG=1\n".utf8)))
+        #expect(message.watchdogInterval == nil)
+        #expect(message.ready && message.watchdog, "the other assignments of the message count")
+        #expect(message.rejected.count == 1)
+        let rejected = try #require(message.rejected.first)
+        #expect(rejected.hasPrefix("WATCHDOG_USEC="))
+        #expect(rejected.contains("from 1000 to 31536000000000"))
+        #expect(!rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f }, "printable: \(rejected)")
+        #expect(rejected.count < 120)
+    }
+
+    @Test func notifyValuesAtTheBoundsAreAccepted() throws {
+        #expect(NotifyMessage(parsing: Array("WATCHDOG_USEC=1000".utf8))?.watchdogInterval == .milliseconds(1))
+        #expect(NotifyMessage(parsing: Array("WATCHDOG_USEC=31536000000000".utf8))?.watchdogInterval == .seconds(365 * 86400))
+    }
+
+    @Test func durationsConvertWithoutTrapping() {
+        #expect(Duration.seconds(Int64.max).milliseconds == Int64.max)
+        #expect(Duration.seconds(Int64.min).microseconds == Int64.min)
+        #expect(Duration.milliseconds(Int64.min).milliseconds == Int64.min)
+        #expect(Duration.milliseconds(-1500).milliseconds == -1500)
+        #expect(Duration.microseconds(Int64.max).shortDescription.hasSuffix("s"))
+        #expect(Duration.milliseconds(1234).microseconds == 1_234_000)
+    }
+
+    @Test func theStatusTableSurvivesAbsurdTimes() {
+        let worker = StatusReport.Worker(slot: 1, pid: 2, state: "ready", uptimeSeconds: .infinity, restarts: 0, status: nil)
+        let status = StatusReport(
+            name: "x", pid: 1, version: "v", listeners: [],
+            generations: [.init(id: 1, state: "serving", startedAt: -1e308, crashLooping: false, workers: [worker])],
+            lastReload: .init(ok: true, generation: 1, durationMilliseconds: .min, reason: nil, finishedAt: .nan), reloading: false)
+        let text = StatusFormatter.text(status, now: 1e308)
+        #expect(text.contains("generation 1  serving"))
     }
 
     @Test func lineSplitterCapsLongLines() {

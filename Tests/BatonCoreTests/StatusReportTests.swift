@@ -38,16 +38,12 @@ struct StatusReportTests {
         #expect(report.generations.map(\.state) == ["serving", "starting"])
     }
 
-    @Test func aProcessLeftBehindGoesOnceItsWorkerIsGoneEvenWhenAReplacementServesTheSlot() {
-        let slot = WorkerSlot(generation: 3, slot: 1)
-        // Its worker (pid 100) still serves the slot: it stays.
-        #expect(!OrphanIdentity(slot: slot, workerPID: 100).isOrphaned(liveWorkers: [slot: 100]))
-        // A replacement (pid 200) now serves the slot: the orphan of the crashed worker goes.
-        #expect(OrphanIdentity(slot: slot, workerPID: 100).isOrphaned(liveWorkers: [slot: 200]))
-        // Nobody serves the slot any more.
-        #expect(OrphanIdentity(slot: slot, workerPID: 100).isOrphaned(liveWorkers: [:]))
-        // Without LISTEN_PID, only the slot can tell: it stays while the slot is served.
-        #expect(!OrphanIdentity(slot: slot, workerPID: nil).isOrphaned(liveWorkers: [slot: 200]))
-        #expect(OrphanIdentity(slot: slot, workerPID: nil).isOrphaned(liveWorkers: [WorkerSlot(generation: 4, slot: 1): 5]))
+    @Test func aProcessWithoutIdentityBelongsToTheNewestGenerationThatHadStartedBeforeIt() {
+        let starts = [3: UInt64(100), 4: 250, 5: 400]
+        #expect(likelyGeneration(startedAt: 260, generationStarts: starts) == 4)
+        #expect(likelyGeneration(startedAt: 250, generationStarts: starts) == 4)
+        #expect(likelyGeneration(startedAt: 1_000, generationStarts: starts) == 5)
+        #expect(likelyGeneration(startedAt: 99, generationStarts: starts) == nil, "older than every generation known")
+        #expect(likelyGeneration(startedAt: 5, generationStarts: [:]) == nil)
     }
 }

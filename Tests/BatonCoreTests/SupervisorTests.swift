@@ -137,8 +137,8 @@ struct SupervisorTests {
         h.send(.ready(newWorkers[0].id))
         let crashed = h.send(.exited(newWorkers[1].id, .exited(3)))
 
-        #expect(h.killed(in: crashed).contains(newWorkers[0].id), "the rest of the new generation is killed")
-        #expect(h.stopped(in: crashed).isEmpty)
+        #expect(h.stopped(in: crashed) == [newWorkers[0].id], "the rest of the new generation is asked to stop")
+        #expect(!h.killed(in: crashed).contains(newWorkers[0].id), "not SIGKILLed: it may be answering requests")
         #expect(!h.killed(in: crashed).contains { before.contains($0) }, "the old generation is not touched")
         let result = h.finished(in: crashed)
         #expect(result.map(\.ok) == [false])
@@ -156,7 +156,9 @@ struct SupervisorTests {
         h.send(.reloadRequested(RequesterID(1)))
         let slow = h.workers(generation: 2)[0]
         let fired = h.send(.timer(.readyTimeout(slow.id)))
-        #expect(h.killed(in: fired) == [slow.id])
+        #expect(h.stopped(in: fired) == [slow.id], "a worker slow to say it is ready may be accepting already")
+        #expect(h.killed(in: fired).isEmpty)
+        #expect(fired.contains(.schedule(.stopTimeout(slow.id), after: SupervisorSettings().stopTimeout)))
         #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s") == true)
         #expect(h.supervisor.serving == 1)
     }
@@ -270,9 +272,64 @@ struct SupervisorTests {
         var h = Harness(SupervisorSettings(workers: 2))
         h.send(.start)
         let worker = h.workers(generation: 1)[0]
+        let other = h.workers(generation: 1)[1]
+        h.send(.ready(other.id))
         let actions = h.send(.exited(worker.id, .exited(127)))
-        #expect(actions.contains(.exit(1)))
-        #expect(h.killed(in: actions).contains(h.log.compactMap { if case .spawn(let id, _, 2) = $0 { id } else { nil } }[0]))
+        #expect(h.stopped(in: actions) == [other.id], "the ready worker of the failed generation drains first")
+        #expect(!h.killed(in: actions).contains(other.id))
+        #expect(!actions.contains(.exit(1)), "baton exits once its workers are gone")
+        #expect(h.supervisor.phase == .stopping)
+        let gone = h.send(.exited(other.id, .signaled("TERM")))
+        #expect(gone.contains(.exit(1)))
+    }
+
+    @Test func aRollbackStopsTheNewWorkersGracefullyAndKillsOnlyAfterTheStopTimeout() {
+        var h = Harness(SupervisorSettings(workers: 3, stopTimeout: .seconds(7)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let new = h.workers(generation: 2)
+        h.send(.ready(new[0].id))
+        let crashed = h.send(.exited(new[2].id, .exited(1)))
+        #expect(Set(h.stopped(in: crashed)) == [new[0].id, new[1].id], "ready or starting, each gets the stop signal")
+        #expect(h.killed(in: crashed).isEmpty, "nothing is SIGKILLed at once")
+        #expect(crashed.contains { if case .stopGroup(new[2].id, _) = $0 { true } else { false } }, "what the crashed worker left in its group is asked to stop")
+        #expect(crashed.contains(.schedule(.stopTimeout(new[0].id), after: .seconds(7))))
+        #expect(crashed.contains(.schedule(.stopTimeout(new[1].id), after: .seconds(7))))
+        #expect(h.finished(in: crashed).map(\.ok) == [false], "the reload fails at once; the workers drain behind it")
+        #expect(h.supervisor.statusLine.contains("generation 2 failed, stopping (2)"))
+        // One drains and exits; the other ignores the signal and is killed when its stop timeout fires.
+        h.send(.exited(new[0].id, .exited(0)))
+        let fired = h.send(.timer(.stopTimeout(new[1].id)))
+        #expect(h.killed(in: fired) == [new[1].id])
+        h.send(.exited(new[1].id, .signaled("KILL")))
+        #expect(h.supervisor.generations[2] == nil, "the failed generation is gone once its workers are")
+        #expect(h.supervisor.serving == 1)
+        #expect(h.workers(generation: 1).count == 3 && h.workers(generation: 1).allSatisfy { $0.state == .ready })
+    }
+
+    @Test func aFailedRollingReloadStopsTheNewReadyWorkerGracefully() {
+        var h = Harness(SupervisorSettings(workers: 2, strategy: .rolling))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(nil))
+        let first = h.workers(generation: 2)[0]
+        h.send(.ready(first.id))
+        let second = h.workers(generation: 2).first { $0.slot == 2 }!
+        let crashed = h.send(.exited(second.id, .exited(1)))
+        #expect(h.stopped(in: crashed) == [first.id])
+        #expect(!h.killed(in: crashed).contains(first.id))
+        #expect(h.spawns(in: crashed).map(\.generation) == [1], "the retired slot of generation 1 comes back")
+    }
+
+    @Test func aWorkerThatMissesItsReadyTimeoutAtStartGetsTheStopSignalFirst() {
+        var h = Harness(SupervisorSettings(workers: 2, readyTimeout: .seconds(2)))
+        h.send(.start)
+        let slow = h.workers(generation: 1)[0]
+        h.send(.ready(h.workers(generation: 1)[1].id))
+        let fired = h.send(.timer(.readyTimeout(slow.id)))
+        #expect(h.stopped(in: fired) == [slow.id])
+        #expect(h.killed(in: fired).isEmpty)
     }
 
     @Test func stopRetiresEveryGenerationGracefullyThenExitsZero() {
@@ -347,5 +404,45 @@ struct SupervisorTests {
         h.send(.stop)
         let actions = h.send(.reloadRequested(RequesterID(3)))
         #expect(h.finished(in: actions).map(\.ok) == [false])
+    }
+}
+
+@Suite("leftovers of a worker")
+struct LeftoversTests {
+    @Test func aHelperInTheWorkersGroupIsAskedFirstAndKilledOnlyAfterTheStopTimeout() {
+        var leftovers = Leftovers()
+        let start = ContinuousClock.now
+        func judge(_ now: ContinuousClock.Instant) -> Leftovers.Verdict {
+            leftovers.judge(
+                pid: 501, generation: 1, slot: 1, workerPID: 500, processGroup: 500, owner: nil, now: now,
+                stopTimeout: .seconds(2))
+        }
+        #expect(judge(start) == .stop("stopping pid 501, left in the process group of worker 1 of generation 1 after it exited"))
+        #expect(leftovers.nextDeadline == start + .seconds(2))
+        #expect(judge(start + .seconds(1)) == .keep)
+        guard case .kill(let message) = judge(start + .seconds(2)) else {
+            Issue.record("not killed after the stop timeout")
+            return
+        }
+        #expect(message.contains("did not stop within 2s"))
+        leftovers.retain([])
+        #expect(leftovers.nextDeadline == nil)
+    }
+
+    @Test func aDaemonThatLeftTheGroupIsKilledAtOnceAndALiveWorkersHelperIsKept() {
+        var leftovers = Leftovers()
+        let now = ContinuousClock.now
+        let daemon = leftovers.judge(
+            pid: 601, generation: 2, slot: 1, workerPID: 600, processGroup: 601, owner: nil, now: now,
+            stopTimeout: .seconds(2))
+        #expect(daemon == .kill("stopping pid 601, left behind by worker 1 of generation 2 outside its process group"))
+        // A double fork's grandchild: its group is led by the first fork, reaped along with the worker.
+        let grandchild = leftovers.judge(
+            pid: 603, generation: 2, slot: 1, workerPID: 600, processGroup: 602, owner: nil, now: now, stopTimeout: .seconds(2))
+        #expect(grandchild == .kill("stopping pid 603, left behind by worker 1 of generation 2 outside its process group"))
+        let kept = leftovers.judge(
+            pid: 701, generation: 3, slot: 1, workerPID: 700, processGroup: 700, owner: 700, now: now,
+            stopTimeout: .seconds(2))
+        #expect(kept == .keep)
     }
 }

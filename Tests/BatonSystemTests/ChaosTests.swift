@@ -148,6 +148,27 @@ struct ChaosTests {
         rig.stop()
     }
 
+    @Test func aRollbackWhileANewWorkerServesLetsItFinishItsRequests() throws {
+        // Worker 1 of each broken release becomes ready and accepts; worker 2 fails while worker 1 has a slow
+        // request in flight. The rollback must stop worker 1 with the stop signal (it drains), not SIGKILL it.
+        let rig = try Rig(workers: 2)
+        let rounds = Self.long ? 10 : 3
+        for _ in 1...rounds {
+            rig.behave("fail-once-sibling-serves")
+            let reload = rig.baton.client(["reload", "--quiet"])
+            #expect(reload.status == 1)
+            #expect(reload.stderr.contains("failing while worker 1 serves"), "\(reload.stderr)")
+        }
+        rig.behave("ok")
+        #expect(rig.baton.client(["reload", "--quiet"]).status == 0)
+        let summary = try rig.finish()
+        let killed = rig.baton.stderr.all.filter { $0.contains("worker 1 of generation") && $0.contains("signal KILL") }
+        report("rollback while a new worker serves", summary, ", \(rounds) rollbacks")
+        #expect(killed.isEmpty, "no rolled-back worker was SIGKILLed: \(killed)")
+        #expect(Self.count(summary, "failed") == 0)
+        rig.stop()
+    }
+
     @Test func aReleaseThatHangsAfterBecomingReadyIsCaughtByTheWatchdog() throws {
         let rig = try Rig(workers: 2, extra: ["--watchdog", "1s"])
         rig.behave("hang-after-ready")

@@ -135,12 +135,13 @@ final class BatonRun: @unchecked Sendable {
 
     init(
         _ arguments: [String], scratch: Scratch, environment: [String: String] = [:], executable: String = Paths.baton,
-        echo: Bool = false, unreadOutput: Bool = false
+        echo: Bool = false, unreadOutput: Bool = false, wrapper: [String] = []
     ) throws {
         self.scratch = scratch
         control = scratch.file("control.sock")
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = ["run", "--control", control] + arguments
+        // A wrapper that execs baton (`nice -n 10`, `prlimit ...`) keeps the pid.
+        process.executableURL = URL(fileURLWithPath: wrapper.first ?? executable)
+        process.arguments = wrapper.dropFirst() + (wrapper.isEmpty ? [] : [executable]) + ["run", "--control", control] + arguments
         var env = ProcessInfo.processInfo.environment
         for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "WATCHDOG_USEC"] {
             env[name] = nil

@@ -1,6 +1,7 @@
 // The example Node app, with a behaviour read from BEHAVIOUR_FILE at start, so that a reload can bring a broken
 // release: ok | crash (exits 1 at start) | hang (never becomes ready) | hang-after-ready (pings baton's watchdog,
-// then worker 1 freezes its event loop once; the marker file BEHAVIOUR_FILE.hung gets its pid).
+// then worker 1 freezes its event loop once; the marker file BEHAVIOUR_FILE.hung gets its pid) | fail-once-sibling-serves
+// (worker 1 serves; worker 2 fails once worker 1 has a slow request in flight).
 'use strict';
 const fs = require('fs');
 const file = process.env.BEHAVIOUR_FILE;
@@ -21,4 +22,27 @@ if (behaviour === 'hang-after-ready') {
     }, 1500);
   }
 }
-require('../../examples/node/app.js');
+if (behaviour === 'fail-once-sibling-serves') {
+  // Worker 1 of the release starts as usual and marks the first slow request it accepts; worker 2 waits for that
+  // mark, then fails its start, so that the rollback happens while worker 1 has a request in flight.
+  const path = require('path');
+  const marker = `${file}.serving.${process.env.BATON_GENERATION}`;
+  if (process.env.BATON_WORKER === '1') {
+    const http = require('http');
+    const emit = http.Server.prototype.emit;
+    http.Server.prototype.emit = function (event, request, ...rest) {
+      if (event === 'request' && /sleep=/.test(request.url) && !fs.existsSync(marker)) fs.writeFileSync(marker, String(process.pid));
+      return emit.call(this, event, request, ...rest);
+    };
+  } else {
+    const fail = () => {
+      if (!fs.existsSync(marker)) return;
+      console.error(`worker ${process.env.BATON_WORKER}: failing while worker 1 serves (test)`);
+      process.exit(1);
+    };
+    fs.watch(path.dirname(file), fail);
+    fail();
+    setInterval(() => {}, 1 << 30); // stays up, never ready, until the mark appears
+  }
+}
+if (behaviour !== 'fail-once-sibling-serves' || process.env.BATON_WORKER === '1') require('../../examples/node/app.js');

@@ -5,7 +5,8 @@ Behaviour comes from the environment and from a file read at start, so that a re
   REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
   READY_MODE       notify | fd | none (default none: baton detects the accept)
   BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
-                   shutdown-listener | shutdown-then-crash | small-backlog | wiped-daemon
+                   shutdown-listener | shutdown-then-crash | small-backlog | wiped-daemon, or
+                   'send-notify MSG|MSG...' (notify messages sent once ready)
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -70,6 +71,12 @@ if behaviour == "wiped-daemon":
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
         f.write(str(daemon.pid))
+if behaviour == "resource-tracker":
+    # Python's multiprocessing helper: a child in the worker's process group that exits once the worker is gone.
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.tracker"), "w") as f:
+        f.write(str(resource_tracker._resource_tracker._pid))
 if behaviour == "slow-start":
     time.sleep(1.0)
 if behaviour == "crash":
@@ -78,6 +85,10 @@ if behaviour == "crash":
 if behaviour == "shutdown-then-crash":
     socket.socket(fileno=os.dup(3)).shutdown(socket.SHUT_RDWR)
     print("shut the listener down, then crashing", file=sys.stderr, flush=True)
+    sys.exit(3)
+if behaviour == "crash-with-escapes":
+    # A release whose last words would drive the terminal of whoever reads them: retitle it, clear it.
+    print("\x1b]0;owned\x07\x1b[2Jfatal: escapes (test crash)", file=sys.stderr, flush=True)
     sys.exit(3)
 if behaviour == "hang":
     print("hanging before ready", file=sys.stderr, flush=True)
@@ -165,6 +176,11 @@ try:
         # Opts in to baton's watchdog (WATCHDOG_USEC), then hangs as far as the watchdog can tell.
         print(f"watchdog interval {os.environ.get('WATCHDOG_USEC')}", flush=True)
         notify("WATCHDOG=1")
+    if behaviour.startswith("send-notify "):
+        # Messages of the test's choosing, '|' between them, once ready: what a hostile or buggy app may send.
+        for message in behaviour[len("send-notify "):].split("|"):
+            notify(message)
+        print("sent notify", flush=True)
     if behaviour == "late-crash":
         threading.Timer(0.2, lambda: os._exit(4)).start()
     if behaviour == "shutdown-listener" and worker == "1":

@@ -17,6 +17,36 @@
 /// The most fds the kernel accepts in one SCM_RIGHTS message is 253; baton sends batches of this size.
 #define CBATON_FDS_PER_MESSAGE 250
 
+/// `O_PATH` (which Glibc's module does not export without _GNU_SOURCE): an fd that names a file without opening it.
+static const int CBATON_O_PATH = 010000000;
+
+/// `SIGRTMIN` and `SIGRTMAX` as glibc gives them to programs (it keeps the first real-time signals for itself).
+int cbaton_sigrtmin(void);
+int cbaton_sigrtmax(void);
+
+/// How many resource limits baton saves and restores (RLIMIT_CPU .. RLIMIT_RTTIME).
+#define CBATON_RLIMITS 16
+
+/// A process's scheduling and resource limits, read with `cbaton_read_attributes`.
+typedef struct cbaton_process_attributes {
+    int nice;
+    /// `sched_getscheduler` (SCHED_RESET_ON_FORK included) and the policy's static priority.
+    int policy;
+    int priority;
+    /// Soft and hard limits of resources 0 ..< limit_count; `limit_valid[i]` is 0 where getrlimit failed.
+    int limit_count;
+    uint64_t soft[CBATON_RLIMITS];
+    uint64_t hard[CBATON_RLIMITS];
+    int limit_valid[CBATON_RLIMITS];
+} cbaton_process_attributes;
+
+/// Reads the calling thread's nice value and scheduling policy, and the process's resource limits.
+void cbaton_read_attributes(cbaton_process_attributes *out);
+
+/// Applies `attributes` to the calling thread (nice, policy) and the process (limits), as far as permitted;
+/// async-signal-safe. Returns 0, or the errno of the first call that failed (the others are still made).
+int cbaton_apply_attributes(const cbaton_process_attributes *attributes);
+
 /// What the child side of a spawn needs. Everything is prepared by the parent before `fork`,
 /// because the child may only make async-signal-safe calls.
 typedef struct {
@@ -39,7 +69,12 @@ typedef struct {
     /// async-signal-safe).
     const gid_t *groups;
     int group_count;
+    /// The process-level attributes baton started with, which the child takes instead of those of the thread that
+    /// forked it (nice and the scheduling policy are per thread on Linux): used when `attributes` is not NULL.
+    const cbaton_process_attributes *attributes;
 } cbaton_spawn_request;
+
+
 
 /// Forks a worker. Returns the child's pid, or -1 with errno set. The child never returns.
 pid_t cbaton_spawn(const cbaton_spawn_request *request);

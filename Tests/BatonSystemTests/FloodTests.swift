@@ -7,8 +7,8 @@ import Glibc
 #endif
 
 /// What floods, stuck clients and failed spawns cannot do to baton: grow it, block it, or make it drop supervision.
-@Suite("hardening", .serialized, .timeLimit(.minutes(3)))
-struct HardeningTests {
+@Suite("floods and stuck clients", .serialized, .timeLimit(.minutes(3)))
+struct FloodTests {
     let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
     let flood = Paths.packageRoot.appendingPathComponent("Tests/Fixtures/flood.py").path
 
