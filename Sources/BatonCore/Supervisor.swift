@@ -114,6 +114,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     case status(WorkerID, String)
     case watchdogPing(WorkerID, interval: Duration?)
     case exited(WorkerID, ExitReason)
+    /// What the launcher found out about why a worker fails (such as the app binding baton's address itself); it
+    /// goes into the failure's log line and reload result.
+    case explained(WorkerID, String)
     case timer(TimerID)
     case stop
     case forceStop
@@ -140,6 +143,8 @@ public struct Supervisor: Sendable {
         public var status: String?
         /// Why baton killed it, when it did so on purpose for a failure (a missed ready timeout, a hung worker).
         public var failure: String?
+        /// Why it failed, as the launcher found out (``SupervisorEvent/explained(_:_:)``).
+        public var explanation: String?
         public var watchdogInterval: Duration?
     }
 
@@ -320,6 +325,8 @@ public struct Supervisor: Sendable {
             }
         case .exited(let id, let reason):
             workerGone(id, reason: reason, failure: nil, now: now, actions: &actions)
+        case .explained(let id, let text):
+            workers[id]?.explanation = text
         case .timer(let timer):
             fire(timer, now: now, actions: &actions)
         case .stop:
@@ -582,7 +589,9 @@ public struct Supervisor: Sendable {
         generation.workers.removeAll { $0 == id }
         if generation.slots[worker.slot] == id { generation.slots[worker.slot] = nil }
         generations[worker.generation] = generation
-        let what = failure ?? worker.failure ?? reason.map { "exited with \($0)" } ?? "exited"
+        let what =
+            failure ?? worker.failure
+            ?? (reason.map { "exited with \($0)" } ?? "exited") + (worker.explanation.map { ": " + $0 } ?? "")
         worker.failure = worker.failure ?? failure
         let expected = previousState == .stopping && worker.failure == nil
 
@@ -672,7 +681,9 @@ public struct Supervisor: Sendable {
         switch timer {
         case .readyTimeout(let id):
             guard let worker = workers[id], worker.state == .starting else { return }
-            let reason = "did not become ready within \(settings.readyTimeout.shortDescription)"
+            let reason =
+                "did not become ready within \(settings.readyTimeout.shortDescription)"
+                + (worker.explanation.map { ": " + $0 } ?? "")
             workers[id]?.failure = reason
             if let reload, reload.target == worker.generation {
                 rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: id, now: now, actions: &actions)

@@ -262,6 +262,9 @@ public actor Launcher {
                 workerIO.stdout.drain()
                 lastStderr[worker.id] = workerIO.stderr.tail()
             }
+            if let text = BindAdoption.diagnosis(stderr: lastStderr[worker.id] ?? [], listeners: listeners) {
+                perform(supervisor.handle(.explained(worker.id, text), now: now))
+            }
             perform(supervisor.handle(.exited(worker.id, reason), now: now))
             lastStderr[worker.id] = nil
         case .notifyDatagram(let datagram):
@@ -301,6 +304,11 @@ public actor Launcher {
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
+            if case .readyTimeout(let worker) = id,
+                let text = BindAdoption.diagnosis(stderr: io[worker]?.stderr.tail() ?? [], listeners: listeners)
+            {
+                perform(supervisor.handle(.explained(worker, text), now: now))
+            }
             perform(supervisor.handle(.timer(id), now: now))
         }
     }
@@ -408,6 +416,7 @@ public actor Launcher {
         environment.append("LISTEN_FDNAMES=\(listeners.map(\.name).joined(separator: ":"))")
         environment.append("BATON_GENERATION=\(generation)")
         environment.append("BATON_WORKER=\(slot)")
+        environment = BindAdoption.workerEnvironment(environment, configuration: configuration)
         if let watchdog = configuration.supervisor.workerWatchdog {
             environment.append("WATCHDOG_USEC=\(watchdog.microseconds)")
         }

@@ -1,0 +1,39 @@
+public import BatonCore
+public import BatonSystem
+
+/// Bind adoption on the launcher's side: where `libbaton-adopt.so` is, the workers' `LD_PRELOAD`, and the
+/// one-line diagnosis when a worker bound baton's address itself.
+public enum BindAdoption {
+    /// The library's path: beside baton's executable, or `../lib/baton/` from it; nil if neither exists.
+    public static let library: String? = {
+        guard let executable = Process.currentExecutable() else { return nil }
+        return AdoptBind.libraryCandidates(executable: executable).first {
+            AdoptBind.isPreloadable($0) && Process.fileExists($0)
+        }
+    }()
+
+    /// Why adoption cannot work in this configuration, or nil when it can (or is off).
+    public static func unavailable(_ configuration: LaunchConfiguration) -> String? {
+        guard configuration.adoptBind, library == nil else { return nil }
+        let places = Process.currentExecutable().map { AdoptBind.libraryCandidates(executable: $0) } ?? []
+        return "bind adoption is off: \(AdoptBind.libraryName) is not at \(places.joined(separator: " or ")) (a development build makes it with bash preload/build.sh); apps must use the sockets in LISTEN_FDS"
+    }
+
+    /// The worker's environment, with the library preloaded when adoption is on.
+    static func workerEnvironment(_ environment: [String], configuration: LaunchConfiguration) -> [String] {
+        guard configuration.adoptBind, let library else { return environment }
+        return AdoptBind.environment(environment, preloading: library)
+    }
+
+    /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`.
+    static func diagnosis(stderr: [String], listeners: [ListeningSocket]) -> String? {
+        guard AdoptBind.addressInUseLine(in: stderr) != nil else { return nil }
+        let described = listeners.map { listener in
+            let bound = listener.boundAddress()
+            // An address baton bound reads as the user wrote it; a passed socket as the kernel has it.
+            let address = listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
+            return AdoptBind.Listener(address: address, port: bound?.port, path: bound?.path)
+        }
+        return AdoptBind.diagnosis(stderr: stderr, listeners: described)
+    }
+}
