@@ -11,9 +11,17 @@
 // fcntl(F_SETFL), ioctl(FIONBIO)): fcntl(F_GETFL) reports that mode, and accept() on a socket the app wants blocking
 // waits in poll() and retries when another process took the connection first.
 //
-// What it intercepts, and nothing else is exported: bind, listen, accept, accept4, getsockname, fcntl, fcntl64,
-// ioctl, unlink, unlinkat (an app must not unlink the path of a unix listener baton serves). It reads only the
-// environment and the inherited fds; it opens no file and resolves no path.
+// Draining: before baton sends an old worker its stop signal, it sends SIGRTMIN+5 (only to a worker that catches
+// it, which /proc tells baton) and waits a moment. The library's handler then takes the adopted sockets out of the
+// app's epoll sets and accept() on them says EAGAIN, so the app takes no new connection from the shared queue and
+// has read the ones it took by the time its own shutdown starts: servers that close idle connections at once on
+// SIGTERM (uvicorn, Node's server.close()) then close none a client has just sent a request on. An app that installs
+// its own handler for that signal replaces the library's; baton then stops it as any other.
+//
+// What it intercepts, and nothing else is exported: bind, listen, accept, accept4, shutdown (an app's shutdown() of
+// a listener must not stop it for everyone), getsockname, fcntl, fcntl64, ioctl, epoll_ctl, unlink, unlinkat (nor
+// may it unlink the path of a unix listener baton serves). It reads
+// only the environment and the inherited fds; it opens no file and resolves no path.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -27,6 +35,8 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -36,6 +46,9 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_LISTENERS 64
 #define MAX_ADOPTED 256
+#define MAX_REGISTRATIONS 256
+/// The drain signal, as an offset from SIGRTMIN (baton sends the same).
+#define DRAIN_SIGNAL_OFFSET 5
 
 struct listener {
     int fd;
@@ -53,6 +66,7 @@ struct adopted {
     dev_t dev;
     ino_t ino;
     _Atomic int nonblocking;  // what the app asked for
+    _Atomic int shut;  // the app called shutdown() on it
     int family;  // the family of the socket the app made
 };
 
@@ -64,6 +78,16 @@ static struct adopted adopted[MAX_ADOPTED];
 /// Entries in use so far (a high-water mark): lookups scan only these.
 static _Atomic int adopted_used;
 static pthread_mutex_t adopted_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/// An adopted fd in one of the app's epoll sets.
+struct registration {
+    _Atomic int epoll;  // -1: a free entry
+    _Atomic int fd;
+};
+static struct registration registrations[MAX_REGISTRATIONS];
+static _Atomic int registrations_used;
+/// Set by the drain signal: adopted sockets accept nothing more.
+static _Atomic int draining;
 
 // ---- The next definitions (the C library's, or another preload's) ----
 
@@ -82,19 +106,23 @@ typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*listen_fn)(int, int);
 typedef int (*accept_fn)(int, struct sockaddr *, socklen_t *);
 typedef int (*accept4_fn)(int, struct sockaddr *, socklen_t *, int);
+typedef int (*shutdown_fn)(int, int);
 typedef int (*getsockname_fn)(int, struct sockaddr *, socklen_t *);
 typedef int (*fcntl_fn)(int, int, ...);
 typedef int (*ioctl_fn)(int, unsigned long, ...);
+typedef int (*epoll_ctl_fn)(int, int, int, struct epoll_event *);
 typedef int (*unlink_fn)(const char *);
 typedef int (*unlinkat_fn)(int, const char *, int);
 REAL(bind, bind_fn)
 REAL(listen, listen_fn)
 REAL(accept, accept_fn)
 REAL(accept4, accept4_fn)
+REAL(shutdown, shutdown_fn)
 REAL(getsockname, getsockname_fn)
 REAL(fcntl, fcntl_fn)
 REAL(fcntl64, fcntl_fn)
 REAL(ioctl, ioctl_fn)
+REAL(epoll_ctl, epoll_ctl_fn)
 REAL(unlink, unlink_fn)
 REAL(unlinkat, unlinkat_fn)
 
@@ -139,13 +167,37 @@ static void record_listener(int fd) {
     listener_count++;
 }
 
+/// The drain signal's handler (async-signal-safe: atomics and epoll_ctl).
+static void drain(int signal) {
+    (void)signal;
+    int saved = errno;
+    atomic_store(&draining, 1);
+    epoll_ctl_fn next = real_epoll_ctl();
+    int used = atomic_load(&registrations_used);
+    for (int i = 0; i < used && next; i++) {
+        int epoll = atomic_load(&registrations[i].epoll);
+        if (epoll >= 0) next(epoll, EPOLL_CTL_DEL, atomic_load(&registrations[i].fd), NULL);
+    }
+    errno = saved;
+}
+
 __attribute__((constructor)) static void load(void) {
     for (int i = 0; i < MAX_ADOPTED; i++) atomic_init(&adopted[i].fd, -1);
     long pid = parse_number(getenv("LISTEN_PID"), 0x7fffffff);
     long count = parse_number(getenv("LISTEN_FDS"), 4096);
     if (pid == 0 || count == 0 || pid != (long)getpid()) return;
     for (long i = 0; i < count && listener_count < MAX_LISTENERS; i++) record_listener(3 + (int)i);
-    if (listener_count > 0) owner = (pid_t)pid;
+    if (listener_count == 0) return;
+    owner = (pid_t)pid;
+    for (int i = 0; i < MAX_REGISTRATIONS; i++) atomic_init(&registrations[i].epoll, -1);
+    // Resolved now: the signal handler must not call dlsym.
+    (void)real_epoll_ctl();
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = drain;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGRTMIN + DRAIN_SIGNAL_OFFSET, &action, NULL);
 }
 
 // ---- Matching an address to a listener ----
@@ -246,6 +298,7 @@ static bool remember(int fd, dev_t dev, ino_t ino, bool nonblocking, int family)
         slot->dev = dev;
         slot->ino = ino;
         atomic_store_explicit(&slot->nonblocking, nonblocking, memory_order_relaxed);
+        atomic_store_explicit(&slot->shut, 0, memory_order_relaxed);
         slot->family = family;
         atomic_store_explicit(&slot->fd, fd, memory_order_release);
         atomic_store_explicit(&adopted_used, used, memory_order_release);
@@ -320,6 +373,18 @@ EXPORT int listen(int fd, int backlog) {
     return CALL_OR_ENOSYS(next, fd, backlog);
 }
 
+EXPORT int shutdown(int fd, int how) {
+    // shutdown() of a listening socket stops it listening for every process that shares it (WEBrick does it when
+    // it stops): for an adopted one, only this fd stops accepting.
+    struct adopted *entry = find(fd, true);
+    if (entry) {
+        atomic_store(&entry->shut, 1);
+        return 0;
+    }
+    shutdown_fn next = real_shutdown();
+    return CALL_OR_ENOSYS(next, fd, how);
+}
+
 // ---- Addresses in the family the app's socket has ----
 
 /// Copies `source` into the app's buffer as the app's family would have it (v4-mapped IPv6 for an IPv6 socket on
@@ -382,6 +447,14 @@ static int accept_adopted(struct adopted *entry, int fd, struct sockaddr *addres
     struct sockaddr_storage peer;
     socklen_t peer_length = sizeof peer;
     bool translate = address && length;
+    if (atomic_load(&entry->shut)) {
+        errno = EINVAL;  // what accept() says on a listener that was shut down
+        return -1;
+    }
+    if (atomic_load(&draining)) {
+        errno = EAGAIN;
+        return -1;
+    }
     while (true) {
         int connection = CALL_OR_ENOSYS(next, fd, translate ? (struct sockaddr *)&peer : NULL,
                                         translate ? &peer_length : NULL, flags);
@@ -472,6 +545,53 @@ EXPORT int ioctl(int fd, unsigned long request, ...) {
         }
     }
     return CALL_OR_ENOSYS(next, fd, request, argument);
+}
+
+// ---- The app's epoll sets, so that a drain can take the adopted sockets out ----
+
+static struct registration *registration_of(int epoll, int fd) {
+    int used = atomic_load(&registrations_used);
+    for (int i = 0; i < used; i++)
+        if (atomic_load(&registrations[i].epoll) == epoll && atomic_load(&registrations[i].fd) == fd)
+            return &registrations[i];
+    return NULL;
+}
+
+EXPORT int epoll_ctl(int epoll, int operation, int fd, struct epoll_event *event) {
+    epoll_ctl_fn next = real_epoll_ctl();
+    // Only a socket that still is an adopted one (the number may have been reused since).
+    if (atomic_load_explicit(&adopted_used, memory_order_acquire) == 0 || !find(fd, true))
+        return CALL_OR_ENOSYS(next, epoll, operation, fd, event);
+    pthread_mutex_lock(&adopted_lock);
+    struct registration *known = registration_of(epoll, fd);
+    int result = 0;
+    if (atomic_load(&draining)) {
+        // The drain took the socket out: adding or changing it succeeds and does nothing; so does removing it.
+        if (operation == EPOLL_CTL_DEL) {
+            if (known) atomic_store(&known->epoll, -1);
+            else result = CALL_OR_ENOSYS(next, epoll, operation, fd, event);
+        }
+    } else {
+        result = CALL_OR_ENOSYS(next, epoll, operation, fd, event);
+        if (result == 0 && operation == EPOLL_CTL_ADD && !known) {
+            int used = atomic_load(&registrations_used);
+            struct registration *slot = NULL;
+            for (int i = 0; i < used && !slot; i++)
+                if (atomic_load(&registrations[i].epoll) == -1) slot = &registrations[i];
+            if (!slot && used < MAX_REGISTRATIONS) {
+                slot = &registrations[used];
+                atomic_store(&registrations_used, used + 1);
+            }
+            if (slot) {
+                atomic_store(&slot->fd, fd);
+                atomic_store(&slot->epoll, epoll);
+            }
+        } else if (result == 0 && operation == EPOLL_CTL_DEL && known) {
+            atomic_store(&known->epoll, -1);
+        }
+    }
+    pthread_mutex_unlock(&adopted_lock);
+    return result;
 }
 
 // ---- The path of a unix listener stays ----

@@ -25,6 +25,21 @@ public enum BindAdoption {
         return AdoptBind.environment(environment, preloading: library)
     }
 
+    /// How long a draining worker has to read the connections it took before its stop signal follows.
+    static let drainGrace = Duration.milliseconds(250)
+
+    /// Asks worker `pid` to stop: when the library's drain handler is installed in it, first the drain signal (it
+    /// takes no new connection from here on), then `signal` after ``drainGrace``; otherwise `signal` at once.
+    static func stop(_ pid: Int32, signal: Int32, configuration: LaunchConfiguration) {
+        if configuration.adoptBind, library != nil, ProcInspector.catches(pid, signal: Signals.adoptDrain),
+            Process.kill(pid, Signals.adoptDrain)
+        {
+            Process.signal(pid, signal, after: drainGrace)
+        } else {
+            Process.kill(pid, signal)
+        }
+    }
+
     /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`.
     static func diagnosis(stderr: [String], listeners: [ListeningSocket]) -> String? {
         guard AdoptBind.addressInUseLine(in: stderr) != nil else { return nil }

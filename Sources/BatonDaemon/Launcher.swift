@@ -348,7 +348,7 @@ public actor Launcher {
             case .spawn(let id, let generation, let slot):
                 spawn(id, generation: generation, slot: slot)
             case .stop(_, let pid):
-                Process.kill(pid, configuration.stopSignal)
+                BindAdoption.stop(pid, signal: configuration.stopSignal, configuration: configuration)
             case .kill(_, let pid):
                 Process.kill(-pid, Signals.kill)
                 Process.kill(pid, Signals.kill)

@@ -249,3 +249,5 @@ int cbaton_accept(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC 
 int cbaton_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 
 int cbaton_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int cbaton_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }

@@ -83,6 +83,17 @@ if child == 0:
     os._exit(3 if bind_error(socket.socket(), ("127.0.0.1", PORT)) == errno.EADDRINUSE else 1)
 report["child_bind"] = "EADDRINUSE" if os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 3 else "other"
 
+# shutdown() of an adopted socket stops that fd only: baton's listener keeps listening (the accept below).
+third = socket.socket()
+third.bind(("127.0.0.1", PORT))
+third.listen(1)
+third.shutdown(socket.SHUT_RDWR)
+try:
+    third.accept()
+    report["shut_accept"] = "accepted"
+except OSError as error:
+    report["shut_accept"] = errno.errorcode.get(error.errno, str(error.errno))
+
 # A blocking accept() waits for a connection although the shared socket is non-blocking.
 def connect_later():
     time.sleep(0.3)
