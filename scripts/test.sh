@@ -50,11 +50,16 @@ stage() {
   echo "=== $name: exit $status, $p passed, $f failed, $((SECONDS - start))s"
 }
 
-swift_tests() { swift build --build-tests && swift test --skip-build --disable-xctest; }
+# The bind-adoption library goes beside the baton under test, which looks for it next to its executable.
+swift_tests() {
+  swift build --build-tests && bash preload/build.sh "$(swift build --show-bin-path)" >/dev/null &&
+    swift test --skip-build --disable-xctest
+}
 sanitized() {
   local sanitizer=$1
   # Leaks are checked in every baton process the tests start (and reported as a failure), not in the runner.
   swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$2" &&
+    bash preload/build.sh "$(swift build --show-bin-path --scratch-path ".build-$2")" >/dev/null &&
     ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests --skip ChaosTests
 }
 
