@@ -41,6 +41,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
@@ -451,11 +452,15 @@ static int accept_adopted(struct adopted *entry, int fd, struct sockaddr *addres
         errno = EINVAL;  // what accept() says on a listener that was shut down
         return -1;
     }
-    if (atomic_load(&draining)) {
-        errno = EAGAIN;
-        return -1;
-    }
     while (true) {
+        if (atomic_load(&draining)) {
+            // Nothing more for this process. An app whose loop polls the socket itself (socketserver, WEBrick)
+            // would spin on it: a short nap each time keeps it from taking the CPU the next generation needs.
+            struct timespec nap = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+            errno = EAGAIN;
+            return -1;
+        }
         int connection = CALL_OR_ENOSYS(next, fd, translate ? (struct sockaddr *)&peer : NULL,
                                         translate ? &peer_length : NULL, flags);
         if (connection >= 0) {

@@ -28,11 +28,12 @@ public enum BindAdoption {
     /// How long a draining worker has to read the connections it took before its stop signal follows.
     static let drainGrace = Duration.milliseconds(250)
 
-    /// Asks worker `pid` to stop: when the library's drain handler is installed in it, first the drain signal (it
-    /// takes no new connection from here on), then `signal` after ``drainGrace``; otherwise `signal` at once.
-    static func stop(_ pid: Int32, signal: Int32, configuration: LaunchConfiguration) {
-        if configuration.adoptBind, library != nil, ProcInspector.catches(pid, signal: Signals.adoptDrain),
-            Process.kill(pid, Signals.adoptDrain)
+    /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
+    /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
+    /// after ``drainGrace``; otherwise `signal` at once.
+    static func stop(_ pid: Int32, signal: Int32) {
+        if ProcInspector.catches(pid, signal: Signals.adoptDrain),
+            ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), Process.kill(pid, Signals.adoptDrain)
         {
             Process.signal(pid, signal, after: drainGrace)
         } else {

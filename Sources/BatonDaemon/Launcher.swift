@@ -348,7 +348,7 @@ public actor Launcher {
             case .spawn(let id, let generation, let slot):
                 spawn(id, generation: generation, slot: slot)
             case .stop(_, let pid):
-                BindAdoption.stop(pid, signal: configuration.stopSignal, configuration: configuration)
+                BindAdoption.stop(pid, signal: configuration.stopSignal)
             case .kill(_, let pid):
                 Process.kill(-pid, Signals.kill)
                 Process.kill(pid, Signals.kill)

@@ -34,4 +34,11 @@ extension ProcInspector {
         }
         return false
     }
+
+    /// Whether process `pid` has a file of that name mapped (`/proc/PID/maps`), such as a preloaded library.
+    public static func hasMapped(_ pid: Int32, fileNamed name: String) -> Bool {
+        readFile("/proc/\(pid)/maps").split(separator: "\n").contains { line in
+            line.hasSuffix("/" + name)
+        }
+    }
 }

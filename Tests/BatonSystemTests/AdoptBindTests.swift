@@ -68,17 +68,21 @@ struct AdoptBindTests {
         load.standardError = loadErr
         try load.run()
         let loadLines = LineCollector(loadErr.fileHandleForReading)
-        for index in 1...reloads {
-            let reload = baton.client(["reload", "--quiet"])
-            #expect(reload.status == 0, "\(name): reload \(index): \(reload.stderr)\n\(baton.diagnosis())")
-            // Each generation serves a while under the load before the next reload (with --ready exec a reload ends
-            // before the app even listens): until it has answered 50 requests of this test's own.
+        // Each generation serves a while under the load before the next reload (with --ready exec a reload ends
+        // before the app even listens): until it has answered 50 requests of this test's own.
+        func serves(_ generation: Int) {
             let deadline = Date().addingTimeInterval(20)
             var answered = 0
             while answered < 50 && Date() < deadline {
-                if (try? HTTP.get(host: "127.0.0.1", port: port))?.body.contains("generation \(index + 1) ") == true { answered += 1 }
+                if (try? HTTP.get(host: "127.0.0.1", port: port))?.body.contains("generation \(generation) ") == true { answered += 1 }
             }
-            #expect(answered == 50, "\(name): generation \(index + 1) serves")
+            #expect(answered == 50, "\(name): generation \(generation) serves")
+        }
+        serves(1)
+        for index in 1...reloads {
+            let reload = baton.client(["reload", "--quiet"])
+            #expect(reload.status == 0, "\(name): reload \(index): \(reload.stderr)\n\(baton.diagnosis())")
+            serves(index + 1)
         }
         let body = try HTTP.get(host: "127.0.0.1", port: port).body
         #expect(body.contains("generation \(reloads + 1) "), "\(name) answers from the newest generation: \(body)")
@@ -86,7 +90,7 @@ struct AdoptBindTests {
         load.waitUntilExit()
         _ = loadLines.waitClosed()
         let summary = try JSONDecoder().decode(LoadSummary.self, from: try #require(FileManager.default.contents(atPath: summaryFile)))
-        #expect(summary.failed == 0 && summary.ok == summary.requests, "\(name): \(summary) \(loadLines.text)")
+        #expect(summary.failed == 0 && summary.ok == summary.requests, "\(name): \(summary) \(loadLines.text) \(baton.stderr.all.filter { $0.contains("exited") }.joined(separator: "\n"))")
         #expect(summary.requests > 200, "\(name): the load really ran: \(summary.requests) requests")
         #expect(summary.final_generations.keys.sorted() == ["\(reloads + 1)"], "\(name): afterwards only the newest generation answers")
         print("adopt-bind \(name): \(summary.requests) requests, \(summary.failed) failed, \(reloads) reloads")

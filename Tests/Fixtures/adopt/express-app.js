@@ -2,5 +2,4 @@
 const express = require('express');
 const app = express();
 app.get('/', (req, res) => res.send(`hello from generation ${process.env.BATON_GENERATION} pid ${process.pid}\n`));
-const server = app.listen(Number(process.env.PORT || 8000));
-process.on('SIGTERM', () => server.close(() => process.exit(0)));
+app.listen(Number(process.env.PORT || 8000));
