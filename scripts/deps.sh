@@ -9,7 +9,8 @@ command -v python3 >/dev/null || need+=(python3)
 # With no arguments (the demo and the tests): the C compiler and nm for the bind-adoption library and its tests,
 # and the servers those tests run unchanged: express (Debian's node-express) and Ruby's WEBrick.
 if [ $# -eq 0 ]; then
-  command -v cc >/dev/null || need+=(gcc libc6-dev)
+  command -v cc >/dev/null || need+=(gcc)
+  [ -e "$(cc -print-file-name=libc.a 2>/dev/null)" ] || need+=(libc6-dev)
   command -v nm >/dev/null || need+=(binutils)
   command -v ss >/dev/null || need+=(iproute2)
   [ -d /usr/share/nodejs/express ] || need+=(node-express)

@@ -226,6 +226,21 @@ struct AdoptBindTests {
         #expect(baton.stderr.text.contains("the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"), "\(baton.stderr.text)")
     }
 
+    @Test func aStaticBinaryDefeatsAdoptionAndBatonSaysSo() throws {
+        // A statically linked binary (as Go's and musl's are) ignores LD_PRELOAD: its bind() meets baton's listener.
+        _ = try #require(AdoptLibrary.besideBaton)
+        let scratch = Scratch()
+        let binary = scratch.file("static-bind")
+        let cc = try #require(Paths.which("cc"), "a C compiler is needed (scripts/deps.sh)")
+        let built = run(cc, ["-static", "-O2", "-o", binary, AdoptLibrary.fixture("static-bind.c")])
+        try #require(built.status == 0, "cc -static (libc6-dev): \(built.stderr)")
+        let port = Self.basePort + 3
+        let baton = try BatonRun(["--listen", "127.0.0.1:\(port)", "--", binary], scratch: scratch, environment: ["PORT": "\(port)"])
+        #expect(baton.wait(timeout: 30) == 1)
+        #expect(baton.stderr.text.contains("bind: Address already in use"), "the binary did meet baton's listener")
+        #expect(baton.stderr.text.contains("the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"), "\(baton.stderr.text)")
+    }
+
     @Test func aReleaseThatBindsItselfFailsItsReloadAtTheReadyTimeoutWithTheDiagnosis() throws {
         _ = try #require(AdoptLibrary.besideBaton)
         let scratch = Scratch()
