@@ -8,16 +8,21 @@ extension Signals {
 
 extension Process {
     /// Sends `signal` to process `pid` after `delay`, through a pidfd (close-on-exec) opened now: if the process has
-    /// ended by then, nothing is sent, even when its pid has been reused.
+    /// ended by then, nothing is sent, even when its pid has been reused. Where pidfds are unavailable (an old kernel,
+    /// a seccomp filter), by pid.
     ///
-    /// The corresponding C functions are `pidfd_open` and `pidfd_send_signal`.
+    /// The corresponding C functions are `pidfd_open`, `pidfd_send_signal` and `kill`.
     public static func signal(_ pid: Int32, _ signal: Int32, after delay: Duration) {
         let fd = cbaton_pidfd_open(pid)
-        guard fd >= 0 else { return }
+        if fd < 0 && Glibc.errno == ESRCH { return }
         Task.detached {
             try? await Task.sleep(for: delay)
-            _ = cbaton_pidfd_send_signal(fd, signal)
-            _ = close(fd)
+            if fd >= 0 {
+                let sent = cbaton_pidfd_send_signal(fd, signal) == 0 || Glibc.errno == ESRCH
+                _ = close(fd)
+                if sent { return }
+            }
+            _ = Glibc.kill(pid, signal)
         }
     }
 }
