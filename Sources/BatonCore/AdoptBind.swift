@@ -66,10 +66,24 @@ public enum AdoptBind {
     public static func diagnosis(stderr: [String], listeners: [Listener]) -> String? {
         guard !listeners.isEmpty, let line = addressInUseLine(in: stderr) else { return nil }
         let numbers = Set(line.split(whereSeparator: { !$0.isNumber }).compactMap { UInt16($0) })
-        let listener =
-            listeners.first { $0.path.map { line.contains($0) } ?? false }
-            ?? listeners.first { $0.port.map { numbers.contains($0) } ?? false }
-            ?? listeners[0]
+        // Ports the line names as part of an address (":8000"): if there are some and none is baton's, the app
+        // collided with something else.
+        let addressPorts = line.split(separator: ":").dropFirst().compactMap { UInt16($0.prefix { $0.isNumber }) }
+        if let listener = listeners.first(where: { $0.path.map { line.contains($0) } ?? false })
+            ?? listeners.first(where: { $0.port.map { numbers.contains($0) } ?? false })
+        {
+            return "the app bound \(listener.address) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+        }
+        guard addressPorts.isEmpty else { return nil }
+        let listener = listeners[0]
         return "the app bound \(listener.address) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+    }
+
+    /// The one-line diagnosis for a worker that did not become ready while listening on sockets of its own
+    /// (`ownListeners`, such as `[::]:8000`) instead of on baton's.
+    public static func diagnosis(ownListeners: [String], listeners: [Listener]) -> String? {
+        guard let own = ownListeners.first, !listeners.isEmpty else { return nil }
+        let ours = listeners.map(\.address).joined(separator: ", ")
+        return "the app listens on \(own) itself, not on baton's \(ours): bind the address baton serves, use LISTEN_FDS, or change --listen"
     }
 }

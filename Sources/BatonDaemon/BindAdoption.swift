@@ -41,15 +41,22 @@ public enum BindAdoption {
         }
     }
 
-    /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`.
-    static func diagnosis(stderr: [String], listeners: [ListeningSocket]) -> String? {
-        guard AdoptBind.addressInUseLine(in: stderr) != nil else { return nil }
+    /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`; or, given the
+    /// worker's pid (at the ready timeout, while it runs), one that listens on a socket of its own instead.
+    static func diagnosis(
+        stderr: [String], listeners: [ListeningSocket], pid: Int32? = nil, listenerInodes: Set<UInt64> = []
+    ) -> String? {
+        let inUse = AdoptBind.addressInUseLine(in: stderr) != nil
+        let own = !inUse ? pid.map { ProcInspector.ownListeners(of: $0, excluding: listenerInodes) } ?? [] : []
+        guard inUse || !own.isEmpty else { return nil }
         let described = listeners.map { listener in
             let bound = listener.boundAddress()
             // An address baton bound reads as the user wrote it; a passed socket as the kernel has it.
             let address = listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
             return AdoptBind.Listener(address: address, port: bound?.port, path: bound?.path)
         }
-        return AdoptBind.diagnosis(stderr: stderr, listeners: described)
+        return inUse
+            ? AdoptBind.diagnosis(stderr: stderr, listeners: described)
+            : AdoptBind.diagnosis(ownListeners: own, listeners: described)
     }
 }

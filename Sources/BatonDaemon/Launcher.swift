@@ -305,7 +305,9 @@ public actor Launcher {
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
             if case .readyTimeout(let worker) = id,
-                let text = BindAdoption.diagnosis(stderr: io[worker]?.stderr.tail() ?? [], listeners: listeners)
+                let text = BindAdoption.diagnosis(
+                    stderr: io[worker]?.stderr.tail() ?? [], listeners: listeners, pid: supervisor.worker(worker)?.pid,
+                    listenerInodes: listenerInodes)
             {
                 perform(supervisor.handle(.explained(worker, text), now: now))
             }

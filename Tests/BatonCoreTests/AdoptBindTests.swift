@@ -45,6 +45,16 @@ struct AdoptBindCoreTests {
         let unix = ["listen EADDRINUSE: address already in use /run/app.sock"]
         #expect(AdoptBind.diagnosis(stderr: unix, listeners: listeners)?.hasPrefix("the app bound unix:/run/app.sock itself") == true)
         #expect(AdoptBind.diagnosis(stderr: ["TypeError: x is not a function"], listeners: listeners) == nil)
+        // A collision on a port baton does not serve is none of baton's business.
+        #expect(AdoptBind.diagnosis(stderr: ["Error: listen EADDRINUSE: address already in use :::3000"], listeners: listeners) == nil)
         #expect(AdoptBind.diagnosis(stderr: python, listeners: []) == nil)
+    }
+
+    @Test func aWorkerListeningByItselfIsNamedWithWhatBatonServes() {
+        let listeners = [AdoptBind.Listener(address: "127.0.0.1:8000", port: 8000), AdoptBind.Listener(address: ":9000", port: 9000)]
+        #expect(
+            AdoptBind.diagnosis(ownListeners: ["[::]:3000"], listeners: listeners)
+                == "the app listens on [::]:3000 itself, not on baton's 127.0.0.1:8000, :9000: bind the address baton serves, use LISTEN_FDS, or change --listen")
+        #expect(AdoptBind.diagnosis(ownListeners: [], listeners: listeners) == nil)
     }
 }

@@ -97,6 +97,19 @@ struct AdoptBindTests {
         return baton.stderr.text
     }
 
+    /// A port nobody listens on right now (the kernel's choice for a port-0 bind).
+    static func freePort() -> Int? {
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        return bound ? Int(UInt16(bigEndian: address.sin6_port)) : nil
+    }
+
     var node: String { get throws { try #require(Paths.which("node") ?? Paths.which("nodejs"), "Node.js is needed") } }
     var python: String { get throws { try #require(Paths.which("python3")) } }
 
@@ -259,6 +272,19 @@ struct AdoptBindTests {
         let line = "did not become ready within 3s: the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
         #expect(reload.stderr.contains(line) || reload.stdout.contains(line), "\(reload.stdout)\n\(reload.stderr)")
         #expect(try HTTP.get(host: "127.0.0.1", port: port).body.contains("generation 1 "), "the serving generation carries on")
+    }
+
+    @Test func anAppListeningOnAnotherPortIsToldAtTheReadyTimeout() throws {
+        // The app binds a port baton does not serve: nothing to adopt, it listens by itself and is never ready.
+        _ = try #require(AdoptLibrary.besideBaton)
+        let port = Self.basePort
+        let other = try #require(Self.freePort(), "a free port")
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--ready-timeout", "2s", "--", try node, AdoptLibrary.fixture("hello.js")],
+            scratch: Scratch(), environment: ["PORT": "\(other)"])
+        #expect(baton.wait(timeout: 30) == 1)
+        let line = "did not become ready within 2s: the app listens on [::]:\(other) itself, not on baton's 127.0.0.1:\(port): bind the address baton serves, use LISTEN_FDS, or change --listen"
+        #expect(baton.stderr.text.contains(line), "\(baton.stderr.text)")
     }
 
     @Test func theLibraryExportsOnlyWhatItIntercepts() throws {
