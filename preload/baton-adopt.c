@@ -231,7 +231,8 @@ static int match(const struct sockaddr *a, socklen_t length, int app_v6only, con
         size_t path = offsetof(struct sockaddr_un, sun_path);
         const char *app = ((const struct sockaddr_un *)a)->sun_path;
         const char *ours = ((const struct sockaddr_un *)b)->sun_path;
-        size_t app_length = length - path, our_length = l->length - path;
+        size_t app_length = length > path ? length - path : 0;
+        size_t our_length = l->length > path ? l->length - path : 0;
         if (app_length == 0 || our_length == 0) return 0;  // unnamed
         if (app[0] == '\0' || ours[0] == '\0')  // abstract: every byte counts
             return app_length == our_length && memcmp(app, ours, app_length) == 0 ? 3 : 0;
@@ -607,7 +608,8 @@ static bool served_path(const char *path) {
     for (int i = 0; i < listener_count; i++) {
         if (listeners[i].family != AF_UNIX) continue;
         const struct sockaddr_un *un = (const struct sockaddr_un *)&listeners[i].address;
-        size_t room = listeners[i].length - offsetof(struct sockaddr_un, sun_path);
+        size_t path_offset = offsetof(struct sockaddr_un, sun_path);
+        size_t room = listeners[i].length > path_offset ? listeners[i].length - path_offset : 0;
         if (room == 0 || un->sun_path[0] == '\0') continue;
         size_t size = strnlen(un->sun_path, room);
         if (strlen(path) == size && memcmp(path, un->sun_path, size) == 0) return true;
