@@ -159,6 +159,39 @@ struct AdoptBindTests {
         try serveUnderLoad([ruby, AdoptLibrary.fixture("webrick.rb")], port: Self.basePort + 1, ready: "exec", name: "ruby webrick")
     }
 
+    @Test func aNodeAppOnTheUnixPathBatonServesAcrossReloads() throws {
+        // listen(PATH) adopts baton's unix listener; server.close() on SIGTERM has libuv unlink PATH, which must
+        // leave baton's socket file in place for the next generation.
+        _ = try #require(AdoptLibrary.besideBaton)
+        let scratch = Scratch()
+        let path = scratch.file("app.sock")
+        let baton = try BatonRun(
+            ["--listen", "unix:\(path)", "--", try node, AdoptLibrary.fixture("hello-unix.js")],
+            scratch: scratch, environment: ["SOCKET_PATH": path])
+        defer { _ = baton.stop() }
+        try #require(baton.stderr.waitFor("generation 1 ready") != nil, "\(baton.diagnosis())")
+        let summaryFile = scratch.file("load.json")
+        let stopFile = scratch.file("stop")
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: try python)
+        load.arguments = [
+            Paths.loadgen, "--url", "http://app/", "--unix", path, "--clients", "8", "--mode", "newconn",
+            "--until-file", stopFile, "--duration", "240", "--json", summaryFile,
+        ]
+        load.standardError = FileHandle.nullDevice
+        try load.run()
+        for index in 1...5 {
+            #expect(baton.client(["reload", "--quiet"]).status == 0, "reload \(index)")
+            #expect(FileManager.default.fileExists(atPath: path), "the socket file is still there after reload \(index)")
+            #expect(try HTTP.get(unix: path).body.contains("generation \(index + 1) "))
+        }
+        _ = FileManager.default.createFile(atPath: stopFile, contents: Data("6".utf8))
+        load.waitUntilExit()
+        let summary = try JSONDecoder().decode(LoadSummary.self, from: try #require(FileManager.default.contents(atPath: summaryFile)))
+        #expect(summary.failed == 0 && summary.requests > 200, "\(summary)")
+        print("adopt-bind node listen(unix path): \(summary.requests) requests, \(summary.failed) failed, 5 reloads")
+    }
+
     @Test func anIPv4AppOnBatonsDualStackWildcard() throws {
         // baton listens on :PORT ([::], dual-stack); the app binds 0.0.0.0:PORT, an IPv4 socket. It serves IPv4 and
         // IPv6 clients, and sees an IPv4 client's address as IPv4 (an IPv6 client's does not fit an IPv4 socket's
