@@ -9,6 +9,7 @@ WORKERS=${WORKERS:-2}
 PORT=${PORT:-8080}
 swift build --product baton >/dev/null
 baton=$(swift build --show-bin-path)/baton
+bash preload/build.sh "$(swift build --show-bin-path)" >/dev/null
 node=$(command -v node || command -v nodejs)
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # baton's test command. Installs what it needs, then runs every stage and ends with one line
 # "tests: N passed, M failed" (a stage that cannot count its checks counts as one):
+#   format      swift-format lint (.swift-format: swift-nio's, 4 spaces, 120 columns) over every Swift file
 #   swift       unit tests (the lifecycle state machine, parsers) without processes; system tests with real
 #               processes and sockets; end to end: the example Node and Python apps under load across reloads
 #   fuzz        the parsers under libFuzzer, short form (Fuzz/run.sh --long for 10 million runs each)
@@ -12,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh || exit 1
-STAGES=${STAGES:-swift fuzz tsan asan package systemd upgrade}
+STAGES=${STAGES:-format swift fuzz tsan asan package systemd upgrade}
 passed=0
 failed=0
 failures=()
@@ -50,14 +51,22 @@ stage() {
   echo "=== $name: exit $status, $p passed, $f failed, $((SECONDS - start))s"
 }
 
-swift_tests() { swift build --build-tests && swift test --skip-build --disable-xctest; }
+# The bind-adoption library goes beside the baton under test, which looks for it next to its executable.
+swift_tests() {
+  swift build --build-tests && bash preload/build.sh "$(swift build --show-bin-path)" >/dev/null &&
+    swift test --skip-build --disable-xctest
+}
 sanitized() {
   local sanitizer=$1
   # Leaks are checked in every baton process the tests start (and reported as a failure), not in the runner.
   swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$2" &&
+    bash preload/build.sh "$(swift build --show-bin-path --scratch-path ".build-$2")" >/dev/null &&
     ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests --skip ChaosTests
 }
 
+# Every Swift file is formatted as `swift format -i -r Sources Tests Fuzz/Targets Package.swift` leaves it.
+format_lint() { swift format lint --strict --parallel -r Sources Tests Fuzz/Targets Package.swift; }
+stage format format_lint
 stage swift swift_tests
 stage fuzz bash Fuzz/run.sh
 stage tsan sanitized thread tsan

@@ -100,6 +100,11 @@ public struct RunOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The file mode of unix sockets baton binds, in octal (e.g. 660).", valueName: "mode"))
     public var socketMode: String?
 
+    @Flag(
+        name: .customLong("no-adopt-bind"),
+        help: "Do not preload libbaton-adopt.so into the workers. With it (the default), an app that binds an address baton serves, such as listen(8000), gets baton's listening socket instead; without it, the app must use the sockets in LISTEN_FDS.")
+    public var noAdoptBind = false
+
     @OptionGroup public var control: ControlOptions
 
     @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The app's command and arguments, after --.", valueName: "command"))
@@ -190,6 +195,7 @@ public struct RunOptions: ParsableArguments {
                 workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout,
                 workerWatchdog: workerWatchdog))
         configuration.workerUser = workerUser
+        configuration.adoptBind = !noAdoptBind
         return configuration
     }
 }

@@ -14,6 +14,9 @@ public struct LaunchConfiguration: Sendable {
     public var supervisor: SupervisorSettings
     /// Run workers as this user and group (baton keeps its own privileges and the listeners).
     public var workerUser: WorkerUser?
+    /// Preload `libbaton-adopt.so` into the workers, so that an app binding an address baton serves gets baton's
+    /// listener (`--no-adopt-bind` turns it off).
+    public var adoptBind = true
 
     public struct WorkerUser: Sendable, Equatable {
         public var uid: UInt32

@@ -19,6 +19,8 @@ public struct Supervisor: Sendable {
         public var status: String?
         /// Why baton killed it, when it did so on purpose for a failure (a missed ready timeout, a hung worker).
         public var failure: String?
+        /// Why it failed, as the launcher found out (``SupervisorEvent/explained(_:_:)``).
+        public var explanation: String?
         public var watchdogInterval: Duration?
     }
 
@@ -201,6 +203,8 @@ public struct Supervisor: Sendable {
             }
         case .exited(let id, let reason, let stderr):
             workerGone(id, reason: reason, failure: nil, stderr: stderr, now: now, actions: &actions)
+        case .explained(let id, let text):
+            workers[id]?.explanation = text
         case .timer(let timer):
             fire(timer, now: now, actions: &actions)
         case .stop where phase == .stopping:
@@ -468,7 +472,9 @@ public struct Supervisor: Sendable {
         generation.workers.removeAll { $0 == id }
         if generation.slots[worker.slot] == id { generation.slots[worker.slot] = nil }
         generations[worker.generation] = generation
-        let what = failure ?? worker.failure ?? reason.map { "exited with \($0)" } ?? "exited"
+        let what =
+            failure ?? worker.failure
+            ?? (reason.map { "exited with \($0)" } ?? "exited") + (worker.explanation.map { ": " + $0 } ?? "")
         worker.failure = worker.failure ?? failure
         let expected = previousState == .stopping && worker.failure == nil
 
@@ -563,7 +569,9 @@ public struct Supervisor: Sendable {
         switch timer {
         case .readyTimeout(let id):
             guard let worker = workers[id], worker.state == .starting else { return }
-            let reason = "did not become ready within \(settings.readyTimeout.shortDescription)"
+            let reason =
+                "did not become ready within \(settings.readyTimeout.shortDescription)"
+                + (worker.explanation.map { ": " + $0 } ?? "")
             workers[id]?.failure = reason
             if let reload, reload.target == worker.generation {
                 rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)

@@ -130,6 +130,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     case watchdogPing(WorkerID, interval: Duration?)
     /// A worker's process ended; `stderr` holds the last lines it wrote there.
     case exited(WorkerID, ExitReason, stderr: [String] = [])
+    /// What the launcher found out about why a worker fails (such as the app binding baton's address itself); it
+    /// goes into the failure's log line and reload result.
+    case explained(WorkerID, String)
     case timer(TimerID)
     /// Retire every generation gracefully and exit; a second one kills every worker at once.
     case stop

@@ -187,6 +187,13 @@ public actor Launcher {
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
+            if case .readyTimeout(let worker) = id,
+                let text = BindAdoption.diagnosis(
+                    stderr: io[worker]?.stderr.tail() ?? [], listeners: listeners, pid: supervisor.worker(worker)?.pid,
+                    listenerInodes: starter.listenerInodes)
+            {
+                process(.explained(worker, text))
+            }
             process(.timer(id))
         }
     }
@@ -208,6 +215,9 @@ public actor Launcher {
                 case .signaled(let signal, _): .signaled(Signals.name(of: signal))
                 }
             let stderr = io.removeValue(forKey: worker.id)?.finish() ?? []
+            if let text = BindAdoption.diagnosis(stderr: stderr, listeners: listeners) {
+                process(.explained(worker.id, text))
+            }
             process(.exited(worker.id, reason, stderr: stderr))
         }
     }
@@ -240,7 +250,7 @@ public actor Launcher {
                 if let workerIO = started.io { io[id] = workerIO }
                 return started.events
             case .stop(_, let pid):
-                OS.kill(pid, configuration.stopSignal)
+                BindAdoption.stop(pid, signal: configuration.stopSignal)
             case .stopGroup(_, let pid):
                 OS.kill(-pid, configuration.stopSignal)
             case .kill(_, let pid):

@@ -166,6 +166,7 @@ struct WorkerStarter: Sendable {
         environment.append("LISTEN_FDNAMES=\(listeners.map(\.name).joined(separator: ":"))")
         environment.append("BATON_GENERATION=\(generation)")
         environment.append("BATON_WORKER=\(slot)")
+        environment = BindAdoption.workerEnvironment(environment, configuration: configuration)
         if let watchdog = configuration.supervisor.workerWatchdog {
             environment.append("WATCHDOG_USEC=\(watchdog.microseconds)")
         }

@@ -307,3 +307,5 @@ int cbaton_apply_attributes(const cbaton_process_attributes *a) {
 #undef CBATON_NOTE
     return first;
 }
+
+int cbaton_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }

@@ -130,6 +130,7 @@ extension Baton {
             if listeners.isEmpty {
                 throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit", .listen)
             }
+            if let why = BindAdoption.unavailable(configuration) { logger.warning("\(why)") }
 
             let launcher: Launcher
             do {

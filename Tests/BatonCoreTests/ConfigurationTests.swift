@@ -53,6 +53,12 @@ struct ConfigurationTests {
         #expect(configuration.controlPath == "/run/baton-app/shop.sock")
     }
 
+    @Test func bindAdoptionIsOnUnlessTurnedOff() throws {
+        #expect(try parse(["--", "app"]).adoptBind)
+        #expect(try parse(["--no-adopt-bind", "--", "app"]).adoptBind == false)
+        #expect(failure(["--no-adopt-bind=yes", "--", "app"]) != nil)
+    }
+
     @Test func defaults() throws {
         let configuration = try parse(["--", "app"])
         #expect(configuration.name == "baton")

@@ -268,6 +268,37 @@ struct SupervisorTests {
         #expect(last.contains(.exit(1)))
     }
 
+    @Test func anExplanationGoesIntoTheFailureAtExitAndAtTheReadyTimeout() {
+        let why = "the app bound 127.0.0.1:8000 itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+        var h = Harness(SupervisorSettings(workers: 1, readyTimeout: .seconds(2)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let exiting = h.workers(generation: 2)[0]
+        h.send(.explained(exiting.id, why))
+        let exited = h.send(.exited(exiting.id, .exited(1)))
+        #expect(h.finished(in: exited).first?.message.contains("exited with exit 1: " + why) == true, "\(h.finished(in: exited))")
+
+        h.send(.reloadRequested(RequesterID(2)))
+        let hanging = h.workers(generation: 3)[0]
+        h.send(.explained(hanging.id, why))
+        let fired = h.send(.timer(.readyTimeout(hanging.id)))
+        #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s: " + why) == true)
+        // Said once, not again when the killed worker's exit comes in.
+        let gone = h.send(.exited(hanging.id, .signaled("KILL")))
+        let lines = gone.compactMap { if case .log(let event) = $0 { event.message } else { nil } }
+        #expect(lines.allSatisfy { $0.ranges(of: why).count <= 1 }, "\(lines)")
+        #expect(h.supervisor.serving == 1)
+
+        var first = Harness(SupervisorSettings(workers: 1))
+        first.send(.start)
+        let worker = first.workers(generation: 1)[0]
+        first.send(.explained(worker.id, why))
+        let failed = first.send(.exited(worker.id, .exited(1)))
+        #expect(failed.contains(.exit(1)))
+        #expect(failed.contains { if case .log(let event) = $0 { event.kind == .generationFailed && event.message.contains(why) } else { false } })
+    }
+
     @Test func aFirstGenerationThatCannotStartMakesBatonExitNonZero() {
         var h = Harness(SupervisorSettings(workers: 2))
         h.send(.start)

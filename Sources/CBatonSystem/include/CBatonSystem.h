@@ -107,3 +107,6 @@ int cbaton_set_child_subreaper(void);
 
 /// `pidfd_open(pid, 0)`: an fd that becomes readable when process `pid` (any process) ends. -1 with errno.
 int cbaton_pidfd_open(pid_t pid);
+
+/// `pidfd_send_signal(pidfd, signal, NULL, 0)`: signals the process the pidfd names, never a later one with its pid.
+int cbaton_pidfd_send_signal(int pidfd, int signal);

@@ -1,0 +1,62 @@
+public import BatonCore
+public import BatonSystem
+
+/// Bind adoption on the launcher's side: where `libbaton-adopt.so` is, the workers' `LD_PRELOAD`, and the
+/// one-line diagnosis when a worker bound baton's address itself.
+public enum BindAdoption {
+    /// The library's path: beside baton's executable, or `../lib/baton/` from it; nil if neither exists.
+    public static let library: String? = {
+        guard let executable = OS.currentExecutable() else { return nil }
+        return AdoptBind.libraryCandidates(executable: executable).first {
+            AdoptBind.isPreloadable($0) && OS.fileExists($0)
+        }
+    }()
+
+    /// Why adoption cannot work in this configuration, or nil when it can (or is off).
+    public static func unavailable(_ configuration: LaunchConfiguration) -> String? {
+        guard configuration.adoptBind, library == nil else { return nil }
+        let places = OS.currentExecutable().map { AdoptBind.libraryCandidates(executable: $0) } ?? []
+        return "bind adoption is off: \(AdoptBind.libraryName) is not at \(places.joined(separator: " or ")) (a development build makes it with bash preload/build.sh); apps must use the sockets in LISTEN_FDS"
+    }
+
+    /// The worker's environment, with the library preloaded when adoption is on.
+    static func workerEnvironment(_ environment: [String], configuration: LaunchConfiguration) -> [String] {
+        guard configuration.adoptBind, let library else { return environment }
+        return AdoptBind.environment(environment, preloading: library)
+    }
+
+    /// How long a draining worker has to read the connections it took before its stop signal follows.
+    static let drainGrace = Duration.milliseconds(250)
+
+    /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
+    /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
+    /// after ``drainGrace``; otherwise `signal` at once.
+    static func stop(_ pid: Int32, signal: Int32) {
+        if ProcInspector.catches(pid, signal: Signals.adoptDrain),
+            ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), OS.kill(pid, Signals.adoptDrain)
+        {
+            OS.signal(pid, signal, after: drainGrace)
+        } else {
+            OS.kill(pid, signal)
+        }
+    }
+
+    /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`; or, given the
+    /// worker's pid (at the ready timeout, while it runs), one that listens on a socket of its own instead.
+    static func diagnosis(
+        stderr: [String], listeners: [ListeningSocket], pid: Int32? = nil, listenerInodes: Set<UInt64> = []
+    ) -> String? {
+        let inUse = AdoptBind.addressInUseLine(in: stderr) != nil
+        let own = !inUse ? pid.map { ProcInspector.ownListeners(of: $0, excluding: listenerInodes) } ?? [] : []
+        guard inUse || !own.isEmpty else { return nil }
+        let described = listeners.map { listener in
+            let bound = listener.boundAddress()
+            // An address baton bound reads as the user wrote it; a passed socket as the kernel has it.
+            let address = listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
+            return AdoptBind.Listener(address: address, port: bound?.port, path: bound?.path)
+        }
+        return inUse
+            ? AdoptBind.diagnosis(stderr: stderr, listeners: described)
+            : AdoptBind.diagnosis(ownListeners: own, listeners: described)
+    }
+}

@@ -1,0 +1,49 @@
+internal import CBatonSystem
+internal import Glibc
+
+extension Signals {
+    /// The signal `libbaton-adopt.so` drains on: SIGRTMIN+5.
+    public static var adoptDrain: Int32 { __libc_current_sigrtmin() + 5 }
+}
+
+extension OS {
+    /// Sends `signal` to process `pid` after `delay`, through a pidfd (close-on-exec) opened now: if the process has
+    /// ended by then, nothing is sent, even when its pid has been reused. Where pidfds are unavailable (an old kernel,
+    /// a seccomp filter), by pid.
+    ///
+    /// The corresponding C functions are `pidfd_open`, `pidfd_send_signal` and `kill`.
+    public static func signal(_ pid: Int32, _ signal: Int32, after delay: Duration) {
+        let fd = cbaton_pidfd_open(pid)
+        if fd < 0 && Glibc.errno == ESRCH { return }
+        Task.detached {
+            try? await Task.sleep(for: delay)
+            if fd >= 0 {
+                let sent = cbaton_pidfd_send_signal(fd, signal) == 0 || Glibc.errno == ESRCH
+                _ = close(fd)
+                if sent { return }
+            }
+            _ = Glibc.kill(pid, signal)
+        }
+    }
+}
+
+extension ProcInspector {
+    /// Whether process `pid` has a handler installed for `signal` (`SigCgt:` in `/proc/PID/status`).
+    public static func catches(_ pid: Int32, signal: Int32) -> Bool {
+        guard signal > 0 && signal <= 64 else { return false }
+        for line in readFile("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix("SigCgt:") {
+            guard let mask = UInt64(String(line.dropFirst("SigCgt:".count).filter { !$0.isWhitespace }), radix: 16) else {
+                return false
+            }
+            return mask & (1 << UInt64(signal - 1)) != 0
+        }
+        return false
+    }
+
+    /// Whether process `pid` has a file of that name mapped (`/proc/PID/maps`), such as a preloaded library.
+    public static func hasMapped(_ pid: Int32, fileNamed name: String) -> Bool {
+        readFile("/proc/\(pid)/maps").split(separator: "\n").contains { line in
+            line.hasSuffix("/" + name)
+        }
+    }
+}
