@@ -38,12 +38,18 @@ func fuzzNotify(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         check(message.rejected.count <= 16)
         for rejected in message.rejected {
             // (A tab is kept: it cannot drive a terminal.)
-            check(rejected.count < 160 && !rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f }, rejected)
+            check(
+                rejected.count < 160
+                    && !rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f },
+                rejected
+            )
         }
         // The values baton acts on are within their documented bounds, and turn into timers without trapping.
         if let interval = message.watchdogInterval {
             let range = NotifyMessage.watchdogRange
-            check(interval >= .microseconds(Int64(range.lowerBound)) && interval <= .microseconds(Int64(range.upperBound)))
+            check(
+                interval >= .microseconds(Int64(range.lowerBound)) && interval <= .microseconds(Int64(range.upperBound))
+            )
             check(UInt64(interval.microseconds) >= range.lowerBound && interval.milliseconds > 0)
             _ = ContinuousClock.now + interval
             _ = interval.shortDescription
@@ -128,14 +134,18 @@ func fuzzAddress(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
 /// A fixed machine for the config target: root runs baton; users root and nobody; Linux's signal numbers.
 let fuzzFacts = SystemFacts(
-    userID: 0, runtimeDirectory: "/run/baton-fuzz",
-    user: { ["root": .init(uid: 0, gid: 0, groups: [0]), "nobody": .init(uid: 65534, gid: 65534, groups: [65534])][$0] },
+    userID: 0,
+    runtimeDirectory: "/run/baton-fuzz",
+    user: {
+        ["root": .init(uid: 0, gid: 0, groups: [0]), "nobody": .init(uid: 65534, gid: 65534, groups: [65534])][$0]
+    },
     group: { ["root": 0, "nogroup": 65534][$0] },
     signal: { name in
         if let number = Int32(name), number > 0, number < 65 { return number }
         return ["HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "STOP": 19][name]
     },
-    uncatchableSignals: [9, 19])
+    uncatchableSignals: [9, 19]
+)
 
 // libFuzzer target: the configuration parser, `RunOptions.configuration`: the option values of `baton run` (from
 // BATON_OPTIONS in /etc/baton/APP.conf under the baton@.service template) into a checked LaunchConfiguration.
@@ -189,7 +199,9 @@ func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         check(
             error.message.hasPrefix("invalid --") || error.message.hasPrefix("no app to run")
                 || error.message.hasPrefix("unknown option")
-                || error.message.hasPrefix("--user and --group"), "unexpected error: \(error.message)")
+                || error.message.hasPrefix("--user and --group"),
+            "unexpected error: \(error.message)"
+        )
         check(error.message.count < 400, "overlong error: \(error.message)")
     }
     return 0

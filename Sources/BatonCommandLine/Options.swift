@@ -16,8 +16,11 @@ public struct SystemFacts: Sendable {
     public var uncatchableSignals: Set<Int32>
 
     public init(
-        userID: UInt32, runtimeDirectory: String?, user: @escaping @Sendable (String) -> LaunchConfiguration.WorkerUser?,
-        group: @escaping @Sendable (String) -> UInt32?, signal: @escaping @Sendable (String) -> Int32?,
+        userID: UInt32,
+        runtimeDirectory: String?,
+        user: @escaping @Sendable (String) -> LaunchConfiguration.WorkerUser?,
+        group: @escaping @Sendable (String) -> UInt32?,
+        signal: @escaping @Sendable (String) -> Int32?,
         uncatchableSignals: Set<Int32>
     ) {
         self.userID = userID
@@ -58,7 +61,9 @@ public struct RunOptions: ParsableArguments {
         name: .customLong("listen"),
         help: ArgumentHelp(
             "Listen on an address: HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH, with an optional NAME= in front (exported in LISTEN_FDNAMES). Repeatable. Not needed when sockets are passed by systemd.",
-            valueName: "[NAME=]ADDRESS"))
+            valueName: "[NAME=]ADDRESS"
+        )
+    )
     public var listen: [String] = []
 
     @Option(help: "How many worker processes a generation has.")
@@ -67,7 +72,9 @@ public struct RunOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
             "How a worker reports it is ready: notify (NOTIFY_SOCKET), fd (BATON_NOTIFY_FD), listen (detected when it accepts on a listener; needs nothing from the app) or exec (as soon as it runs).",
-            valueName: "mode"))
+            valueName: "mode"
+        )
+    )
     public var ready: String = "listen"
 
     @Option(help: ArgumentHelp("How long a worker may take to become ready (30s, 500ms, 2m).", valueName: "duration"))
@@ -76,22 +83,38 @@ public struct RunOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The signal that asks a worker to stop gracefully.", valueName: "signal"))
     public var stopSignal: String = "TERM"
 
-    @Option(help: ArgumentHelp("How long a worker may drain before its process group is killed.", valueName: "duration"))
+    @Option(
+        help: ArgumentHelp("How long a worker may drain before its process group is killed.", valueName: "duration")
+    )
     public var stopTimeout: String = "30s"
 
-    @Option(help: ArgumentHelp("How a reload replaces workers: all-at-once or rolling (one at a time, surge of one).", valueName: "strategy"))
+    @Option(
+        help: ArgumentHelp(
+            "How a reload replaces workers: all-at-once or rolling (one at a time, surge of one).",
+            valueName: "strategy"
+        )
+    )
     public var strategy: String = "all-at-once"
 
     @Option(
         help: ArgumentHelp(
             "A watchdog for workers: exported as WATCHDOG_USEC; a worker that has sent WATCHDOG=1 once and then stays silent this long is replaced.",
-            valueName: "duration"))
+            valueName: "duration"
+        )
+    )
     public var watchdog: String?
 
-    @Option(help: ArgumentHelp("Run the workers as this user (baton keeps the listeners, even on ports below 1024).", valueName: "user"))
+    @Option(
+        help: ArgumentHelp(
+            "Run the workers as this user (baton keeps the listeners, even on ports below 1024).",
+            valueName: "user"
+        )
+    )
     public var user: String?
 
-    @Option(help: ArgumentHelp("Run the workers with this group (default: the user's primary group).", valueName: "group"))
+    @Option(
+        help: ArgumentHelp("Run the workers with this group (default: the user's primary group).", valueName: "group")
+    )
     public var group: String?
 
     @Option(help: "The listen backlog of sockets baton binds.")
@@ -102,12 +125,17 @@ public struct RunOptions: ParsableArguments {
 
     @Flag(
         name: .customLong("no-adopt-bind"),
-        help: "Do not preload libbaton-adopt.so into the workers. With it (the default), an app that binds an address baton serves, such as listen(8000), gets baton's listening socket instead; without it, the app must use the sockets in LISTEN_FDS.")
+        help:
+            "Do not preload libbaton-adopt.so into the workers. With it (the default), an app that binds an address baton serves, such as listen(8000), gets baton's listening socket instead; without it, the app must use the sockets in LISTEN_FDS."
+    )
     public var noAdoptBind = false
 
     @OptionGroup public var control: ControlOptions
 
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The app's command and arguments, after --.", valueName: "command"))
+    @Argument(
+        parsing: .captureForPassthrough,
+        help: ArgumentHelp("The app's command and arguments, after --.", valueName: "command")
+    )
     public var command: [String] = []
 
     public init() {}
@@ -122,31 +150,50 @@ public struct RunOptions: ParsableArguments {
         // mistyped option would otherwise be run as the app.
         if command.first != "--", let first = command.first, first.hasPrefix("-") {
             throw BatonError(
-                .badArgument, "unknown option \(BatonError.quoted(first)): see baton run --help; the app's command goes after --")
+                .badArgument,
+                "unknown option \(BatonError.quoted(first)): see baton run --help; the app's command goes after --"
+            )
         }
         guard appCommand.first?.isEmpty == false else {
-            throw BatonError(.badArgument, "no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js")
+            throw BatonError(
+                .badArgument,
+                "no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js"
+            )
         }
         guard LaunchConfiguration.isValidName(control.name) else {
-            throw BatonError(.badArgument, "invalid --name \(BatonError.quoted(control.name)): use letters, digits, '-', '_', '.' or '@'")
+            throw BatonError(
+                .badArgument,
+                "invalid --name \(BatonError.quoted(control.name)): use letters, digits, '-', '_', '.' or '@'"
+            )
         }
         let controlPath = control.controlPath(runtimeDirectory: system.runtimeDirectory)
         guard !controlPath.isEmpty, controlPath.utf8.count < 108, !controlPath.contains("\0") else {
             throw BatonError(
-                .badArgument, "invalid --control \(BatonError.quoted(controlPath)): give a socket path shorter than 108 bytes")
+                .badArgument,
+                "invalid --control \(BatonError.quoted(controlPath)): give a socket path shorter than 108 bytes"
+            )
         }
         guard (1...1024).contains(workers) else {
             throw BatonError(.badArgument, "invalid --workers \(workers): give a number from 1 to 1024")
         }
         guard let readyMode = ReadyMode(rawValue: ready) else {
-            throw BatonError(.badArgument, "invalid --ready \(BatonError.quoted(ready)): use notify, fd, listen or exec")
+            throw BatonError(
+                .badArgument,
+                "invalid --ready \(BatonError.quoted(ready)): use notify, fd, listen or exec"
+            )
         }
         guard let strategyValue = Strategy(rawValue: strategy) else {
-            throw BatonError(.badArgument, "invalid --strategy \(BatonError.quoted(strategy)): use all-at-once or rolling")
+            throw BatonError(
+                .badArgument,
+                "invalid --strategy \(BatonError.quoted(strategy)): use all-at-once or rolling"
+            )
         }
         func duration(_ text: String, _ option: String) throws(BatonError) -> Duration {
             guard let value = DurationText(text), value.duration > .zero else {
-                throw BatonError(.badArgument, "invalid \(option) \(BatonError.quoted(text)): write a duration like 30s, 500ms or 2m")
+                throw BatonError(
+                    .badArgument,
+                    "invalid \(option) \(BatonError.quoted(text)): write a duration like 30s, 500ms or 2m"
+                )
             }
             return value.duration
         }
@@ -154,13 +201,21 @@ public struct RunOptions: ParsableArguments {
         let stopTimeout = try duration(self.stopTimeout, "--stop-timeout")
         let workerWatchdog = try watchdog.map { text throws(BatonError) in try duration(text, "--watchdog") }
         guard let stopSignal = system.signal(self.stopSignal), !system.uncatchableSignals.contains(stopSignal) else {
-            throw BatonError(.badArgument, "invalid --stop-signal \(BatonError.quoted(self.stopSignal)): use a signal name such as TERM, INT, QUIT or USR2")
+            throw BatonError(
+                .badArgument,
+                "invalid --stop-signal \(BatonError.quoted(self.stopSignal)): use a signal name such as TERM, INT, QUIT or USR2"
+            )
         }
-        guard backlog > 0 else { throw BatonError(.badArgument, "invalid --backlog \(backlog): give a positive number") }
+        guard backlog > 0 else {
+            throw BatonError(.badArgument, "invalid --backlog \(backlog): give a positive number")
+        }
         var mode: UInt32?
         if let socketMode {
             guard let value = UInt32(socketMode, radix: 8), value <= 0o777 else {
-                throw BatonError(.badArgument, "invalid --socket-mode \(BatonError.quoted(socketMode)): give an octal mode such as 660")
+                throw BatonError(
+                    .badArgument,
+                    "invalid --socket-mode \(BatonError.quoted(socketMode)): give an octal mode such as 660"
+                )
             }
             mode = value
         }
@@ -168,20 +223,29 @@ public struct RunOptions: ParsableArguments {
         for (index, text) in listen.enumerated() {
             let spec = try ListenSpec(parsing: text, defaultName: "listen\(index)")
             guard !specs.contains(where: { $0.name == spec.name }) else {
-                throw BatonError(.badArgument, "invalid --listen \(BatonError.quoted(text)): the name '\(spec.name)' is used twice")
+                throw BatonError(
+                    .badArgument,
+                    "invalid --listen \(BatonError.quoted(text)): the name '\(spec.name)' is used twice"
+                )
             }
             specs.append(spec)
         }
         var workerUser: LaunchConfiguration.WorkerUser?
         if let user {
             guard let entry = system.user(user) else {
-                throw BatonError(.badArgument, "invalid --user \(BatonError.quoted(user)): no such user (check getent passwd)")
+                throw BatonError(
+                    .badArgument,
+                    "invalid --user \(BatonError.quoted(user)): no such user (check getent passwd)"
+                )
             }
             workerUser = entry
         }
         if let group {
             guard let gid = system.group(group) else {
-                throw BatonError(.badArgument, "invalid --group \(BatonError.quoted(group)): no such group (check getent group)")
+                throw BatonError(
+                    .badArgument,
+                    "invalid --group \(BatonError.quoted(group)): no such group (check getent group)"
+                )
             }
             workerUser = .init(uid: workerUser?.uid ?? system.userID, gid: gid, groups: [gid])
         }
@@ -189,11 +253,22 @@ public struct RunOptions: ParsableArguments {
             throw BatonError(.badArgument, "--user and --group need baton to run as root")
         }
         var configuration = LaunchConfiguration(
-            name: control.name, command: appCommand, listeners: specs, backlog: backlog, unixMode: mode,
-            readyMode: readyMode, stopSignal: stopSignal, controlPath: controlPath,
+            name: control.name,
+            command: appCommand,
+            listeners: specs,
+            backlog: backlog,
+            unixMode: mode,
+            readyMode: readyMode,
+            stopSignal: stopSignal,
+            controlPath: controlPath,
             supervisor: SupervisorSettings(
-                workers: workers, strategy: strategyValue, readyTimeout: readyTimeout, stopTimeout: stopTimeout,
-                workerWatchdog: workerWatchdog))
+                workers: workers,
+                strategy: strategyValue,
+                readyTimeout: readyTimeout,
+                stopTimeout: stopTimeout,
+                workerWatchdog: workerWatchdog
+            )
+        )
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
         return configuration

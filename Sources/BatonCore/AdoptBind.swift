@@ -84,6 +84,7 @@ public enum AdoptBind {
     public static func diagnosis(ownListeners: [String], listeners: [Listener]) -> String? {
         guard let own = ownListeners.first, !listeners.isEmpty else { return nil }
         let ours = listeners.map(\.address).joined(separator: ", ")
-        return "the app listens on \(own) itself, not on baton's \(ours): bind the address baton serves, use LISTEN_FDS, or change --listen"
+        return
+            "the app listens on \(own) itself, not on baton's \(ours): bind the address baton serves, use LISTEN_FDS, or change --listen"
     }
 }

@@ -31,8 +31,14 @@ public struct LaunchConfiguration: Sendable {
     }
 
     public init(
-        name: String, command: [String], listeners: [ListenSpec], backlog: Int32 = 4096, unixMode: UInt32? = nil,
-        readyMode: ReadyMode = .listen, stopSignal: Int32 = 15, controlPath: String,
+        name: String,
+        command: [String],
+        listeners: [ListenSpec],
+        backlog: Int32 = 4096,
+        unixMode: UInt32? = nil,
+        readyMode: ReadyMode = .listen,
+        stopSignal: Int32 = 15,
+        controlPath: String,
         supervisor: SupervisorSettings = SupervisorSettings()
     ) {
         self.name = name

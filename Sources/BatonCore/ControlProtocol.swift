@@ -36,8 +36,12 @@ public enum ControlProtocol {
         public var status: StatusReport?
 
         public init(
-            kind: Kind, message: String? = nil, ok: Bool? = nil, durationMilliseconds: Int64? = nil,
-            stderr: [String]? = nil, status: StatusReport? = nil
+            kind: Kind,
+            message: String? = nil,
+            ok: Bool? = nil,
+            durationMilliseconds: Int64? = nil,
+            stderr: [String]? = nil,
+            status: StatusReport? = nil
         ) {
             self.kind = kind
             self.message = message
@@ -59,7 +63,10 @@ public enum ControlProtocol {
         do {
             return try JSONDecoder().decode(Request.self, from: Data(line))
         } catch {
-            throw BatonError(.control, "malformed request: expected {\"command\":\"reload\"} or {\"command\":\"status\"}")
+            throw BatonError(
+                .control,
+                "malformed request: expected {\"command\":\"reload\"} or {\"command\":\"status\"}"
+            )
         }
     }
 

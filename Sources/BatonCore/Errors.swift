@@ -52,7 +52,9 @@ extension BatonError {
             case "'": result += "\\'"
             case "\\": result += "\\\\"
             default:
-                if scalar.value < 0x20 || (0x7f..<0xa0).contains(scalar.value) || scalar.value == 0x2028 || scalar.value == 0x2029 {
+                if scalar.value < 0x20 || (0x7f..<0xa0).contains(scalar.value) || scalar.value == 0x2028
+                    || scalar.value == 0x2029
+                {
                     let hex = String(scalar.value, radix: 16)
                     result += "\\u{\(hex)}"
                 } else {

@@ -58,8 +58,14 @@ public struct LifecycleEvent: Sendable, Equatable {
     public var reason: String?
 
     public init(
-        _ kind: Kind, _ message: String, generation: Int? = nil, workerPID: Int32? = nil, slot: Int? = nil,
-        duration: Duration? = nil, status: String? = nil, reason: String? = nil
+        _ kind: Kind,
+        _ message: String,
+        generation: Int? = nil,
+        workerPID: Int32? = nil,
+        slot: Int? = nil,
+        duration: Duration? = nil,
+        status: String? = nil,
+        reason: String? = nil
     ) {
         self.kind = kind
         self.message = message

@@ -34,8 +34,14 @@ public struct Leftovers: Sendable {
     /// `LISTEN_PID` was kept: without it, nothing tells its worker's group, and it is taken for a daemon), in process
     /// group `processGroup`. `owner` is the live worker of that slot, if any.
     public mutating func judge(
-        pid: Int32, generation: Int, slot: Int, workerPID: Int32?, processGroup: Int32?, owner: Int32?,
-        now: ContinuousClock.Instant, stopTimeout: Duration
+        pid: Int32,
+        generation: Int,
+        slot: Int,
+        workerPID: Int32?,
+        processGroup: Int32?,
+        owner: Int32?,
+        now: ContinuousClock.Instant,
+        stopTimeout: Duration
     ) -> Verdict {
         if let owner, workerPID == nil || workerPID == owner { return .keep }
         let worker = "worker \(slot) of generation \(generation)"
@@ -48,7 +54,9 @@ public struct Leftovers: Sendable {
         if let deadline = deadlines[pid] {
             guard now >= deadline else { return .keep }
             deadlines[pid] = nil
-            return .kill("killing pid \(pid), left in the process group of \(worker): it did not stop within \(stopTimeout.shortDescription)")
+            return .kill(
+                "killing pid \(pid), left in the process group of \(worker): it did not stop within \(stopTimeout.shortDescription)"
+            )
         }
         deadlines[pid] = now + stopTimeout
         return .stop("stopping pid \(pid), left in the process group of \(worker) after it exited")

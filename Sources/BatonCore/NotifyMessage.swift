@@ -42,7 +42,8 @@ public struct NotifyMessage: Sendable, Equatable {
                 } else if rejected.count < 16 {
                     rejected.append(
                         "WATCHDOG_USEC=\(NotifyMessage.printable(value, limit: 32)) (not a number of microseconds from "
-                            + "\(NotifyMessage.watchdogRange.lowerBound) to \(NotifyMessage.watchdogRange.upperBound))")
+                            + "\(NotifyMessage.watchdogRange.lowerBound) to \(NotifyMessage.watchdogRange.upperBound))"
+                    )
                 }
             default: if other.count < 16 { other.append(String(key.prefix(64))) }
             }

@@ -88,7 +88,9 @@ public struct ListenSpec: Sendable, Hashable {
             name = String(rest[..<equals])
             rest = rest[rest.index(after: equals)...]
             guard ListenSpec.isValidName(name) else {
-                throw bad("the name \(BatonError.quoted(name)) must be 1-255 printable characters without ':' or spaces")
+                throw bad(
+                    "the name \(BatonError.quoted(name)) must be 1-255 printable characters without ':' or spaces"
+                )
             }
         }
         self.name = name

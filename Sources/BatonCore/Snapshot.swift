@@ -53,21 +53,37 @@ extension Supervisor {
         guard isQuiet, let serving, let generation = generations[serving] else { return nil }
         let list = generation.workers.compactMap { workers[$0] }.map { worker in
             SupervisorSnapshot.Worker(
-                id: worker.id.raw, generation: worker.generation, slot: worker.slot, pid: worker.pid ?? 0,
-                restarts: worker.restarts, ageMilliseconds: (now - worker.startedAt).milliseconds,
-                readyAgeMilliseconds: worker.readyAt.map { (now - $0).milliseconds }, status: worker.status)
+                id: worker.id.raw,
+                generation: worker.generation,
+                slot: worker.slot,
+                pid: worker.pid ?? 0,
+                restarts: worker.restarts,
+                ageMilliseconds: (now - worker.startedAt).milliseconds,
+                readyAgeMilliseconds: worker.readyAt.map { (now - $0).milliseconds },
+                status: worker.status
+            )
         }
         return SupervisorSnapshot(
-            serving: serving, nextWorker: (workers.keys.map(\.raw).max() ?? 0) + 1, nextGeneration: serving + 1,
+            serving: serving,
+            nextWorker: (workers.keys.map(\.raw).max() ?? 0) + 1,
+            nextGeneration: serving + 1,
             generation: .init(
-                id: serving, ageMilliseconds: (now - generation.startedAt).milliseconds, streak: generation.streak,
-                crashLooping: generation.crashLooping),
+                id: serving,
+                ageMilliseconds: (now - generation.startedAt).milliseconds,
+                streak: generation.streak,
+                crashLooping: generation.crashLooping
+            ),
             workers: list,
             lastReload: lastReload.map {
                 .init(
-                    ok: $0.ok, generation: $0.generation, durationMilliseconds: $0.duration.milliseconds, reason: $0.reason,
-                    ageMilliseconds: (now - $0.finishedAt).milliseconds)
-            })
+                    ok: $0.ok,
+                    generation: $0.generation,
+                    durationMilliseconds: $0.duration.milliseconds,
+                    reason: $0.reason,
+                    ageMilliseconds: (now - $0.finishedAt).milliseconds
+                )
+            }
+        )
     }
 
     /// A supervisor that resumes from `snapshot`: running, serving its generation with the same workers.

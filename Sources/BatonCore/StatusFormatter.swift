@@ -3,7 +3,8 @@
 public enum StatusFormatter {
     public static func text(_ status: StatusReport, now: Double) -> String {
         let clean = TerminalText.sanitized
-        var out = "baton \(clean(status.name)) (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
+        var out =
+            "baton \(clean(status.name)) (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
         out += "listeners:\n"
         for listener in status.listeners {
             out += "  \(clean(listener.name))  \(clean(listener.address))  (fd \(listener.fd))"
@@ -13,17 +14,20 @@ public enum StatusFormatter {
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
             let started = age(now - generation.startedAt).shortDescription
-            out += "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
+            out +=
+                "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
             for worker in generation.workers {
                 let uptime = age(worker.uptimeSeconds).shortDescription
-                out += "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
+                out +=
+                    "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
                 if let text = worker.status { out += "  \"\(clean(text))\"" }
                 out += "\n"
             }
         }
         if let reload = status.lastReload {
             let ago = age(now - reload.finishedAt).shortDescription
-            out += "last reload: \(reload.ok ? "ok" : "failed") (generation \(reload.generation)) in \(Duration.milliseconds(reload.durationMilliseconds).shortDescription), \(ago) ago"
+            out +=
+                "last reload: \(reload.ok ? "ok" : "failed") (generation \(reload.generation)) in \(Duration.milliseconds(reload.durationMilliseconds).shortDescription), \(ago) ago"
             if let reason = reload.reason { out += ": \(clean(reason))" }
             out += "\n"
         } else {

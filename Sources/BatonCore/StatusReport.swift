@@ -76,8 +76,13 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var reloading: Bool
 
     public init(
-        name: String, pid: Int32, version: String, listeners: [Listener], generations: [Generation],
-        lastReload: Reload?, reloading: Bool
+        name: String,
+        pid: Int32,
+        version: String,
+        listeners: [Listener],
+        generations: [Generation],
+        lastReload: Reload?,
+        reloading: Bool
     ) {
         self.name = name
         self.pid = pid
@@ -93,32 +98,55 @@ extension StatusReport {
     /// The report of a supervisor's state at `now`, with wall-clock times from `wallClock` (seconds since the epoch,
     /// read at `now`).
     public init(
-        name: String, pid: Int32, version: String, listeners: [Listener], supervisor: Supervisor,
-        now: ContinuousClock.Instant, wallClock: Double
+        name: String,
+        pid: Int32,
+        version: String,
+        listeners: [Listener],
+        supervisor: Supervisor,
+        now: ContinuousClock.Instant,
+        wallClock: Double
     ) {
         func wallTime(_ instant: ContinuousClock.Instant) -> Double {
             wallClock - Double((now - instant).milliseconds) / 1000
         }
         // A generation does not serve while a listener refuses connections, whatever its workers say.
-        let serving = listeners.contains { $0.refusing == true } ? "not serving (a listener refuses connections)" : "serving"
+        let serving =
+            listeners.contains { $0.refusing == true } ? "not serving (a listener refuses connections)" : "serving"
         let generations = supervisor.orderedGenerations.map { generation in
             Generation(
-                id: generation.id, state: generation.id == supervisor.serving ? serving : generation.state.rawValue,
-                startedAt: wallTime(generation.startedAt), crashLooping: generation.crashLooping,
+                id: generation.id,
+                state: generation.id == supervisor.serving ? serving : generation.state.rawValue,
+                startedAt: wallTime(generation.startedAt),
+                crashLooping: generation.crashLooping,
                 workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in
                     Worker(
-                        slot: worker.slot, pid: worker.pid, state: worker.state.rawValue,
-                        uptimeSeconds: Double((now - worker.startedAt).milliseconds) / 1000, restarts: worker.restarts,
-                        status: worker.status)
-                })
+                        slot: worker.slot,
+                        pid: worker.pid,
+                        state: worker.state.rawValue,
+                        uptimeSeconds: Double((now - worker.startedAt).milliseconds) / 1000,
+                        restarts: worker.restarts,
+                        status: worker.status
+                    )
+                }
+            )
         }
         let last = supervisor.lastReload.map {
             Reload(
-                ok: $0.ok, generation: $0.generation, durationMilliseconds: $0.duration.milliseconds, reason: $0.reason,
-                finishedAt: wallTime($0.finishedAt))
+                ok: $0.ok,
+                generation: $0.generation,
+                durationMilliseconds: $0.duration.milliseconds,
+                reason: $0.reason,
+                finishedAt: wallTime($0.finishedAt)
+            )
         }
         self.init(
-            name: name, pid: pid, version: version, listeners: listeners, generations: generations, lastReload: last,
-            reloading: supervisor.reload != nil)
+            name: name,
+            pid: pid,
+            version: version,
+            listeners: listeners,
+            generations: generations,
+            lastReload: last,
+            reloading: supervisor.reload != nil
+        )
     }
 }

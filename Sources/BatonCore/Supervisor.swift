@@ -89,24 +89,39 @@ public struct Supervisor: Sendable {
         nextWorker = snapshot.nextWorker
         nextGeneration = snapshot.nextGeneration
         var generation = Generation(
-            id: snapshot.generation.id, state: .serving,
-            startedAt: now - .milliseconds(snapshot.generation.ageMilliseconds), workers: [], slots: [:],
-            streak: snapshot.generation.streak, crashLooping: snapshot.generation.crashLooping)
+            id: snapshot.generation.id,
+            state: .serving,
+            startedAt: now - .milliseconds(snapshot.generation.ageMilliseconds),
+            workers: [],
+            slots: [:],
+            streak: snapshot.generation.streak,
+            crashLooping: snapshot.generation.crashLooping
+        )
         for saved in snapshot.workers {
             let id = WorkerID(saved.id)
             workers[id] = Worker(
-                id: id, generation: saved.generation, slot: saved.slot, pid: saved.pid, state: .ready,
+                id: id,
+                generation: saved.generation,
+                slot: saved.slot,
+                pid: saved.pid,
+                state: .ready,
                 startedAt: now - .milliseconds(saved.ageMilliseconds),
-                readyAt: saved.readyAgeMilliseconds.map { now - .milliseconds($0) }, restarts: saved.restarts,
-                status: saved.status)
+                readyAt: saved.readyAgeMilliseconds.map { now - .milliseconds($0) },
+                restarts: saved.restarts,
+                status: saved.status
+            )
             generation.workers.append(id)
             generation.slots[saved.slot] = id
         }
         generations = [generation.id: generation]
         lastReload = snapshot.lastReload.map {
             Outcome(
-                ok: $0.ok, generation: $0.generation, duration: .milliseconds($0.durationMilliseconds), reason: $0.reason,
-                finishedAt: now - .milliseconds($0.ageMilliseconds))
+                ok: $0.ok,
+                generation: $0.generation,
+                duration: .milliseconds($0.durationMilliseconds),
+                reason: $0.reason,
+                finishedAt: now - .milliseconds($0.ageMilliseconds)
+            )
         }
     }
 
@@ -130,7 +145,9 @@ public struct Supervisor: Sendable {
         switch phase {
         case .idle, .starting:
             if let generation = generations.values.first(where: { $0.state == .starting }) {
-                parts.append("starting generation \(generation.id) (\(readyCount(generation))/\(settings.workers) ready)")
+                parts.append(
+                    "starting generation \(generation.id) (\(readyCount(generation))/\(settings.workers) ready)"
+                )
             }
         case .stopping, .exited:
             parts.append("stopping (\(liveWorkers.count) workers left)")
@@ -157,7 +174,8 @@ public struct Supervisor: Sendable {
             parts.append(
                 lastReload.ok
                     ? "last reload ok in \(lastReload.duration.shortDescription)"
-                    : "last reload failed: \(lastReload.reason ?? "unknown")")
+                    : "last reload failed: \(lastReload.reason ?? "unknown")"
+            )
         }
         return parts.joined(separator: " · ")
     }
@@ -175,7 +193,9 @@ public struct Supervisor: Sendable {
             guard phase == .idle else { break }
             phase = .starting
             let id = newGeneration(now: now, actions: &actions)
-            for slot in 1...settings.workers { spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions) }
+            for slot in 1...settings.workers {
+                spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions)
+            }
         case .reloadRequested(let requester):
             requestReload(requester, now: now, actions: &actions)
         case .spawned(let id, let pid):
@@ -226,18 +246,36 @@ public struct Supervisor: Sendable {
         nextGeneration += 1
         generations[id] = Generation(id: id, state: .starting, startedAt: now, workers: [], slots: [:])
         actions.append(
-            .log(LifecycleEvent(.generationStarted, "generation \(id) starting with \(settings.workers) worker(s)", generation: id)))
+            .log(
+                LifecycleEvent(
+                    .generationStarted,
+                    "generation \(id) starting with \(settings.workers) worker(s)",
+                    generation: id
+                )
+            )
+        )
         return id
     }
 
     private mutating func spawnWorker(
-        generation: Int, slot: Int, restarts: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+        generation: Int,
+        slot: Int,
+        restarts: Int,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
     ) {
         let id = WorkerID(nextWorker)
         nextWorker += 1
         workers[id] = Worker(
-            id: id, generation: generation, slot: slot, pid: nil, state: .starting, startedAt: now, readyAt: nil,
-            restarts: restarts)
+            id: id,
+            generation: generation,
+            slot: slot,
+            pid: nil,
+            state: .starting,
+            startedAt: now,
+            readyAt: nil,
+            restarts: restarts
+        )
         generations[generation]?.workers.append(id)
         generations[generation]?.slots[slot] = id
         actions.append(.spawn(id, generation: generation, slot: slot))
@@ -281,18 +319,37 @@ public struct Supervisor: Sendable {
             // A respawned worker of the serving generation.
             if worker.restarts > 0 {
                 actions.append(
-                    .log(LifecycleEvent(
-                        .workerRespawned, "worker \(worker.slot) of generation \(generation.id) is back (pid \(worker.pid ?? 0))",
-                        generation: generation.id, workerPID: worker.pid, slot: worker.slot)))
+                    .log(
+                        LifecycleEvent(
+                            .workerRespawned,
+                            "worker \(worker.slot) of generation \(generation.id) is back (pid \(worker.pid ?? 0))",
+                            generation: generation.id,
+                            workerPID: worker.pid,
+                            slot: worker.slot
+                        )
+                    )
+                )
             }
         case .starting:
-            if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous {
-                rollingStep(readySlot: worker.slot, target: generation.id, previous: previous, now: now, actions: &actions)
+            if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous
+            {
+                rollingStep(
+                    readySlot: worker.slot,
+                    target: generation.id,
+                    previous: previous,
+                    now: now,
+                    actions: &actions
+                )
                 return
             }
             guard readyCount(generation) == settings.workers else {
                 if let reload, reload.target == generation.id {
-                    actions.append(.progress(reload.requesters, "generation \(generation.id): \(readyCount(generation))/\(settings.workers) workers ready"))
+                    actions.append(
+                        .progress(
+                            reload.requesters,
+                            "generation \(generation.id): \(readyCount(generation))/\(settings.workers) workers ready"
+                        )
+                    )
                 }
                 return
             }
@@ -306,7 +363,11 @@ public struct Supervisor: Sendable {
 
     /// Rolling: the new worker of `readySlot` is ready; retire the old one of that slot and start the next.
     private mutating func rollingStep(
-        readySlot: Int, target: Int, previous: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+        readySlot: Int,
+        target: Int,
+        previous: Int,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
     ) {
         guard var reload else { return }
         if let old = generations[previous]?.slots[readySlot] {
@@ -315,7 +376,12 @@ public struct Supervisor: Sendable {
         reload.retiredSlots.insert(readySlot)
         self.reload = reload
         let ready = readyCount(generations[target]!)
-        actions.append(.progress(reload.requesters, "generation \(target): worker \(readySlot) ready, \(ready)/\(settings.workers); retiring its predecessor"))
+        actions.append(
+            .progress(
+                reload.requesters,
+                "generation \(target): worker \(readySlot) ready, \(ready)/\(settings.workers); retiring its predecessor"
+            )
+        )
         if readySlot < settings.workers {
             spawnWorker(generation: target, slot: readySlot + 1, restarts: 0, now: now, actions: &actions)
         } else {
@@ -328,9 +394,15 @@ public struct Supervisor: Sendable {
     private mutating func promote(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
         let generation = generations[id]!
         actions.append(
-            .log(LifecycleEvent(
-                .generationReady, "generation \(id) ready (\(settings.workers) worker(s))", generation: id,
-                duration: now - generation.startedAt)))
+            .log(
+                LifecycleEvent(
+                    .generationReady,
+                    "generation \(id) ready (\(settings.workers) worker(s))",
+                    generation: id,
+                    duration: now - generation.startedAt
+                )
+            )
+        )
         let previous = serving
         serving = id
         if phase == .starting {
@@ -345,11 +417,15 @@ public struct Supervisor: Sendable {
         guard var reload, reload.target == id else { return }
         reload.promotedAt = now
         self.reload = reload
-        actions.append(.progress(reload.requesters, "generation \(id) serving after \((now - reload.startedAt).shortDescription)"))
+        actions.append(
+            .progress(reload.requesters, "generation \(id) serving after \((now - reload.startedAt).shortDescription)")
+        )
         if let previous, var old = generations[previous] {
             old.state = .draining
             generations[previous] = old
-            actions.append(.progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))"))
+            actions.append(
+                .progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))")
+            )
             for worker in old.workers { stopWorker(worker, kill: false, actions: &actions) }
             retireIfDrained(previous, now: now, actions: &actions)
         } else {
@@ -362,7 +438,16 @@ public struct Supervisor: Sendable {
         switch generation.state {
         case .draining:
             generations[id] = nil
-            actions.append(.log(LifecycleEvent(.generationRetired, "generation \(id) retired", generation: id, duration: now - generation.startedAt)))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .generationRetired,
+                        "generation \(id) retired",
+                        generation: id,
+                        duration: now - generation.startedAt
+                    )
+                )
+            )
             if let reload, reload.previous == id, reload.promotedAt != nil {
                 finishReload(ok: true, reason: nil, failedWorker: nil, now: now, actions: &actions)
             }
@@ -373,14 +458,28 @@ public struct Supervisor: Sendable {
         }
     }
 
-    private mutating func requestReload(_ requester: RequesterID?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func requestReload(
+        _ requester: RequesterID?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         let requesters = requester.map { [$0] } ?? []
         switch phase {
         case .stopping, .exited:
-            actions.append(.reloadFinished(requesters, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil))
+            actions.append(
+                .reloadFinished(requesters, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil)
+            )
             return
         case .idle:
-            actions.append(.reloadFinished(requesters, ok: false, message: "baton has not started", duration: .zero, failedWorker: nil))
+            actions.append(
+                .reloadFinished(
+                    requesters,
+                    ok: false,
+                    message: "baton has not started",
+                    duration: .zero,
+                    failedWorker: nil
+                )
+            )
             return
         case .starting, .running:
             break
@@ -395,36 +494,75 @@ public struct Supervisor: Sendable {
         startReload(requesters: requesters, now: now, actions: &actions)
     }
 
-    private mutating func startReload(requesters: [RequesterID], now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func startReload(
+        requesters: [RequesterID],
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         actions.append(.notifyManager(.reloading))
         let id = newGeneration(now: now, actions: &actions)
         reload = Reload(target: id, previous: serving, requesters: requesters, startedAt: now)
-        actions.append(.progress(requesters, "starting generation \(id) (\(settings.workers) worker(s), \(settings.strategy.rawValue))"))
+        actions.append(
+            .progress(
+                requesters,
+                "starting generation \(id) (\(settings.workers) worker(s), \(settings.strategy.rawValue))"
+            )
+        )
         if settings.strategy == .rolling && serving != nil {
             spawnWorker(generation: id, slot: 1, restarts: 0, now: now, actions: &actions)
         } else {
-            for slot in 1...settings.workers { spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions) }
+            for slot in 1...settings.workers {
+                spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions)
+            }
         }
     }
 
     private mutating func finishReload(
-        ok: Bool, reason: String?, failedWorker: FailedWorker?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]
+        ok: Bool,
+        reason: String?,
+        failedWorker: FailedWorker?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
     ) {
         guard let reload else { return }
         self.reload = nil
         let duration = now - reload.startedAt
         lastReload = Outcome(ok: ok, generation: reload.target, duration: duration, reason: reason, finishedAt: now)
         if ok {
-            actions.append(.log(LifecycleEvent(
-                .reloadSucceeded, "reload to generation \(reload.target) succeeded in \(duration.shortDescription)",
-                generation: reload.target, duration: duration)))
-            actions.append(.reloadFinished(
-                reload.requesters, ok: true, message: "generation \(reload.target) serving; reload took \(duration.shortDescription)",
-                duration: duration, failedWorker: nil))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .reloadSucceeded,
+                        "reload to generation \(reload.target) succeeded in \(duration.shortDescription)",
+                        generation: reload.target,
+                        duration: duration
+                    )
+                )
+            )
+            actions.append(
+                .reloadFinished(
+                    reload.requesters,
+                    ok: true,
+                    message: "generation \(reload.target) serving; reload took \(duration.shortDescription)",
+                    duration: duration,
+                    failedWorker: nil
+                )
+            )
         } else {
-            let text = "reload to generation \(reload.target) failed: \(reason ?? "unknown"); generation \(reload.previous.map(String.init) ?? "-") keeps serving"
-            actions.append(.log(LifecycleEvent(.reloadFailed, text, generation: reload.target, duration: duration, reason: reason)))
-            actions.append(.reloadFinished(reload.requesters, ok: false, message: text, duration: duration, failedWorker: failedWorker))
+            let text =
+                "reload to generation \(reload.target) failed: \(reason ?? "unknown"); generation \(reload.previous.map(String.init) ?? "-") keeps serving"
+            actions.append(
+                .log(LifecycleEvent(.reloadFailed, text, generation: reload.target, duration: duration, reason: reason))
+            )
+            actions.append(
+                .reloadFinished(
+                    reload.requesters,
+                    ok: false,
+                    message: text,
+                    duration: duration,
+                    failedWorker: failedWorker
+                )
+            )
         }
         actions.append(.notifyManager(.ready))
         if let followUp, phase == .running {
@@ -437,11 +575,25 @@ public struct Supervisor: Sendable {
     ///
     /// Its workers get the stop signal and the stop timeout like any retiring worker, never SIGKILL first: one that
     /// became ready (or accepts before it says so) holds connections it has accepted, and those must be answered.
-    private mutating func rollBack(reason: String, failedWorker: FailedWorker?, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func rollBack(
+        reason: String,
+        failedWorker: FailedWorker?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         guard let reload, var target = generations[reload.target] else { return }
         target.state = .failed
         generations[reload.target] = target
-        actions.append(.log(LifecycleEvent(.generationFailed, "generation \(reload.target) failed: \(reason)", generation: reload.target, reason: reason)))
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .generationFailed,
+                    "generation \(reload.target) failed: \(reason)",
+                    generation: reload.target,
+                    reason: reason
+                )
+            )
+        )
         for worker in target.workers { stopWorker(worker, kill: false, actions: &actions) }
         if let previous = reload.previous {
             for slot in reload.retiredSlots.sorted() where generations[previous]?.slots[slot] == nil {
@@ -454,7 +606,11 @@ public struct Supervisor: Sendable {
 
     /// A worker's process is gone (`reason`), or never started (`failure`).
     private mutating func workerGone(
-        _ id: WorkerID, reason: ExitReason?, failure: String?, stderr: [String], now: ContinuousClock.Instant,
+        _ id: WorkerID,
+        reason: ExitReason?,
+        failure: String?,
+        stderr: [String],
+        now: ContinuousClock.Instant,
         actions: inout [SupervisorAction]
     ) {
         guard var worker = workers[id], worker.state != .exited else { return }
@@ -478,11 +634,20 @@ public struct Supervisor: Sendable {
         worker.failure = worker.failure ?? failure
         let expected = previousState == .stopping && worker.failure == nil
 
-        actions.append(.log(LifecycleEvent(
-            expected ? .workerExited : .workerCrashed,
-            "worker \(worker.slot) of generation \(generation.id) (pid \(worker.pid.map(String.init) ?? "none")) \(what)",
-            generation: generation.id, workerPID: worker.pid, slot: worker.slot,
-            duration: now - worker.startedAt, status: reason?.description, reason: worker.failure)))
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    expected ? .workerExited : .workerCrashed,
+                    "worker \(worker.slot) of generation \(generation.id) (pid \(worker.pid.map(String.init) ?? "none")) \(what)",
+                    generation: generation.id,
+                    workerPID: worker.pid,
+                    slot: worker.slot,
+                    duration: now - worker.startedAt,
+                    status: reason?.description,
+                    reason: worker.failure
+                )
+            )
+        )
 
         if phase == .stopping {
             if liveWorkers.isEmpty {
@@ -493,7 +658,13 @@ public struct Supervisor: Sendable {
         }
 
         if let reload, reload.target == generation.id, generation.state == .starting, !expected {
-            rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready", failedWorker: FailedWorker(id, stderr: stderr), now: now, actions: &actions)
+            rollBack(
+                reason:
+                    "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready",
+                failedWorker: FailedWorker(id, stderr: stderr),
+                now: now,
+                actions: &actions
+            )
             return
         }
 
@@ -502,12 +673,21 @@ public struct Supervisor: Sendable {
             // The first generation cannot serve: nothing can, so baton gives up and lets its manager decide.
             guard !expected else { break }
             generations[generation.id]?.state = .failed
-            actions.append(.log(LifecycleEvent(
-                .generationFailed, "generation \(generation.id) failed to start: worker \(worker.slot) \(what)",
-                generation: generation.id, reason: what)))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .generationFailed,
+                        "generation \(generation.id) failed to start: worker \(worker.slot) \(what)",
+                        generation: generation.id,
+                        reason: what
+                    )
+                )
+            )
             giveUp(
                 reason: "the first generation failed to start: worker \(worker.slot) \(what)",
-                failedWorker: FailedWorker(id, stderr: stderr), actions: &actions)
+                failedWorker: FailedWorker(id, stderr: stderr),
+                actions: &actions
+            )
         case .serving where !expected:
             respawnAfterCrash(worker, stderr: stderr, generation: generation.id, now: now, actions: &actions)
         case .draining, .failed:
@@ -517,26 +697,46 @@ public struct Supervisor: Sendable {
         }
     }
 
-    private mutating func respawnAfterCrash(_ worker: Worker, stderr: [String], generation id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func respawnAfterCrash(
+        _ worker: Worker,
+        stderr: [String],
+        generation id: Int,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         guard var generation = generations[id] else { return }
         let stable = worker.readyAt.map { now - $0 >= settings.backoff.stablePeriod } ?? false
         let streak = (stable ? 0 : generation.streak[worker.slot, default: 0]) + 1
         generation.streak[worker.slot] = streak
         if streak >= settings.crashLoopThreshold && !generation.crashLooping {
             generation.crashLooping = true
-            actions.append(.log(LifecycleEvent(
-                .crashLoop, "generation \(id) is crash-looping: worker \(worker.slot) crashed \(streak) times in a row",
-                generation: id, slot: worker.slot)))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .crashLoop,
+                        "generation \(id) is crash-looping: worker \(worker.slot) crashed \(streak) times in a row",
+                        generation: id,
+                        slot: worker.slot
+                    )
+                )
+            )
         }
-        if stable && generation.crashLooping && generation.streak.values.allSatisfy({ $0 < settings.crashLoopThreshold }) {
+        if stable && generation.crashLooping
+            && generation.streak.values.allSatisfy({ $0 < settings.crashLoopThreshold })
+        {
             generation.crashLooping = false
         }
         generations[id] = generation
-        let everySlotGaveUp = (1...settings.workers).allSatisfy { generation.streak[$0, default: 0] >= settings.giveUpThreshold }
+        let everySlotGaveUp = (1...settings.workers).allSatisfy {
+            generation.streak[$0, default: 0] >= settings.giveUpThreshold
+        }
         if everySlotGaveUp && generation.workers.allSatisfy({ workers[$0]?.state != .ready }) {
             generations[id]?.state = .failed
-            giveUp(reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row",
-                failedWorker: FailedWorker(worker.id, stderr: stderr), actions: &actions)
+            giveUp(
+                reason: "every worker of generation \(id) crashed \(settings.giveUpThreshold) times in a row",
+                failedWorker: FailedWorker(worker.id, stderr: stderr),
+                actions: &actions
+            )
             return
         }
         let delay = settings.backoff.delay(afterCrash: streak)
@@ -548,11 +748,21 @@ public struct Supervisor: Sendable {
     private mutating func giveUp(reason: String, failedWorker: FailedWorker?, actions: inout [SupervisorAction]) {
         actions.append(.log(LifecycleEvent(.generationFailed, "no generation can serve: \(reason)", reason: reason)))
         if let reload {
-            actions.append(.reloadFinished(reload.requesters, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
+            actions.append(
+                .reloadFinished(
+                    reload.requesters,
+                    ok: false,
+                    message: reason,
+                    duration: .zero,
+                    failedWorker: failedWorker
+                )
+            )
             self.reload = nil
         }
         if let followUp {
-            actions.append(.reloadFinished(followUp, ok: false, message: reason, duration: .zero, failedWorker: failedWorker))
+            actions.append(
+                .reloadFinished(followUp, ok: false, message: reason, duration: .zero, failedWorker: failedWorker)
+            )
             self.followUp = nil
         }
         exitStatus = 1
@@ -574,21 +784,37 @@ public struct Supervisor: Sendable {
                 + (worker.explanation.map { ": " + $0 } ?? "")
             workers[id]?.failure = reason
             if let reload, reload.target == worker.generation {
-                rollBack(reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)", failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
+                rollBack(
+                    reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(reason)",
+                    failedWorker: FailedWorker(id, stderr: nil),
+                    now: now,
+                    actions: &actions
+                )
             } else {
                 // The exit that follows is handled as a failure (respawn, or giving up at start). The stop signal
                 // first: a worker that is slow to say it is ready may already be accepting.
                 stopWorker(id, kill: false, actions: &actions)
-                if worker.pid == nil { workerGone(id, reason: nil, failure: reason, stderr: [], now: now, actions: &actions) }
+                if worker.pid == nil {
+                    workerGone(id, reason: nil, failure: reason, stderr: [], now: now, actions: &actions)
+                }
             }
         case .stopTimeout(let id):
             guard let worker = workers[id], worker.state == .stopping, let pid = worker.pid else { return }
-            actions.append(.log(LifecycleEvent(
-                .workerKilled, "worker \(worker.slot) of generation \(worker.generation) (pid \(pid)) did not stop within \(settings.stopTimeout.shortDescription); killing its process group",
-                generation: worker.generation, workerPID: pid, slot: worker.slot)))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .workerKilled,
+                        "worker \(worker.slot) of generation \(worker.generation) (pid \(pid)) did not stop within \(settings.stopTimeout.shortDescription); killing its process group",
+                        generation: worker.generation,
+                        workerPID: pid,
+                        slot: worker.slot
+                    )
+                )
+            )
             actions.append(.kill(id, pid: pid))
         case .respawn(let generation, let slot):
-            guard phase == .running || phase == .starting, let current = generations[generation], current.state == .serving,
+            guard phase == .running || phase == .starting, let current = generations[generation],
+                current.state == .serving,
                 current.slots[slot] == nil
             else { return }
             let restarts = current.streak[slot, default: 0]
@@ -596,9 +822,18 @@ public struct Supervisor: Sendable {
         case .watchdog(let id):
             guard let worker = workers[id], worker.state == .ready || worker.state == .starting else { return }
             let reason = "stopped sending WATCHDOG=1 (interval \(worker.watchdogInterval?.shortDescription ?? "?"))"
-            actions.append(.log(LifecycleEvent(
-                .watchdogMissed, "worker \(worker.slot) of generation \(worker.generation) (pid \(worker.pid.map(String.init) ?? "none")) \(reason); replacing it",
-                generation: worker.generation, workerPID: worker.pid, slot: worker.slot, reason: reason)))
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .watchdogMissed,
+                        "worker \(worker.slot) of generation \(worker.generation) (pid \(worker.pid.map(String.init) ?? "none")) \(reason); replacing it",
+                        generation: worker.generation,
+                        workerPID: worker.pid,
+                        slot: worker.slot,
+                        reason: reason
+                    )
+                )
+            )
             workers[id]?.failure = reason
             stopWorker(id, kill: true, actions: &actions)
         }
@@ -611,11 +846,21 @@ public struct Supervisor: Sendable {
         actions.append(.notifyManager(.extendTimeout(settings.stopTimeout + .seconds(5))))
         actions.append(.log(LifecycleEvent(.stopping, "stopping: retiring \(liveWorkers.count) worker(s)")))
         if let reload {
-            actions.append(.reloadFinished(reload.requesters, ok: false, message: "baton is stopping", duration: now - reload.startedAt, failedWorker: nil))
+            actions.append(
+                .reloadFinished(
+                    reload.requesters,
+                    ok: false,
+                    message: "baton is stopping",
+                    duration: now - reload.startedAt,
+                    failedWorker: nil
+                )
+            )
             self.reload = nil
         }
         if let followUp {
-            actions.append(.reloadFinished(followUp, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil))
+            actions.append(
+                .reloadFinished(followUp, ok: false, message: "baton is stopping", duration: .zero, failedWorker: nil)
+            )
             self.followUp = nil
         }
         for worker in liveWorkers { stopWorker(worker.id, kill: false, actions: &actions) }

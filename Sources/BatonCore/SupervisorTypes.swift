@@ -36,9 +36,14 @@ public struct SupervisorSettings: Sendable, Equatable {
     public var workerWatchdog: Duration?
 
     public init(
-        workers: Int = 1, strategy: Strategy = .allAtOnce, readyTimeout: Duration = .seconds(30),
-        stopTimeout: Duration = .seconds(30), backoff: Backoff = Backoff(), crashLoopThreshold: Int = 5,
-        giveUpThreshold: Int = 10, workerWatchdog: Duration? = nil
+        workers: Int = 1,
+        strategy: Strategy = .allAtOnce,
+        readyTimeout: Duration = .seconds(30),
+        stopTimeout: Duration = .seconds(30),
+        backoff: Backoff = Backoff(),
+        crashLoopThreshold: Int = 5,
+        giveUpThreshold: Int = 10,
+        workerWatchdog: Duration? = nil
     ) {
         self.workerWatchdog = workerWatchdog
         self.workers = workers
@@ -57,7 +62,11 @@ public struct Backoff: Sendable, Equatable {
     public var maximum: Duration
     public var stablePeriod: Duration
 
-    public init(initial: Duration = .milliseconds(100), maximum: Duration = .seconds(10), stablePeriod: Duration = .seconds(30)) {
+    public init(
+        initial: Duration = .milliseconds(100),
+        maximum: Duration = .seconds(10),
+        stablePeriod: Duration = .seconds(30)
+    ) {
         self.initial = initial
         self.maximum = maximum
         self.stablePeriod = stablePeriod
@@ -147,7 +156,8 @@ public enum EventOrder {
     /// Returns every action performed.
     @discardableResult
     public static func run(
-        _ event: SupervisorEvent, handle: (SupervisorEvent) -> [SupervisorAction],
+        _ event: SupervisorEvent,
+        handle: (SupervisorEvent) -> [SupervisorAction],
         perform: (SupervisorAction) -> [SupervisorEvent]
     ) -> [SupervisorAction] {
         var performed: [SupervisorAction] = []

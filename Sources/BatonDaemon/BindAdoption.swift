@@ -16,7 +16,8 @@ public enum BindAdoption {
     public static func unavailable(_ configuration: LaunchConfiguration) -> String? {
         guard configuration.adoptBind, library == nil else { return nil }
         let places = OS.currentExecutable().map { AdoptBind.libraryCandidates(executable: $0) } ?? []
-        return "bind adoption is off: \(AdoptBind.libraryName) is not at \(places.joined(separator: " or ")) (a development build makes it with bash preload/build.sh); apps must use the sockets in LISTEN_FDS"
+        return
+            "bind adoption is off: \(AdoptBind.libraryName) is not at \(places.joined(separator: " or ")) (a development build makes it with bash preload/build.sh); apps must use the sockets in LISTEN_FDS"
     }
 
     /// The worker's environment, with the library preloaded when adoption is on.
@@ -44,7 +45,10 @@ public enum BindAdoption {
     /// The diagnosis for a worker whose last stderr lines say it could not bind one of `listeners`; or, given the
     /// worker's pid (at the ready timeout, while it runs), one that listens on a socket of its own instead.
     static func diagnosis(
-        stderr: [String], listeners: [ListeningSocket], pid: Int32? = nil, listenerInodes: Set<UInt64> = []
+        stderr: [String],
+        listeners: [ListeningSocket],
+        pid: Int32? = nil,
+        listenerInodes: Set<UInt64> = []
     ) -> String? {
         let inUse = AdoptBind.addressInUseLine(in: stderr) != nil
         let own = !inUse ? pid.map { ProcInspector.ownListeners(of: $0, excluding: listenerInodes) } ?? [] : []
@@ -52,7 +56,8 @@ public enum BindAdoption {
         let described = listeners.map { listener in
             let bound = listener.boundAddress()
             // An address baton bound reads as the user wrote it; a passed socket as the kernel has it.
-            let address = listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
+            let address =
+                listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
             return AdoptBind.Listener(address: address, port: bound?.port, path: bound?.path)
         }
         return inUse

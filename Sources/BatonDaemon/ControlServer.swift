@@ -39,7 +39,9 @@ final class ControlServer: Sendable {
     }
 
     /// Accepts clients from now on; `deliver` gets each client with its request (or why it could not be read).
-    func start(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void)
+    func start(
+        _ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void
+    )
         throws(SystemError)
     {
         let sweeper = self.sweeper
@@ -52,13 +54,15 @@ final class ControlServer: Sendable {
     /// How many clients are connected.
     var clientCount: Int { clients.withLock { $0.count } }
 
-    private func acceptAll(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void) {
+    private func acceptAll(
+        _ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void
+    ) {
         while true {
             let accepted: OwnedDescriptor
             do throws(SystemError) {
                 guard let client = try Sockets.accept(descriptor) else { return }
                 accepted = client
-            } catch where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
+            } catch  where error.errno == .tooManyOpenFiles || error.errno == .tooManyOpenFilesInSystem {
                 refuseForLackOfDescriptors(error)
                 return
             } catch {
@@ -71,7 +75,10 @@ final class ControlServer: Sendable {
                 continue
             }
             guard makeRoom() else {
-                refuse(accepted, "too many control connections (\(Self.maximumClients)); try again once some have finished")
+                refuse(
+                    accepted,
+                    "too many control connections (\(Self.maximumClients)); try again once some have finished"
+                )
                 continue
             }
             let client = ControlClient(id: counter.next(), accepted, loop: loop) { [self] id in
@@ -114,7 +121,9 @@ final class ControlServer: Sendable {
         }
         guard clientCount >= Self.maximumClients else { return true }
         guard let oldestIdle else { return false }
-        oldestIdle.send(.error("closed: too many control connections (\(Self.maximumClients)), and this one sent nothing"))
+        oldestIdle.send(
+            .error("closed: too many control connections (\(Self.maximumClients)), and this one sent nothing")
+        )
         oldestIdle.close(force: true)
         return true
     }
@@ -155,11 +164,18 @@ final class ControlClient: Sendable {
         self.loop = loop
         self.onClose = onClose
         state = Locked(State(deadline: .now + ControlServer.requestDeadline))
-        reader = LineReader(fd, maximumLineLength: ControlProtocol.maximumRequestSize + 1, budget: 16 * 1024, loop: loop)
+        reader = LineReader(
+            fd,
+            maximumLineLength: ControlProtocol.maximumRequestSize + 1,
+            budget: 16 * 1024,
+            loop: loop
+        )
     }
 
     /// Reads the request line on the loop; anything after it is ignored, and end of file closes.
-    func start(_ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void)
+    func start(
+        _ deliver: @escaping @Sendable (ControlClient, Result<ControlProtocol.Request, BatonError>) -> Void
+    )
         throws(SystemError)
     {
         guard let fd = reader.descriptor else { return }
@@ -250,5 +266,10 @@ final class ControlClient: Sendable {
 /// A thread-safe counter.
 final class Counter: Sendable {
     private let value = Locked(0)
-    func next() -> Int { value.withLock { $0 += 1; return $0 } }
+    func next() -> Int {
+        value.withLock {
+            $0 += 1
+            return $0
+        }
+    }
 }

@@ -65,8 +65,13 @@ public actor Launcher {
 
     /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
     public init(
-        configuration: LaunchConfiguration, listeners: [ListeningSocket], executable: String, environment: [String],
-        logger: Logger, journal: Bool = false, resume: ResumeState? = nil
+        configuration: LaunchConfiguration,
+        listeners: [ListeningSocket],
+        executable: String,
+        environment: [String],
+        logger: Logger,
+        journal: Bool = false,
+        resume: ResumeState? = nil
     ) throws(BatonError) {
         self.configuration = configuration
         self.listeners = listeners
@@ -85,9 +90,17 @@ public actor Launcher {
             for listener in listeners { inodes.insert(try listener.inode()) }
             notify = try Self.notifySocket(configuration, resume: resume)
             starter = WorkerStarter(
-                configuration: configuration, listeners: listeners, listenerInodes: inodes, executable: executable,
-                baseEnvironment: LaunchConfiguration.workerBaseEnvironment(environment), notifyAddress: notify?.address,
-                standardInput: devNull.descriptor, journal: journal, inbox: inbox, loop: loop)
+                configuration: configuration,
+                listeners: listeners,
+                listenerInodes: inodes,
+                executable: executable,
+                baseEnvironment: LaunchConfiguration.workerBaseEnvironment(environment),
+                notifyAddress: notify?.address,
+                standardInput: devNull.descriptor,
+                journal: journal,
+                inbox: inbox,
+                loop: loop
+            )
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
@@ -114,8 +127,10 @@ public actor Launcher {
                 LifecycleEvent(
                     .reexecuted,
                     "re-executed \(executablePath) in place: \(resume.previousVersion) -> \(BatonVersion.current), still serving generation \(resume.supervisor.serving)",
-                    generation: resume.supervisor.serving),
-                name: configuration.name)
+                    generation: resume.supervisor.serving
+                ),
+                name: configuration.name
+            )
             notifyManager(.status(statusLine))
         } else {
             process(.start)
@@ -155,7 +170,8 @@ public actor Launcher {
                 let (log, suppressed) = ignoredNotifications.admit(now: .now)
                 if log {
                     logger.warning(
-                        "ignored a notify message from pid \(pid), which is not one of baton's workers\(suppressed > 0 ? " (\(suppressed) more suppressed)" : "")")
+                        "ignored a notify message from pid \(pid), which is not one of baton's workers\(suppressed > 0 ? " (\(suppressed) more suppressed)" : "")"
+                    )
                 }
                 return
             }
@@ -189,8 +205,11 @@ public actor Launcher {
             timers[id] = nil
             if case .readyTimeout(let worker) = id,
                 let text = BindAdoption.diagnosis(
-                    stderr: io[worker]?.stderr.tail() ?? [], listeners: listeners, pid: supervisor.worker(worker)?.pid,
-                    listenerInodes: starter.listenerInodes)
+                    stderr: io[worker]?.stderr.tail() ?? [],
+                    listeners: listeners,
+                    pid: supervisor.worker(worker)?.pid,
+                    listenerInodes: starter.listenerInodes
+                )
             {
                 process(.explained(worker, text))
             }
@@ -229,7 +248,9 @@ public actor Launcher {
         }
         if let status = message.status { process(.status(worker, status)) }
         for rejected in message.rejected {
-            logger.warning("rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)")
+            logger.warning(
+                "rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)"
+            )
         }
         if message.watchdog || message.watchdogInterval != nil {
             process(.watchdogPing(worker, interval: message.watchdogInterval))
@@ -244,49 +265,54 @@ public actor Launcher {
 
     /// Performs one action; returns the events it caused.
     private func perform(_ action: SupervisorAction) -> [SupervisorEvent] {
-            switch action {
-            case .spawn(let id, let generation, let slot):
-                let started = starter.start(id, generation: generation, slot: slot, events: sink)
-                if let workerIO = started.io { io[id] = workerIO }
-                return started.events
-            case .stop(_, let pid):
-                BindAdoption.stop(pid, signal: configuration.stopSignal)
-            case .stopGroup(_, let pid):
-                OS.kill(-pid, configuration.stopSignal)
-            case .kill(_, let pid):
-                OS.kill(-pid, Signals.kill)
-                OS.kill(pid, Signals.kill)
-            case .schedule(let id, let delay):
-                schedule(id, after: delay)
-            case .cancel(let id):
-                timers.removeValue(forKey: id)?.task.cancel()
-            case .progress(let ids, let message):
-                for id in ids { requesters[id]?.send(.progress(message)) }
-            case .reloadFinished(let ids, let ok, let message, let duration, let failed):
-                let stderr = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() } ?? []
-                for id in ids {
-                    guard let client = requesters.removeValue(forKey: id) else { continue }
-                    client.send(
-                        ControlProtocol.Reply(
-                            kind: .result, message: message, ok: ok, durationMilliseconds: duration.milliseconds,
-                            stderr: ok ? nil : stderr))
-                    client.close()
-                }
-            case .log(let event):
-                logger.lifecycle(event, name: configuration.name)
-                switch event.kind {
-                case .generationStarted:
-                    if let id = event.generation { generationStarts[id] = OS.ticksSinceBoot() }
-                    checkListeners()
-                case .generationReady, .generationRetired, .generationFailed: checkListeners()
-                default: break
-                }
-            case .notifyManager(let notification):
-                notifyManager(notification)
-            case .exit(let code):
-                exitCode = code
+        switch action {
+        case .spawn(let id, let generation, let slot):
+            let started = starter.start(id, generation: generation, slot: slot, events: sink)
+            if let workerIO = started.io { io[id] = workerIO }
+            return started.events
+        case .stop(_, let pid):
+            BindAdoption.stop(pid, signal: configuration.stopSignal)
+        case .stopGroup(_, let pid):
+            OS.kill(-pid, configuration.stopSignal)
+        case .kill(_, let pid):
+            OS.kill(-pid, Signals.kill)
+            OS.kill(pid, Signals.kill)
+        case .schedule(let id, let delay):
+            schedule(id, after: delay)
+        case .cancel(let id):
+            timers.removeValue(forKey: id)?.task.cancel()
+        case .progress(let ids, let message):
+            for id in ids { requesters[id]?.send(.progress(message)) }
+        case .reloadFinished(let ids, let ok, let message, let duration, let failed):
+            let stderr = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() } ?? []
+            for id in ids {
+                guard let client = requesters.removeValue(forKey: id) else { continue }
+                client.send(
+                    ControlProtocol.Reply(
+                        kind: .result,
+                        message: message,
+                        ok: ok,
+                        durationMilliseconds: duration.milliseconds,
+                        stderr: ok ? nil : stderr
+                    )
+                )
+                client.close()
             }
-            return []
+        case .log(let event):
+            logger.lifecycle(event, name: configuration.name)
+            switch event.kind {
+            case .generationStarted:
+                if let id = event.generation { generationStarts[id] = OS.ticksSinceBoot() }
+                checkListeners()
+            case .generationReady, .generationRetired, .generationFailed: checkListeners()
+            default: break
+            }
+        case .notifyManager(let notification):
+            notifyManager(notification)
+        case .exit(let code):
+            exitCode = code
+        }
+        return []
     }
 
     func notifyManager(_ notification: ManagerNotification) {
@@ -328,11 +354,16 @@ public actor Launcher {
     public func statusReport() -> StatusReport {
         let refusing = listenerGuard.refusing
         return StatusReport(
-            name: configuration.name, pid: OS.id, version: BatonVersion.current,
+            name: configuration.name,
+            pid: OS.id,
+            version: BatonVersion.current,
             listeners: listeners.map {
                 .init(name: $0.name, address: $0.address, fd: $0.fd.rawValue, refusing: refusing.contains($0))
             },
-            supervisor: supervisor, now: .now, wallClock: OS.wallClockSeconds())
+            supervisor: supervisor,
+            now: .now,
+            wallClock: OS.wallClockSeconds()
+        )
     }
 
     private func cleanUp() {

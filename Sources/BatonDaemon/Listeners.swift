@@ -46,7 +46,8 @@ struct ListenerGuard: Sendable {
                     what.append("given a backlog of \(now) instead of \(tcpBacklog) (listen())")
                 }
                 guard !what.isEmpty else { continue }
-                let repaired = (try? socket.listenAgain(backlog: Int32(clamping: tcpBacklog))) != nil
+                let repaired =
+                    (try? socket.listenAgain(backlog: Int32(clamping: tcpBacklog))) != nil
                     && socket.condition().accepting
                 if !repaired { watched[index].refusing = true }
                 findings.append(Finding(listener: socket, what: what.joined(separator: " and "), repaired: repaired))
@@ -85,11 +86,19 @@ extension Launcher {
             logger.lifecycle(
                 finding.repaired
                     ? LifecycleEvent(
-                        .listenerRepaired, "\(what); it listens again", generation: suspects?.id, reason: finding.what)
+                        .listenerRepaired,
+                        "\(what); it listens again",
+                        generation: suspects?.id,
+                        reason: finding.what
+                    )
                     : LifecycleEvent(
-                        .listenerBroken, "\(what); it refuses connections until baton is restarted",
-                        generation: suspects?.id, reason: finding.what),
-                name: configuration.name)
+                        .listenerBroken,
+                        "\(what); it refuses connections until baton is restarted",
+                        generation: suspects?.id,
+                        reason: finding.what
+                    ),
+                name: configuration.name
+            )
         }
         notifyManager(.status(statusLine))
     }

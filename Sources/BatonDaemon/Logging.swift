@@ -16,7 +16,8 @@ public struct StderrLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line = "\(label): \(event.level == .notice || event.level == .info ? "" : "\(event.level): ")\(event.message)"
+        var line =
+            "\(label): \(event.level == .notice || event.level == .info ? "" : "\(event.level): ")\(event.message)"
         let merged = metadata.merging(event.metadata ?? [:]) { $1 }
         for key in merged.keys.sorted() where key != "event" && key != "message.id" {
             line += " \(key)=\(merged[key]!)"

@@ -74,7 +74,9 @@ final class NotifyReceiver: Sendable {
 
     private func receive(_ datagram: Sockets.Datagram, _ deliver: @Sendable (Int32, NotifyMessage) -> Void) {
         guard let pid = datagram.pid, let uid = datagram.uid, workerUIDs.contains(uid) else {
-            ignore("ignored notify messages from pid \(datagram.pid.map(String.init) ?? "unknown") (uid \(datagram.uid.map(String.init) ?? "unknown")), which cannot be one of baton's workers")
+            ignore(
+                "ignored notify messages from pid \(datagram.pid.map(String.init) ?? "unknown") (uid \(datagram.uid.map(String.init) ?? "unknown")), which cannot be one of baton's workers"
+            )
             return
         }
         guard !datagram.truncated, datagram.closedDescriptors == 0, let message = NotifyMessage(parsing: datagram.bytes)

@@ -8,7 +8,9 @@ extension Launcher {
     /// or a descendant.
     func owner(of pid: Int32) -> WorkerID? {
         if let worker = supervisor.worker(pid: pid) { return worker.id }
-        if let group = ProcInspector.processGroup(of: pid), let worker = supervisor.worker(pid: group) { return worker.id }
+        if let group = ProcInspector.processGroup(of: pid), let worker = supervisor.worker(pid: group) {
+            return worker.id
+        }
         var current = pid
         for _ in 0..<32 {
             guard let parent = ProcInspector.parent(of: current), parent > 1 else { return nil }
@@ -46,16 +48,25 @@ extension Launcher {
                 if let generation, liveGenerations.contains(generation) { continue }
                 logger.warning(
                     "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it wiped its environment)",
-                    metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"])
+                    metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"]
+                )
                 OS.kill(-pid, Signals.kill)
                 OS.kill(pid, Signals.kill)
                 continue
             }
             let verdict = leftovers.judge(
-                pid: pid, generation: identity.generation, slot: identity.slot, workerPID: identity.workerPID,
-                processGroup: ProcInspector.processGroup(of: pid), owner: live["\(identity.generation).\(identity.slot)"],
-                now: now, stopTimeout: configuration.supervisor.stopTimeout)
-            let metadata: Logger.Metadata = ["baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)"]
+                pid: pid,
+                generation: identity.generation,
+                slot: identity.slot,
+                workerPID: identity.workerPID,
+                processGroup: ProcInspector.processGroup(of: pid),
+                owner: live["\(identity.generation).\(identity.slot)"],
+                now: now,
+                stopTimeout: configuration.supervisor.stopTimeout
+            )
+            let metadata: Logger.Metadata = [
+                "baton.generation": "\(identity.generation)", "baton.orphan.pid": "\(pid)",
+            ]
             switch verdict {
             case .keep:
                 continue

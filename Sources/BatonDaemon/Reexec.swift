@@ -12,8 +12,15 @@ extension Launcher {
             let id = WorkerID(saved.worker)
             guard let worker = supervisor.worker(id) else { continue }
             io[id] = try starter.adopt(
-                id, generation: worker.generation, slot: worker.slot, pid: worker.pid, stdout: saved.stdout,
-                stderr: saved.stderr, notify: saved.notify, events: sink)
+                id,
+                generation: worker.generation,
+                slot: worker.slot,
+                pid: worker.pid,
+                stdout: saved.stdout,
+                stderr: saved.stderr,
+                notify: saved.notify,
+                events: sink
+            )
         }
     }
 
@@ -31,21 +38,30 @@ extension Launcher {
             return fail("it does not run ('\(executablePath) --version' failed)")
         }
         let state = ResumeState(
-            previousVersion: BatonVersion.current, supervisor: snapshot,
+            previousVersion: BatonVersion.current,
+            supervisor: snapshot,
             listeners: listeners.map { .init(fd: $0.fd.rawValue, name: $0.name, address: $0.address) },
-            control: control?.descriptor.rawValue ?? -1, notify: notify?.fd.rawValue, notifyAddress: notify?.address,
+            control: control?.descriptor.rawValue ?? -1,
+            notify: notify?.fd.rawValue,
+            notifyAddress: notify?.address,
             workers: snapshot.workers.map { saved in
                 let workerIO = io[WorkerID(saved.id)]
                 return .init(
-                    worker: saved.id, stdout: workerIO?.stdout.descriptor?.rawValue,
-                    stderr: workerIO?.stderr.descriptor?.rawValue, notify: workerIO?.notify?.descriptor?.rawValue)
-            })
+                    worker: saved.id,
+                    stdout: workerIO?.stdout.descriptor?.rawValue,
+                    stderr: workerIO?.stderr.descriptor?.rawValue,
+                    notify: workerIO?.notify?.descriptor?.rawValue
+                )
+            }
+        )
         guard let encoded = state.encoded() else { return fail("cannot encode its state") }
         logger.notice("re-executing \(executablePath) (\(version)) in place, serving generation \(snapshot.serving)")
         let descriptors = state.descriptors
         for fd in descriptors { try? fd.setCloseOnExec(false) }
         let environment =
-            OS.environment().filter { !$0.hasPrefix(ResumeState.variable + "=") } + [ResumeState.variable + "=" + encoded]
+            OS.environment().filter { !$0.hasPrefix(ResumeState.variable + "=") } + [
+                ResumeState.variable + "=" + encoded
+            ]
         let error = OS.execute(executablePath, arguments: CommandLine.arguments, environment: environment)
         for fd in descriptors { try? fd.setCloseOnExec() }
         fail("\(error)")
@@ -55,9 +71,15 @@ extension Launcher {
     private func probeVersion(_ path: String) -> String? {
         guard let pipe = try? OwnedPipe() else { return nil }
         let request = SpawnRequest(
-            executable: path, arguments: [path, "--version"], environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-            listeners: [], setListenPID: false, standardInput: devNull.descriptor,
-            standardOutput: pipe.write.descriptor, standardError: devNull.descriptor)
+            executable: path,
+            arguments: [path, "--version"],
+            environment: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            listeners: [],
+            setListenPID: false,
+            standardInput: devNull.descriptor,
+            standardOutput: pipe.write.descriptor,
+            standardError: devNull.descriptor
+        )
         let spawned = (try? Spawner.spawn(request)) != nil
         let read = pipe.read
         pipe.write.close()

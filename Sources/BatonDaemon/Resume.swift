@@ -54,6 +54,8 @@ public struct ResumeState: Codable, Sendable {
     /// Every fd that must survive the exec.
     var descriptors: [FileDescriptor] {
         (listeners.map(\.fd) + [control] + [notify].compactMap { $0 }
-            + workers.flatMap { [$0.stdout, $0.stderr, $0.notify].compactMap { $0 } }).map { FileDescriptor(rawValue: $0) }
+            + workers.flatMap { [$0.stdout, $0.stderr, $0.notify].compactMap { $0 } }).map {
+                FileDescriptor(rawValue: $0)
+            }
     }
 }

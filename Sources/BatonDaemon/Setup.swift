@@ -37,7 +37,8 @@ extension Launcher {
 
     /// The notify socket for `--ready notify`: a new one, or the one a re-executed launcher kept.
     static func notifySocket(
-        _ configuration: LaunchConfiguration, resume: ResumeState?
+        _ configuration: LaunchConfiguration,
+        resume: ResumeState?
     ) throws(SystemError) -> (fd: FileDescriptor, address: String)? {
         guard configuration.readyMode == .notify else { return nil }
         if let fd = resume?.notify, let address = resume?.notifyAddress {

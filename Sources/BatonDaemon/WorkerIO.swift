@@ -13,7 +13,8 @@ struct WorkerLabel: Sendable {
     init(name: String, generation: Int, slot: Int) {
         prefix = "\(name)[g\(generation).w\(slot)]: "
         fields = [
-            "SYSLOG_IDENTIFIER=\(name)", "BATON_INSTANCE=\(name)", "BATON_GENERATION=\(generation)", "BATON_WORKER=\(slot)",
+            "SYSLOG_IDENTIFIER=\(name)", "BATON_INSTANCE=\(name)", "BATON_GENERATION=\(generation)",
+            "BATON_WORKER=\(slot)",
         ]
     }
 
@@ -86,17 +87,25 @@ final class OutputPipe: Sendable {
             // On a terminal, a worker's control characters are shown escaped: its output must not drive the
             // terminal (retitle it, clear it, forge baton's own lines). To a pipe or file the lines go as written.
             let terminal =
-                if case .stderr = destination { StandardStreams.stderrIsTerminal() } else { StandardStreams.stdoutIsTerminal() }
+                if case .stderr = destination { StandardStreams.stderrIsTerminal() } else {
+                    StandardStreams.stdoutIsTerminal()
+                }
             var text = ""
             for line in lines {
                 let decoded = String(decoding: line, as: UTF8.self)
                 text += prefix + (terminal ? TerminalText.sanitized(decoded) : decoded) + "\n"
             }
-            OutputWriter.shared.write(text, to: { if case .stderr = destination { 2 } else { 1 } }(), lines: lines.count)
+            OutputWriter.shared.write(
+                text,
+                to: { if case .stderr = destination { 2 } else { 1 } }(),
+                lines: lines.count
+            )
         case .journal(let fields):
             for line in lines {
                 OutputWriter.shared.journal(
-                    ["MESSAGE=" + String(decoding: line, as: UTF8.self), "PRIORITY=6", "BATON_WORKER_PID=\(pid)"] + fields)
+                    ["MESSAGE=" + String(decoding: line, as: UTF8.self), "PRIORITY=6", "BATON_WORKER_PID=\(pid)"]
+                        + fields
+                )
             }
         }
     }
@@ -183,7 +192,10 @@ struct WorkerStarter: Sendable {
 
     /// Starts worker `id`. Every fd made on the way is owned, so each failure path closes them all.
     func start(
-        _ id: WorkerID, generation: Int, slot: Int, events sink: AsyncStream<DaemonEvent>.Continuation
+        _ id: WorkerID,
+        generation: Int,
+        slot: Int,
+        events sink: AsyncStream<DaemonEvent>.Continuation
     ) -> (io: WorkerIO?, events: [SupervisorEvent]) {
         do throws(SystemError) {
             return try startWithPipes(id, generation: generation, slot: slot, events: sink)
@@ -193,7 +205,10 @@ struct WorkerStarter: Sendable {
     }
 
     private func startWithPipes(
-        _ id: WorkerID, generation: Int, slot: Int, events sink: AsyncStream<DaemonEvent>.Continuation
+        _ id: WorkerID,
+        generation: Int,
+        slot: Int,
+        events sink: AsyncStream<DaemonEvent>.Continuation
     ) throws(SystemError) -> (io: WorkerIO?, events: [SupervisorEvent]) {
         let label = WorkerLabel(name: configuration.name, generation: generation, slot: slot)
         let output = try OwnedPipe(nonBlockingRead: true)
@@ -208,10 +223,17 @@ struct WorkerStarter: Sendable {
         let standardOutput = output.write
         let standardError = errors.write
         let stdoutPipe = OutputPipe(
-            output.read, destination: label.destination(stderr: false, journal: journal), keep: 0, loop: loop)
+            output.read,
+            destination: label.destination(stderr: false, journal: journal),
+            keep: 0,
+            loop: loop
+        )
         let stderrPipe = OutputPipe(
-            errors.read, destination: label.destination(stderr: true, journal: journal), keep: OutputPipe.tailLines,
-            loop: loop)
+            errors.read,
+            destination: label.destination(stderr: true, journal: journal),
+            keep: OutputPipe.tailLines,
+            loop: loop
+        )
         var notifyPipe: NotifyPipe?
         if let read = notifyRead.take() { notifyPipe = NotifyPipe(read, loop: loop) }
         let io = WorkerIO(stdout: stdoutPipe, stderr: stderrPipe, notify: notifyPipe)
@@ -225,11 +247,17 @@ struct WorkerStarter: Sendable {
         }
 
         var request = SpawnRequest(
-            executable: executable, arguments: configuration.command,
-            environment: environment(generation: generation, slot: slot), listeners: listeners.map(\.fd),
-            extra: notifyWrite?.descriptor, standardInput: standardInput, standardOutput: standardOutput.descriptor,
-            standardError: standardError.descriptor, userID: configuration.workerUser?.uid,
-            groupID: configuration.workerUser?.gid)
+            executable: executable,
+            arguments: configuration.command,
+            environment: environment(generation: generation, slot: slot),
+            listeners: listeners.map(\.fd),
+            extra: notifyWrite?.descriptor,
+            standardInput: standardInput,
+            standardOutput: standardOutput.descriptor,
+            standardError: standardError.descriptor,
+            userID: configuration.workerUser?.uid,
+            groupID: configuration.workerUser?.gid
+        )
         request.groups = configuration.workerUser?.groups ?? []
         let pid: Int32
         do {
@@ -255,7 +283,13 @@ struct WorkerStarter: Sendable {
 
     /// Takes over the pipes of a worker that the previous binary started (after a re-execution in place).
     func adopt(
-        _ id: WorkerID, generation: Int, slot: Int, pid: Int32?, stdout: Int32?, stderr: Int32?, notify: Int32?,
+        _ id: WorkerID,
+        generation: Int,
+        slot: Int,
+        pid: Int32?,
+        stdout: Int32?,
+        stderr: Int32?,
+        notify: Int32?,
         events sink: AsyncStream<DaemonEvent>.Continuation
     ) throws(SystemError) -> WorkerIO {
         let label = WorkerLabel(name: configuration.name, generation: generation, slot: slot)
@@ -263,8 +297,11 @@ struct WorkerStarter: Sendable {
             let descriptor = OwnedDescriptor(FileDescriptor(rawValue: fd ?? -1))
             if fd != nil { try descriptor.descriptor.setCloseOnExec() }
             let output = OutputPipe(
-                descriptor, destination: label.destination(stderr: stderr, journal: journal),
-                keep: stderr ? OutputPipe.tailLines : 0, loop: loop)
+                descriptor,
+                destination: label.destination(stderr: stderr, journal: journal),
+                keep: stderr ? OutputPipe.tailLines : 0,
+                loop: loop
+            )
             output.workerPID = pid ?? 0
             if fd != nil { try output.start() }
             return output
@@ -283,7 +320,9 @@ struct WorkerStarter: Sendable {
     /// Zero-configuration readiness: looks in `/proc` until the worker accepts on a listener, more rarely as
     /// time passes (5 ms, doubling up to 100 ms). The ready timeout bounds it.
     private func watchListening(
-        _ id: WorkerID, pid: Int32, events sink: AsyncStream<DaemonEvent>.Continuation
+        _ id: WorkerID,
+        pid: Int32,
+        events sink: AsyncStream<DaemonEvent>.Continuation
     ) -> Task<Void, Never> {
         let inodes = listenerInodes
         return Task.detached {

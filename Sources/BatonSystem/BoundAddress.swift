@@ -21,7 +21,10 @@ extension ListeningSocket {
                     var raw = address.pointee.sin_addr
                     guard inet_ntop(AF_INET, &raw, &text, socklen_t(text.count)) != nil else { return nil }
                     let port = UInt16(bigEndian: address.pointee.sin_port)
-                    return (String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(port)", port, nil)
+                    return (
+                        String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                            + ":\(port)", port, nil
+                    )
                 }
             }
         case AF_INET6:
@@ -30,7 +33,10 @@ extension ListeningSocket {
                     var raw = address.pointee.sin6_addr
                     guard inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count)) != nil else { return nil }
                     let port = UInt16(bigEndian: address.pointee.sin6_port)
-                    return ("[" + String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "]:\(port)", port, nil)
+                    return (
+                        "[" + String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                            + "]:\(port)", port, nil
+                    )
                 }
             }
         case AF_UNIX:

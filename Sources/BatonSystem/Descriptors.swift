@@ -135,4 +135,3 @@ extension FileDescriptor {
         OwnedDescriptor(raw: try syscall("open(/dev/null)") { Glibc.open("/dev/null", O_RDWR | O_CLOEXEC) })
     }
 }
-

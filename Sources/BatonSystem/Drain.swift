@@ -32,7 +32,8 @@ extension ProcInspector {
     public static func catches(_ pid: Int32, signal: Int32) -> Bool {
         guard signal > 0 && signal <= 64 else { return false }
         for line in readFile("/proc/\(pid)/status").split(separator: "\n") where line.hasPrefix("SigCgt:") {
-            guard let mask = UInt64(String(line.dropFirst("SigCgt:".count).filter { !$0.isWhitespace }), radix: 16) else {
+            guard let mask = UInt64(String(line.dropFirst("SigCgt:".count).filter { !$0.isWhitespace }), radix: 16)
+            else {
                 return false
             }
             return mask & (1 << UInt64(signal - 1)) != 0

@@ -31,11 +31,16 @@ public final class EventLoop: Sendable {
     public func start() {
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
-        let status = pthread_create(&thread, nil, { argument in
-            let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
-            loop.run()
-            return nil
-        }, box.toOpaque())
+        let status = pthread_create(
+            &thread,
+            nil,
+            { argument in
+                let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
+                loop.run()
+                return nil
+            },
+            box.toOpaque()
+        )
         precondition(status == 0, "pthread_create failed: \(status)")
         pthread_detach(thread)
     }
@@ -131,7 +136,8 @@ public enum PeriodicTimer {
     /// The corresponding C functions are `timerfd_create` and `timerfd_settime`.
     public static func descriptor(every interval: Duration) throws(SystemError) -> OwnedDescriptor {
         let fd = OwnedDescriptor(
-            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) })
+            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) }
+        )
         let (seconds, attoseconds) = interval.components
         let period = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
         var spec = itimerspec(it_interval: period, it_value: period)
@@ -144,7 +150,8 @@ public enum PeriodicTimer {
     /// The corresponding C function is `timerfd_create`.
     public static func disarmed() throws(SystemError) -> OwnedDescriptor {
         OwnedDescriptor(
-            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) })
+            raw: try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) }
+        )
     }
 
     /// Arms the timer to expire every `interval`, or disarms it (nil).
@@ -262,7 +269,8 @@ public enum Signals {
     public static func drain(_ fd: FileDescriptor) -> [Int32] {
         var result: [Int32] = []
         var info = signalfd_siginfo()
-        while Glibc.read(fd.rawValue, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+        while Glibc.read(fd.rawValue, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size
+        {
             result.append(Int32(info.ssi_signo))
         }
         return result

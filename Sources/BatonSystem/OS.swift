@@ -81,7 +81,10 @@ public enum OS {
         if name.contains("/") {
             return access(name, X_OK) == 0 ? name : nil
         }
-        let directories = (path ?? "/usr/local/bin:/usr/bin:/bin").split(separator: ":", omittingEmptySubsequences: false)
+        let directories = (path ?? "/usr/local/bin:/usr/bin:/bin").split(
+            separator: ":",
+            omittingEmptySubsequences: false
+        )
         for directory in directories {
             let candidate = (directory.isEmpty ? "." : String(directory)) + "/" + name
             var info = stat()
@@ -101,7 +104,9 @@ public enum OS {
         guard fd >= 0 else { return Glibc.errno == ESRCH }
         defer { _ = close(fd) }
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let milliseconds = Int32(
+            clamping: timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000
+        )
         while true {
             let n = poll(&entry, 1, milliseconds)
             if n < 0 && Glibc.errno == EINTR { continue }

@@ -103,12 +103,15 @@ public final class OutputWriter: @unchecked Sendable {
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
         let status = pthread_create(
-            &thread, nil,
+            &thread,
+            nil,
             { argument in
                 let writer = Unmanaged<OutputWriter>.fromOpaque(argument!).takeRetainedValue()
                 writer.run()
                 return nil
-            }, box.toOpaque())
+            },
+            box.toOpaque()
+        )
         precondition(status == 0, "pthread_create failed: \(status)")
         pthread_detach(thread)
     }
@@ -126,7 +129,8 @@ public final class OutputWriter: @unchecked Sendable {
             queued = 0
             busy = true
             if droppedLines > 0 {
-                let notice = "baton: dropped \(droppedLines) line(s) of output (\(droppedBytes) bytes): its destination did not keep up\n"
+                let notice =
+                    "baton: dropped \(droppedLines) line(s) of output (\(droppedBytes) bytes): its destination did not keep up\n"
                 items.append(.bytes(fd: 2, Array(notice.utf8), lines: 0))
                 droppedLines = 0
                 droppedBytes = 0

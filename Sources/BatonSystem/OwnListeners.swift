@@ -12,10 +12,14 @@ extension ProcInspector {
             guard seen.insert(next).inserted, seen.count < 256 else { continue }
             guard let directory = opendir("/proc/\(next)/fd") else { continue }
             while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                }
                 guard Int(name) != nil else { continue }
                 let target = readLink("/proc/\(next)/fd/\(name)")
-                if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()), !excluded.contains(inode) {
+                if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()),
+                    !excluded.contains(inode)
+                {
                     inodes.insert(inode)
                 }
             }
@@ -46,12 +50,16 @@ extension ProcInspector {
         // Each 32-bit word is printed as a host-order (little-endian) number.
         var bytes: [UInt8] = []
         for word in stride(from: 0, to: hex.count, by: 8) {
-            guard let value = UInt32(String(decoding: hex[word..<word + 8], as: UTF8.self), radix: 16) else { return nil }
+            guard let value = UInt32(String(decoding: hex[word..<word + 8], as: UTF8.self), radix: 16) else {
+                return nil
+            }
             withUnsafeBytes(of: value.littleEndian) { bytes += $0 }
         }
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         let family = bytes.count == 4 ? AF_INET : AF_INET6
-        guard bytes.withUnsafeBytes({ inet_ntop(family, $0.baseAddress, &text, socklen_t(text.count)) }) != nil else { return nil }
+        guard bytes.withUnsafeBytes({ inet_ntop(family, $0.baseAddress, &text, socklen_t(text.count)) }) != nil else {
+            return nil
+        }
         let host = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return family == AF_INET ? "\(host):\(port)" : "[\(host)]:\(port)"
     }

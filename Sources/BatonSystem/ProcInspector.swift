@@ -26,10 +26,13 @@ public enum ProcInspector {
         guard let directory = opendir("/proc/\(pid)/fd") else { return false }
         defer { closedir(directory) }
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard let fd = Int(name) else { continue }
             let target = readLink("/proc/\(pid)/fd/\(fd)")
-            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()), inodes.contains(inode) {
+            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()), inodes.contains(inode)
+            {
                 listenerFds.insert(fd)
             } else if target == "anon_inode:[eventpoll]" {
                 epollFds.append(fd)
@@ -56,7 +59,9 @@ public enum ProcInspector {
         guard let directory = opendir("/proc/\(pid)/task") else { return false }
         defer { closedir(directory) }
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard Int(name) != nil else { continue }
             let fields = readFile("/proc/\(pid)/task/\(name)/syscall").split(separator: " ")
             guard fields.count >= 2, let call = Int(fields[0]), acceptCalls.contains(call),
@@ -72,7 +77,9 @@ public enum ProcInspector {
         guard let directory = opendir("/proc/\(pid)/task") else { return [] }
         defer { closedir(directory) }
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard Int(name) != nil else { continue }
             result += readFile("/proc/\(pid)/task/\(name)/children").split(separator: " ").compactMap { Int32($0) }
         }

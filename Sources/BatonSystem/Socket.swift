@@ -50,7 +50,11 @@ extension ListeningSocket {
         var entry = pollfd(fd: fd.rawValue, events: 0, revents: 0)
         _ = poll(&entry, 1, 0)
         var result = ListenerCondition(
-            accepting: accepting != 0, shutDown: entry.revents & Int16(POLLHUP) != 0, backlog: nil, queued: nil)
+            accepting: accepting != 0,
+            shutDown: entry.revents & Int16(POLLHUP) != 0,
+            backlog: nil,
+            queued: nil
+        )
         var info = tcp_info()
         length = socklen_t(MemoryLayout<tcp_info>.size)
         if getsockopt(fd.rawValue, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 {
@@ -107,7 +111,8 @@ public struct BindError: Error, CustomStringConvertible, Sendable {
             case .addressInUse:
                 return "address \(address) is already in use: stop whatever listens there or choose another --listen"
             case .permissionDenied where address.hasPrefix("unix:"):
-                return "permission denied creating \(address): baton's user needs write and search permission on its directory"
+                return
+                    "permission denied creating \(address): baton's user needs write and search permission on its directory"
             case .permissionDenied:
                 return "permission denied binding \(address): ports below 1024 need root or CAP_NET_BIND_SERVICE"
             case .addressNotAvailable:
@@ -124,7 +129,12 @@ public enum Sockets {
     /// IPv6 is unavailable).
     ///
     /// The corresponding C functions are `getaddrinfo`, `socket`, `bind` and `listen`.
-    public static func listenTCP(host: String?, port: UInt16, backlog: Int32, display: String) throws(BindError)
+    public static func listenTCP(
+        host: String?,
+        port: UInt16,
+        backlog: Int32,
+        display: String
+    ) throws(BindError)
         -> OwnedDescriptor
     {
         if let host {
@@ -141,7 +151,11 @@ public enum Sockets {
     }
 
     private static func listenResolved(
-        host: String, port: UInt16, backlog: Int32, dualStack: Bool = false, display: String
+        host: String,
+        port: UInt16,
+        backlog: Int32,
+        dualStack: Bool = false,
+        display: String
     ) throws(BindError) -> OwnedDescriptor {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -157,7 +171,8 @@ public enum Sockets {
             let fd = OwnedDescriptor(
                 raw: try syscall("socket") {
                     socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-                })
+                }
+            )
             let raw = fd.descriptor.rawValue
             var one: Int32 = 1
             try syscall("setsockopt(SO_REUSEADDR)") {
@@ -196,7 +211,10 @@ public enum Sockets {
         let (directoryPath, name) = splitPath(path)
         let opened = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard opened >= 0 else {
-            throw BindError(address: display, .system(SystemError("open(\(directoryPath))", Errno(rawValue: Glibc.errno))))
+            throw BindError(
+                address: display,
+                .system(SystemError("open(\(directoryPath))", Errno(rawValue: Glibc.errno)))
+            )
         }
         let directory = OwnedDescriptor(raw: opened)
         var info = stat()
@@ -206,7 +224,7 @@ public enum Sockets {
             do throws(SystemError) {
                 try connectUnix(path: path).close()
                 live = true
-            } catch where error.errno == .connectionRefused {
+            } catch  where error.errno == .connectionRefused {
                 // Stale: nobody listens on it. Removed only if it is still the very file checked.
                 var again = stat()
                 if fstatat(directory.descriptor.rawValue, name, &again, AT_SYMLINK_NOFOLLOW) == 0,
@@ -228,12 +246,13 @@ public enum Sockets {
                 try syscall("bind") { bind(fd.descriptor.rawValue, address, length) }
             }
             if let mode {
-                guard try setSocketFileMode(directory: directory.descriptor.rawValue, name: name, path: path, mode: mode)
+                guard
+                    try setSocketFileMode(directory: directory.descriptor.rawValue, name: name, path: path, mode: mode)
                 else { throw SystemError("bind", .fileExists) }
             }
             try syscall("listen") { listen(fd.descriptor.rawValue, backlog) }
             return fd
-        } catch where error.errno == .fileExists && error.call == "bind" && mode != nil {
+        } catch  where error.errno == .fileExists && error.call == "bind" && mode != nil {
             throw BindError(address: display, .replaced)
         } catch {
             throw BindError(address: display, .system(error))
@@ -244,7 +263,10 @@ public enum Sockets {
     /// symlink and only if it is still a socket owned by this process's user.
     /// Returns false when the file is no longer the socket baton bound.
     private static func setSocketFileMode(
-        directory: Int32, name: String, path: String, mode: UInt32
+        directory: Int32,
+        name: String,
+        path: String,
+        mode: UInt32
     ) throws(SystemError) -> Bool {
         let file = openat(directory, name, CBATON_O_PATH | O_NOFOLLOW | O_CLOEXEC)
         guard file >= 0 else { throw SystemError("open(\(path)) after bind", Errno(rawValue: Glibc.errno)) }
@@ -258,7 +280,8 @@ public enum Sockets {
             let code = Glibc.errno
             throw SystemError(
                 code == ENOENT ? "chmod(\(path)) (needs /proc mounted to set the mode safely)" : "chmod(\(path))",
-                Errno(rawValue: code))
+                Errno(rawValue: code)
+            )
         }
         return true
     }
@@ -299,7 +322,10 @@ public enum Sockets {
 
     static func unixSocket(type: __socket_type) throws(SystemError) -> OwnedDescriptor {
         OwnedDescriptor(
-            raw: try syscall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
+            raw: try syscall("socket(AF_UNIX)") {
+                socket(AF_UNIX, Int32(type.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            }
+        )
     }
 
     /// The room for a path in `sockaddr_un`, its terminating NUL included.
@@ -333,7 +359,9 @@ public enum Sockets {
     ///
     /// The corresponding C function is `accept4`.
     public static func accept(_ listener: FileDescriptor) throws(SystemError) -> OwnedDescriptor? {
-        let result = try syscall(blocking: "accept4", alsoWouldBlock: [ECONNABORTED]) { cbaton_accept(listener.rawValue) }
+        let result = try syscall(blocking: "accept4", alsoWouldBlock: [ECONNABORTED]) {
+            cbaton_accept(listener.rawValue)
+        }
         return result.value.map { OwnedDescriptor(raw: $0) }
     }
 
@@ -357,7 +385,12 @@ public enum Sockets {
         while offset < bytes.count {
             let result = try syscall(blocking: "send") {
                 bytes.withUnsafeBytes {
-                    send(socket.rawValue, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                    send(
+                        socket.rawValue,
+                        $0.baseAddress! + offset,
+                        bytes.count - offset,
+                        Int32(MSG_DONTWAIT | MSG_NOSIGNAL)
+                    )
                 }
             }
             guard let n = result.value else { break }
@@ -421,7 +454,11 @@ public enum Sockets {
         guard let n = result.value else { return nil }
         buffer.removeSubrange(min(n, maximum)...)
         return Datagram(
-            bytes: buffer, pid: pid >= 0 ? pid : nil, uid: pid >= 0 ? uid : nil, truncated: truncated != 0,
-            closedDescriptors: Int(closed))
+            bytes: buffer,
+            pid: pid >= 0 ? pid : nil,
+            uid: pid >= 0 ? uid : nil,
+            truncated: truncated != 0,
+            closedDescriptors: Int(closed)
+        )
     }
 }

@@ -26,9 +26,17 @@ public struct SpawnRequest: Sendable {
     public var groups: [UInt32] = []
 
     public init(
-        executable: String, arguments: [String], environment: [String], listeners: [FileDescriptor],
-        setListenPID: Bool = true, extra: FileDescriptor? = nil, standardInput: FileDescriptor,
-        standardOutput: FileDescriptor, standardError: FileDescriptor, userID: UInt32? = nil, groupID: UInt32? = nil
+        executable: String,
+        arguments: [String],
+        environment: [String],
+        listeners: [FileDescriptor],
+        setListenPID: Bool = true,
+        extra: FileDescriptor? = nil,
+        standardInput: FileDescriptor,
+        standardOutput: FileDescriptor,
+        standardError: FileDescriptor,
+        userID: UInt32? = nil,
+        groupID: UInt32? = nil
     ) {
         self.executable = executable
         self.arguments = arguments
@@ -70,7 +78,8 @@ public struct SpawnError: Error, CustomStringConvertible, Sendable {
         if let underlying, underlying.errno == .tooManyOpenFiles || underlying.errno == .tooManyOpenFilesInSystem {
             // Whether the fork's setup or the child ran out, it is baton's limit (or the system's), not the app.
             let whose =
-                underlying.errno == .tooManyOpenFiles ? "raise baton's limit (LimitNOFILE=)" : "the system's file table is full"
+                underlying.errno == .tooManyOpenFiles
+                ? "raise baton's limit (LimitNOFILE=)" : "the system's file table is full"
             return "cannot start \(executable): out of file descriptors (\(underlying.errno.description)); \(whose)"
         }
         switch code {
@@ -136,7 +145,12 @@ public enum Spawner {
         do {
             try syscall("socketpair") {
                 pair.withUnsafeMutableBufferPointer {
-                    socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, $0.baseAddress!)
+                    socketpair(
+                        AF_UNIX,
+                        Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
+                        0,
+                        $0.baseAddress!
+                    )
                 }
             }
         } catch {
@@ -157,27 +171,28 @@ public enum Spawner {
         let pid: Int32 = argv.withPointers { argvPointer in
             envp.withPointers { envpPointer in
                 path.withPointers { pathPointer in
-                  groups.withUnsafeBufferPointer { groupPointer in
-                   withUnsafePointer(to: &attributes) { attributesPointer in
-                    var spawnRequest = cbaton_spawn_request()
-                    spawnRequest.attributes = attributesPointer
-                    spawnRequest.groups = groupPointer.baseAddress
-                    spawnRequest.group_count = Int32(groups.count)
-                    spawnRequest.path = UnsafePointer(pathPointer[0])
-                    spawnRequest.argv = UnsafePointer(argvPointer)
-                    spawnRequest.envp = UnsafePointer(envpPointer)
-                    spawnRequest.listen_pid_slot = request.setListenPID ? envpPointer[environment.count - 1] : nil
-                    spawnRequest.channel_fd = pair[1]
-                    spawnRequest.listener_count = Int32(request.listeners.count)
-                    spawnRequest.extra_fd = request.extra?.rawValue ?? -1
-                    spawnRequest.stdin_fd = request.standardInput.rawValue
-                    spawnRequest.stdout_fd = request.standardOutput.rawValue
-                    spawnRequest.stderr_fd = request.standardError.rawValue
-                    spawnRequest.uid = request.userID.map { Int64($0) } ?? -1
-                    spawnRequest.gid = request.groupID.map { Int64($0) } ?? -1
-                    return cbaton_spawn(&spawnRequest)
-                   }
-                  }
+                    groups.withUnsafeBufferPointer { groupPointer in
+                        withUnsafePointer(to: &attributes) { attributesPointer in
+                            var spawnRequest = cbaton_spawn_request()
+                            spawnRequest.attributes = attributesPointer
+                            spawnRequest.groups = groupPointer.baseAddress
+                            spawnRequest.group_count = Int32(groups.count)
+                            spawnRequest.path = UnsafePointer(pathPointer[0])
+                            spawnRequest.argv = UnsafePointer(argvPointer)
+                            spawnRequest.envp = UnsafePointer(envpPointer)
+                            spawnRequest.listen_pid_slot =
+                                request.setListenPID ? envpPointer[environment.count - 1] : nil
+                            spawnRequest.channel_fd = pair[1]
+                            spawnRequest.listener_count = Int32(request.listeners.count)
+                            spawnRequest.extra_fd = request.extra?.rawValue ?? -1
+                            spawnRequest.stdin_fd = request.standardInput.rawValue
+                            spawnRequest.stdout_fd = request.standardOutput.rawValue
+                            spawnRequest.stderr_fd = request.standardError.rawValue
+                            spawnRequest.uid = request.userID.map { Int64($0) } ?? -1
+                            spawnRequest.gid = request.groupID.map { Int64($0) } ?? -1
+                            return cbaton_spawn(&spawnRequest)
+                        }
+                    }
                 }
             }
         }
@@ -190,7 +205,9 @@ public enum Spawner {
         let raw = request.listeners.map(\.rawValue)
         repeat {
             let batch = Array(raw[offset..<min(raw.count, offset + Int(CBATON_FDS_PER_MESSAGE))])
-            let sent = batch.withUnsafeBufferPointer { cbaton_send_fds(parentEnd.descriptor.rawValue, $0.baseAddress, Int32(batch.count)) }
+            let sent = batch.withUnsafeBufferPointer {
+                cbaton_send_fds(parentEnd.descriptor.rawValue, $0.baseAddress, Int32(batch.count))
+            }
             if sent < 0 {
                 let code = Glibc.errno
                 // The child died before taking them; its exit is reaped as usual.
@@ -207,7 +224,11 @@ public enum Spawner {
         var reported: Int32 = 0
         let n = try? syscall("read") { read(parentEnd.descriptor.rawValue, &reported, MemoryLayout<Int32>.size) }
         if let n, n == MemoryLayout<Int32>.size {
-            throw SpawnError(code: .exec, executable: request.executable, underlying: SystemError("execve", Errno(rawValue: reported)))
+            throw SpawnError(
+                code: .exec,
+                executable: request.executable,
+                underlying: SystemError("execve", Errno(rawValue: reported))
+            )
         }
         return pid
     }

@@ -42,7 +42,6 @@ func syscall<T: FixedWidthInteger>(
     }
 }
 
-
 /// What a non-blocking call did: its result, or nothing because it would have blocked.
 public enum IOResult<T: Sendable>: Sendable {
     case processed(T)

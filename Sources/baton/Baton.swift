@@ -38,9 +38,13 @@ extension SystemFacts {
     /// This machine's users, groups and signals.
     static var current: SystemFacts {
         SystemFacts(
-            userID: OS.userID, runtimeDirectory: OS.environment("RUNTIME_DIRECTORY"),
+            userID: OS.userID,
+            runtimeDirectory: OS.environment("RUNTIME_DIRECTORY"),
             user: { name in OS.user(named: name).map { .init(uid: $0.uid, gid: $0.gid, groups: $0.groups) } },
-            group: { OS.group(named: $0) }, signal: { Signals.number(named: $0) }, uncatchableSignals: Signals.uncatchable)
+            group: { OS.group(named: $0) },
+            signal: { Signals.number(named: $0) },
+            uncatchableSignals: Signals.uncatchable
+        )
     }
 }
 
@@ -76,7 +80,8 @@ extension Baton {
                 Each worker gets the listeners at fds 3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set \
                 (its own pid), plus BATON_GENERATION and BATON_WORKER. SIGHUP reloads; SIGTERM or SIGINT retires every \
                 generation gracefully and exits 0; a second SIGTERM kills at once.
-                """)
+                """
+        )
 
         @OptionGroup var options: RunOptions
 
@@ -100,7 +105,9 @@ extension Baton {
                 throw fail(
                     name.contains("/")
                         ? "cannot execute '\(name)': no such executable file (check the path and its x bit)"
-                        : "cannot execute '\(name)': not found in PATH (give its full path)", .cannotExecute)
+                        : "cannot execute '\(name)': not found in PATH (give its full path)",
+                    .cannotExecute
+                )
             }
 
             let journal = StandardStreams.stderrIsJournal()
@@ -128,15 +135,24 @@ extension Baton {
                 }
             }
             if listeners.isEmpty {
-                throw fail("nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit", .listen)
+                throw fail(
+                    "nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit",
+                    .listen
+                )
             }
             if let why = BindAdoption.unavailable(configuration) { logger.warning("\(why)") }
 
             let launcher: Launcher
             do {
                 launcher = try Launcher(
-                    configuration: configuration, listeners: listeners, executable: executable,
-                    environment: OS.environment(), logger: logger, journal: journal, resume: resume)
+                    configuration: configuration,
+                    listeners: listeners,
+                    executable: executable,
+                    environment: OS.environment(),
+                    logger: logger,
+                    journal: journal,
+                    resume: resume
+                )
             } catch {
                 throw fail(error)
             }
@@ -152,16 +168,22 @@ extension Baton {
 
         /// Sockets passed by systemd (a `.socket` unit or the fd store) come first; every `--listen` whose name
         /// is not among them is bound.
-        func openListeners(_ configuration: LaunchConfiguration, logger: Logger) throws(BatonError) -> [ListeningSocket] {
+        func openListeners(_ configuration: LaunchConfiguration, logger: Logger) throws(BatonError) -> [ListeningSocket]
+        {
             var result: [ListeningSocket] = []
             do {
                 for (fd, name) in try Systemd.listenFDs() {
                     guard Systemd.isListeningStreamSocket(fd) else {
-                        logger.warning("ignoring passed fd \(fd.rawValue) named '\(name)': not a listening stream socket")
+                        logger.warning(
+                            "ignoring passed fd \(fd.rawValue) named '\(name)': not a listening stream socket"
+                        )
                         continue
                     }
                     result.append(ListeningSocket(fd: fd, name: name, address: "passed fd \(fd.rawValue)"))
-                    logger.info("using listener '\(name)' passed by the service manager", metadata: ["baton.fd": "\(fd.rawValue)"])
+                    logger.info(
+                        "using listener '\(name)' passed by the service manager",
+                        metadata: ["baton.fd": "\(fd.rawValue)"]
+                    )
                 }
             } catch {
                 throw BatonError(.listen, "cannot read the sockets passed by systemd: \(error)")
@@ -171,19 +193,37 @@ extension Baton {
                     let owned: OwnedDescriptor
                     switch spec.address {
                     case .tcp(let host, let port):
-                        owned = try Sockets.listenTCP(host: host, port: port, backlog: configuration.backlog, display: spec.address.description)
+                        owned = try Sockets.listenTCP(
+                            host: host,
+                            port: port,
+                            backlog: configuration.backlog,
+                            display: spec.address.description
+                        )
                     case .unix(let path):
-                        owned = try Sockets.listenUnix(path: path, mode: configuration.unixMode, backlog: configuration.backlog)
+                        owned = try Sockets.listenUnix(
+                            path: path,
+                            mode: configuration.unixMode,
+                            backlog: configuration.backlog
+                        )
                     }
                     // Held for baton's whole life from here on.
                     let fd = owned.release()
                     result.append(ListeningSocket(fd: fd, name: spec.name, address: spec.address.description))
-                    logger.lifecycle(LifecycleEvent(.listenerBound, "listening on \(spec.address) as '\(spec.name)'"), name: configuration.name)
+                    logger.lifecycle(
+                        LifecycleEvent(.listenerBound, "listening on \(spec.address) as '\(spec.name)'"),
+                        name: configuration.name
+                    )
                     // Into systemd's fd store, when there is one: a crash or restart of baton then keeps the socket.
-                    if OS.environment("NOTIFY_SOCKET") != nil, Systemd.notify("FDSTORE=1\nFDNAME=\(spec.name)", fds: [fd]) {
+                    if OS.environment("NOTIFY_SOCKET") != nil,
+                        Systemd.notify("FDSTORE=1\nFDNAME=\(spec.name)", fds: [fd])
+                    {
                         logger.lifecycle(
-                            LifecycleEvent(.listenerStored, "listener '\(spec.name)' (\(spec.address)) kept in the service manager's fd store"),
-                            name: configuration.name)
+                            LifecycleEvent(
+                                .listenerStored,
+                                "listener '\(spec.name)' (\(spec.address)) kept in the service manager's fd store"
+                            ),
+                            name: configuration.name
+                        )
                     }
                 } catch {
                     throw BatonError(.listen, error.description)
@@ -197,7 +237,8 @@ extension Baton {
         static let configuration = CommandConfiguration(
             abstract: "Reload a running launcher: start the next generation, then retire the old one.",
             discussion: "Blocks until the new generation serves and the old one is retired. Exits 0 on success; "
-                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1.")
+                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1."
+        )
 
         @OptionGroup var control: ControlOptions
 
@@ -239,7 +280,8 @@ extension Baton {
 
     struct Status: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Show the listeners, the generations and their workers, and the last reload.")
+            abstract: "Show the listeners, the generations and their workers, and the last reload."
+        )
 
         @OptionGroup var control: ControlOptions
 
@@ -305,7 +347,10 @@ func connect(_ path: String) throws(ExitCode) -> ControlConnection {
     } catch {
         switch error.errno {
         case .noSuchFileOrDirectory, .connectionRefused:
-            throw fail("no launcher is running at \(path): start one with 'baton run', or pass --control or --name", .notRunning)
+            throw fail(
+                "no launcher is running at \(path): start one with 'baton run', or pass --control or --name",
+                .notRunning
+            )
         case .permissionDenied:
             throw fail("permission denied on \(path): run as root or as the user running baton", .permissionDenied)
         default:

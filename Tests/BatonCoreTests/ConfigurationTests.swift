@@ -9,11 +9,13 @@ import Testing
 struct ConfigurationTests {
     /// A fixed machine: root runs baton; users root and nobody; Linux's signal numbers.
     static let facts = SystemFacts(
-        userID: 0, runtimeDirectory: "/run/baton-app",
+        userID: 0,
+        runtimeDirectory: "/run/baton-app",
         user: { ["nobody": .init(uid: 65534, gid: 65534, groups: [65534])][$0] },
         group: { ["nogroup": 65534, "www-data": 33][$0] },
         signal: { ["TERM": 15, "QUIT": 3, "USR2": 12, "KILL": 9, "STOP": 19][$0] },
-        uncatchableSignals: [9, 19])
+        uncatchableSignals: [9, 19]
+    )
 
     func parse(_ arguments: [String], facts: SystemFacts = Self.facts) throws -> LaunchConfiguration {
         try RunOptions.parse(arguments).configuration(facts)
@@ -70,26 +72,34 @@ struct ConfigurationTests {
     }
 
     /// Every mistake gets one line that names the option and says what to write instead.
-    @Test(arguments: [
-        (["--workers", "0"], "invalid --workers 0: give a number from 1 to 1024"),
-        (["--workers", "2000"], "invalid --workers 2000: give a number from 1 to 1024"),
-        (["--ready", "soon"], "invalid --ready 'soon': use notify, fd, listen or exec"),
-        (["--strategy", "blue-green"], "invalid --strategy 'blue-green': use all-at-once or rolling"),
-        (["--ready-timeout", "0s"], "invalid --ready-timeout '0s': write a duration like 30s, 500ms or 2m"),
-        (["--stop-timeout", "ten"], "invalid --stop-timeout 'ten': write a duration like 30s, 500ms or 2m"),
-        (["--watchdog=-1s"], "invalid --watchdog '-1s': write a duration like 30s, 500ms or 2m"),
-        (["--stop-signal", "KILL"], "invalid --stop-signal 'KILL': use a signal name such as TERM, INT, QUIT or USR2"),
-        (["--stop-signal", "STOP"], "invalid --stop-signal 'STOP': use a signal name such as TERM, INT, QUIT or USR2"),
-        (["--backlog", "0"], "invalid --backlog 0: give a positive number"),
-        (["--socket-mode", "999"], "invalid --socket-mode '999': give an octal mode such as 660"),
-        (["--socket-mode", "1777"], "invalid --socket-mode '1777': give an octal mode such as 660"),
-        (["--name", "../etc"], "invalid --name '../etc': use letters, digits, '-', '_', '.' or '@'"),
-        (["--control", ""], "invalid --control '': give a socket path shorter than 108 bytes"),
-        (["--listen", ":80", "--listen", ":81"], nil),
-        (["--listen", "a=:80", "--listen", "a=:81"], "invalid --listen 'a=:81': the name 'a' is used twice"),
-        (["--user", "nosuch"], "invalid --user 'nosuch': no such user (check getent passwd)"),
-        (["--group", "nosuch"], "invalid --group 'nosuch': no such group (check getent group)"),
-    ] as [([String], String?)])
+    @Test(
+        arguments: [
+            (["--workers", "0"], "invalid --workers 0: give a number from 1 to 1024"),
+            (["--workers", "2000"], "invalid --workers 2000: give a number from 1 to 1024"),
+            (["--ready", "soon"], "invalid --ready 'soon': use notify, fd, listen or exec"),
+            (["--strategy", "blue-green"], "invalid --strategy 'blue-green': use all-at-once or rolling"),
+            (["--ready-timeout", "0s"], "invalid --ready-timeout '0s': write a duration like 30s, 500ms or 2m"),
+            (["--stop-timeout", "ten"], "invalid --stop-timeout 'ten': write a duration like 30s, 500ms or 2m"),
+            (["--watchdog=-1s"], "invalid --watchdog '-1s': write a duration like 30s, 500ms or 2m"),
+            (
+                ["--stop-signal", "KILL"],
+                "invalid --stop-signal 'KILL': use a signal name such as TERM, INT, QUIT or USR2"
+            ),
+            (
+                ["--stop-signal", "STOP"],
+                "invalid --stop-signal 'STOP': use a signal name such as TERM, INT, QUIT or USR2"
+            ),
+            (["--backlog", "0"], "invalid --backlog 0: give a positive number"),
+            (["--socket-mode", "999"], "invalid --socket-mode '999': give an octal mode such as 660"),
+            (["--socket-mode", "1777"], "invalid --socket-mode '1777': give an octal mode such as 660"),
+            (["--name", "../etc"], "invalid --name '../etc': use letters, digits, '-', '_', '.' or '@'"),
+            (["--control", ""], "invalid --control '': give a socket path shorter than 108 bytes"),
+            (["--listen", ":80", "--listen", ":81"], nil),
+            (["--listen", "a=:80", "--listen", "a=:81"], "invalid --listen 'a=:81': the name 'a' is used twice"),
+            (["--user", "nosuch"], "invalid --user 'nosuch': no such user (check getent passwd)"),
+            (["--group", "nosuch"], "invalid --group 'nosuch': no such group (check getent group)"),
+        ] as [([String], String?)]
+    )
     func mistakes(arguments: [String], message: String?) {
         #expect(failure(arguments + ["--", "app"]) == message)
     }
@@ -107,7 +117,9 @@ struct ConfigurationTests {
     @Test func workersAsAnotherUserNeedRoot() {
         var facts = Self.facts
         facts.userID = 1000
-        #expect(failure(["--user", "nobody", "--", "app"], facts: facts) == "--user and --group need baton to run as root")
+        #expect(
+            failure(["--user", "nobody", "--", "app"], facts: facts) == "--user and --group need baton to run as root"
+        )
     }
 
     /// Found by the fuzzer: values with control characters, or very long ones (300 colons in --listen, echoed back
@@ -115,21 +127,29 @@ struct ConfigurationTests {
     @Test func errorsStayOneShortLineWhateverTheValue() throws {
         let hostile = "a\nb\tc\u{2028}" + String(repeating: "\0", count: 300)
         let colons = String(repeating: ":", count: 300) + ":4"
-        for arguments in [["--ready", hostile], ["--listen", ":" + hostile], ["--listen", hostile + "=:80"], ["--name", hostile], ["--listen", colons]] {
+        for arguments in [
+            ["--ready", hostile], ["--listen", ":" + hostile], ["--listen", hostile + "=:80"], ["--name", hostile],
+            ["--listen", colons],
+        ] {
             let message = try #require(failure(arguments + ["--", "app"]))
             let oneLine = !message.contains(where: \.isNewline)
             #expect(oneLine, "\(message)")
             #expect(message.count < 400)
         }
         #expect(BatonError.quoted("a\nb") == "'a\\nb'")
-        #expect(BatonError.quoted(String(repeating: "y", count: 100)) == "'" + String(repeating: "y", count: 80) + "...'")
+        #expect(
+            BatonError.quoted(String(repeating: "y", count: 100)) == "'" + String(repeating: "y", count: 80) + "...'"
+        )
     }
 
     /// swift-argument-parser's own errors (a value that is not a number, an unknown option) name the option.
     @Test func argumentParserErrorsNameTheOption() {
         #expect(failure(["--workers", "four", "--", "app"])?.contains("--workers") == true)
         // A mistyped option is not taken for the app's command.
-        #expect(failure(["--wrokers", "4", "--", "app"]) == "unknown option '--wrokers': see baton run --help; the app's command goes after --")
+        #expect(
+            failure(["--wrokers", "4", "--", "app"])
+                == "unknown option '--wrokers': see baton run --help; the app's command goes after --"
+        )
         #expect(failure(["--", ""]) == failure([]))
     }
 }

@@ -5,7 +5,8 @@ import Testing
 @Suite("Parsers")
 struct ParsingTests {
     @Test(arguments: [
-        ("30s", Duration.seconds(30)), ("500ms", .milliseconds(500)), ("2m", .seconds(120)), ("1.5s", .milliseconds(1500)),
+        ("30s", Duration.seconds(30)), ("500ms", .milliseconds(500)), ("2m", .seconds(120)),
+        ("1.5s", .milliseconds(1500)),
         ("1h", .seconds(3600)), ("10", .seconds(10)),
     ])
     func durations(text: String, expected: Duration) {
@@ -18,16 +19,23 @@ struct ParsingTests {
     }
 
     @Test func listenAddresses() throws {
-        #expect(try ListenSpec(parsing: "127.0.0.1:8080", defaultName: "d").address == .tcp(host: "127.0.0.1", port: 8080))
+        #expect(
+            try ListenSpec(parsing: "127.0.0.1:8080", defaultName: "d").address == .tcp(host: "127.0.0.1", port: 8080)
+        )
         #expect(try ListenSpec(parsing: ":80", defaultName: "d").address == .tcp(host: nil, port: 80))
         #expect(try ListenSpec(parsing: "[::1]:443", defaultName: "d").address == .tcp(host: "::1", port: 443))
-        #expect(try ListenSpec(parsing: "localhost:3000", defaultName: "d").address == .tcp(host: "localhost", port: 3000))
+        #expect(
+            try ListenSpec(parsing: "localhost:3000", defaultName: "d").address == .tcp(host: "localhost", port: 3000)
+        )
         let named = try ListenSpec(parsing: "web=unix:/run/app=1.sock", defaultName: "d")
         #expect(named.name == "web")
         #expect(named.address == .unix(path: "/run/app=1.sock"))
         #expect(try ListenSpec(parsing: "unix:/tmp/a.sock", defaultName: "listen0").name == "listen0")
         #expect(try ListenSpec(parsing: "api=[::]:9000", defaultName: "d").address.description == "[::]:9000")
-        #expect(try ListenSpec(parsing: "[fe80::1%eth0]:80", defaultName: "d").address == .tcp(host: "fe80::1%eth0", port: 80))
+        #expect(
+            try ListenSpec(parsing: "[fe80::1%eth0]:80", defaultName: "d").address
+                == .tcp(host: "fe80::1%eth0", port: 80)
+        )
     }
 
     @Test(arguments: [
@@ -50,7 +58,9 @@ struct ParsingTests {
     }
 
     @Test func notifyMessages() throws {
-        let message = try #require(NotifyMessage(parsing: Array("READY=1\nSTATUS=warming up\nWATCHDOG_USEC=500000\nX_CUSTOM=1\n".utf8)))
+        let message = try #require(
+            NotifyMessage(parsing: Array("READY=1\nSTATUS=warming up\nWATCHDOG_USEC=500000\nX_CUSTOM=1\n".utf8))
+        )
         #expect(message.ready)
         #expect(message.status == "warming up")
         #expect(message.watchdogInterval == .milliseconds(500))
@@ -67,7 +77,8 @@ struct ParsingTests {
         "18446744073709551615", "18446744073709551616", "99999999999999999999999", "0", "-1", "999", "31536000000001",
         "1e6", " 5", "5s", "", "\u{1b}[2J",
         // Found by the notify fuzzer: escaping made a rejected value longer than a log line should be.
-        "-001=T" + String(repeating: "\u{11}", count: 60), "888888" + String(repeating: "\t", count: 40) + "8888\u{01}\u{7f}",
+        "-001=T" + String(repeating: "\u{11}", count: 60),
+        "888888" + String(repeating: "\t", count: 40) + "8888\u{01}\u{7f}",
     ])
     func notifyValuesOutOfRangeAreRejectedAndTheRestCounts(value: String) throws {
         let message = try #require(NotifyMessage(parsing: Array("READY=1\nWATCHDOG_USEC=\(value)\nWATCHDOG=1\n".utf8)))
@@ -77,13 +88,19 @@ struct ParsingTests {
         let rejected = try #require(message.rejected.first)
         #expect(rejected.hasPrefix("WATCHDOG_USEC="))
         #expect(rejected.contains("from 1000 to 31536000000000"))
-        #expect(!rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f }, "printable: \(rejected)")
+        #expect(
+            !rejected.unicodeScalars.contains { ($0.value < 0x20 && $0 != "\t") || $0.value == 0x7f },
+            "printable: \(rejected)"
+        )
         #expect(rejected.count < 120)
     }
 
     @Test func notifyValuesAtTheBoundsAreAccepted() throws {
         #expect(NotifyMessage(parsing: Array("WATCHDOG_USEC=1000".utf8))?.watchdogInterval == .milliseconds(1))
-        #expect(NotifyMessage(parsing: Array("WATCHDOG_USEC=31536000000000".utf8))?.watchdogInterval == .seconds(365 * 86400))
+        #expect(
+            NotifyMessage(parsing: Array("WATCHDOG_USEC=31536000000000".utf8))?.watchdogInterval
+                == .seconds(365 * 86400)
+        )
     }
 
     @Test func durationsConvertWithoutTrapping() {
@@ -96,11 +113,23 @@ struct ParsingTests {
     }
 
     @Test func theStatusTableSurvivesAbsurdTimes() {
-        let worker = StatusReport.Worker(slot: 1, pid: 2, state: "ready", uptimeSeconds: .infinity, restarts: 0, status: nil)
+        let worker = StatusReport.Worker(
+            slot: 1,
+            pid: 2,
+            state: "ready",
+            uptimeSeconds: .infinity,
+            restarts: 0,
+            status: nil
+        )
         let status = StatusReport(
-            name: "x", pid: 1, version: "v", listeners: [],
+            name: "x",
+            pid: 1,
+            version: "v",
+            listeners: [],
             generations: [.init(id: 1, state: "serving", startedAt: -1e308, crashLooping: false, workers: [worker])],
-            lastReload: .init(ok: true, generation: 1, durationMilliseconds: .min, reason: nil, finishedAt: .nan), reloading: false)
+            lastReload: .init(ok: true, generation: 1, durationMilliseconds: .min, reason: nil, finishedAt: .nan),
+            reloading: false
+        )
         let text = StatusFormatter.text(status, now: 1e308)
         #expect(text.contains("generation 1  serving"))
     }
@@ -123,16 +152,21 @@ struct ParsingTests {
 
     @Test func controlPathDefaultsUnderTheRuntimeDirectory() {
         #expect(LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: nil) == "/run/baton/shop.sock")
-        #expect(LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: "/run/shop:/run/x") == "/run/shop/shop.sock")
+        #expect(
+            LaunchConfiguration.defaultControlPath(name: "shop", runtimeDirectory: "/run/shop:/run/x")
+                == "/run/shop/shop.sock"
+        )
     }
 
     @Test func clientsLookWhereTheShippedUnitsPutTheControlSocket() {
         #expect(
             LaunchConfiguration.controlPathCandidates(name: "shop", runtimeDirectory: nil)
-                == ["/run/baton/shop.sock", "/run/baton-shop/shop.sock", "/run/shop/shop.sock"])
+                == ["/run/baton/shop.sock", "/run/baton-shop/shop.sock", "/run/shop/shop.sock"]
+        )
         #expect(
             LaunchConfiguration.controlPathCandidates(name: "shop", runtimeDirectory: "/run/baton-shop")
-                == ["/run/baton-shop/shop.sock", "/run/baton/shop.sock", "/run/shop/shop.sock"])
+                == ["/run/baton-shop/shop.sock", "/run/baton/shop.sock", "/run/shop/shop.sock"]
+        )
     }
 
     @Test func workersDoNotInheritWhatSystemdMeantForBaton() {
@@ -145,14 +179,17 @@ struct ParsingTests {
 
     @Test func backoffDoublesUpToItsCap() {
         let backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(1), stablePeriod: .seconds(10))
-        #expect((1...6).map { backoff.delay(afterCrash: $0) } == [100, 200, 400, 800, 1000, 1000].map { .milliseconds($0) })
+        #expect(
+            (1...6).map { backoff.delay(afterCrash: $0) } == [100, 200, 400, 800, 1000, 1000].map { .milliseconds($0) }
+        )
     }
 }
 
 @Suite("journal catalog")
 struct CatalogTests {
     @Test func everyRestartEventHasAStableMessageIDAndACatalogEntry() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let catalog = try String(contentsOf: root.appendingPathComponent("systemd/baton.catalog"), encoding: .utf8)
         let ids = LifecycleEvent.Kind.allCases.map(\.messageID)
         #expect(Set(ids).count == ids.count, "message ids are unique")

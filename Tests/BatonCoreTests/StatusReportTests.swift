@@ -14,8 +14,14 @@ struct StatusReportTests {
         h.exitStopped(generation: 1)
         h.advance(.milliseconds(1500))
         let report = StatusReport(
-            name: "shop", pid: 42, version: "9.9", listeners: [.init(name: "web", address: ":8080", fd: 3)],
-            supervisor: h.supervisor, now: h.now, wallClock: 1_000_000)
+            name: "shop",
+            pid: 42,
+            version: "9.9",
+            listeners: [.init(name: "web", address: ":8080", fd: 3)],
+            supervisor: h.supervisor,
+            now: h.now,
+            wallClock: 1_000_000
+        )
         #expect(report.generations.map(\.id) == [2])
         #expect(report.generations[0].state == "serving")
         #expect(report.generations[0].workers.map(\.state) == ["ready", "ready"])
@@ -33,7 +39,14 @@ struct StatusReportTests {
         h.readyAll(generation: 1)
         h.send(.reloadRequested(nil))
         let report = StatusReport(
-            name: "shop", pid: 42, version: "9.9", listeners: [], supervisor: h.supervisor, now: h.now, wallClock: 0)
+            name: "shop",
+            pid: 42,
+            version: "9.9",
+            listeners: [],
+            supervisor: h.supervisor,
+            now: h.now,
+            wallClock: 0
+        )
         #expect(report.reloading)
         #expect(report.generations.map(\.state) == ["serving", "starting"])
     }

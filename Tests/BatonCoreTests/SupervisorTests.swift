@@ -19,11 +19,15 @@ struct Harness {
         var pid = nextPID
         let readyAtExec = self.readyAtExec
         let now = self.now
-        let all = EventOrder.run(event, handle: { supervisor.handle($0, now: now) }) { action in
-            guard case .spawn(let id, _, _) = action else { return [] }
-            pid += 1
-            return readyAtExec ? [.spawned(id, pid: pid), .ready(id)] : [.spawned(id, pid: pid)]
-        }
+        let all = EventOrder.run(
+            event,
+            handle: { supervisor.handle($0, now: now) },
+            perform: { action in
+                guard case .spawn(let id, _, _) = action else { return [] }
+                pid += 1
+                return readyAtExec ? [.spawned(id, pid: pid), .ready(id)] : [.spawned(id, pid: pid)]
+            }
+        )
         nextPID = pid
         log += all
         return all
@@ -277,7 +281,10 @@ struct SupervisorTests {
         let exiting = h.workers(generation: 2)[0]
         h.send(.explained(exiting.id, why))
         let exited = h.send(.exited(exiting.id, .exited(1)))
-        #expect(h.finished(in: exited).first?.message.contains("exited with exit 1: " + why) == true, "\(h.finished(in: exited))")
+        #expect(
+            h.finished(in: exited).first?.message.contains("exited with exit 1: " + why) == true,
+            "\(h.finished(in: exited))"
+        )
 
         h.send(.reloadRequested(RequesterID(2)))
         let hanging = h.workers(generation: 3)[0]
@@ -296,7 +303,15 @@ struct SupervisorTests {
         first.send(.explained(worker.id, why))
         let failed = first.send(.exited(worker.id, .exited(1)))
         #expect(failed.contains(.exit(1)))
-        #expect(failed.contains { if case .log(let event) = $0 { event.kind == .generationFailed && event.message.contains(why) } else { false } })
+        #expect(
+            failed.contains {
+                if case .log(let event) = $0 {
+                    event.kind == .generationFailed && event.message.contains(why)
+                } else {
+                    false
+                }
+            }
+        )
     }
 
     @Test func aFirstGenerationThatCannotStartMakesBatonExitNonZero() {
@@ -324,7 +339,10 @@ struct SupervisorTests {
         let crashed = h.send(.exited(new[2].id, .exited(1)))
         #expect(Set(h.stopped(in: crashed)) == [new[0].id, new[1].id], "ready or starting, each gets the stop signal")
         #expect(h.killed(in: crashed).isEmpty, "nothing is SIGKILLed at once")
-        #expect(crashed.contains { if case .stopGroup(new[2].id, _) = $0 { true } else { false } }, "what the crashed worker left in its group is asked to stop")
+        #expect(
+            crashed.contains { if case .stopGroup(new[2].id, _) = $0 { true } else { false } },
+            "what the crashed worker left in its group is asked to stop"
+        )
         #expect(crashed.contains(.schedule(.stopTimeout(new[0].id), after: .seconds(7))))
         #expect(crashed.contains(.schedule(.stopTimeout(new[1].id), after: .seconds(7))))
         #expect(h.finished(in: crashed).map(\.ok) == [false], "the reload fails at once; the workers drain behind it")
@@ -445,10 +463,20 @@ struct LeftoversTests {
         let start = ContinuousClock.now
         func judge(_ now: ContinuousClock.Instant) -> Leftovers.Verdict {
             leftovers.judge(
-                pid: 501, generation: 1, slot: 1, workerPID: 500, processGroup: 500, owner: nil, now: now,
-                stopTimeout: .seconds(2))
+                pid: 501,
+                generation: 1,
+                slot: 1,
+                workerPID: 500,
+                processGroup: 500,
+                owner: nil,
+                now: now,
+                stopTimeout: .seconds(2)
+            )
         }
-        #expect(judge(start) == .stop("stopping pid 501, left in the process group of worker 1 of generation 1 after it exited"))
+        #expect(
+            judge(start)
+                == .stop("stopping pid 501, left in the process group of worker 1 of generation 1 after it exited")
+        )
         #expect(leftovers.nextDeadline == start + .seconds(2))
         #expect(judge(start + .seconds(1)) == .keep)
         guard case .kill(let message) = judge(start + .seconds(2)) else {
@@ -464,16 +492,40 @@ struct LeftoversTests {
         var leftovers = Leftovers()
         let now = ContinuousClock.now
         let daemon = leftovers.judge(
-            pid: 601, generation: 2, slot: 1, workerPID: 600, processGroup: 601, owner: nil, now: now,
-            stopTimeout: .seconds(2))
+            pid: 601,
+            generation: 2,
+            slot: 1,
+            workerPID: 600,
+            processGroup: 601,
+            owner: nil,
+            now: now,
+            stopTimeout: .seconds(2)
+        )
         #expect(daemon == .kill("stopping pid 601, left behind by worker 1 of generation 2 outside its process group"))
         // A double fork's grandchild: its group is led by the first fork, reaped along with the worker.
         let grandchild = leftovers.judge(
-            pid: 603, generation: 2, slot: 1, workerPID: 600, processGroup: 602, owner: nil, now: now, stopTimeout: .seconds(2))
-        #expect(grandchild == .kill("stopping pid 603, left behind by worker 1 of generation 2 outside its process group"))
+            pid: 603,
+            generation: 2,
+            slot: 1,
+            workerPID: 600,
+            processGroup: 602,
+            owner: nil,
+            now: now,
+            stopTimeout: .seconds(2)
+        )
+        #expect(
+            grandchild == .kill("stopping pid 603, left behind by worker 1 of generation 2 outside its process group")
+        )
         let kept = leftovers.judge(
-            pid: 701, generation: 3, slot: 1, workerPID: 700, processGroup: 700, owner: 700, now: now,
-            stopTimeout: .seconds(2))
+            pid: 701,
+            generation: 3,
+            slot: 1,
+            workerPID: 700,
+            processGroup: 700,
+            owner: 700,
+            now: now,
+            stopTimeout: .seconds(2)
+        )
         #expect(kept == .keep)
     }
 }

@@ -43,8 +43,14 @@ struct AdoptBindTests {
     /// checks that no request failed and that only the newest generation answers afterwards; returns baton's stderr.
     @discardableResult
     func serveUnderLoad(
-        _ app: [String], listen: String = "127.0.0.1", port: Int = AdoptBindTests.basePort, ready: String = "listen",
-        environment: [String: String] = [:], reloads: Int = 5, extra: [String] = [], name: String
+        _ app: [String],
+        listen: String = "127.0.0.1",
+        port: Int = AdoptBindTests.basePort,
+        ready: String = "listen",
+        environment: [String: String] = [:],
+        reloads: Int = 5,
+        extra: [String] = [],
+        name: String
     ) throws -> String {
         _ = try #require(AdoptLibrary.besideBaton)
         let scratch = Scratch()
@@ -52,9 +58,14 @@ struct AdoptBindTests {
         env["PORT"] = "\(port)"
         let baton = try BatonRun(
             ["--listen", "\(listen):\(port)", "--ready", ready, "--stop-timeout", "15s"] + extra + ["--"] + app,
-            scratch: scratch, environment: env)
+            scratch: scratch,
+            environment: env
+        )
         defer { _ = baton.stop() }
-        try #require(baton.stderr.waitFor("generation 1 ready", timeout: 30) != nil, "\(name) did not start:\n\(baton.diagnosis())")
+        try #require(
+            baton.stderr.waitFor("generation 1 ready", timeout: 30) != nil,
+            "\(name) did not start:\n\(baton.diagnosis())"
+        )
 
         let stopFile = scratch.file("stop")
         let summaryFile = scratch.file("load.json")
@@ -74,7 +85,9 @@ struct AdoptBindTests {
             let deadline = Date().addingTimeInterval(20)
             var answered = 0
             while answered < 50 && Date() < deadline {
-                if (try? HTTP.get(host: "127.0.0.1", port: port))?.body.contains("generation \(generation) ") == true { answered += 1 }
+                if (try? HTTP.get(host: "127.0.0.1", port: port))?.body.contains("generation \(generation) ") == true {
+                    answered += 1
+                }
             }
             #expect(answered == 50, "\(name): generation \(generation) serves")
         }
@@ -89,10 +102,19 @@ struct AdoptBindTests {
         _ = FileManager.default.createFile(atPath: stopFile, contents: Data("\(reloads + 1)".utf8))
         load.waitUntilExit()
         _ = loadLines.waitClosed()
-        let summary = try JSONDecoder().decode(LoadSummary.self, from: try #require(FileManager.default.contents(atPath: summaryFile)))
-        #expect(summary.failed == 0 && summary.ok == summary.requests, "\(name): \(summary) \(loadLines.text) \(baton.stderr.all.filter { $0.contains("exited") }.joined(separator: "\n"))")
+        let summary = try JSONDecoder().decode(
+            LoadSummary.self,
+            from: try #require(FileManager.default.contents(atPath: summaryFile))
+        )
+        #expect(
+            summary.failed == 0 && summary.ok == summary.requests,
+            "\(name): \(summary) \(loadLines.text) \(baton.stderr.all.filter { $0.contains("exited") }.joined(separator: "\n"))"
+        )
         #expect(summary.requests > 200, "\(name): the load really ran: \(summary.requests) requests")
-        #expect(summary.final_generations.keys.sorted() == ["\(reloads + 1)"], "\(name): afterwards only the newest generation answers")
+        #expect(
+            summary.final_generations.keys.sorted() == ["\(reloads + 1)"],
+            "\(name): afterwards only the newest generation answers"
+        )
         print("adopt-bind \(name): \(summary.requests) requests, \(summary.failed) failed, \(reloads) reloads")
         return baton.stderr.text
     }
@@ -105,7 +127,9 @@ struct AdoptBindTests {
         address.sin6_family = sa_family_t(AF_INET6)
         var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
         let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
         }
         return bound ? Int(UInt16(bigEndian: address.sin6_port)) : nil
     }
@@ -120,25 +144,39 @@ struct AdoptBindTests {
 
     @Test func expressAppListen() throws {
         let express = "/usr/share/nodejs/express"
-        try #require(FileManager.default.fileExists(atPath: express), "Debian's node-express is needed (scripts/deps.sh)")
+        try #require(
+            FileManager.default.fileExists(atPath: express),
+            "Debian's node-express is needed (scripts/deps.sh)"
+        )
         try serveUnderLoad(
-            [try node, AdoptLibrary.fixture("express-app.js")], port: Self.basePort + 1,
-            environment: ["NODE_PATH": "/usr/share/nodejs"], name: "express app.listen")
+            [try node, AdoptLibrary.fixture("express-app.js")],
+            port: Self.basePort + 1,
+            environment: ["NODE_PATH": "/usr/share/nodejs"],
+            name: "express app.listen"
+        )
     }
 
     @Test func pythonHTTPServer() throws {
         // serve_forever() waits in poll(), which zero-configuration readiness does not see: --ready exec.
         try serveUnderLoad(
-            [try python, AdoptLibrary.fixture("http-server.py")], port: Self.basePort + 2, ready: "exec",
-            name: "python http.server")
+            [try python, AdoptLibrary.fixture("http-server.py")],
+            port: Self.basePort + 2,
+            ready: "exec",
+            name: "python http.server"
+        )
     }
 
     @Test func uvicornPort() throws {
         let check = run(try python, ["-c", "import uvicorn"])
         try #require(check.status == 0, "uvicorn is needed: pip install uvicorn (scripts/deps.sh)")
         try serveUnderLoad(
-            [try python, "-m", "uvicorn", "--app-dir", AdoptLibrary.fixtures, "--port", "\(Self.basePort + 3)", "--log-level", "warning", "asgi:app"],
-            port: Self.basePort + 3, name: "uvicorn --port")
+            [
+                try python, "-m", "uvicorn", "--app-dir", AdoptLibrary.fixtures, "--port", "\(Self.basePort + 3)",
+                "--log-level", "warning", "asgi:app",
+            ],
+            port: Self.basePort + 3,
+            name: "uvicorn --port"
+        )
     }
 
     @Test func gunicornBind() throws {
@@ -147,16 +185,29 @@ struct AdoptBindTests {
         // The master binds (it is the process baton started) and forks sync workers, which wait in select():
         // --ready exec.
         try serveUnderLoad(
-            [try python, "-m", "gunicorn", "--chdir", AdoptLibrary.fixtures, "-b", "127.0.0.1:\(Self.basePort)", "-w", "2",
-             "--log-level", "warning", "wsgi:app"],
-            ready: "exec", name: "gunicorn -b")
+            [
+                try python, "-m", "gunicorn", "--chdir", AdoptLibrary.fixtures, "-b", "127.0.0.1:\(Self.basePort)",
+                "-w", "2",
+                "--log-level", "warning", "wsgi:app",
+            ],
+            ready: "exec",
+            name: "gunicorn -b"
+        )
     }
 
     @Test func rubyWEBrick() throws {
-        let ruby = try #require(Paths.which("ruby"), "Ruby is needed: apt-get install ruby ruby-webrick (scripts/deps.sh)")
+        let ruby = try #require(
+            Paths.which("ruby"),
+            "Ruby is needed: apt-get install ruby ruby-webrick (scripts/deps.sh)"
+        )
         try #require(run(ruby, ["-e", "require 'webrick'"]).status == 0, "ruby-webrick is needed (scripts/deps.sh)")
         // WEBrick waits in select(): --ready exec.
-        try serveUnderLoad([ruby, AdoptLibrary.fixture("webrick.rb")], port: Self.basePort + 1, ready: "exec", name: "ruby webrick")
+        try serveUnderLoad(
+            [ruby, AdoptLibrary.fixture("webrick.rb")],
+            port: Self.basePort + 1,
+            ready: "exec",
+            name: "ruby webrick"
+        )
     }
 
     @Test func aNodeAppOnTheUnixPathBatonServesAcrossReloads() throws {
@@ -167,7 +218,9 @@ struct AdoptBindTests {
         let path = scratch.file("app.sock")
         let baton = try BatonRun(
             ["--listen", "unix:\(path)", "--", try node, AdoptLibrary.fixture("hello-unix.js")],
-            scratch: scratch, environment: ["SOCKET_PATH": path])
+            scratch: scratch,
+            environment: ["SOCKET_PATH": path]
+        )
         defer { _ = baton.stop() }
         try #require(baton.stderr.waitFor("generation 1 ready") != nil, "\(baton.diagnosis())")
         let summaryFile = scratch.file("load.json")
@@ -182,12 +235,18 @@ struct AdoptBindTests {
         try load.run()
         for index in 1...5 {
             #expect(baton.client(["reload", "--quiet"]).status == 0, "reload \(index)")
-            #expect(FileManager.default.fileExists(atPath: path), "the socket file is still there after reload \(index)")
+            #expect(
+                FileManager.default.fileExists(atPath: path),
+                "the socket file is still there after reload \(index)"
+            )
             #expect(try HTTP.get(unix: path).body.contains("generation \(index + 1) "))
         }
         _ = FileManager.default.createFile(atPath: stopFile, contents: Data("6".utf8))
         load.waitUntilExit()
-        let summary = try JSONDecoder().decode(LoadSummary.self, from: try #require(FileManager.default.contents(atPath: summaryFile)))
+        let summary = try JSONDecoder().decode(
+            LoadSummary.self,
+            from: try #require(FileManager.default.contents(atPath: summaryFile))
+        )
         #expect(summary.failed == 0 && summary.requests > 200, "\(summary)")
         print("adopt-bind node listen(unix path): \(summary.requests) requests, \(summary.failed) failed, 5 reloads")
     }
@@ -200,7 +259,9 @@ struct AdoptBindTests {
         let port = Self.basePort + 2
         let baton = try BatonRun(
             ["--listen", ":\(port)", "--ready", "exec", "--", try python, AdoptLibrary.fixture("http-server.py")],
-            scratch: Scratch(), environment: ["PORT": "\(port)", "HOST": "0.0.0.0"])
+            scratch: Scratch(),
+            environment: ["PORT": "\(port)", "HOST": "0.0.0.0"]
+        )
         defer { _ = baton.stop() }
         try #require(baton.stdout.waitFor("serving on") != nil, "\(baton.diagnosis())")
         let v4 = try HTTP.get(host: "127.0.0.1", port: port)
@@ -218,9 +279,14 @@ struct AdoptBindTests {
         let report = scratch.file("report.json")
         let unix = scratch.file("app.sock")
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--listen", "unix:\(unix)", "--backlog", "321", "--ready", "exec", "--",
-             try python, AdoptLibrary.fixture("probe.py")],
-            scratch: scratch, environment: ["PORT": "\(port)", "UNIX_PATH": unix, "REPORT": report])
+            [
+                "--listen", "127.0.0.1:\(port)", "--listen", "unix:\(unix)", "--backlog", "321", "--ready", "exec",
+                "--",
+                try python, AdoptLibrary.fixture("probe.py"),
+            ],
+            scratch: scratch,
+            environment: ["PORT": "\(port)", "UNIX_PATH": unix, "REPORT": report]
+        )
         defer { _ = baton.stop() }
         let deadline = Date().addingTimeInterval(20)
         while !FileManager.default.fileExists(atPath: report) && Date() < deadline && isAlive(baton.pid) {
@@ -232,22 +298,45 @@ struct AdoptBindTests {
         func flag(_ key: String) -> Bool { result[key] as? Bool ?? false }
         #expect(flag("wildcard_adopted"), "the [::] bind got baton's 127.0.0.1 listener on the app's fd: \(result)")
         #expect(flag("wildcard_cloexec") && flag("wildcard_blocking"), "its FD_CLOEXEC and blocking mode: \(result)")
-        #expect((result["wildcard_name"] as? [Any])?.first as? String == "::ffff:127.0.0.1", "getsockname in the app's family: \(result)")
-        #expect(flag("twice_adopted") && flag("twice_nonblocking") && flag("twice_inheritable"), "the same port twice, its own flags: \(result)")
+        #expect(
+            (result["wildcard_name"] as? [Any])?.first as? String == "::ffff:127.0.0.1",
+            "getsockname in the app's family: \(result)"
+        )
+        #expect(
+            flag("twice_adopted") && flag("twice_nonblocking") && flag("twice_inheritable"),
+            "the same port twice, its own flags: \(result)"
+        )
         #expect(flag("first_still_blocking"), "one fd's O_NONBLOCK is not another's: \(result)")
         #expect(result["nonblocking_accept"] as? String == "EAGAIN", "\(result)")
-        #expect(flag("port0_own") && flag("other_port_own") && result["other_port_error"] as? Int == 0, "port 0 and other ports untouched: \(result)")
+        #expect(
+            flag("port0_own") && flag("other_port_own") && result["other_port_error"] as? Int == 0,
+            "port 0 and other ports untouched: \(result)"
+        )
         #expect(flag("unix_adopted") && flag("unix_path_kept"), "the unix path: adopted, not unlinked: \(result)")
-        #expect(result["symlink_error"] as? Int == Int(EADDRINUSE), "a symlink to baton's path is not followed: \(result)")
-        #expect(result["child_bind"] as? String == "EADDRINUSE", "a forked child (not LISTEN_PID) is left alone: \(result)")
-        #expect(result["shut_accept"] as? String == "EINVAL", "shutdown() stops the app's fd, not baton's listener: \(result)")
+        #expect(
+            result["symlink_error"] as? Int == Int(EADDRINUSE),
+            "a symlink to baton's path is not followed: \(result)"
+        )
+        #expect(
+            result["child_bind"] as? String == "EADDRINUSE",
+            "a forked child (not LISTEN_PID) is left alone: \(result)"
+        )
+        #expect(
+            result["shut_accept"] as? String == "EINVAL",
+            "shutdown() stops the app's fd, not baton's listener: \(result)"
+        )
         let waited = result["blocking_accept_waited_ms"] as? Int ?? -1
         #expect(waited >= 200, "a blocking accept waited for the connection: \(result)")
         #expect(result["blocking_accept_peer"] as? String == "::ffff:127.0.0.1", "\(result)")
         // The app's listen(5) and listen(7) left baton's backlog: ss shows a listener's backlog as Send-Q.
         if let ss = Paths.which("ss") {
             let listing = run(ss, ["-Hltn", "sport = :\(port)"]).stdout
-            #expect(listing.split(separator: "\n").contains { $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).first == "321" }, "\(listing)")
+            #expect(
+                listing.split(separator: "\n").contains {
+                    $0.split(separator: " ", omittingEmptySubsequences: true).dropFirst(2).first == "321"
+                },
+                "\(listing)"
+            )
         }
     }
 
@@ -255,10 +344,17 @@ struct AdoptBindTests {
         let port = Self.basePort
         let baton = try BatonRun(
             ["--listen", "127.0.0.1:\(port)", "--no-adopt-bind", "--", try node, AdoptLibrary.fixture("hello.js")],
-            scratch: Scratch(), environment: ["PORT": "\(port)"])
+            scratch: Scratch(),
+            environment: ["PORT": "\(port)"]
+        )
         #expect(baton.wait(timeout: 30) == 1)
         let line = "the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
-        #expect(baton.stderr.all.contains { $0.contains("worker 1 of generation 1") && $0.contains("exited with exit 1: " + line) }, "\(baton.stderr.text)")
+        #expect(
+            baton.stderr.all.contains {
+                $0.contains("worker 1 of generation 1") && $0.contains("exited with exit 1: " + line)
+            },
+            "\(baton.stderr.text)"
+        )
     }
 
     @Test func aWrapperThatForksDefeatsAdoptionAndBatonSaysSo() throws {
@@ -266,10 +362,20 @@ struct AdoptBindTests {
         _ = try #require(AdoptLibrary.besideBaton)
         let port = Self.basePort + 1
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--", "/bin/sh", "-c", "\(try node) \(AdoptLibrary.fixture("hello.js")) || exit 1"],
-            scratch: Scratch(), environment: ["PORT": "\(port)"])
+            [
+                "--listen", "127.0.0.1:\(port)", "--", "/bin/sh", "-c",
+                "\(try node) \(AdoptLibrary.fixture("hello.js")) || exit 1",
+            ],
+            scratch: Scratch(),
+            environment: ["PORT": "\(port)"]
+        )
         #expect(baton.wait(timeout: 30) == 1)
-        #expect(baton.stderr.text.contains("the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"), "\(baton.stderr.text)")
+        #expect(
+            baton.stderr.text.contains(
+                "the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+            ),
+            "\(baton.stderr.text)"
+        )
     }
 
     @Test func aStaticBinaryDefeatsAdoptionAndBatonSaysSo() throws {
@@ -281,10 +387,19 @@ struct AdoptBindTests {
         let built = run(cc, ["-static", "-O2", "-o", binary, AdoptLibrary.fixture("static-bind.c")])
         try #require(built.status == 0, "cc -static (libc6-dev): \(built.stderr)")
         let port = Self.basePort + 3
-        let baton = try BatonRun(["--listen", "127.0.0.1:\(port)", "--", binary], scratch: scratch, environment: ["PORT": "\(port)"])
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--", binary],
+            scratch: scratch,
+            environment: ["PORT": "\(port)"]
+        )
         #expect(baton.wait(timeout: 30) == 1)
         #expect(baton.stderr.text.contains("bind: Address already in use"), "the binary did meet baton's listener")
-        #expect(baton.stderr.text.contains("the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"), "\(baton.stderr.text)")
+        #expect(
+            baton.stderr.text.contains(
+                "the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+            ),
+            "\(baton.stderr.text)"
+        )
     }
 
     @Test func aReleaseThatBindsItselfFailsItsReloadAtTheReadyTimeoutWithTheDiagnosis() throws {
@@ -293,18 +408,25 @@ struct AdoptBindTests {
         let port = Self.basePort + 2
         let broken = scratch.file("broken")
         // The broken release runs python from a shell that forks (adoption defeated); it stays up without serving.
-        let script = "if [ -e \(broken) ]; then \(try python) \(AdoptLibrary.fixture("busy-port.py")); else exec \(try node) \(AdoptLibrary.fixture("hello.js")); fi"
+        let script =
+            "if [ -e \(broken) ]; then \(try python) \(AdoptLibrary.fixture("busy-port.py")); else exec \(try node) \(AdoptLibrary.fixture("hello.js")); fi"
         let baton = try BatonRun(
             ["--listen", "127.0.0.1:\(port)", "--ready-timeout", "3s", "--", "/bin/sh", "-c", script],
-            scratch: scratch, environment: ["PORT": "\(port)"])
+            scratch: scratch,
+            environment: ["PORT": "\(port)"]
+        )
         defer { _ = baton.stop() }
         try #require(baton.stderr.waitFor("generation 1 ready") != nil, "\(baton.diagnosis())")
         _ = FileManager.default.createFile(atPath: broken, contents: Data())
         let reload = baton.client(["reload"])
         #expect(reload.status == 1)
-        let line = "did not become ready within 3s: the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
+        let line =
+            "did not become ready within 3s: the app bound 127.0.0.1:\(port) itself (EADDRINUSE): use LISTEN_FDS, or see --no-adopt-bind"
         #expect(reload.stderr.contains(line) || reload.stdout.contains(line), "\(reload.stdout)\n\(reload.stderr)")
-        #expect(try HTTP.get(host: "127.0.0.1", port: port).body.contains("generation 1 "), "the serving generation carries on")
+        #expect(
+            try HTTP.get(host: "127.0.0.1", port: port).body.contains("generation 1 "),
+            "the serving generation carries on"
+        )
     }
 
     @Test func anAppListeningOnAnotherPortIsToldAtTheReadyTimeout() throws {
@@ -313,10 +435,16 @@ struct AdoptBindTests {
         let port = Self.basePort
         let other = try #require(Self.freePort(), "a free port")
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--ready-timeout", "2s", "--", try node, AdoptLibrary.fixture("hello.js")],
-            scratch: Scratch(), environment: ["PORT": "\(other)"])
+            [
+                "--listen", "127.0.0.1:\(port)", "--ready-timeout", "2s", "--", try node,
+                AdoptLibrary.fixture("hello.js"),
+            ],
+            scratch: Scratch(),
+            environment: ["PORT": "\(other)"]
+        )
         #expect(baton.wait(timeout: 30) == 1)
-        let line = "did not become ready within 2s: the app listens on [::]:\(other) itself, not on baton's 127.0.0.1:\(port): bind the address baton serves, use LISTEN_FDS, or change --listen"
+        let line =
+            "did not become ready within 2s: the app listens on [::]:\(other) itself, not on baton's 127.0.0.1:\(port): bind the address baton serves, use LISTEN_FDS, or change --listen"
         #expect(baton.stderr.text.contains(line), "\(baton.stderr.text)")
     }
 
@@ -326,24 +454,40 @@ struct AdoptBindTests {
         let symbols = run(nm, ["-D", "--defined-only", library]).stdout.split(separator: "\n").compactMap { line in
             line.split(separator: " ").last.map(String.init)
         }
-        #expect(symbols.sorted() == [
-            "accept", "accept4", "bind", "epoll_ctl", "fcntl", "fcntl64", "getsockname", "ioctl", "listen", "shutdown",
-            "unlink", "unlinkat",
-        ])
+        #expect(
+            symbols.sorted() == [
+                "accept", "accept4", "bind", "epoll_ctl", "fcntl", "fcntl64", "getsockname", "ioctl", "listen",
+                "shutdown",
+                "unlink", "unlinkat",
+            ]
+        )
     }
 
     @Test func theLibraryUnderAddressSanitizerServesAcrossReloads() throws {
         // The library built with -fsanitize=address, preloaded (after the ASan runtime) into Python's http.server
         // through env, which execs python (same pid, so LISTEN_PID names it); baton's own preload is off.
         let scratch = Scratch()
-        let library = try #require(AdoptLibrary.build(into: scratch.file("asan"), flags: ["-fsanitize=address", "-fno-omit-frame-pointer"]))
-        let runtime = run(try #require(Paths.which("cc")), ["-print-file-name=libasan.so"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        try #require(runtime.hasPrefix("/") && FileManager.default.fileExists(atPath: runtime), "the compiler's ASan runtime: \(runtime)")
+        let library = try #require(
+            AdoptLibrary.build(into: scratch.file("asan"), flags: ["-fsanitize=address", "-fno-omit-frame-pointer"])
+        )
+        let runtime = run(try #require(Paths.which("cc")), ["-print-file-name=libasan.so"]).stdout.trimmingCharacters(
+            in: .whitespacesAndNewlines
+        )
+        try #require(
+            runtime.hasPrefix("/") && FileManager.default.fileExists(atPath: runtime),
+            "the compiler's ASan runtime: \(runtime)"
+        )
         let port = Self.basePort + 3
         let log = try serveUnderLoad(
-            ["/usr/bin/env", "LD_PRELOAD=\(runtime):\(library)", "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1",
-             try python, AdoptLibrary.fixture("http-server.py")],
-            port: port, ready: "exec", extra: ["--no-adopt-bind"], name: "python http.server, library under ASan")
+            [
+                "/usr/bin/env", "LD_PRELOAD=\(runtime):\(library)", "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1",
+                try python, AdoptLibrary.fixture("http-server.py"),
+            ],
+            port: port,
+            ready: "exec",
+            extra: ["--no-adopt-bind"],
+            name: "python http.server, library under ASan"
+        )
         #expect(!log.contains("AddressSanitizer"), "\(log)")
     }
 }

@@ -27,9 +27,12 @@ struct ChaosTests {
             port = Rig.nextPort()
             scratch.write("behaviour", "ok")
             baton = try BatonRun(
-                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "3s"] + extra
+                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "3s"]
+                    + extra
                     + ["--", node, Paths.packageRoot.appendingPathComponent("Tests/Fixtures/chaos-app.js").path],
-                scratch: scratch, environment: ["BEHAVIOUR_FILE": scratch.file("behaviour")])
+                scratch: scratch,
+                environment: ["BEHAVIOUR_FILE": scratch.file("behaviour")]
+            )
             #expect(baton.stderr.waitFor("generation 1 ready") != nil)
             load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
             load.arguments = [
@@ -71,7 +74,9 @@ struct ChaosTests {
             let marker = Array("BEHAVIOUR_FILE=\(scratch.file("behaviour"))".utf8) + [0]
             let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
             return pids.filter { pid in
-                guard isAlive(pid), let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+                guard isAlive(pid), let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else {
+                    return false
+                }
                 return [UInt8](environ).split(separator: 0).contains { Array($0) + [0] == marker }
             }
         }
@@ -87,7 +92,9 @@ struct ChaosTests {
             let report = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
             let generations = report["generations"] as? [[String: Any]] ?? []
             return generations.filter { $0["state"] as? String == "serving" }
-                .flatMap { ($0["workers"] as? [[String: Any]] ?? []).compactMap { ($0["pid"] as? Int).map(Int32.init) } }
+                .flatMap {
+                    ($0["workers"] as? [[String: Any]] ?? []).compactMap { ($0["pid"] as? Int).map(Int32.init) }
+                }
         }
 
         /// Connections a worker holds open (sockets other than the listener at fd 3).
@@ -95,7 +102,8 @@ struct ChaosTests {
             let directory = "/proc/\(pid)/fd"
             let fds = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
             return fds.filter { $0 != "3" }.filter {
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)"))?.hasPrefix("socket:") == true
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)"))?.hasPrefix("socket:")
+                    == true
             }.count
         }
     }
@@ -105,7 +113,9 @@ struct ChaosTests {
     func report(_ name: String, _ summary: [String: Any], _ extra: String = "") {
         let kinds = ["refused", "reset", "eof_idle", "eof_new", "eof_mid", "timeout", "non2xx"]
             .map { "\($0) \(Self.count(summary, $0))" }.joined(separator: ", ")
-        print("chaos \(name): \(Self.count(summary, "requests")) requests, \(Self.count(summary, "failed")) failed (\(kinds))\(extra)")
+        print(
+            "chaos \(name): \(Self.count(summary, "requests")) requests, \(Self.count(summary, "failed")) failed (\(kinds))\(extra)"
+        )
     }
 
     @Test func sigkillOfRandomServingWorkersCostsOnlyTheirOwnRequestsInFlight() throws {
@@ -206,7 +216,10 @@ struct ChaosTests {
         failing.arguments = ["reload", "--quiet", "--control", rig.baton.control]
         failing.standardError = FileHandle.nullDevice
         try failing.run()
-        #expect(rig.baton.stderr.waitFor("generation 4 starting") != nil || rig.baton.stderr.waitFor("starting with 2 worker") != nil)
+        #expect(
+            rig.baton.stderr.waitFor("generation 4 starting") != nil
+                || rig.baton.stderr.waitFor("starting with 2 worker") != nil
+        )
         rig.behave("ok")
         let during = (0..<5).map { _ in rig.baton.client(["reload", "--quiet"]).status }
         failing.waitUntilExit()
@@ -223,7 +236,10 @@ struct ChaosTests {
         // hard limit stays, so that it can be raised again.
         let before = ProcInspectorCount.openFDs(rig.baton.pid)
         let prlimit = try #require(Paths.which("prlimit"))
-        let original = run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile", "--raw", "--noheadings", "--output=SOFT"]).stdout
+        let original = run(
+            prlimit,
+            ["--pid", "\(rig.baton.pid)", "--nofile", "--raw", "--noheadings", "--output=SOFT"]
+        ).stdout
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(before + 3):"]).status == 0)
         let reload = rig.baton.client(["reload"])
@@ -235,7 +251,9 @@ struct ChaosTests {
         while ProcInspectorCount.openFDs(rig.baton.pid) != before && Date() < settled { usleep(10_000) }
         #expect(ProcInspectorCount.openFDs(rig.baton.pid) == before, "no fd is left over from the failed spawns")
         for _ in 0..<3 { #expect(rig.baton.client(["reload", "--quiet"]).status == 1) }
-        while ProcInspectorCount.openFDs(rig.baton.pid) != before && Date() < settled.addingTimeInterval(5) { usleep(10_000) }
+        while ProcInspectorCount.openFDs(rig.baton.pid) != before && Date() < settled.addingTimeInterval(5) {
+            usleep(10_000)
+        }
         #expect(ProcInspectorCount.openFDs(rig.baton.pid) == before, "nor after three more")
         // With (nearly) no fd left, a client is answered, or told why not, and never left hanging. (The limit bounds
         // fd numbers, so a hole in baton's fd table may still let the status through.)
@@ -243,7 +261,9 @@ struct ChaosTests {
         #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(highest + 1):"]).status == 0)
         let answered = rig.baton.client(["status"])
         #expect(answered.status == 0 || answered.stderr.contains("out of file descriptors"), "\(answered.stderr)")
-        print("chaos fd exhaustion: a status request with fds \(highest + 1) at most: \(answered.status == 0 ? "answered" : answered.stderr)")
+        print(
+            "chaos fd exhaustion: a status request with fds \(highest + 1) at most: \(answered.status == 0 ? "answered" : answered.stderr)"
+        )
         #expect(run(prlimit, ["--pid", "\(rig.baton.pid)", "--nofile=\(original):"]).status == 0)
         #expect(rig.baton.client(["reload", "--quiet"]).status == 0, "once fds are back, reloads work again")
         let summary = try rig.finish()
@@ -281,7 +301,9 @@ struct ChaosTests {
         }
         defer { _ = run(try! #require(Paths.which("umount")), [directory]) }
         let result = run(
-            Paths.baton, ["run", "--control", "\(directory)/c.sock", "--listen", "unix:\(scratch.file("s.sock"))", "--", "true"])
+            Paths.baton,
+            ["run", "--control", "\(directory)/c.sock", "--listen", "unix:\(scratch.file("s.sock"))", "--", "true"]
+        )
         #expect(result.status != 0)
         #expect(result.stderr.contains("\(directory)/c.sock"), "the message names the path: \(result.stderr)")
         #expect(result.stderr.contains("Read-only file system"))
@@ -295,7 +317,8 @@ enum ProcInspectorCount {
     }
 
     static func highestFD(_ pid: Int32) -> Int {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.max() ?? 0
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap { Int($0) }.max()
+            ?? 0
     }
 
     static func rssKiB(_ pid: Int32) -> Int {

@@ -24,15 +24,24 @@ struct EndToEndTests {
 
     /// Runs `app` under baton on a TCP port with keep-alive and new-connection clients and slow requests in
     /// flight, performs `reloads` reloads with `baton reload`, and returns what the load client saw.
-    func reloadUnderLoad(app: [String], ready: String, workers: Int, reloads: Int, strategy: String = "all-at-once")
+    func reloadUnderLoad(
+        app: [String],
+        ready: String,
+        workers: Int,
+        reloads: Int,
+        strategy: String = "all-at-once"
+    )
         throws -> (LoadSummary, String)
     {
         let scratch = Scratch()
         let port = 25000 + Int(getpid() % 3000)
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", ready, "--strategy", strategy,
-             "--stop-timeout", "15s", "--"] + app,
-            scratch: scratch)
+            [
+                "--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", ready, "--strategy", strategy,
+                "--stop-timeout", "15s", "--",
+            ] + app,
+            scratch: scratch
+        )
         defer { _ = baton.stop() }
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
 
@@ -42,7 +51,8 @@ struct EndToEndTests {
         let load = Process()
         load.executableURL = URL(fileURLWithPath: python)
         load.arguments = [
-            Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "16", "--mode", "mixed", "--slow-every", "8",
+            Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "16", "--mode", "mixed", "--slow-every",
+            "8",
             "--slow-ms", "400", "--until-file", stopFile, "--duration", "240", "--json", summaryFile,
         ]
         let loadErr = Pipe()
@@ -72,25 +82,45 @@ struct EndToEndTests {
         #expect(summary.timeout == 0 && summary.non2xx == 0 && summary.other_samples.isEmpty)
         #expect(summary.ok == summary.requests)
         #expect(summary.requests > 200, "the load really ran: \(summary.requests) requests")
-        #expect(summary.final_generations.keys.sorted() == ["\(reloads + 1)"], "afterwards only the newest generation answers")
+        #expect(
+            summary.final_generations.keys.sorted() == ["\(reloads + 1)"],
+            "afterwards only the newest generation answers"
+        )
         print("end-to-end: \(summary.requests) requests, \(summary.failed) failed, \(reloads) reloads")
     }
 
     @Test func nodeAppAcrossTwentyReloads() throws {
-        let node = try #require(Paths.which("node") ?? Paths.which("nodejs"), "Node.js is needed: apt-get install nodejs")
+        let node = try #require(
+            Paths.which("node") ?? Paths.which("nodejs"),
+            "Node.js is needed: apt-get install nodejs"
+        )
         let (summary, log) = try reloadUnderLoad(app: [node, Paths.nodeApp], ready: "fd", workers: 2, reloads: 20)
         check(summary, reloads: 20, log: log)
     }
 
     @Test func nodeAppWithZeroConfigurationReadinessAndRollingWorkers() throws {
-        let node = try #require(Paths.which("node") ?? Paths.which("nodejs"), "Node.js is needed: apt-get install nodejs")
-        let (summary, log) = try reloadUnderLoad(app: [node, Paths.nodeApp], ready: "listen", workers: 4, reloads: 5, strategy: "rolling")
+        let node = try #require(
+            Paths.which("node") ?? Paths.which("nodejs"),
+            "Node.js is needed: apt-get install nodejs"
+        )
+        let (summary, log) = try reloadUnderLoad(
+            app: [node, Paths.nodeApp],
+            ready: "listen",
+            workers: 4,
+            reloads: 5,
+            strategy: "rolling"
+        )
         check(summary, reloads: 5, log: log)
     }
 
     @Test func pythonAppAcrossTwentyReloads() throws {
         let python = try #require(Paths.which("python3"))
-        let (summary, log) = try reloadUnderLoad(app: [python, Paths.pythonApp], ready: "notify", workers: 2, reloads: 20)
+        let (summary, log) = try reloadUnderLoad(
+            app: [python, Paths.pythonApp],
+            ready: "notify",
+            workers: 2,
+            reloads: 20
+        )
         check(summary, reloads: 20, log: log)
     }
 }

@@ -31,7 +31,9 @@ struct FloodTests {
         let scratch = Scratch()
         let baton = try BatonRun(
             ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "notify", "--", python, Paths.worker],
-            scratch: scratch, environment: ["READY_MODE": "notify"])
+            scratch: scratch,
+            environment: ["READY_MODE": "notify"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let address = "@baton/\(baton.pid)/baton/notify"
         let rssBefore = ProcInspectorCount.rssKiB(baton.pid)
@@ -57,7 +59,9 @@ struct FloodTests {
         let after = status(baton)
         let rssAfter = ProcInspectorCount.rssKiB(baton.pid)
         let ignoredLines = baton.stderr.all.filter { $0.contains("cannot be one of baton's workers") }.count
-        print("notify flood by a stranger: \(answered) status answers during it, slowest \(Int(slowest * 1000)) ms, RSS \(rssBefore) -> \(rssAfter) KiB, \(ignoredLines) log lines")
+        print(
+            "notify flood by a stranger: \(answered) status answers during it, slowest \(Int(slowest * 1000)) ms, RSS \(rssBefore) -> \(rssAfter) KiB, \(ignoredLines) log lines"
+        )
         #expect(answered > 0 && after.report != nil, "status answers during and after the flood")
         #expect(rssAfter < 32 * 1024, "RSS stays under 32 MiB")
         #expect(ignoredLines <= 12, "strangers' datagrams are logged rate-limited, not each")
@@ -69,7 +73,8 @@ struct FloodTests {
         let scratch = Scratch()
         let baton = try BatonRun(
             ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "notify", "--", python, flood, "status", "4"],
-            scratch: scratch)
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         var answered = 0
         while baton.stdout.all.first(where: { $0.contains("sent ") }) == nil {
@@ -89,7 +94,9 @@ struct FloodTests {
         let scratch = Scratch()
         let baton = try BatonRun(
             ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "fd", "--", python, flood, "output", "300000"],
-            scratch: scratch, unreadOutput: true)
+            scratch: scratch,
+            unreadOutput: true
+        )
         // Readiness, a status answer, a crash and its respawn, a reload and a stop all still happen while the worker
         // writes without end to a stdout that nobody reads.
         var first: [Int32] = []
@@ -101,7 +108,9 @@ struct FloodTests {
         while (replaced.isEmpty || replaced == first) && Date() < deadline { replaced = servingPIDs(baton) }
         #expect(!replaced.isEmpty && replaced != first, "the killed worker was respawned")
         let (_, seconds) = status(baton)
-        print("output flood with stdout unread: status in \(Int(seconds * 1000)) ms, respawned \(victim) -> \(replaced)")
+        print(
+            "output flood with stdout unread: status in \(Int(seconds * 1000)) ms, respawned \(victim) -> \(replaced)"
+        )
         #expect(baton.client(["reload", "--quiet"]).status == 0)
         #expect(baton.stop() == 0)
     }
@@ -111,9 +120,12 @@ struct FloodTests {
         // 250 workers, each with a STATUS= of 512 bytes (the most baton keeps).
         let workers = 250
         let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("web.sock"))", "--workers", "\(workers)", "--ready", "notify", "--",
-             python, "-S", flood, "bigstatus", "512"],
-            scratch: scratch)
+            [
+                "--listen", "unix:\(scratch.file("web.sock"))", "--workers", "\(workers)", "--ready", "notify", "--",
+                python, "-S", flood, "bigstatus", "512",
+            ],
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready", timeout: 120) != nil)
         let result = baton.client(["status", "--json"])
         let report = try JSONDecoder().decode(StatusReport.self, from: Data(result.stdout.utf8))
@@ -126,15 +138,23 @@ struct FloodTests {
         // A failing release whose worker wrote long lines to stderr: the reason and every line arrive.
         scratch.write("release", "")
         let failing = try BatonRun(
-            ["--listen", "unix:\(scratch.file("web2.sock"))", "--ready", "fd", "--", "/bin/sh", "-c",
-             "if [ -s \(scratch.file("release")) ]; then exec \(python) \(flood) stderr 20 8000; else exec \(python) \(Paths.worker); fi"],
-            scratch: Scratch(), environment: ["READY_MODE": "fd"])
+            [
+                "--listen", "unix:\(scratch.file("web2.sock"))", "--ready", "fd", "--", "/bin/sh", "-c",
+                "if [ -s \(scratch.file("release")) ]; then exec \(python) \(flood) stderr 20 8000; else exec \(python) \(Paths.worker); fi",
+            ],
+            scratch: Scratch(),
+            environment: ["READY_MODE": "fd"]
+        )
         #expect(failing.stderr.waitFor("generation 1 ready") != nil)
         scratch.write("release", "broken")
         let reload = failing.client(["reload"])
         #expect(reload.status == 1)
         #expect(reload.stderr.contains("exited with exit 1"))
-        #expect((0..<20).allSatisfy { reload.stderr.contains(String(format: "line %02d ", $0) + String(repeating: "e", count: 7000)) })
+        #expect(
+            (0..<20).allSatisfy {
+                reload.stderr.contains(String(format: "line %02d ", $0) + String(repeating: "e", count: 7000))
+            }
+        )
         #expect(failing.stop() == 0)
         #expect(baton.stop() == 0)
     }
@@ -150,7 +170,9 @@ struct FloodTests {
         let scratch = Scratch()
         let baton = try BatonRun(
             ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "fd", "--", python, Paths.worker],
-            scratch: scratch, environment: ["READY_MODE": "fd"])
+            scratch: scratch,
+            environment: ["READY_MODE": "fd"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         // 1 100 idle connections, more than baton's 1 024 fds.
         var idle: [Int32] = []
@@ -197,7 +219,9 @@ struct FloodTests {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard result == 0 || errno == EINPROGRESS else {
             close(fd)
@@ -215,9 +239,14 @@ struct ListenerIntegrityTests {
     func launch(_ scratch: Scratch, port: Int, workers: Int = 2) throws -> BatonRun {
         scratch.write("behaviour", "ok")
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "5s", "--",
-             python, Paths.worker],
-            scratch: scratch, environment: ["READY_MODE": "fd", "BEHAVIOUR_FILE": scratch.file("behaviour")])
+            [
+                "--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "5s",
+                "--",
+                python, Paths.worker,
+            ],
+            scratch: scratch,
+            environment: ["READY_MODE": "fd", "BEHAVIOUR_FILE": scratch.file("behaviour")]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         return baton
     }
@@ -225,7 +254,9 @@ struct ListenerIntegrityTests {
     /// The backlog `ss` shows for the listener on `port` (its Send-Q).
     func backlog(_ port: Int) -> Int? {
         let out = run(Paths.which("ss") ?? "/usr/bin/ss", ["-ltnH", "sport = :\(port)"]).stdout
-        return out.split(separator: "\n").first.flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[2]) }
+        return out.split(separator: "\n").first.flatMap {
+            Int($0.split(separator: " ", omittingEmptySubsequences: true)[2])
+        }
     }
 
     @Test func aWorkerThatShutsTheListenerDownDoesNotStopTheService() throws {

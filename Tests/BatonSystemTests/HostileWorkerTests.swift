@@ -14,8 +14,11 @@ struct HostileWorkerTests {
     /// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
     /// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE).
     func launch(
-        _ options: [String] = [], behaviour: String? = nil, environment: [String: String] = [:],
-        command: [String] = ["python3", Paths.worker], wrapper: [String] = []
+        _ options: [String] = [],
+        behaviour: String? = nil,
+        environment: [String: String] = [:],
+        command: [String] = ["python3", Paths.worker],
+        wrapper: [String] = []
     ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
         let scratch = Scratch()
         let reports = scratch.file("reports")
@@ -27,8 +30,11 @@ struct HostileWorkerTests {
             environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
         }
         let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + options + ["--"] + command, scratch: scratch,
-            environment: environment, wrapper: wrapper)
+            ["--listen", "unix:\(scratch.file("s.sock"))"] + options + ["--"] + command,
+            scratch: scratch,
+            environment: environment,
+            wrapper: wrapper
+        )
         return (scratch, reports, baton)
     }
 
@@ -38,17 +44,26 @@ struct HostileWorkerTests {
     func aWatchdogIntervalPast64BitsIsRejectedAndBatonCarriesOn(mode: String) throws {
         let (scratch, _, baton) = try launch(
             ["--ready", mode],
-            behaviour: "send-notify WATCHDOG_USEC=18446744073709551615|WATCHDOG=1|WATCHDOG_USEC=0\nWATCHDOG=1|STATUS=still here",
-            environment: ["READY_MODE": mode])
+            behaviour:
+                "send-notify WATCHDOG_USEC=18446744073709551615|WATCHDOG=1|WATCHDOG_USEC=0\nWATCHDOG=1|STATUS=still here",
+            environment: ["READY_MODE": mode]
+        )
         #expect(baton.stdout.waitFor("sent notify") != nil)
-        #expect(baton.stderr.waitFor("rejected WATCHDOG_USEC=18446744073709551615 (not a number of microseconds from 1000 to") != nil)
+        #expect(
+            baton.stderr.waitFor(
+                "rejected WATCHDOG_USEC=18446744073709551615 (not a number of microseconds from 1000 to"
+            ) != nil
+        )
         #expect(baton.stderr.waitFor("rejected WATCHDOG_USEC=0 (") != nil)
         // The message after the rejected ones was still delivered: baton is alive and acting on it.
         let status = baton.client(["status"])
         #expect(status.status == 0, "baton answers: \(status.stderr)")
         #expect(status.stdout.contains("\"still here\""))
         #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200)
-        #expect(!baton.stderr.text.contains("stopped sending WATCHDOG=1"), "no watchdog was armed from a rejected value")
+        #expect(
+            !baton.stderr.text.contains("stopped sending WATCHDOG=1"),
+            "no watchdog was armed from a rejected value"
+        )
         #expect(baton.stop() == 0)
     }
 
@@ -87,15 +102,22 @@ struct HostileWorkerTests {
                 except OSError:
                     pass
                 time.sleep(0.002)
-            """)
+            """
+        )
         let racer = Foundation.Process()
         racer.executableURL = URL(fileURLWithPath: setpriv)
-        racer.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", scratch.file("racer.py"), path, target]
+        racer.arguments = [
+            "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", scratch.file("racer.py"), path,
+            target,
+        ]
         let racerOut = Pipe()
         racer.standardOutput = racerOut
         try racer.run()
         // SIGKILL: the test runner's children inherit its blocked signals, SIGTERM included.
-        defer { kill(racer.processIdentifier, SIGKILL); racer.waitUntilExit() }
+        defer {
+            kill(racer.processIdentifier, SIGKILL)
+            racer.waitUntilExit()
+        }
         #expect(LineCollector(racerOut.fileHandleForReading).waitFor("racing") != nil)
 
         var refused = 0
@@ -104,15 +126,21 @@ struct HostileWorkerTests {
             attempts += 1
             unlink(path)  // the racer's symlink from the last round (removed as root; the racer only moves sockets)
             let result = run(
-                strace, [
-                    "-qq", "-o", "/dev/null", "-e", "trace=bind", "-e", "inject=bind:delay_exit=300000", Paths.baton, "run",
-                    "--control", scratch.file("c.sock"), "--listen", "unix:\(path)", "--socket-mode", "666", "--", "true",
-                ])
+                strace,
+                [
+                    "-qq", "-o", "/dev/null", "-e", "trace=bind", "-e", "inject=bind:delay_exit=300000", Paths.baton,
+                    "run",
+                    "--control", scratch.file("c.sock"), "--listen", "unix:\(path)", "--socket-mode", "666", "--",
+                    "true",
+                ]
+            )
             if result.stderr.contains("was replaced by another file right after bind") { refused += 1 }
             var info = stat()
             lstat(target, &info)
             if info.st_mode & 0o7777 != 0o600 {
-                Issue.record("baton changed the mode of a root-owned file through a symlink (attempt \(attempts)): \(String(info.st_mode & 0o7777, radix: 8))")
+                Issue.record(
+                    "baton changed the mode of a root-owned file through a symlink (attempt \(attempts)): \(String(info.st_mode & 0o7777, radix: 8))"
+                )
                 break
             }
             #expect(result.stderr.split(separator: "\n").allSatisfy { !$0.isEmpty }, "one-line errors")
@@ -128,11 +156,16 @@ struct HostileWorkerTests {
         let scratch = Scratch()
         let path = scratch.file("s.sock")
         let baton = try BatonRun(
-            ["--listen", "unix:\(path)", "--socket-mode", "666", "--", "python3", Paths.worker], scratch: scratch,
-            wrapper: ["/bin/sh", "-c", "umask 077; exec \"$0\" \"$@\""])
+            ["--listen", "unix:\(path)", "--socket-mode", "666", "--", "python3", Paths.worker],
+            scratch: scratch,
+            wrapper: ["/bin/sh", "-c", "umask 077; exec \"$0\" \"$@\""]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         var info = stat()
-        #expect(lstat(path, &info) == 0 && info.st_mode & 0o7777 == 0o666, "exactly the mode asked for, whatever the umask")
+        #expect(
+            lstat(path, &info) == 0 && info.st_mode & 0o7777 == 0o666,
+            "exactly the mode asked for, whatever the umask"
+        )
         #expect(lstat(baton.control, &info) == 0 && info.st_mode & 0o7777 == 0o600)
         #expect(baton.stop() == 0)
         #expect(lstat(baton.control, &info) != 0, "the control socket is removed at exit")
@@ -140,7 +173,10 @@ struct HostileWorkerTests {
 
     @Test func atExitBatonRemovesOnlyItsOwnControlSocket() throws {
         let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker], scratch: scratch)
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         // Something else now sits at the control path: a symlink to a file that must survive.
         scratch.write("keep", "keep\n")
@@ -161,7 +197,9 @@ struct HostileWorkerTests {
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let workers = Set(WorkerReport.all(in: reports).map(\.pid))
         #expect(workers.count == 2)
-        let signals = [SIGUSR1, SIGPIPE, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT, SIGXFSZ, 34, 35, 40, 50, 63, 64]
+        let signals = [
+            SIGUSR1, SIGPIPE, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGSTKFLT, SIGXFSZ, 34, 35, 40, 50, 63, 64,
+        ]
         for signal in signals { #expect(kill(baton.pid, signal) == 0) }
         // A request answered after the signals: baton has run since they arrived.
         let status = baton.client(["status"])
@@ -189,7 +227,8 @@ struct HostileWorkerTests {
 
     /// Fields of /proc/PID/stat after the command name, 1-based as proc(5) numbers them.
     func statField(_ pid: Int32, _ number: Int) -> String? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
         else { return nil }
         let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
         return number >= 3 && number - 3 < fields.count ? String(fields[number - 3]) : nil
@@ -228,11 +267,15 @@ struct HostileWorkerTests {
     @Test func workersGetTheLimitsBatonStartedWithWhateverHappensToBatonsOwn() throws {
         let prlimit = try #require(Paths.which("prlimit"))
         let (_, reports, baton) = try launch(
-            [], wrapper: [prlimit, "--nofile=900:4000", "--core=0:100000", "--nproc=3000:5000"])
+            [],
+            wrapper: [prlimit, "--nofile=900:4000", "--core=0:100000", "--nproc=3000:5000"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         // baton's own limits change while it runs; a new worker still gets those it started with. (A hard limit
         // lowered since comes back only with CAP_SYS_RESOURCE; without it the soft limit still does.)
-        #expect(run(prlimit, ["--pid", "\(baton.pid)", "--nofile=700:", "--core=5000:", "--nproc=2000:4000"]).status == 0)
+        #expect(
+            run(prlimit, ["--pid", "\(baton.pid)", "--nofile=700:", "--core=5000:", "--nproc=2000:4000"]).status == 0
+        )
         #expect(limit(baton.pid, "Max open files")! == ("700", "4000"))
         #expect(baton.client(["reload"]).status == 0)
         let worker = try #require(WorkerReport.all(in: reports).map(\.pid).filter(isAlive).first)
@@ -247,8 +290,10 @@ struct HostileWorkerTests {
 
     @Test func aWorkersControlCharactersNeverReachTheTerminalOfBatonStatusOrBatonReload() throws {
         let (scratch, _, baton) = try launch(
-            ["--ready", "notify"], behaviour: "send-notify STATUS=\u{1b}]0;owned\u{07}\u{1b}[2Jwarm\u{9b}31m",
-            environment: ["READY_MODE": "notify"])
+            ["--ready", "notify"],
+            behaviour: "send-notify STATUS=\u{1b}]0;owned\u{07}\u{1b}[2Jwarm\u{9b}31m",
+            environment: ["READY_MODE": "notify"]
+        )
         #expect(baton.stdout.waitFor("sent notify") != nil)
         let status = baton.client(["status"])
         #expect(status.status == 0)
@@ -269,12 +314,19 @@ struct HostileWorkerTests {
         let script = try #require(Paths.which("script"))
         let scratch = Scratch()
         // An app that writes escapes and a tab, then fails its start: baton relays the lines, gives up and exits.
-        scratch.write("app.sh", "#!/bin/sh\nprintf '\\033]0;owned\\007\\033[2Jmarker\\n'\nprintf 'tab\\there\\n' >&2\nexit 3\n")
+        scratch.write(
+            "app.sh",
+            "#!/bin/sh\nprintf '\\033]0;owned\\007\\033[2Jmarker\\n'\nprintf 'tab\\there\\n' >&2\nexit 3\n"
+        )
         chmod(scratch.file("app.sh"), 0o755)
         // script(1) gives baton a terminal for stdout and stderr, and copies what it shows to its own stdout.
-        let command = "\(Paths.baton) run --control \(scratch.file("c.sock")) --listen unix:\(scratch.file("s.sock")) -- \(scratch.file("app.sh"))"
+        let command =
+            "\(Paths.baton) run --control \(scratch.file("c.sock")) --listen unix:\(scratch.file("s.sock")) -- \(scratch.file("app.sh"))"
         let result = run(script, ["-qec", command, "/dev/null"])
-        let line = try #require(result.stdout.split(separator: "\n").first { $0.contains("marker") }, "\(result.stdout)")
+        let line = try #require(
+            result.stdout.split(separator: "\n").first { $0.contains("marker") },
+            "\(result.stdout)"
+        )
         #expect(line.contains(#"baton[g1.w1]: \x1b]0;owned\x07\x1b[2Jmarker"#), "\(line)")
         #expect(!result.stdout.unicodeScalars.contains { $0.value == 0x1b || $0.value == 0x07 }, "\(result.stdout)")
         #expect(result.stdout.contains("baton[g1.w1]: tab\there"), "a tab is no danger: kept")
@@ -291,16 +343,27 @@ struct HostileWorkerTests {
         let locked = scratch.file("locked")
         try FileManager.default.createDirectory(atPath: locked, withIntermediateDirectories: true)
         // A unix socket in a directory baton's user cannot write: no hint about ports.
-        let unwritable = run(setpriv, [
-            "--reuid=65534", "--regid=65534", "--clear-groups", Paths.baton, "run", "--control", "\(control)/c.sock",
-            "--listen", "unix:\(locked)/s.sock", "--", "/bin/true",
-        ])
+        let unwritable = run(
+            setpriv,
+            [
+                "--reuid=65534", "--regid=65534", "--clear-groups", Paths.baton, "run", "--control",
+                "\(control)/c.sock",
+                "--listen", "unix:\(locked)/s.sock", "--", "/bin/true",
+            ]
+        )
         #expect(
             unwritable.stderr
-                == "baton: permission denied creating unix:\(locked)/s.sock: baton's user needs write and search permission on its directory")
+                == "baton: permission denied creating unix:\(locked)/s.sock: baton's user needs write and search permission on its directory"
+        )
         // A control path taken by a file: said once, with the fix.
         scratch.write("taken", "")
-        let taken = run(Paths.baton, ["run", "--control", scratch.file("taken"), "--listen", "unix:\(scratch.file("s.sock"))", "--", "/bin/true"])
+        let taken = run(
+            Paths.baton,
+            [
+                "run", "--control", scratch.file("taken"), "--listen", "unix:\(scratch.file("s.sock"))", "--",
+                "/bin/true",
+            ]
+        )
         #expect(taken.status != 0)
         let error = String(taken.stderr.split(separator: "\n").last ?? "")
         #expect(error.hasPrefix("baton: control socket \(scratch.file("taken")): "), "\(error)")
@@ -308,7 +371,10 @@ struct HostileWorkerTests {
         #expect(!error.contains("File exists"), "\(error)")
         // Out of fds, in the spawn's setup or in the child: baton's limit, not the app's fault.
         let spawn = SpawnError(code: .exec, executable: "python3", underlying: SystemError("execve", .tooManyOpenFiles))
-        #expect(spawn.description == "cannot start python3: out of file descriptors (Too many open files); raise baton's limit (LimitNOFILE=)")
+        #expect(
+            spawn.description
+                == "cannot start python3: out of file descriptors (Too many open files); raise baton's limit (LimitNOFILE=)"
+        )
     }
 
     // MARK: - What a worker leaves in its process group
@@ -320,9 +386,13 @@ struct HostileWorkerTests {
         let child = try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).child", encoding: .utf8)))
         #expect(baton.client(["reload"]).status == 0)
         // The old worker drained and exited; its child (which ignores SIGTERM) stayed in its process group.
-        let stopping = baton.stderr.waitFor("stopping pid \(child), left in the process group of worker 1 of generation 1 after it exited")
+        let stopping = baton.stderr.waitFor(
+            "stopping pid \(child), left in the process group of worker 1 of generation 1 after it exited"
+        )
         #expect(stopping != nil, "\(baton.stderr.text)")
-        let killing = baton.stderr.waitFor("killing pid \(child), left in the process group of worker 1 of generation 1: it did not stop within 1s")
+        let killing = baton.stderr.waitFor(
+            "killing pid \(child), left in the process group of worker 1 of generation 1: it did not stop within 1s"
+        )
         #expect(killing != nil)
         #expect((stopping ?? 0) < (killing ?? 0), "the stop signal comes first")
         #expect(waitForExit(child))
@@ -334,8 +404,13 @@ struct HostileWorkerTests {
         let (_, reports, baton) = try launch([], behaviour: "resource-tracker")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let worker = try #require(WorkerReport.all(in: reports).first)
-        let tracker = try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).tracker", encoding: .utf8)))
-        #expect(ProcInspectorCount.processGroup(tracker) == worker.pid, "the tracker runs in its worker's process group")
+        let tracker = try #require(
+            Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).tracker", encoding: .utf8))
+        )
+        #expect(
+            ProcInspectorCount.processGroup(tracker) == worker.pid,
+            "the tracker runs in its worker's process group"
+        )
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(tracker), "it exits once its worker is gone")
         #expect(!baton.stderr.text.contains("outside its process group"), "\(baton.stderr.text)")
@@ -346,7 +421,8 @@ struct HostileWorkerTests {
 
 extension ProcInspectorCount {
     static func processGroup(_ pid: Int32) -> Int32? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")")
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
         else { return nil }
         let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
         return fields.count > 2 ? Int32(fields[2]) : nil

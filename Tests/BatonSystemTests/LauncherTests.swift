@@ -13,7 +13,9 @@ struct LauncherTests {
     /// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
     /// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE, which a test may change later).
     func launch(
-        _ options: [String] = [], behaviour: String? = nil, environment: [String: String] = [:]
+        _ options: [String] = [],
+        behaviour: String? = nil,
+        environment: [String: String] = [:]
     ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
         let scratch = Scratch()
         let reports = scratch.file("reports")
@@ -25,7 +27,10 @@ struct LauncherTests {
             environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
         }
         let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(options), scratch: scratch, environment: environment)
+            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(options),
+            scratch: scratch,
+            environment: environment
+        )
         return (scratch, reports, baton)
     }
 
@@ -38,7 +43,10 @@ struct LauncherTests {
     /// exec'd with, before Python changes its own (it ignores SIGPIPE and SIGXFSZ at start). `grep` reads its
     /// own status: it inherits the shell's mask and ignored signals, which are what baton handed over.
     func recordingWorker() -> [String] {
-        ["--", "/bin/sh", "-c", "grep -E '^Sig(Blk|Ign)' /proc/self/status > \"$REPORT_DIR/$$.sig\"; exec python3 \(Paths.worker)"]
+        [
+            "--", "/bin/sh", "-c",
+            "grep -E '^Sig(Blk|Ign)' /proc/self/status > \"$REPORT_DIR/$$.sig\"; exec python3 \(Paths.worker)",
+        ]
     }
 
     @Test func aWorkerGetsExactlyTheListenersAndItsOwnPidInLISTEN_PID() throws {
@@ -46,8 +54,14 @@ struct LauncherTests {
         let reports = scratch.file("reports")
         try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
         let baton = try BatonRun(
-            ["--listen", "web=unix:\(scratch.file("a.sock"))", "--listen", "admin=unix:\(scratch.file("b.sock"))", "--workers", "2"]
-                + recordingWorker(), scratch: scratch, environment: ["REPORT_DIR": reports, "SECRET_FOR_APP": "kept"])
+            [
+                "--listen", "web=unix:\(scratch.file("a.sock"))", "--listen", "admin=unix:\(scratch.file("b.sock"))",
+                "--workers", "2",
+            ]
+                + recordingWorker(),
+            scratch: scratch,
+            environment: ["REPORT_DIR": reports, "SECRET_FOR_APP": "kept"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
 
         let all = WorkerReport.all(in: reports)
@@ -64,7 +78,10 @@ struct LauncherTests {
             #expect(report.env["SECRET_FOR_APP"] == "kept")
             #expect(report.env["NOTIFY_SOCKET"] == nil)
             let signals = try String(contentsOfFile: "\(reports)/\(report.pid).sig", encoding: .utf8)
-            #expect(signals == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n", "mask and dispositions are reset")
+            #expect(
+                signals == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+                "mask and dispositions are reset"
+            )
             #expect(report.pgid == report.pid, "each worker leads its own process group")
         }
         #expect(Set(all.compactMap { $0.env["BATON_WORKER"] }) == ["1", "2"])
@@ -76,7 +93,10 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd", "listen"])
     func eachReadinessModeMakesTheGenerationReady(mode: String) throws {
-        let (scratch, reports, baton) = try launch(["--ready", mode], environment: ["READY_MODE": mode == "listen" ? "none" : mode])
+        let (scratch, reports, baton) = try launch(
+            ["--ready", mode],
+            environment: ["READY_MODE": mode == "listen" ? "none" : mode]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         switch mode {
@@ -96,7 +116,10 @@ struct LauncherTests {
 
     @Test func notifyMessagesFromStrangersAreIgnoredAndLogged() throws {
         let (_, reports, baton) = try launch(
-            ["--ready", "notify", "--ready-timeout", "20s"], behaviour: "hang", environment: ["READY_MODE": "notify"])
+            ["--ready", "notify", "--ready-timeout", "20s"],
+            behaviour: "hang",
+            environment: ["READY_MODE": "notify"]
+        )
         #expect(baton.stdout.waitFor("behaviour hang") != nil)
         let report = try #require(WorkerReport.all(in: reports).first)
         let address = try #require(report.env["NOTIFY_SOCKET"])
@@ -123,7 +146,11 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd", "listen"])
     func theReadyTimeoutAppliesInEveryModeAndAFirstGenerationThatNeverServesExitsNonZero(mode: String) throws {
-        let (_, _, baton) = try launch(["--ready", mode, "--ready-timeout", "700ms"], behaviour: "hang", environment: ["READY_MODE": mode])
+        let (_, _, baton) = try launch(
+            ["--ready", mode, "--ready-timeout", "700ms"],
+            behaviour: "hang",
+            environment: ["READY_MODE": mode]
+        )
         let status = baton.wait()
         #expect(status == 1)
         #expect(baton.stderr.text.contains("did not become ready within 700ms"))
@@ -198,7 +225,10 @@ struct LauncherTests {
     @Test(arguments: ["crash", "hang"])
     func aFailingNewGenerationRollsBackAndTheOldKeepsServing(behaviour: String) throws {
         let (scratch, _, baton) = try launch(
-            ["--workers", "2", "--ready", "fd", "--ready-timeout", "3s"], behaviour: "ok", environment: ["READY_MODE": "fd"])
+            ["--workers", "2", "--ready", "fd", "--ready-timeout", "3s"],
+            behaviour: "ok",
+            environment: ["READY_MODE": "fd"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try workerPIDs(baton, generation: 1)
         #expect(before.count == 2)
@@ -208,7 +238,10 @@ struct LauncherTests {
         #expect(reload.stderr.hasPrefix("baton: reload failed: reload to generation 2 failed: worker"))
         if behaviour == "crash" {
             #expect(reload.stderr.contains("exited with exit 3 before the generation was ready"))
-            #expect(reload.stderr.contains("| fatal: cannot load configuration (test crash)"), "the worker's stderr is shown")
+            #expect(
+                reload.stderr.contains("| fatal: cannot load configuration (test crash)"),
+                "the worker's stderr is shown"
+            )
         } else {
             #expect(reload.stderr.contains("did not become ready within 3s"))
             #expect(reload.stderr.contains("| hanging before ready"))
@@ -243,7 +276,11 @@ struct LauncherTests {
 
     @Test(arguments: ["notify", "fd"])
     func aWorkerThatStopsPingingItsWatchdogIsReplaced(mode: String) throws {
-        let (_, _, baton) = try launch(["--ready", mode, "--watchdog", "300ms"], behaviour: "watchdog-once", environment: ["READY_MODE": mode])
+        let (_, _, baton) = try launch(
+            ["--ready", mode, "--watchdog", "300ms"],
+            behaviour: "watchdog-once",
+            environment: ["READY_MODE": mode]
+        )
         #expect(baton.stdout.waitFor("watchdog interval 300000") != nil, "WATCHDOG_USEC is passed to the worker")
         #expect(baton.stderr.waitFor("stopped sending WATCHDOG=1 (interval 300ms); replacing it") != nil)
         #expect(baton.stderr.waitFor("is back") != nil)
@@ -256,7 +293,12 @@ struct LauncherTests {
         let reload = baton.client(["reload"])
         #expect(reload.status == 0, "\(reload.stderr)")
         let steps = reload.stdout.split(separator: "\n").filter { $0.contains("retiring its predecessor") }
-        #expect(steps.map { $0.contains("worker 1 ready, 1/4") || $0.contains("worker 2 ready, 2/4") || $0.contains("worker 3 ready, 3/4") || $0.contains("worker 4 ready, 4/4") } == [true, true, true, true])
+        #expect(
+            steps.map {
+                $0.contains("worker 1 ready, 1/4") || $0.contains("worker 2 ready, 2/4")
+                    || $0.contains("worker 3 ready, 3/4") || $0.contains("worker 4 ready, 4/4")
+            } == [true, true, true, true]
+        )
         #expect(steps.first?.contains("worker 1 ready, 1/4") == true)
         #expect(steps.last?.contains("worker 4 ready, 4/4") == true)
         let status = baton.client(["status"]).stdout
@@ -297,8 +339,10 @@ struct LauncherTests {
         let first = try #require(WorkerReport.all(in: reports).first)
         let daemon = try daemonPID(of: first.pid, in: reports)
         #expect(isAlive(daemon))
-        #expect((try? String(contentsOfFile: "/proc/\(daemon)/stat", encoding: .utf8))?.contains(" \(baton.pid) ") == true,
-                "the orphan was re-parented to baton, not to PID 1")
+        #expect(
+            (try? String(contentsOfFile: "/proc/\(daemon)/stat", encoding: .utf8))?.contains(" \(baton.pid) ") == true,
+            "the orphan was re-parented to baton, not to PID 1"
+        )
         // Generation 1 retires: its worker's daemon goes with it, and generation 2's stays.
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(daemon), "the daemon of generation 1's worker was killed")
@@ -316,7 +360,9 @@ struct LauncherTests {
         let first = try #require(WorkerReport.all(in: reports).first)
         let daemon = try daemonPID(of: first.pid, in: reports)
         #expect(isAlive(daemon))
-        #expect(!((try? String(contentsOfFile: "/proc/\(daemon)/environ", encoding: .utf8)) ?? "BATON").contains("BATON"))
+        #expect(
+            !((try? String(contentsOfFile: "/proc/\(daemon)/environ", encoding: .utf8)) ?? "BATON").contains("BATON")
+        )
         scratch.write("behaviour", "ok")
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(daemon), "the daemon of generation 1's worker went with its generation")
@@ -357,7 +403,10 @@ struct LauncherTests {
 struct ControlAndErrorTests {
     @Test func theControlSocketIsPrivateAndSurvivesBadRequests() async throws {
         let scratch = Scratch()
-        let baton = try BatonRun(["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker], scratch: scratch)
+        let baton = try BatonRun(
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let attributes = try FileManager.default.attributesOfItem(atPath: baton.control)
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
@@ -369,7 +418,9 @@ struct ControlAndErrorTests {
             address.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(baton.control.utf8)) }
             _ = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
             }
             _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             var reply: [UInt8] = []
@@ -399,15 +450,23 @@ struct ControlAndErrorTests {
         let scratch = Scratch()
         let port = 20000 + Int(getpid() % 5000)
         let baton = try BatonRun(
-            ["--listen", "127.0.0.1:\(port)", "--listen", "v6=[::1]:\(port)", "--", "python3", Paths.worker], scratch: scratch)
+            ["--listen", "127.0.0.1:\(port)", "--listen", "v6=[::1]:\(port)", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200)
         #expect(try HTTP.get(host: "::1", port: port).status == 200)
 
         // The same port again is refused with a message that names the address.
-        let second = run(Paths.baton, ["run", "--control", scratch.file("c2.sock"), "--listen", "127.0.0.1:\(port)", "--", "true"])
+        let second = run(
+            Paths.baton,
+            ["run", "--control", scratch.file("c2.sock"), "--listen", "127.0.0.1:\(port)", "--", "true"]
+        )
         #expect(second.status != 0)
-        #expect(second.stderr == "baton: address 127.0.0.1:\(port) is already in use: stop whatever listens there or choose another --listen")
+        #expect(
+            second.stderr
+                == "baton: address 127.0.0.1:\(port) is already in use: stop whatever listens there or choose another --listen"
+        )
         #expect(baton.stop() == 0)
     }
 
@@ -420,14 +479,22 @@ struct ControlAndErrorTests {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
         _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         close(fd)
-        let baton = try BatonRun(["--listen", "unix:\(path)", "--socket-mode", "660", "--", "python3", Paths.worker], scratch: scratch)
+        let baton = try BatonRun(
+            ["--listen", "unix:\(path)", "--socket-mode", "660", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         #expect((attributes[.posixPermissions] as? Int) == 0o660)
-        let second = run(Paths.baton, ["run", "--control", scratch.file("c2.sock"), "--listen", "unix:\(path)", "--", "true"])
+        let second = run(
+            Paths.baton,
+            ["run", "--control", scratch.file("c2.sock"), "--listen", "unix:\(path)", "--", "true"]
+        )
         #expect(second.stderr.contains("address unix:\(path) is already in use"))
         #expect(baton.stop() == 0)
     }
@@ -439,16 +506,46 @@ struct ControlAndErrorTests {
     }
 
     @Test(arguments: [
-        (["run", "--listen", "nonsense", "--", "true"], "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH"),
-        (["run", "--listen", ":8080", "--", "/nonexistent/app"], "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)"),
-        (["run", "--listen", ":8080", "--", "no-such-app-xyz"], "baton: cannot execute 'no-such-app-xyz': not found in PATH (give its full path)"),
-        (["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"], "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m"),
-        (["run", "--listen", ":8080", "--ready", "magic", "--", "true"], "baton: invalid --ready 'magic': use notify, fd, listen or exec"),
-        (["run", "--listen", ":8080", "--stop-signal", "NOPE", "--", "true"], "baton: invalid --stop-signal 'NOPE': use a signal name such as TERM, INT, QUIT or USR2"),
-        (["run", "--listen", ":8080"], "baton: no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js"),
-        (["run", "--", "true"], "baton: nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit"),
-        (["reload", "--control", "/nonexistent/x.sock"], "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"),
-        (["status", "--control", "/nonexistent/x.sock"], "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"),
+        (
+            ["run", "--listen", "nonsense", "--", "true"],
+            "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH"
+        ),
+        (
+            ["run", "--listen", ":8080", "--", "/nonexistent/app"],
+            "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)"
+        ),
+        (
+            ["run", "--listen", ":8080", "--", "no-such-app-xyz"],
+            "baton: cannot execute 'no-such-app-xyz': not found in PATH (give its full path)"
+        ),
+        (
+            ["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"],
+            "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m"
+        ),
+        (
+            ["run", "--listen", ":8080", "--ready", "magic", "--", "true"],
+            "baton: invalid --ready 'magic': use notify, fd, listen or exec"
+        ),
+        (
+            ["run", "--listen", ":8080", "--stop-signal", "NOPE", "--", "true"],
+            "baton: invalid --stop-signal 'NOPE': use a signal name such as TERM, INT, QUIT or USR2"
+        ),
+        (
+            ["run", "--listen", ":8080"],
+            "baton: no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js"
+        ),
+        (
+            ["run", "--", "true"],
+            "baton: nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit"
+        ),
+        (
+            ["reload", "--control", "/nonexistent/x.sock"],
+            "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"
+        ),
+        (
+            ["status", "--control", "/nonexistent/x.sock"],
+            "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"
+        ),
     ])
     func badInputGetsAOneLineErrorThatNamesTheThing(arguments: [String], expected: String) {
         let scratch = Scratch()

@@ -23,7 +23,8 @@ struct ReexecTests {
 
     func workerPIDs(_ status: [String: Any]) -> [Int] {
         let generations = status["generations"] as? [[String: Any]] ?? []
-        return generations.flatMap { ($0["workers"] as? [[String: Any]] ?? []).compactMap { $0["pid"] as? Int } }.sorted()
+        return generations.flatMap { ($0["workers"] as? [[String: Any]] ?? []).compactMap { $0["pid"] as? Int } }
+            .sorted()
     }
 
     @Test func anUpgradedBinaryTakesOverWithoutDroppingAnything() throws {
@@ -31,8 +32,14 @@ struct ReexecTests {
         let binary = scratch.file("baton")
         try install(Paths.baton, at: binary)
         let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2", "--ready", "fd", "--", "python3", Paths.worker],
-            scratch: scratch, environment: ["READY_MODE": "fd"], executable: binary)
+            [
+                "--listen", "unix:\(scratch.file("s.sock"))", "--workers", "2", "--ready", "fd", "--", "python3",
+                Paths.worker,
+            ],
+            scratch: scratch,
+            environment: ["READY_MODE": "fd"],
+            executable: binary
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try status(baton)
 
@@ -76,7 +83,10 @@ struct ReexecTests {
         let binary = scratch.file("baton")
         try install(Paths.baton, at: binary)
         let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker], scratch: scratch, executable: binary)
+            ["--listen", "unix:\(scratch.file("s.sock"))", "--", "python3", Paths.worker],
+            scratch: scratch,
+            executable: binary
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try status(baton)
         // A broken upgrade: the file is not a program.

@@ -8,7 +8,8 @@ import Glibc
 
 /// Where things are: the package root, the built `baton`, the fixtures.
 enum Paths {
-    static let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    static let packageRoot: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent()
         .deletingLastPathComponent()
 
     /// The `baton` binary built beside the test bundle, or `$BATON_BINARY`.
@@ -104,7 +105,9 @@ final class LineCollector: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         while true {
-            if lines.count > after, let index = lines[after...].firstIndex(where: { $0.contains(needle) }) { return index }
+            if lines.count > after, let index = lines[after...].firstIndex(where: { $0.contains(needle) }) {
+                return index
+            }
             if closed { return nil }
             if !condition.wait(until: deadline) { return nil }
         }
@@ -134,14 +137,20 @@ final class BatonRun: @unchecked Sendable {
     private var unread: [Pipe] = []
 
     init(
-        _ arguments: [String], scratch: Scratch, environment: [String: String] = [:], executable: String = Paths.baton,
-        echo: Bool = false, unreadOutput: Bool = false, wrapper: [String] = []
+        _ arguments: [String],
+        scratch: Scratch,
+        environment: [String: String] = [:],
+        executable: String = Paths.baton,
+        echo: Bool = false,
+        unreadOutput: Bool = false,
+        wrapper: [String] = []
     ) throws {
         self.scratch = scratch
         control = scratch.file("control.sock")
         // A wrapper that execs baton (`nice -n 10`, `prlimit ...`) keeps the pid.
         process.executableURL = URL(fileURLWithPath: wrapper.first ?? executable)
-        process.arguments = wrapper.dropFirst() + (wrapper.isEmpty ? [] : [executable]) + ["run", "--control", control] + arguments
+        process.arguments =
+            wrapper.dropFirst() + (wrapper.isEmpty ? [] : [executable]) + ["run", "--control", control] + arguments
         var env = ProcessInfo.processInfo.environment
         for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "WATCHDOG_USEC"] {
             env[name] = nil
@@ -197,7 +206,10 @@ final class BatonRun: @unchecked Sendable {
 
     /// What a stuck launcher was doing: its log and the whole process tree, with each process's state and wait channel.
     func diagnosis() -> String {
-        let tree = run(Paths.which("ps") ?? "/usr/bin/ps", ["-o", "pid,ppid,pgid,stat,wchan:24,etime,args", "--forest", "-e"]).stdout
+        let tree = run(
+            Paths.which("ps") ?? "/usr/bin/ps",
+            ["-o", "pid,ppid,pgid,stat,wchan:24,etime,args", "--forest", "-e"]
+        ).stdout
         let log = (stderr.all.suffix(40) + stdout.all.suffix(20)).map { "  | \($0)" }.joined(separator: "\n")
         let state = isAlive(pid) ? "still running" : "gone (the harness missed its exit)"
         return "baton is pid \(pid), \(state); processes:\n\(tree)\nlast lines:\n\(log)"
@@ -260,7 +272,9 @@ enum HTTP {
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
         let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         return try exchange(fd, target)
@@ -285,7 +299,8 @@ enum HTTP {
         var timeout = timeval(tv_sec: 15, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         let request = Array("GET \(target) HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else {
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count
+        else {
             throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
         }
         var data: [UInt8] = []
