@@ -12,7 +12,7 @@
 // waits in poll() and retries when another process took the connection first.
 //
 // Draining: before baton sends an old worker its stop signal, it sends SIGRTMIN+5 (only to a worker that catches
-// it, which /proc tells baton) and waits a moment. The library's handler then takes the adopted sockets out of the
+// it, which /proc tells baton: the handler is installed once the worker has adopted a socket) and waits a moment. The library's handler then takes the adopted sockets out of the
 // app's epoll sets and accept() on them says EAGAIN, so the app takes no new connection from the shared queue and
 // has read the ones it took by the time its own shutdown starts: servers that close idle connections at once on
 // SIGTERM (uvicorn, Node's server.close()) then close none a client has just sent a request on. An app that installs
@@ -193,6 +193,13 @@ __attribute__((constructor)) static void load(void) {
     for (int i = 0; i < MAX_REGISTRATIONS; i++) atomic_init(&registrations[i].epoll, -1);
     // Resolved now: the signal handler must not call dlsym.
     (void)real_epoll_ctl();
+}
+
+/// Installs the drain signal's handler, once, when the first socket is adopted: an app that adopts nothing (one
+/// that uses LISTEN_FDS itself) does not catch the signal, so baton stops it at once, as it would without the library.
+static void install_drain(void) {
+    static _Atomic int installed;
+    if (atomic_exchange(&installed, 1)) return;
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = drain;
@@ -356,6 +363,7 @@ static int adopt(int fd, const struct sockaddr *a, socklen_t length) {
     if (!remember(fd, best->dev, best->ino, (status_flags & O_NONBLOCK) != 0, family)) {
         // No room to remember the app's blocking mode: the fd stays adopted, non-blocking.
     }
+    install_drain();
     return 0;
 }
 

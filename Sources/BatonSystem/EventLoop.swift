@@ -29,20 +29,7 @@ public final class EventLoop: Sendable {
     ///
     /// The corresponding C function is `pthread_create`.
     public func start() {
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let status = pthread_create(
-            &thread,
-            nil,
-            { argument in
-                let loop = Unmanaged<EventLoop>.fromOpaque(argument!).takeRetainedValue()
-                loop.run()
-                return nil
-            },
-            box.toOpaque()
-        )
-        precondition(status == 0, "pthread_create failed: \(status)")
-        pthread_detach(thread)
+        Threads.detach { self.run() }
     }
 
     /// Calls `handler` on the loop's thread whenever `fd` is readable or hung up.

@@ -31,3 +31,29 @@ public final class Locked<Value: ~Copyable>: @unchecked Sendable {
         return try body(&value)
     }
 }
+
+/// Threads of baton's own (the event loop, the output writer), outside Swift concurrency's pool.
+enum Threads {
+    /// Runs `body` on a new detached thread.
+    ///
+    /// The corresponding C function is `pthread_create`.
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
+        let box = Unmanaged.passRetained(Box(body))
+        var thread = pthread_t()
+        let status = pthread_create(
+            &thread,
+            nil,
+            { argument in
+                Unmanaged<Box>.fromOpaque(argument!).takeRetainedValue().body()
+                return nil
+            },
+            box.toOpaque()
+        )
+        precondition(status == 0, "pthread_create failed: \(status)")
+        pthread_detach(thread)
+    }
+}

@@ -100,20 +100,7 @@ public final class OutputWriter: @unchecked Sendable {
     }
 
     private func startThread() {
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        let status = pthread_create(
-            &thread,
-            nil,
-            { argument in
-                let writer = Unmanaged<OutputWriter>.fromOpaque(argument!).takeRetainedValue()
-                writer.run()
-                return nil
-            },
-            box.toOpaque()
-        )
-        precondition(status == 0, "pthread_create failed: \(status)")
-        pthread_detach(thread)
+        Threads.detach { self.run() }
     }
 
     private func run() {

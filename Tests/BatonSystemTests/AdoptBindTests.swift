@@ -1,3 +1,4 @@
+import BatonCore
 import Foundation
 import Testing
 
@@ -446,6 +447,45 @@ struct AdoptBindTests {
         let line =
             "did not become ready within 2s: the app listens on [::]:\(other) itself, not on baton's 127.0.0.1:\(port): bind the address baton serves, use LISTEN_FDS, or change --listen"
         #expect(baton.stderr.text.contains(line), "\(baton.stderr.text)")
+    }
+
+    /// Whether process `pid` catches SIGRTMIN+5, the library's drain signal (`SigCgt:` in /proc).
+    func catchesDrain(_ pid: Int32) -> Bool {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("SigCgt:") } ?? ""
+        let mask = UInt64(line.dropFirst("SigCgt:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
+        return mask & (1 << UInt64(__libc_current_sigrtmin() + 5 - 1)) != 0
+    }
+
+    @Test func onlyAWorkerThatAdoptedASocketIsDrainedBeforeItsStopSignal() throws {
+        _ = try #require(AdoptLibrary.besideBaton)
+        let port = Self.basePort + 3
+        // An app that uses LISTEN_FDS itself adopts nothing: it does not catch the drain signal, so its stop signal
+        // comes at once, as without the library.
+        let scratch = Scratch()
+        let plain = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--ready", "fd", "--", "python3", Paths.worker],
+            scratch: scratch,
+            environment: ["READY_MODE": "fd", "REPORT_DIR": scratch.path]
+        )
+        #expect(plain.stderr.waitFor("generation 1 ready") != nil)
+        let worker = try #require(WorkerReport.all(in: scratch.path).first)
+        #expect(!catchesDrain(worker.pid))
+        #expect(plain.stop() == 0)
+        // One that bound its own port did adopt, and catches it.
+        let adopted = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--ready", "listen", "--", "node", AdoptLibrary.fixture("hello.js")],
+            scratch: Scratch(),
+            environment: ["PORT": "\(port)"]
+        )
+        #expect(adopted.stderr.waitFor("generation 1 ready", timeout: 30) != nil)
+        let status = try JSONDecoder().decode(
+            StatusReport.self,
+            from: Data(adopted.client(["status", "--json"]).stdout.utf8)
+        )
+        let pid = try #require(status.generations.first?.workers.first?.pid)
+        #expect(catchesDrain(pid))
+        #expect(adopted.stop() == 0)
     }
 
     @Test func theLibraryExportsOnlyWhatItIntercepts() throws {

@@ -28,12 +28,7 @@ struct FloodTests {
     @Test func aStrangersNotifyFloodCostsNeitherMemoryNorAnswers() throws {
         try #require(getuid() == 0, "needs root to flood as a second user")
         let setpriv = try #require(Paths.which("setpriv"))
-        let scratch = Scratch()
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "notify", "--", python, Paths.worker],
-            scratch: scratch,
-            environment: ["READY_MODE": "notify"]
-        )
+        let (scratch, _, baton) = try launchWorker(["--ready", "notify"], environment: ["READY_MODE": "notify"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let address = "@baton/\(baton.pid)/baton/notify"
         let rssBefore = ProcInspectorCount.rssKiB(baton.pid)
@@ -65,7 +60,7 @@ struct FloodTests {
         #expect(answered > 0 && after.report != nil, "status answers during and after the flood")
         #expect(rssAfter < 32 * 1024, "RSS stays under 32 MiB")
         #expect(ignoredLines <= 12, "strangers' datagrams are logged rate-limited, not each")
-        #expect(try HTTP.get(unix: scratch.file("web.sock")).status == 200)
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200)
         #expect(baton.stop() == 0)
     }
 
@@ -167,12 +162,7 @@ struct FloodTests {
             limit.rlim_cur = wanted
             setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
-        let scratch = Scratch()
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("web.sock"))", "--ready", "fd", "--", python, Paths.worker],
-            scratch: scratch,
-            environment: ["READY_MODE": "fd"]
-        )
+        let (_, _, baton) = try launchWorker(["--ready", "fd"], environment: ["READY_MODE": "fd"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         // 1 100 idle connections, more than baton's 1 024 fds.
         var idle: [Int32] = []
@@ -210,24 +200,6 @@ struct FloodTests {
         #expect(String(decoding: received, as: UTF8.self).contains("no complete request"))
         for fd in idle + [partial] { close(fd) }
         #expect(baton.stop() == 0)
-    }
-
-    func connectUnix(_ path: String, nonBlocking: Bool = false) -> Int32? {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
-        guard fd >= 0 else { return nil }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard result == 0 || errno == EINPROGRESS else {
-            close(fd)
-            return nil
-        }
-        return fd
     }
 }
 

@@ -11,8 +11,6 @@ import Glibc
 /// baton down, leaves workers behind or redirects what baton does to a file.
 @Suite("hostile workers and signals, with real processes", .serialized, .timeLimit(.minutes(3)))
 struct HostileWorkerTests {
-    /// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
-    /// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE).
     func launch(
         _ options: [String] = [],
         behaviour: String? = nil,
@@ -20,22 +18,7 @@ struct HostileWorkerTests {
         command: [String] = ["python3", Paths.worker],
         wrapper: [String] = []
     ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        var environment = environment
-        environment["REPORT_DIR"] = reports
-        if let behaviour {
-            scratch.write("behaviour", behaviour)
-            environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
-        }
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + options + ["--"] + command,
-            scratch: scratch,
-            environment: environment,
-            wrapper: wrapper
-        )
-        return (scratch, reports, baton)
+        try launchWorker(options, behaviour: behaviour, environment: environment, command: command, wrapper: wrapper)
     }
 
     // MARK: - Numbers from outside

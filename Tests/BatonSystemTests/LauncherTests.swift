@@ -10,28 +10,14 @@ import Glibc
 struct LauncherTests {
     func worker(_ extra: [String] = []) -> [String] { extra + ["--", "python3", Paths.worker] }
 
-    /// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
-    /// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE, which a test may change later).
+    /// baton running worker.py (see ``launchWorker(_:behaviour:environment:command:wrapper:)``); the behaviour file
+    /// may be changed later by the test.
     func launch(
         _ options: [String] = [],
         behaviour: String? = nil,
         environment: [String: String] = [:]
     ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
-        let scratch = Scratch()
-        let reports = scratch.file("reports")
-        try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
-        var environment = environment
-        environment["REPORT_DIR"] = reports
-        if let behaviour {
-            scratch.write("behaviour", behaviour)
-            environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
-        }
-        let baton = try BatonRun(
-            ["--listen", "unix:\(scratch.file("s.sock"))"] + worker(options),
-            scratch: scratch,
-            environment: environment
-        )
-        return (scratch, reports, baton)
+        try launchWorker(options, behaviour: behaviour, environment: environment)
     }
 
     /// The pid of the daemon a worker with behaviour `daemonize` started.

@@ -265,18 +265,8 @@ enum HTTP {
     }
 
     static func get(unix path: String, _ target: String = "/") throws -> Response {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EIO) }
+        guard let fd = connectUnix(path) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(fd) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-            }
-        }
-        guard result == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         return try exchange(fd, target)
     }
 
@@ -353,4 +343,50 @@ func isAlive(_ pid: Int32) -> Bool {
     let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
     guard let close = stat.lastIndex(of: ")") else { return false }
     return !stat[stat.index(after: close)...].hasPrefix(" Z")
+}
+
+/// baton running worker.py on `s.sock` in a fresh scratch directory, with `options`, a reports directory
+/// (REPORT_DIR) and, when given, the workers' behaviour (BEHAVIOUR_FILE).
+func launchWorker(
+    _ options: [String] = [],
+    behaviour: String? = nil,
+    environment: [String: String] = [:],
+    command: [String] = ["python3", Paths.worker],
+    wrapper: [String] = []
+) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
+    let scratch = Scratch()
+    let reports = scratch.file("reports")
+    try FileManager.default.createDirectory(atPath: reports, withIntermediateDirectories: true)
+    var environment = environment
+    environment["REPORT_DIR"] = reports
+    if let behaviour {
+        scratch.write("behaviour", behaviour)
+        environment["BEHAVIOUR_FILE"] = scratch.file("behaviour")
+    }
+    let baton = try BatonRun(
+        ["--listen", "unix:\(scratch.file("s.sock"))"] + options + ["--"] + command,
+        scratch: scratch,
+        environment: environment,
+        wrapper: wrapper
+    )
+    return (scratch, reports, baton)
+}
+
+/// A unix stream socket connected to `path` (non-blocking: connecting), or nil.
+func connectUnix(_ path: String, nonBlocking: Bool = false) -> Int32? {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
+    guard fd >= 0 else { return nil }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+    let result = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
+    guard result == 0 || errno == EINPROGRESS else {
+        close(fd)
+        return nil
+    }
+    return fd
 }
