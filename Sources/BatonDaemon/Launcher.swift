@@ -46,6 +46,7 @@ public actor Launcher {
     /// Notify messages between the event loop and the actor, bounded.
     let inbox = NotifyInbox()
     private var ignoredNotifications = LogRateLimit()
+    private var rejectedValues = LogRateLimit()
     /// What workers left behind, and when those told to stop are killed.
     var leftovers = Leftovers()
     var leftoverCheck: Task<Void, Never>?
@@ -198,6 +199,8 @@ public actor Launcher {
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")
+            // The service manager's watchdog is baton's one periodic event: a look at the listeners costs nothing else.
+            checkListeners()
         case .listenerHungUp:
             checkListeners()
         case .timer(let id, let token):
@@ -248,8 +251,11 @@ public actor Launcher {
         }
         if let status = message.status { process(.status(worker, status)) }
         for rejected in message.rejected {
+            let (log, suppressed) = rejectedValues.admit(now: .now)
+            guard log else { continue }
+            let more = suppressed > 0 ? " (\(suppressed) more rejected values not logged)" : ""
             logger.warning(
-                "rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)"
+                "rejected \(rejected) in a notify message from worker pid \(supervisor.worker(worker)?.pid ?? 0)\(more)"
             )
         }
         if message.watchdog || message.watchdogInterval != nil {

@@ -1,5 +1,6 @@
 import BatonCore
 import BatonSystem
+import Logging
 import SystemPackage
 
 /// Keeps the listening sockets that every worker shares listening: a worker's `shutdown()` of one makes the kernel
@@ -13,6 +14,8 @@ struct ListenerGuard: Sendable {
         var listener: ListeningSocket
         var what: String
         var repaired: Bool
+        /// Not a worker's doing to undo: the workers do not accept fast enough, or not at all.
+        var stalled = false
     }
 
     private struct Watched: Sendable {
@@ -24,6 +27,7 @@ struct ListenerGuard: Sendable {
 
     private var watched: [Watched]
     private let backlog: Int32
+    private var stalls = LogRateLimit(burst: 1, interval: .seconds(60))
 
     init(_ listeners: [ListeningSocket], backlog: Int32) {
         self.backlog = backlog
@@ -40,6 +44,19 @@ struct ListenerGuard: Sendable {
             let socket = watched[index].socket
             let condition = socket.condition()
             if let tcpBacklog = watched[index].tcpBacklog {
+                // Accepting looks stalled: the queue is full, so the kernel drops new connections (SYNs).
+                if let queued = condition.queued, let now = condition.backlog, now > 0, queued >= now,
+                    condition.accepting, stalls.admit(now: .now).log
+                {
+                    findings.append(
+                        Finding(
+                            listener: socket,
+                            what: "accepting looks stalled: its queue is full (\(queued) connections)",
+                            repaired: true,
+                            stalled: true
+                        )
+                    )
+                }
                 var what: [String] = []
                 if !condition.accepting || condition.shutDown { what.append("shut down (shutdown())") }
                 if let now = condition.backlog, now != tcpBacklog, condition.accepting {
@@ -81,7 +98,13 @@ extension Launcher {
         let suspects = supervisor.orderedGenerations.last { !$0.workers.isEmpty }
         let pids = suspects?.workers.compactMap { supervisor.worker($0)?.pid }.map(String.init) ?? []
         let who = suspects.map { "a worker of generation \($0.id) (pid \(pids.joined(separator: ", ")))" } ?? "a worker"
-        for finding in findings {
+        for finding in findings where finding.stalled {
+            logger.warning(
+                "listener '\(finding.listener.name)' (\(finding.listener.address)): \(finding.what); the workers of generation \(suspects.map { String($0.id) } ?? "?") do not accept",
+                metadata: ["baton.listener": "\(finding.listener.name)"]
+            )
+        }
+        for finding in findings where !finding.stalled {
             let what = "listener '\(finding.listener.name)' (\(finding.listener.address)) was \(finding.what) by \(who)"
             logger.lifecycle(
                 finding.repaired

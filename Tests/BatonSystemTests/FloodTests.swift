@@ -262,6 +262,41 @@ struct ListenerIntegrityTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func aFullAcceptQueueIsReportedAsStalled() throws {
+        let scratch = Scratch()
+        let port = 30700 + Int(getpid() % 400)
+        scratch.write("behaviour", "no-accept")
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--backlog", "2", "--ready", "fd", "--", python, Paths.worker],
+            scratch: scratch,
+            environment: ["READY_MODE": "fd", "BEHAVIOUR_FILE": scratch.file("behaviour")]
+        )
+        #expect(baton.stdout.waitFor("accepting nothing") != nil)
+        // Connections the kernel completes into the queue, until it is full.
+        var clients: [Int32] = []
+        for _ in 0..<4 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+            clients.append(fd)
+        }
+        // Each status request looks at the listeners (as does each tick of the service manager's watchdog).
+        let deadline = Date().addingTimeInterval(10)
+        while !baton.stderr.all.contains(where: { $0.contains("accepting looks stalled") }) && Date() < deadline {
+            _ = baton.client(["status"])
+        }
+        #expect(baton.stderr.all.contains { $0.contains("accepting looks stalled: its queue is full") })
+        for fd in clients { close(fd) }
+        #expect(baton.stop() == 0)
+    }
+
     @Test func aWorkersSmallBacklogIsUndone() throws {
         let scratch = Scratch()
         let port = 30300 + Int(getpid() % 400)

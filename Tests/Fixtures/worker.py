@@ -5,7 +5,7 @@ Behaviour comes from the environment and from a file read at start, so that a re
   REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
   READY_MODE       notify | fd | none (default none: baton detects the accept)
   BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
-                   shutdown-listener | shutdown-then-crash | small-backlog | wiped-daemon, or
+                   shutdown-listener | shutdown-then-crash | small-backlog | no-accept | wiped-daemon, or
                    'send-notify MSG|MSG...' (notify messages sent once ready)
 Each response body is "generation G worker W pid P".
 """
@@ -187,6 +187,10 @@ try:
         # Breaks the listener every worker shares: the kernel then refuses every connection, for every worker.
         listeners[0].shutdown(socket.SHUT_RDWR)
         print("shut the listener down", flush=True)
+    if behaviour == "no-accept":
+        print("ready, and accepting nothing", flush=True)
+        while not stopping.is_set():
+            time.sleep(3600)
     if behaviour == "small-backlog":
         listeners[0].listen(1)
         print("listen(fd, 1)", flush=True)
