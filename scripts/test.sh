@@ -61,7 +61,7 @@ sanitized() {
   # Leaks are checked in every baton process the tests start (and reported as a failure), not in the runner.
   swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$2" &&
     bash preload/build.sh "$(swift build --show-bin-path --scratch-path ".build-$2")" >/dev/null &&
-    ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests --skip ChaosTests
+    BATON_TEST_SANITIZER=$sanitizer ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests --skip ChaosTests
 }
 
 # Every Swift file is formatted as `swift format -i -r Sources Tests Fuzz/Targets Package.swift` leaves it.

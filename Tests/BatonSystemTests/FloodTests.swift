@@ -58,7 +58,7 @@ struct FloodTests {
             "notify flood by a stranger: \(answered) status answers during it, slowest \(Int(slowest * 1000)) ms, RSS \(rssBefore) -> \(rssAfter) KiB, \(ignoredLines) log lines"
         )
         #expect(answered > 0 && after.report != nil, "status answers during and after the flood")
-        #expect(rssAfter < 32 * 1024, "RSS stays under 32 MiB")
+        #expect(Sanitizers.active || rssAfter < 32 * 1024, "RSS stays under 32 MiB")
         #expect(ignoredLines <= 12, "strangers' datagrams are logged rate-limited, not each")
         #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200)
         #expect(baton.stop() == 0)
@@ -80,7 +80,7 @@ struct FloodTests {
         let rss = ProcInspectorCount.rssKiB(baton.pid)
         print("STATUS= flood by a worker: \(sent) messages, \(answered) status answers during it, RSS \(rss) KiB")
         #expect(answered > 0)
-        #expect(rss < 32 * 1024)
+        #expect(Sanitizers.active || rss < 32 * 1024, "RSS stays under 32 MiB")
         #expect(status(baton).report?.generations.first?.workers.first?.status?.hasPrefix("busy") == true)
         #expect(baton.stop() == 0)
     }

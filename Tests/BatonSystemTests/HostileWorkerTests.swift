@@ -263,7 +263,8 @@ struct HostileWorkerTests {
         #expect(baton.client(["reload"]).status == 0)
         let worker = try #require(WorkerReport.all(in: reports).map(\.pid).filter(isAlive).first)
         #expect(limit(worker, "Max open files")! == ("900", "4000"))
-        #expect(limit(worker, "Max core file size")! == ("0", "100000"))
+        // A sanitizer's runtime sets baton's core limit itself before baton can read it.
+        if !Sanitizers.active { #expect(limit(worker, "Max core file size")! == ("0", "100000")) }
         let processes = try #require(limit(worker, "Max processes"))
         #expect(processes.soft == "3000" && ["4000", "5000"].contains(processes.hard), "\(processes)")
         #expect(baton.stop() == 0)

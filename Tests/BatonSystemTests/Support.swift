@@ -224,6 +224,10 @@ final class BatonRun: @unchecked Sendable {
 /// Under AddressSanitizer the test runner itself runs without leak detection (the harness's own threads and
 /// processes are alive at exit); every baton it starts runs with the options in BATON_TEST_CHILD_ASAN_OPTIONS.
 enum Sanitizers {
+    /// Whether the tests run under a sanitizer (`BATON_TEST_SANITIZER`, set by the test command's sanitizer stages):
+    /// its runtime inflates memory and changes some process limits, so bounds on those are checked without one.
+    static var active: Bool { ProcessInfo.processInfo.environment["BATON_TEST_SANITIZER"] != nil }
+
     static func childEnvironment(_ environment: [String: String]) -> [String: String] {
         var result = environment
         if let options = environment["BATON_TEST_CHILD_ASAN_OPTIONS"] { result["ASAN_OPTIONS"] = options }
