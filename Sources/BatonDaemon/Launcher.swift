@@ -202,7 +202,7 @@ public actor Launcher {
             // The service manager's watchdog is baton's one periodic event: a look at the listeners costs nothing else.
             checkListeners()
         case .listenerHungUp:
-            checkListeners()
+            checkListeners(afterHangUp: true)
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil

@@ -91,9 +91,12 @@ extension Launcher {
 
     /// Checks the listeners, repairs what it can, and logs what a worker did, naming the generation whose workers
     /// were the newest to start (the suspects).
-    func checkListeners() {
+    func checkListeners(afterHangUp: Bool = false) {
         let findings = listenerGuard.check()
-        for listener in listeners where !listenerGuard.refusing.contains(listener) { loop.watchHangUp(listener.fd) }
+        // A hang-up is reported once (EPOLLONESHOT): watch again for the next one, except on what stays broken.
+        if afterHangUp || !findings.isEmpty {
+            for listener in listeners where !listenerGuard.refusing.contains(listener) { loop.watchHangUp(listener.fd) }
+        }
         guard !findings.isEmpty else { return }
         let suspects = supervisor.orderedGenerations.last { !$0.workers.isEmpty }
         let pids = suspects?.workers.compactMap { supervisor.worker($0)?.pid }.map(String.init) ?? []

@@ -44,24 +44,29 @@ extension ListeningSocket {
     ///
     /// The corresponding C functions are `getsockopt(SO_ACCEPTCONN)`, `getsockopt(TCP_INFO)` and `poll`.
     public func condition() -> ListenerCondition {
+        // A TCP listener says it all in one call: its state (LISTEN, or CLOSE once shut down), backlog and queue.
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        if getsockopt(fd.rawValue, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 {
+            let listening = Int(info.tcpi_state) == Int(TCP_LISTEN)
+            return ListenerCondition(
+                accepting: listening,
+                shutDown: !listening,
+                backlog: Int(info.tcpi_sacked),
+                queued: Int(info.tcpi_unacked)
+            )
+        }
         var accepting: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
+        length = socklen_t(MemoryLayout<Int32>.size)
         _ = getsockopt(fd.rawValue, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &length)
         var entry = pollfd(fd: fd.rawValue, events: 0, revents: 0)
         _ = poll(&entry, 1, 0)
-        var result = ListenerCondition(
+        return ListenerCondition(
             accepting: accepting != 0,
             shutDown: entry.revents & Int16(POLLHUP) != 0,
             backlog: nil,
             queued: nil
         )
-        var info = tcp_info()
-        length = socklen_t(MemoryLayout<tcp_info>.size)
-        if getsockopt(fd.rawValue, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 {
-            result.backlog = Int(info.tcpi_sacked)
-            result.queued = Int(info.tcpi_unacked)
-        }
-        return result
     }
 
     /// Makes it listen again with `backlog`: undoes a worker's `shutdown()` of a TCP listener, or its `listen(fd, 1)`.
