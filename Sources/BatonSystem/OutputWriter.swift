@@ -12,10 +12,12 @@ public final class OutputWriter: @unchecked Sendable {
         case bytes(fd: Int32, [UInt8], lines: Int)
         case journal([String])
 
+        /// What it costs in memory, roughly: its bytes and the bookkeeping around them (so that a flood of tiny
+        /// journal entries is bounded as well as one of long lines).
         var size: Int {
             switch self {
-            case .bytes(_, let bytes, _): bytes.count
-            case .journal(let fields): fields.reduce(0) { $0 + $1.utf8.count }
+            case .bytes(_, let bytes, _): 64 + bytes.count
+            case .journal(let fields): 64 + fields.reduce(0) { $0 + 48 + $1.utf8.count }
             }
         }
 
