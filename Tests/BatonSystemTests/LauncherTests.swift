@@ -346,6 +346,13 @@ struct LauncherTests {
         let first = try #require(WorkerReport.all(in: reports).first)
         let daemon = try daemonPID(of: first.pid, in: reports)
         #expect(isAlive(daemon))
+        // Once `env -i` has exec'd `sleep`, nothing of baton's is left in its environment.
+        let execed = Date().addingTimeInterval(10)
+        while !((try? String(contentsOfFile: "/proc/\(daemon)/cmdline", encoding: .utf8)) ?? "").hasPrefix("sleep"),
+            Date() < execed
+        {
+            usleep(1000)
+        }
         #expect(
             !((try? String(contentsOfFile: "/proc/\(daemon)/environ", encoding: .utf8)) ?? "BATON").contains("BATON")
         )
