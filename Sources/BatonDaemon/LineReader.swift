@@ -26,11 +26,18 @@ final class LineReader: Sendable {
     private let state: Locked<State>
     private let loop: EventLoop
 
-    /// Takes ownership of `fd`, which must be non-blocking.
+    /// Takes ownership of `fd`, which must be non-blocking; a negative fd (a pipe already closed before a re-exec)
+    /// makes a reader that is at its end.
     init(_ fd: consuming OwnedDescriptor, maximumLineLength: Int, budget: Int = 64 * 1024, loop: EventLoop) {
         self.budget = budget
         self.loop = loop
-        state = Locked(State(fd: fd.release(), splitter: LineSplitter(maximumLineLength: maximumLineLength)))
+        let descriptor = fd.release()
+        state = Locked(
+            State(
+                fd: descriptor.rawValue >= 0 ? descriptor : nil,
+                splitter: LineSplitter(maximumLineLength: maximumLineLength)
+            )
+        )
     }
 
     deinit {

@@ -78,6 +78,30 @@ struct ReexecTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func aWorkerThatClosedItsOutputBeforeTheReexecutionIsStillRetiredCleanly() throws {
+        let scratch = Scratch()
+        let binary = scratch.file("baton")
+        try install(Paths.baton, at: binary)
+        // The worker's stdout and stderr pipes end before the re-execution: the new binary has none to take over.
+        let baton = try BatonRun(
+            [
+                "--listen", "unix:\(scratch.file("s.sock"))", "--ready", "fd", "--", "/bin/sh", "-c",
+                "exec >/dev/null 2>&1; exec python3 \(Paths.worker)",
+            ],
+            scratch: scratch,
+            environment: ["READY_MODE": "fd"],
+            executable: binary
+        )
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        baton.signal(SIGUSR2)
+        #expect(baton.stderr.waitFor("re-executed \(binary) in place") != nil)
+        // Its exit, at the reload, reads what is left of pipes that are gone.
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(baton.process.isRunning)
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).body.hasPrefix("generation 2"))
+        #expect(baton.stop() == 0)
+    }
+
     @Test func aBinaryThatDoesNotRunIsNotExecutedAndTheLauncherCarriesOn() throws {
         let scratch = Scratch()
         let binary = scratch.file("baton")
