@@ -423,7 +423,7 @@ struct ControlAndErrorTests {
             return String(decoding: reply, as: UTF8.self)
         }
         #expect(exchange(Array("hello\n".utf8)).contains("malformed request"))
-        #expect(exchange([UInt8](repeating: 65, count: 100_000)).contains("request too large"))
+        #expect(exchange([UInt8](repeating: 65, count: 100_000)).contains("request too large: over 4096 bytes"))
         #expect(exchange(Array("{\"command\":\"status\"}\n".utf8)).contains("\"kind\":\"status\""))
 
         // Several clients at once.
@@ -433,6 +433,12 @@ struct ControlAndErrorTests {
         }
         #expect(statuses == Array(repeating: 0, count: 8))
         #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200, "the launcher is undisturbed")
+        // The default name is not repeated (`baton baton`), and stderr's lines are readable: the journal's
+        // metadata (baton.event=..., baton.instance=...) stays out of them.
+        #expect(baton.client(["status"]).stdout.hasPrefix("baton (pid \(baton.pid), version "))
+        let log = baton.stderr.all.filter { $0.hasPrefix("baton") }
+        #expect(log.contains("baton: generation 1 ready (1 worker(s))"), "\(log)")
+        #expect(!log.contains { $0.hasPrefix("baton[baton]") || $0.contains("baton.event=") }, "\(log)")
         #expect(baton.stop() == 0)
     }
 
