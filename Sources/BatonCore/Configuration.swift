@@ -55,8 +55,8 @@ public struct LaunchConfiguration: Sendable {
     /// The instance name when `--name` is not given.
     public static let defaultName = "baton"
 
-    /// How baton calls itself in its log lines and status: `baton` for the default name (not `baton baton`),
-    /// `baton[shop]` for another.
+    /// How baton calls itself in its log lines: `baton` for the default name (not `baton[baton]`), `baton[shop]`
+    /// for another. (`baton status` says `baton` or `baton shop`.)
     public static func displayName(_ name: String) -> String {
         name == defaultName ? "baton" : "baton[\(name)]"
     }
