@@ -395,13 +395,14 @@ struct RunningLauncher {
 /// The launcher that answers at `path`, if one does.
 func runningLauncher(at path: String) -> RunningLauncher? {
     guard let fd = try? Sockets.connectUnix(path: path).release() else { return nil }
-    var client = ControlConnection(fd: fd)
+    let client = ControlConnection(fd: fd)
     defer { client.fd.closeOnce() }
     client.send(ControlProtocol.Request(command: .status))
-    guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
-        return RunningLauncher(pid: nil)
-    }
-    return RunningLauncher(pid: reply.status?.pid)
+    // A launcher answers a status request and closes; one that is stopped (SIGSTOP) or hung does not, and still
+    // counts as running.
+    let answer = client.fd.readToEnd(timeout: .seconds(2))
+    let line = Array(answer.prefix { $0 != UInt8(ascii: "\n") })
+    return RunningLauncher(pid: ControlProtocol.decodeReply(line)?.status?.pid)
 }
 
 func connect(_ path: String) throws(ExitCode) -> ControlConnection {

@@ -517,6 +517,17 @@ struct ControlAndErrorTests {
             second.stderr
                 == "baton: baton 'shop' is already running as pid \(baton.pid): stop it first, or give this one another --name (or --control)"
         )
+        // One that is paused does not answer; it is running all the same.
+        baton.signal(SIGSTOP)
+        let paused = run(
+            Paths.baton,
+            ["run", "--name", "shop", "--control", baton.control, "--listen", "unix:\(path)", "--", "true"]
+        )
+        baton.signal(SIGCONT)
+        #expect(
+            paused.stderr
+                == "baton: baton 'shop' is already running at \(baton.control): stop it first, or give this one another --name (or --control)"
+        )
         #expect(try HTTP.get(unix: path).status == 200, "the running one is undisturbed")
         #expect(baton.stop() == 0)
     }
