@@ -38,7 +38,7 @@ public struct ControlOptions: ParsableArguments {
     public var control: String?
 
     @Option(help: "The instance name, which picks the default control socket.")
-    public var name: String = "baton"
+    public var name: String = LaunchConfiguration.defaultName
 
     public init() {}
 
@@ -66,7 +66,8 @@ public struct RunOptions: ParsableArguments {
     )
     public var listen: [String] = []
 
-    @Option(help: "How many worker processes a generation has.")
+    // Unconditional: `--workers -1` is a value to range-check, not a missing one.
+    @Option(parsing: .unconditional, help: "How many worker processes a generation has.")
     public var workers: Int = 1
 
     @Option(
@@ -173,8 +174,11 @@ public struct RunOptions: ParsableArguments {
                 "invalid --control \(BatonError.quoted(controlPath)): give a socket path shorter than 108 bytes"
             )
         }
-        guard (1...1024).contains(workers) else {
-            throw BatonError(.badArgument, "invalid --workers \(workers): give a number from 1 to 1024")
+        guard workers >= 1 else {
+            throw BatonError(.badArgument, "invalid --workers \(workers): must be at least 1")
+        }
+        guard workers <= 1024 else {
+            throw BatonError(.badArgument, "invalid --workers \(workers): must be at most 1024")
         }
         guard let readyMode = ReadyMode(rawValue: ready) else {
             throw BatonError(
@@ -189,6 +193,13 @@ public struct RunOptions: ParsableArguments {
             )
         }
         func duration(_ text: String, _ option: String) throws(BatonError) -> Duration {
+            // A bare number: the unit is missing.
+            if !text.isEmpty, text.utf8.count <= 20, text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
+                throw BatonError(
+                    .badArgument,
+                    "invalid \(option) \(BatonError.quoted(text)): give a unit, such as \(text)s or \(text)ms"
+                )
+            }
             guard let value = DurationText(text), value.duration > .zero else {
                 throw BatonError(
                     .badArgument,

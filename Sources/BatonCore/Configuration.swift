@@ -52,6 +52,15 @@ public struct LaunchConfiguration: Sendable {
         self.supervisor = supervisor
     }
 
+    /// The instance name when `--name` is not given.
+    public static let defaultName = "baton"
+
+    /// How baton calls itself in its log lines: `baton` for the default name (not `baton[baton]`), `baton[shop]`
+    /// for another. (`baton status` says `baton` or `baton shop`.)
+    public static func displayName(_ name: String) -> String {
+        name == defaultName ? "baton" : "baton[\(name)]"
+    }
+
     /// The control socket's path when `--control` is not given: `NAME.sock` under `$RUNTIME_DIRECTORY` (its
     /// first entry) or `/run/baton`.
     public static func defaultControlPath(name: String, runtimeDirectory: String?) -> String {

@@ -58,7 +58,11 @@ public enum ControlProtocol {
     /// Decodes a request line; throws a message fit for the error reply.
     public static func decodeRequest(_ line: [UInt8]) throws(BatonError) -> Request {
         guard line.count <= maximumRequestSize else {
-            throw BatonError(.control, "request too large (\(line.count) bytes, at most \(maximumRequestSize))")
+            // The reader cuts a line here, so its real length is not known: only that it exceeds the limit.
+            throw BatonError(
+                .control,
+                "request too large: over \(maximumRequestSize) bytes without a newline (a request is one line of at most \(maximumRequestSize) bytes)"
+            )
         }
         do {
             return try JSONDecoder().decode(Request.self, from: Data(line))

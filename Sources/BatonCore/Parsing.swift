@@ -1,5 +1,5 @@
-/// A duration as written on baton's command line: `30s`, `500ms`, `2m`, `1h`, `1.5s`, or a bare number of
-/// seconds.
+/// A duration as written on baton's command line: `30s`, `500ms`, `2m`, `1h`, `1.5s`. The unit is required: a bare
+/// number (`10`) is not a duration, since it could mean seconds or milliseconds.
 public struct DurationText: Sendable, Equatable {
     public var duration: Duration
 
@@ -7,13 +7,8 @@ public struct DurationText: Sendable, Equatable {
 
     public init?(_ text: String) {
         let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000_001), ("s", 1), ("m", 60), ("h", 3600)]
-        var number = Substring(text)
-        var scale = 1.0
-        for (suffix, factor) in units where text.hasSuffix(suffix) {
-            number = text.dropLast(suffix.count)
-            scale = factor
-            break
-        }
+        guard let (suffix, scale) = units.first(where: { text.hasSuffix($0.0) }) else { return nil }
+        let number = text.dropLast(suffix.count)
         guard !number.isEmpty, number.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }),
             let value = Double(number), value.isFinite, value >= 0, value * scale <= 365 * 86400
         else { return nil }

@@ -4,7 +4,7 @@ public enum StatusFormatter {
     public static func text(_ status: StatusReport, now: Double) -> String {
         let clean = TerminalText.sanitized
         var out =
-            "baton \(clean(status.name)) (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
+            "\(status.name == LaunchConfiguration.defaultName ? "baton" : "baton \(clean(status.name))") (pid \(status.pid), version \(clean(status.version)))\(status.reloading ? ", reloading" : "")\n"
         out += "listeners:\n"
         for listener in status.listeners {
             out += "  \(clean(listener.name))  \(clean(listener.address))  (fd \(listener.fd))"

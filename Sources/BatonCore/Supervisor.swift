@@ -342,17 +342,16 @@ public struct Supervisor: Sendable {
                 )
                 return
             }
-            guard readyCount(generation) == settings.workers else {
-                if let reload, reload.target == generation.id {
-                    actions.append(
-                        .progress(
-                            reload.requesters,
-                            "generation \(generation.id): \(readyCount(generation))/\(settings.workers) workers ready"
-                        )
+            // Every worker that becomes ready is reported, the last one too (`2/2 workers ready`).
+            if let reload, reload.target == generation.id {
+                actions.append(
+                    .progress(
+                        reload.requesters,
+                        "generation \(generation.id): \(readyCount(generation))/\(settings.workers) workers ready"
                     )
-                }
-                return
+                )
             }
+            guard readyCount(generation) == settings.workers else { return }
             generation.state = .serving
             generations[generation.id] = generation
             promote(generation.id, now: now, actions: &actions)

@@ -2,7 +2,9 @@ public import BatonCore
 import BatonSystem
 public import Logging
 
-/// A swift-log handler that writes readable lines to stderr: `baton[myapp]: message key=value ...`.
+/// A swift-log handler that writes readable lines to stderr: `baton[myapp]: message`, or `baton: message` for the
+/// default name. The metadata (`baton.event`, `baton.generation`, ...) is for the journal (``JournalLogHandler``):
+/// the message already says what it holds, so the human line leaves it out.
 public struct StderrLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
@@ -16,12 +18,8 @@ public struct StderrLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var line =
+        let line =
             "\(label): \(event.level == .notice || event.level == .info ? "" : "\(event.level): ")\(event.message)"
-        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-        for key in merged.keys.sorted() where key != "event" && key != "message.id" {
-            line += " \(key)=\(merged[key]!)"
-        }
         OutputWriter.shared.write(line + "\n", to: 2)
     }
 }

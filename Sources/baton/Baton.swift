@@ -16,10 +16,42 @@ struct Baton: ParsableCommand {
             baton holds the listening sockets, runs the app as a generation of workers that share them, and on \
             reload starts the next generation beside the old one, waits until it is ready, then retires the old one. \
             No connection is refused: the listening sockets are never closed.
+
+            EXIT STATUS: 0 when the command succeeded (for baton run: every generation was retired after SIGTERM or \
+            SIGINT); 1 when it failed (the app cannot be executed, a listener cannot be bound, the first generation \
+            never became ready, no launcher answers, a reload failed); 64 (EX_USAGE) for a usage error: an unknown \
+            option, a missing or bad value, an app command missing after --.
             """,
         version: BatonVersion.current,
         subcommands: [Run.self, Reload.self, Status.self]
     )
+}
+
+extension Baton {
+    /// Runs the command. Usage errors from swift-argument-parser are printed in baton's own one-line style
+    /// (`baton: MESSAGE`), with the same exit status as baton's own checks (`BatonError.Code.badArgument`).
+    static func main() {
+        let command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            // Help and --version exit cleanly and print what they print.
+            guard exitCode(for: error) != .success else { exit(withError: error) }
+            var text = message(for: error)
+            if text.hasPrefix("Error: ") { text.removeFirst("Error: ".count) }
+            let line = text.split(separator: "\n").first.map(String.init) ?? "bad arguments"
+            let subcommand = CommandLine.arguments.dropFirst().first { ["run", "reload", "status"].contains($0) }
+            let help = subcommand.map { "baton \($0) --help" } ?? "baton --help"
+            exit(withError: fail("\(line.prefix(1).lowercased() + line.dropFirst()) (see \(help))", .badArgument))
+        }
+        do {
+            var command = command
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+        exit()
+    }
 }
 
 extension ControlOptions {
@@ -49,11 +81,12 @@ extension SystemFacts {
 }
 
 extension BatonError {
-    /// The exit status for each kind of error: the one place that maps them. A usage error (a bad option or value)
-    /// exits 2; everything else 1.
+    /// The exit status for each kind of error: the one place that maps them (the root command's EXIT STATUS
+    /// documents them). A usage error (a bad option or value) exits 64, EX_USAGE, as swift-argument-parser's own
+    /// do; everything else 1.
     var exitStatus: Int32 {
         switch code {
-        case .badArgument: 2
+        case .badArgument: 64
         case .cannotExecute, .listen, .control, .notRunning, .permissionDenied, .reloadFailed, .internalError: 1
         }
     }
@@ -114,7 +147,8 @@ extension Baton {
             LoggingSystem.bootstrap { label in
                 journal
                     ? MultiplexLogHandler([JournalLogHandler(identifier: "baton")])
-                    : MultiplexLogHandler([StderrLogHandler(label: "baton[\(configuration.name)]")])
+                    : MultiplexLogHandler([StderrLogHandler(label: LaunchConfiguration.displayName(configuration.name))]
+                    )
             }
             var logger = Logger(label: "baton")
             logger.logLevel = .info
@@ -128,6 +162,15 @@ extension Baton {
             // After a re-execution in place, the listeners are the ones this process already holds.
             var listeners = resume?.listeningSockets ?? []
             if resume == nil {
+                // A launcher of the same name that answers: say so, before its addresses are found in use.
+                if let running = runningLauncher(at: configuration.controlPath) {
+                    throw fail(
+                        "baton \(BatonError.quoted(configuration.name)) is already running"
+                            + (running.pid.map { " as pid \($0)" } ?? " at \(configuration.controlPath)")
+                            + ": stop it first, or give this one another --name (or --control)",
+                        .control
+                    )
+                }
                 do {
                     listeners = try openListeners(configuration, logger: logger)
                 } catch {
@@ -179,9 +222,12 @@ extension Baton {
                         )
                         continue
                     }
-                    result.append(ListeningSocket(fd: fd, name: name, address: "passed fd \(fd.rawValue)"))
+                    // Shown by its real address; an address the kernel cannot name (an abstract socket) by its fd.
+                    var listener = ListeningSocket(fd: fd, name: name, address: "passed fd \(fd.rawValue)")
+                    if let bound = listener.boundAddress() { listener.address = bound.description }
+                    result.append(listener)
                     logger.info(
-                        "using listener '\(name)' passed by the service manager",
+                        "using listener '\(name)' (\(listener.address)) passed by the service manager",
                         metadata: ["baton.fd": "\(fd.rawValue)"]
                     )
                 }
@@ -339,6 +385,24 @@ struct ControlConnection {
             buffer += chunk[0..<n]
         }
     }
+}
+
+/// A launcher that answers on a control socket; its pid when it answered a status request.
+struct RunningLauncher {
+    var pid: Int32?
+}
+
+/// The launcher that answers at `path`, if one does.
+func runningLauncher(at path: String) -> RunningLauncher? {
+    guard let fd = try? Sockets.connectUnix(path: path).release() else { return nil }
+    let client = ControlConnection(fd: fd)
+    defer { client.fd.closeOnce() }
+    client.send(ControlProtocol.Request(command: .status))
+    // A launcher answers a status request and closes; one that is stopped (SIGSTOP) or hung does not, and still
+    // counts as running.
+    let answer = client.fd.readToEnd(timeout: .seconds(2))
+    let line = Array(answer.prefix { $0 != UInt8(ascii: "\n") })
+    return RunningLauncher(pid: ControlProtocol.decodeReply(line)?.status?.pid)
 }
 
 func connect(_ path: String) throws(ExitCode) -> ControlConnection {

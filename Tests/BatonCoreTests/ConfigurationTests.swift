@@ -74,12 +74,15 @@ struct ConfigurationTests {
     /// Every mistake gets one line that names the option and says what to write instead.
     @Test(
         arguments: [
-            (["--workers", "0"], "invalid --workers 0: give a number from 1 to 1024"),
-            (["--workers", "2000"], "invalid --workers 2000: give a number from 1 to 1024"),
+            (["--workers", "0"], "invalid --workers 0: must be at least 1"),
+            (["--workers", "-1"], "invalid --workers -1: must be at least 1"),
+            (["--workers", "2000"], "invalid --workers 2000: must be at most 1024"),
             (["--ready", "soon"], "invalid --ready 'soon': use notify, fd, listen or exec"),
             (["--strategy", "blue-green"], "invalid --strategy 'blue-green': use all-at-once or rolling"),
             (["--ready-timeout", "0s"], "invalid --ready-timeout '0s': write a duration like 30s, 500ms or 2m"),
             (["--stop-timeout", "ten"], "invalid --stop-timeout 'ten': write a duration like 30s, 500ms or 2m"),
+            (["--stop-timeout", "10"], "invalid --stop-timeout '10': give a unit, such as 10s or 10ms"),
+            (["--ready-timeout", "1.5"], "invalid --ready-timeout '1.5': give a unit, such as 1.5s or 1.5ms"),
             (["--watchdog=-1s"], "invalid --watchdog '-1s': write a duration like 30s, 500ms or 2m"),
             (
                 ["--stop-signal", "KILL"],

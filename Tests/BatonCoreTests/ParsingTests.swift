@@ -7,13 +7,13 @@ struct ParsingTests {
     @Test(arguments: [
         ("30s", Duration.seconds(30)), ("500ms", .milliseconds(500)), ("2m", .seconds(120)),
         ("1.5s", .milliseconds(1500)),
-        ("1h", .seconds(3600)), ("10", .seconds(10)),
+        ("1h", .seconds(3600)),
     ])
     func durations(text: String, expected: Duration) {
         #expect(DurationText(text)?.duration == expected)
     }
 
-    @Test(arguments: ["", "s", "abc", "-1s", "1x", "1e3s", "nan", "1..2s", "9999999h"])
+    @Test(arguments: ["", "s", "10", "1.5", "abc", "-1s", "1x", "1e3s", "nan", "1..2s", "9999999h"])
     func badDurations(text: String) {
         #expect(DurationText(text) == nil)
     }

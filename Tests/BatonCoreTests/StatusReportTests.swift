@@ -31,6 +31,10 @@ struct StatusReportTests {
         #expect(report.lastReload?.finishedAt == 1_000_000 - 1.5)
         #expect(!report.reloading)
         #expect(StatusFormatter.text(report, now: 1_000_000).contains("generation 2  serving"))
+        #expect(StatusFormatter.text(report, now: 1_000_000).hasPrefix("baton shop (pid 42, version 9.9)\n"))
+        var unnamed = report
+        unnamed.name = LaunchConfiguration.defaultName
+        #expect(StatusFormatter.text(unnamed, now: 1_000_000).hasPrefix("baton (pid 42, version 9.9)\n"))
     }
 
     @Test func aReportDuringAReloadSaysSo() {

@@ -151,6 +151,10 @@ struct LauncherTests {
         #expect(reload.status == 0, "\(reload.stderr)")
         #expect(reload.stdout.contains("starting generation 2"))
         #expect(reload.stdout.contains("generation 2 serving"))
+        // Progress reaches every worker: the last line before "serving" is 2/2.
+        let lines = reload.stdout.split(separator: "\n").map(String.init)
+        let serving = try #require(lines.firstIndex { $0.contains("generation 2 serving") })
+        #expect(serving > 0 && lines[serving - 1] == "generation 2: 2/2 workers ready", "\(reload.stdout)")
         #expect(try HTTP.get(unix: scratch.file("s.sock")).body.hasPrefix("generation 2"))
         // The old generation is gone by the time reload returns.
         let status = baton.client(["status", "--json"])
@@ -426,7 +430,7 @@ struct ControlAndErrorTests {
             return String(decoding: reply, as: UTF8.self)
         }
         #expect(exchange(Array("hello\n".utf8)).contains("malformed request"))
-        #expect(exchange([UInt8](repeating: 65, count: 100_000)).contains("request too large"))
+        #expect(exchange([UInt8](repeating: 65, count: 100_000)).contains("request too large: over 4096 bytes"))
         #expect(exchange(Array("{\"command\":\"status\"}\n".utf8)).contains("\"kind\":\"status\""))
 
         // Several clients at once.
@@ -436,6 +440,12 @@ struct ControlAndErrorTests {
         }
         #expect(statuses == Array(repeating: 0, count: 8))
         #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200, "the launcher is undisturbed")
+        // The default name is not repeated (`baton baton`), and stderr's lines are readable: the journal's
+        // metadata (baton.event=..., baton.instance=...) stays out of them.
+        #expect(baton.client(["status"]).stdout.hasPrefix("baton (pid \(baton.pid), version "))
+        let log = baton.stderr.all.filter { $0.hasPrefix("baton") }
+        #expect(log.contains("baton: generation 1 ready (1 worker(s))"), "\(log)")
+        #expect(!log.contains { $0.hasPrefix("baton[baton]") || $0.contains("baton.event=") }, "\(log)")
         #expect(baton.stop() == 0)
     }
 
@@ -460,6 +470,72 @@ struct ControlAndErrorTests {
             second.stderr
                 == "baton: address 127.0.0.1:\(port) is already in use: stop whatever listens there or choose another --listen"
         )
+        #expect(baton.stop() == 0)
+    }
+
+    /// A socket passed the way systemd passes one (fd 3, LISTEN_FDS, LISTEN_PID of the exec'd baton) is shown by
+    /// the address the kernel has for it.
+    @Test func aPassedSocketShowsItsRealAddress() throws {
+        let scratch = Scratch()
+        let path = scratch.file("passed.sock")
+        let launcher = """
+            import os, socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(sys.argv[1])
+            s.listen(16)
+            if s.fileno() != 3:
+                os.dup2(s.fileno(), 3)
+            os.set_inheritable(3, True)
+            os.environ.update(LISTEN_FDS="1", LISTEN_PID=str(os.getpid()), LISTEN_FDNAMES="web")
+            os.execv(sys.argv[2], sys.argv[2:])
+            """
+        let baton = try BatonRun(
+            ["--", "python3", Paths.worker],
+            scratch: scratch,
+            wrapper: ["/usr/bin/env", "python3", "-c", launcher, path]
+        )
+        #expect(
+            baton.stderr.waitFor("using listener 'web' (unix:\(path)) passed by the service manager") != nil,
+            "\(baton.diagnosis())"
+        )
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        #expect(try HTTP.get(unix: path).status == 200)
+        let status = baton.client(["status"])
+        #expect(status.stdout.contains("  web  unix:\(path)  (fd "), "\(status.stdout)")
+        #expect(!status.stdout.contains("passed fd") && !baton.stderr.text.contains("passed fd"))
+        #expect(baton.stop() == 0)
+    }
+
+    /// A second `baton run` with the name of a running one says so, rather than that its address is in use.
+    @Test func aSecondRunWithTheSameNameSaysItIsAlreadyRunning() throws {
+        let scratch = Scratch()
+        let path = scratch.file("s.sock")
+        let baton = try BatonRun(
+            ["--name", "shop", "--listen", "unix:\(path)", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let second = run(
+            Paths.baton,
+            ["run", "--name", "shop", "--control", baton.control, "--listen", "unix:\(path)", "--", "true"]
+        )
+        #expect(second.status == 1)
+        #expect(
+            second.stderr
+                == "baton: baton 'shop' is already running as pid \(baton.pid): stop it first, or give this one another --name (or --control)"
+        )
+        // One that is paused does not answer; it is running all the same.
+        baton.signal(SIGSTOP)
+        let paused = run(
+            Paths.baton,
+            ["run", "--name", "shop", "--control", baton.control, "--listen", "unix:\(path)", "--", "true"]
+        )
+        baton.signal(SIGCONT)
+        #expect(
+            paused.stderr
+                == "baton: baton 'shop' is already running at \(baton.control): stop it first, or give this one another --name (or --control)"
+        )
+        #expect(try HTTP.get(unix: path).status == 200, "the running one is undisturbed")
         #expect(baton.stop() == 0)
     }
 
@@ -498,56 +574,84 @@ struct ControlAndErrorTests {
         #expect(result.stdout.contains("OVERVIEW: Run an app under baton"))
     }
 
-    @Test(arguments: [
-        (
-            ["run", "--listen", "nonsense", "--", "true"],
-            "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH"
-        ),
-        (
-            ["run", "--listen", ":8080", "--", "/nonexistent/app"],
-            "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)"
-        ),
-        (
-            ["run", "--listen", ":8080", "--", "no-such-app-xyz"],
-            "baton: cannot execute 'no-such-app-xyz': not found in PATH (give its full path)"
-        ),
-        (
-            ["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"],
-            "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m"
-        ),
-        (
-            ["run", "--listen", ":8080", "--ready", "magic", "--", "true"],
-            "baton: invalid --ready 'magic': use notify, fd, listen or exec"
-        ),
-        (
-            ["run", "--listen", ":8080", "--stop-signal", "NOPE", "--", "true"],
-            "baton: invalid --stop-signal 'NOPE': use a signal name such as TERM, INT, QUIT or USR2"
-        ),
-        (
-            ["run", "--listen", ":8080"],
-            "baton: no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js"
-        ),
-        (
-            ["run", "--", "true"],
-            "baton: nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit"
-        ),
-        (
-            ["reload", "--control", "/nonexistent/x.sock"],
-            "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"
-        ),
-        (
-            ["status", "--control", "/nonexistent/x.sock"],
-            "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name"
-        ),
-    ])
-    func badInputGetsAOneLineErrorThatNamesTheThing(arguments: [String], expected: String) {
+    @Test(
+        arguments: [
+            (
+                ["run", "--listen", "nonsense", "--", "true"],
+                "baton: invalid --listen 'nonsense': expected HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH",
+                64
+            ),
+            (
+                ["run", "--listen", ":8080", "--", "/nonexistent/app"],
+                "baton: cannot execute '/nonexistent/app': no such executable file (check the path and its x bit)",
+                1
+            ),
+            (
+                ["run", "--listen", ":8080", "--", "no-such-app-xyz"],
+                "baton: cannot execute 'no-such-app-xyz': not found in PATH (give its full path)",
+                1
+            ),
+            (
+                ["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"],
+                "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m",
+                64
+            ),
+            (
+                ["run", "--listen", ":8080", "--ready", "magic", "--", "true"],
+                "baton: invalid --ready 'magic': use notify, fd, listen or exec",
+                64
+            ),
+            (
+                ["run", "--listen", ":8080", "--stop-signal", "NOPE", "--", "true"],
+                "baton: invalid --stop-signal 'NOPE': use a signal name such as TERM, INT, QUIT or USR2",
+                64
+            ),
+            (
+                ["run", "--listen", ":8080"],
+                "baton: no app to run: give its command after --, e.g. baton run --listen :8080 -- node app.js",
+                64
+            ),
+            (
+                ["run", "--", "true"],
+                "baton: nothing to listen on: pass --listen ADDRESS, or start baton from a systemd .socket unit",
+                1
+            ),
+            (
+                ["reload", "--control", "/nonexistent/x.sock"],
+                "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name",
+                1
+            ),
+            (
+                ["status", "--control", "/nonexistent/x.sock"],
+                "baton: no launcher is running at /nonexistent/x.sock: start one with 'baton run', or pass --control or --name",
+                1
+            ),
+            (
+                ["run", "--listen", ":8080", "--workers"],
+                "baton: missing value for '--workers <workers>' (see baton run --help)",
+                64
+            ),
+            (
+                ["run", "--listen", ":8080", "--stop-timeout", "10", "--", "true"],
+                "baton: invalid --stop-timeout '10': give a unit, such as 10s or 10ms",
+                64
+            ),
+            (
+                ["status", "--bogus"],
+                "baton: unknown option '--bogus' (see baton status --help)",
+                64
+            ),
+        ] as [([String], String, Int32)]
+    )
+    /// Every usage error, swift-argument-parser's and baton's own, is one line in one style and exits 64.
+    func badInputGetsAOneLineErrorThatNamesTheThing(arguments: [String], expected: String, status: Int32) {
         let scratch = Scratch()
         var args = arguments
         if args[0] == "run" { args.insert(contentsOf: ["--control", scratch.file("c.sock")], at: 1) }
         var environment = ProcessInfo.processInfo.environment
         environment["LISTEN_FDS"] = nil
         let result = run(Paths.baton, args, environment: environment)
-        #expect(result.status != 0)
+        #expect(result.status == status)
         #expect(result.stderr == expected)
     }
 }
