@@ -196,6 +196,31 @@ struct ChaosTests {
         rig.stop()
     }
 
+    @Test func aReleaseThatFailsWithinTheSoakWindowIsRolledBackUnderLoad() throws {
+        // Each worker of the broken release becomes ready, serves, and fails 1 s later (it drains, then exits 3):
+        // without --min-ready the reload would have succeeded and retired generation 1.
+        let rig = try Rig(workers: 2, extra: ["--min-ready", "4s"])
+        rig.behave("fail-after-ready")
+        let failed = rig.baton.client(["reload"])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("soaking 4s before retiring generation 1"), "\(failed.stdout)")
+        #expect(failed.stderr.contains("exited with exit 3 within --min-ready 4s"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("generation 1 keeps serving"), "\(failed.stderr)")
+        let status = rig.baton.client(["status", "--json"]).stdout
+        let parsed = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        let serving = (parsed["generations"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "serving" }
+        #expect(serving.compactMap { $0["id"] as? Int } == [1], "generation 1 still serves: \(status)")
+        rig.behave("ok")
+        let fixed = rig.baton.client(["reload"])
+        #expect(fixed.status == 0, "\(fixed.stderr)")
+        #expect(fixed.stdout.contains("generation 3 serving"), "\(fixed.stdout)")
+        let summary = try rig.finish()
+        report("release failing within --min-ready", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(Self.count(summary, "ok") > 100)
+        rig.stop()
+    }
+
     @Test func fiftyReloadsAtOnceAndReloadsDuringARollbackLoseNothing() throws {
         let rig = try Rig(workers: 2)
         let clients = try (0..<50).map { _ in
