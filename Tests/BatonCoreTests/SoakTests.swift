@@ -90,7 +90,10 @@ struct SoakTests {
         #expect(h.supervisor.lastReload?.ok == false)
 
         let late = h.send(.timer(.soak(generation: 2)))
-        #expect(h.stopped(in: late).isEmpty && h.supervisor.serving == 1, "a soak timer that fires late changes nothing")
+        #expect(
+            h.stopped(in: late).isEmpty && h.supervisor.serving == 1,
+            "a soak timer that fires late changes nothing"
+        )
     }
 
     @Test func aCleanExitWithinTheSoakRollsBackToo() {
@@ -132,7 +135,9 @@ struct SoakTests {
         let old = h.workers(generation: 1)
         let first = h.workers(generation: 2)[0]
         let ready = h.send(.ready(first.id))
-        #expect(progress(in: ready).contains("generation 2: worker 1 ready; soaking 5s before retiring its predecessor"))
+        #expect(
+            progress(in: ready).contains("generation 2: worker 1 ready; soaking 5s before retiring its predecessor")
+        )
         #expect(h.stopped(in: ready).isEmpty && h.spawns(in: ready).isEmpty)
         let step = h.send(.timer(.soak(generation: 2)))
         #expect(h.stopped(in: step) == [old[0].id])
