@@ -235,6 +235,8 @@ public struct Supervisor: Sendable {
             }
         case .exited(let id, let reason, let stderr):
             workerGone(id, reason: reason, failure: nil, stderr: stderr, now: now, actions: &actions)
+        case .descendantExited(let id, let pid, let reason):
+            descendantExited(of: id, pid: pid, reason: reason, now: now, actions: &actions)
         case .explained(let id, let text):
             workers[id]?.explanation = text
         case .timer(let timer):
@@ -419,7 +421,8 @@ public struct Supervisor: Sendable {
     /// Probes (issue 12, point 2) hook in here: a probe that fails within the window calls ``rollBack`` like an exit
     /// does, and a soak ends only when the last probe passed.
     private mutating func endSoak(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
-        guard let generation = generations[id], generation.state == .starting, let soak = generation.soak,
+        guard phase == .starting || (phase == .running && reload?.target == id),
+            let generation = generations[id], generation.state == .starting, let soak = generation.soak,
             generation.workers.allSatisfy({ workers[$0]?.state == .ready })
         else { return }
         generations[id]?.soak = nil
@@ -772,6 +775,34 @@ public struct Supervisor: Sendable {
             retireIfDrained(generation.id, now: now, actions: &actions)
         default:
             break
+        }
+    }
+
+    /// A descendant of worker `id` ended abnormally: within a soak window that fails the generation; otherwise it is
+    /// the worker's business.
+    private mutating func descendantExited(
+        of id: WorkerID,
+        pid: Int32,
+        reason: ExitReason,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        guard !reason.isClean, let worker = workers[id], let generation = generations[worker.generation],
+            generation.soak != nil, generation.state == .starting
+        else { return }
+        let what =
+            "process \(pid) of worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) exited with \(reason) within --min-ready \(settings.minReady.shortDescription)"
+        if let reload, reload.target == generation.id {
+            rollBack(reason: what, failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
+        } else if phase == .starting {
+            actions.append(.cancel(.soak(generation: generation.id)))
+            generations[generation.id]?.soak = nil
+            generations[generation.id]?.state = .failed
+            giveUp(
+                reason: "the first generation failed to start: \(what)",
+                failedWorker: FailedWorker(id, stderr: nil),
+                actions: &actions
+            )
         }
     }
 

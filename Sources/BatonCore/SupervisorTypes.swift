@@ -146,6 +146,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case watchdogPing(WorkerID, interval: Duration?)
     /// A worker's process ended; `stderr` holds the last lines it wrote there.
     case exited(WorkerID, ExitReason, stderr: [String] = [])
+    /// A descendant of a worker that was re-parented to baton (it stayed in the worker's process group) ended abnormally.
+    case descendantExited(WorkerID, pid: Int32, ExitReason)
     /// What the launcher found out about why a worker fails (such as the app binding baton's address itself); it
     /// goes into the failure's log line and reload result.
     case explained(WorkerID, String)

@@ -152,6 +152,15 @@ struct SoakTests {
         #expect(h.supervisor.serving == 1)
     }
 
+    @Test func aStopDuringTheSoakEndsTheReloadAndTheSoakTimerChangesNothing() {
+        var h = reloading(workers: 1)
+        h.readyAll(generation: 2)
+        let stop = h.send(.stop)
+        #expect(h.finished(in: stop).map(\.ok) == [false])
+        h.send(.timer(.soak(generation: 2)))
+        #expect(h.supervisor.serving == 1, "nothing is promoted while baton stops")
+    }
+
     @Test func withoutMinReadyNoSoakIsScheduled() {
         var h = Harness(SupervisorSettings(workers: 1))
         h.send(.start)
@@ -169,5 +178,35 @@ extension Harness {
         var last: [SupervisorAction] = []
         for worker in workers(generation: generation) where worker.state == .starting { last = send(.ready(worker.id)) }
         return last
+    }
+}
+
+@Suite("Supervisor soak window: descendants")
+struct SoakDescendantTests {
+    @Test func aDescendantThatExitsAbnormallyWithinTheSoakRollsBack() {
+        var h = Harness(SupervisorSettings(workers: 1, minReady: .seconds(5)))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.timer(.soak(generation: 1)))
+        h.send(.descendantExited(h.workers(generation: 1)[0].id, pid: 77, .exited(5)))
+        #expect(
+            h.supervisor.serving == 1 && h.supervisor.phase == .running,
+            "after the soak it is the worker's business"
+        )
+
+        h.send(.reloadRequested(RequesterID(1)))
+        h.readyAll(generation: 2)
+        let worker = h.workers(generation: 2)[0]
+        let clean = h.send(.descendantExited(worker.id, pid: 78, .exited(0)))
+        #expect(h.finished(in: clean).isEmpty, "a clean exit of a helper is no failure")
+        let failed = h.send(.descendantExited(worker.id, pid: 79, .signaled("SEGV")))
+        #expect(h.finished(in: failed).map(\.ok) == [false])
+        #expect(
+            h.finished(in: failed).first?.message.contains(
+                "process 79 of worker 1 (pid \(worker.pid!)) exited with signal SEGV within --min-ready 5s"
+            ) == true
+        )
+        #expect(h.stopped(in: failed) == [worker.id])
+        #expect(h.supervisor.serving == 1)
     }
 }

@@ -196,15 +196,17 @@ struct ChaosTests {
         rig.stop()
     }
 
-    @Test func aReleaseThatFailsWithinTheSoakWindowIsRolledBackUnderLoad() throws {
-        // Each worker of the broken release becomes ready, serves, and fails 1 s later (it drains, then exits 3):
-        // without --min-ready the reload would have succeeded and retired generation 1.
+    /// Each worker of the broken release becomes ready and serves; 1 s later it fails (it drains, then exits 3), or
+    /// the helper it started, re-parented to baton, exits 5: without --min-ready the reload would have succeeded and
+    /// retired generation 1.
+    @Test(arguments: [("fail-after-ready", "exited with exit 3"), ("helper-fails", "exited with exit 5")])
+    func aReleaseThatFailsWithinTheSoakWindowIsRolledBackUnderLoad(behaviour: String, failure: String) throws {
         let rig = try Rig(workers: 2, extra: ["--min-ready", "4s"])
-        rig.behave("fail-after-ready")
+        rig.behave(behaviour)
         let failed = rig.baton.client(["reload"])
         #expect(failed.status == 1)
         #expect(failed.stdout.contains("soaking 4s before retiring generation 1"), "\(failed.stdout)")
-        #expect(failed.stderr.contains("exited with exit 3 within --min-ready 4s"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("\(failure) within --min-ready 4s"), "\(failed.stderr)")
         #expect(failed.stderr.contains("generation 1 keeps serving"), "\(failed.stderr)")
         let status = rig.baton.client(["status", "--json"]).stdout
         let parsed = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
@@ -215,7 +217,7 @@ struct ChaosTests {
         #expect(fixed.status == 0, "\(fixed.stderr)")
         #expect(fixed.stdout.contains("generation 3 serving"), "\(fixed.stdout)")
         let summary = try rig.finish()
-        report("release failing within --min-ready", summary)
+        report("release failing within --min-ready (\(behaviour))", summary)
         #expect(Self.count(summary, "failed") == 0)
         #expect(Self.count(summary, "ok") > 100)
         rig.stop()
