@@ -107,6 +107,14 @@ public struct RunOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "A soak window: a reload's new generation must stay ready this long (and a rolling step's new worker, before its predecessor retires) or the reload rolls back; 0 for none.",
+            valueName: "duration"
+        )
+    )
+    public var minReady: String = "0s"
+
+    @Option(
+        help: ArgumentHelp(
             "Run the workers as this user (baton keeps the listeners, even on ports below 1024).",
             valueName: "user"
         )
@@ -211,6 +219,12 @@ public struct RunOptions: ParsableArguments {
         let readyTimeout = try duration(self.readyTimeout, "--ready-timeout")
         let stopTimeout = try duration(self.stopTimeout, "--stop-timeout")
         let workerWatchdog = try watchdog.map { text throws(BatonError) in try duration(text, "--watchdog") }
+        guard let minReady = DurationText(self.minReady)?.duration else {
+            throw BatonError(
+                .badArgument,
+                "invalid --min-ready \(BatonError.quoted(self.minReady)): write a duration like 5s or 500ms, or 0 for no soak window"
+            )
+        }
         guard let stopSignal = system.signal(self.stopSignal), !system.uncatchableSignals.contains(stopSignal) else {
             throw BatonError(
                 .badArgument,
@@ -277,7 +291,8 @@ public struct RunOptions: ParsableArguments {
                 strategy: strategyValue,
                 readyTimeout: readyTimeout,
                 stopTimeout: stopTimeout,
-                workerWatchdog: workerWatchdog
+                workerWatchdog: workerWatchdog,
+                minReady: minReady
             )
         )
         configuration.workerUser = workerUser

@@ -3,6 +3,7 @@ public struct LifecycleEvent: Sendable, Equatable {
     public enum Kind: String, Sendable, CaseIterable {
         case generationStarted = "generation-started"
         case generationReady = "generation-ready"
+        case generationSoaking = "generation-soaking"
         case generationRetired = "generation-retired"
         case generationFailed = "generation-failed"
         case reloadRequested = "reload-requested"
@@ -26,6 +27,7 @@ public struct LifecycleEvent: Sendable, Equatable {
             switch self {
             case .generationStarted: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e601"
             case .generationReady: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e602"
+            case .generationSoaking: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e605"
             case .generationRetired: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e603"
             case .generationFailed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e604"
             case .reloadRequested: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e611"

@@ -115,7 +115,8 @@ extension StatusReport {
         let generations = supervisor.orderedGenerations.map { generation in
             Generation(
                 id: generation.id,
-                state: generation.id == supervisor.serving ? serving : generation.state.rawValue,
+                state: generation.id == supervisor.serving
+                    ? serving : generation.soak != nil ? "soaking" : generation.state.rawValue,
                 startedAt: wallTime(generation.startedAt),
                 crashLooping: generation.crashLooping,
                 workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in

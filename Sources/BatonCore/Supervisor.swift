@@ -39,6 +39,14 @@ public struct Supervisor: Sendable {
         /// Consecutive crashes per slot.
         public var streak: [Int: Int] = [:]
         public var crashLooping = false
+        /// Set while the generation (rolling: its newest worker, `slot`) is in its soak window (`--min-ready`).
+        public var soak: Soak?
+    }
+
+    /// A soak window in progress: ready since `since`; rolling, the step of `slot` waits for it.
+    public struct Soak: Sendable {
+        public var since: ContinuousClock.Instant
+        public var slot: Int?
     }
 
     public struct Reload: Sendable {
@@ -146,7 +154,7 @@ public struct Supervisor: Sendable {
         case .idle, .starting:
             if let generation = generations.values.first(where: { $0.state == .starting }) {
                 parts.append(
-                    "starting generation \(generation.id) (\(readyCount(generation))/\(settings.workers) ready)"
+                    "starting generation \(generation.id) (\(readyCount(generation))/\(settings.workers) ready\(generation.soak == nil ? "" : ", soaking"))"
                 )
             }
         case .stopping, .exited:
@@ -163,6 +171,10 @@ public struct Supervisor: Sendable {
         for generation in orderedGenerations where generation.id != serving {
             let live = generation.workers.count
             switch generation.state {
+            case .starting where phase == .running && generation.soak != nil:
+                parts.append(
+                    "generation \(generation.id) soaking (\(readyCount(generation))/\(settings.workers), --min-ready \(settings.minReady.shortDescription))"
+                )
             case .starting where phase == .running:
                 parts.append("generation \(generation.id) starting (\(readyCount(generation))/\(settings.workers))")
             case .draining: parts.append("generation \(generation.id) draining (\(live))")
@@ -223,6 +235,8 @@ public struct Supervisor: Sendable {
             }
         case .exited(let id, let reason, let stderr):
             workerGone(id, reason: reason, failure: nil, stderr: stderr, now: now, actions: &actions)
+        case .descendantExited(let id, let pid, let reason):
+            descendantExited(of: id, pid: pid, reason: reason, now: now, actions: &actions)
         case .explained(let id, let text):
             workers[id]?.explanation = text
         case .timer(let timer):
@@ -333,6 +347,10 @@ public struct Supervisor: Sendable {
         case .starting:
             if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous
             {
+                if settings.minReady > .zero {
+                    beginSoak(generation.id, slot: worker.slot, now: now, actions: &actions)
+                    return
+                }
                 rollingStep(
                     readySlot: worker.slot,
                     target: generation.id,
@@ -352,12 +370,67 @@ public struct Supervisor: Sendable {
                 )
             }
             guard readyCount(generation) == settings.workers else { return }
+            if settings.minReady > .zero {
+                beginSoak(generation.id, slot: nil, now: now, actions: &actions)
+                return
+            }
             generation.state = .serving
             generations[generation.id] = generation
             promote(generation.id, now: now, actions: &actions)
         default:
             break
         }
+    }
+
+    /// `id` is ready (rolling: its new worker of `slot` is): it stays in the soak window before it is promoted (or
+    /// that slot's predecessor retired). Any exit or missed watchdog of one of its workers meanwhile fails it.
+    private mutating func beginSoak(
+        _ id: Int,
+        slot: Int?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        generations[id]?.soak = Soak(since: now, slot: slot)
+        actions.append(.schedule(.soak(generation: id), after: settings.minReady))
+        let window = settings.minReady.shortDescription
+        if let reload, reload.target == id {
+            // Keep systemd's reload timer from failing a reload that is soaking as it should.
+            actions.append(.notifyManager(.extendTimeout(settings.minReady + .seconds(5))))
+            let what =
+                slot.map { "generation \(id): worker \($0) ready; soaking \(window) before retiring its predecessor" }
+                ?? "generation \(id) ready; soaking \(window) before retiring generation \(reload.previous.map(String.init) ?? "-")"
+            actions.append(.progress(reload.requesters, what))
+        } else if phase == .starting {
+            actions.append(.notifyManager(.extendTimeout(settings.minReady + .seconds(5))))
+        }
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .generationSoaking,
+                    "generation \(id)\(slot.map { " worker \($0)" } ?? "") ready; soaking \(window) (--min-ready)",
+                    generation: id,
+                    slot: slot
+                )
+            )
+        )
+    }
+
+    /// The soak window of `id` ended with every worker still ready: promote it (rolling: take the step).
+    ///
+    /// Probes (issue 12, point 2) hook in here: a probe that fails within the window calls ``rollBack`` like an exit
+    /// does, and a soak ends only when the last probe passed.
+    private mutating func endSoak(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard phase == .starting || (phase == .running && reload?.target == id),
+            let generation = generations[id], generation.state == .starting, let soak = generation.soak,
+            generation.workers.allSatisfy({ workers[$0]?.state == .ready })
+        else { return }
+        generations[id]?.soak = nil
+        if let slot = soak.slot, let reload, reload.target == id, let previous = reload.previous {
+            rollingStep(readySlot: slot, target: id, previous: previous, now: now, actions: &actions)
+            return
+        }
+        generations[id]?.state = .serving
+        promote(id, now: now, actions: &actions)
     }
 
     /// Rolling: the new worker of `readySlot` is ready; retire the old one of that slot and start the next.
@@ -581,6 +654,8 @@ public struct Supervisor: Sendable {
         actions: inout [SupervisorAction]
     ) {
         guard let reload, var target = generations[reload.target] else { return }
+        if target.soak != nil { actions.append(.cancel(.soak(generation: target.id))) }
+        target.soak = nil
         target.state = .failed
         generations[reload.target] = target
         actions.append(
@@ -657,9 +732,11 @@ public struct Supervisor: Sendable {
         }
 
         if let reload, reload.target == generation.id, generation.state == .starting, !expected {
+            let when =
+                generation.soak == nil
+                ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)"
             rollBack(
-                reason:
-                    "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) before the generation was ready",
+                reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) \(when)",
                 failedWorker: FailedWorker(id, stderr: stderr),
                 now: now,
                 actions: &actions
@@ -671,6 +748,8 @@ public struct Supervisor: Sendable {
         case .starting where phase == .starting:
             // The first generation cannot serve: nothing can, so baton gives up and lets its manager decide.
             guard !expected else { break }
+            if generation.soak != nil { actions.append(.cancel(.soak(generation: generation.id))) }
+            generations[generation.id]?.soak = nil
             generations[generation.id]?.state = .failed
             actions.append(
                 .log(
@@ -683,7 +762,9 @@ public struct Supervisor: Sendable {
                 )
             )
             giveUp(
-                reason: "the first generation failed to start: worker \(worker.slot) \(what)",
+                reason:
+                    "the first generation failed to start: worker \(worker.slot) \(what)"
+                    + (generation.soak == nil ? "" : " within --min-ready \(settings.minReady.shortDescription)"),
                 failedWorker: FailedWorker(id, stderr: stderr),
                 actions: &actions
             )
@@ -693,6 +774,34 @@ public struct Supervisor: Sendable {
             retireIfDrained(generation.id, now: now, actions: &actions)
         default:
             break
+        }
+    }
+
+    /// A descendant of worker `id` ended abnormally: within a soak window that fails the generation; otherwise it is
+    /// the worker's business.
+    private mutating func descendantExited(
+        of id: WorkerID,
+        pid: Int32,
+        reason: ExitReason,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        guard !reason.isClean, let worker = workers[id], let generation = generations[worker.generation],
+            generation.soak != nil, generation.state == .starting
+        else { return }
+        let what =
+            "process \(pid) of worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) exited with \(reason) within --min-ready \(settings.minReady.shortDescription)"
+        if let reload, reload.target == generation.id {
+            rollBack(reason: what, failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
+        } else if phase == .starting {
+            actions.append(.cancel(.soak(generation: generation.id)))
+            generations[generation.id]?.soak = nil
+            generations[generation.id]?.state = .failed
+            giveUp(
+                reason: "the first generation failed to start: \(what)",
+                failedWorker: FailedWorker(id, stderr: nil),
+                actions: &actions
+            )
         }
     }
 
@@ -835,6 +944,8 @@ public struct Supervisor: Sendable {
             )
             workers[id]?.failure = reason
             stopWorker(id, kill: true, actions: &actions)
+        case .soak(let generation):
+            endSoak(generation, now: now, actions: &actions)
         }
     }
 

@@ -19,6 +19,8 @@ public enum TimerID: Hashable, Sendable {
     case stopTimeout(WorkerID)
     case respawn(generation: Int, slot: Int)
     case watchdog(WorkerID)
+    /// The end of a soak window (`--min-ready`): the generation (a rolling step: its newest worker) stayed ready.
+    case soak(generation: Int)
 }
 
 /// Settings the lifecycle depends on.
@@ -34,6 +36,9 @@ public struct SupervisorSettings: Sendable, Equatable {
     public var giveUpThreshold: Int
     /// The watchdog interval a worker opts in to by sending `WATCHDOG=1` (exported as `WATCHDOG_USEC`).
     public var workerWatchdog: Duration?
+    /// The soak window (`--min-ready`): how long a new generation must stay ready before it is promoted, and, rolling,
+    /// each new worker before its predecessor is retired. Zero: promoted as soon as it is ready.
+    public var minReady: Duration
 
     public init(
         workers: Int = 1,
@@ -43,9 +48,11 @@ public struct SupervisorSettings: Sendable, Equatable {
         backoff: Backoff = Backoff(),
         crashLoopThreshold: Int = 5,
         giveUpThreshold: Int = 10,
-        workerWatchdog: Duration? = nil
+        workerWatchdog: Duration? = nil,
+        minReady: Duration = .zero
     ) {
         self.workerWatchdog = workerWatchdog
+        self.minReady = minReady
         self.workers = workers
         self.strategy = strategy
         self.readyTimeout = readyTimeout
@@ -139,6 +146,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case watchdogPing(WorkerID, interval: Duration?)
     /// A worker's process ended; `stderr` holds the last lines it wrote there.
     case exited(WorkerID, ExitReason, stderr: [String] = [])
+    /// A descendant of a worker that was re-parented to baton (it stayed in the worker's process group) ended abnormally.
+    case descendantExited(WorkerID, pid: Int32, ExitReason)
     /// What the launcher found out about why a worker fails (such as the app binding baton's address itself); it
     /// goes into the failure's log line and reload result.
     case explained(WorkerID, String)

@@ -230,12 +230,19 @@ public actor Launcher {
         // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
         if !exits.isEmpty || leftovers.nextDeadline != nil { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
         for exit in exits {
-            guard let worker = supervisor.worker(pid: exit.pid) else { continue }
             let reason: ExitReason =
                 switch exit.reason {
                 case .exited(let code): .exited(code)
                 case .signaled(let signal, _): .signaled(Signals.name(of: signal))
                 }
+            guard let worker = supervisor.worker(pid: exit.pid) else {
+                // A descendant re-parented to baton: one still in a worker's process group is that worker's. (One that
+                // left the group cannot be told by its zombie: its environment is gone.)
+                if let group = exit.processGroup, let owner = supervisor.worker(pid: group) {
+                    process(.descendantExited(owner.id, pid: exit.pid, reason))
+                }
+                continue
+            }
             let stderr = io.removeValue(forKey: worker.id)?.finish() ?? []
             if let text = BindAdoption.diagnosis(stderr: stderr, listeners: listeners) {
                 process(.explained(worker.id, text))

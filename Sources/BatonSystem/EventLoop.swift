@@ -312,23 +312,33 @@ public struct ChildExit: Sendable, Equatable {
 
     public var pid: Int32
     public var reason: Reason
+    /// Its process group, read while it was a zombie (nil if that failed): what tells a worker's descendant that
+    /// was re-parented to baton.
+    public var processGroup: Int32?
 }
 
 public enum Children {
     /// Reaps every child that has ended. Signals merge, so call this until it returns nothing on each SIGCHLD.
     ///
-    /// The corresponding C function is `waitid(P_ALL, WEXITED | WNOHANG)`.
+    /// Each exit is seen first with `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`, its process group read, then reaped
+    /// with `waitid(P_PID, ...)`.
     public static func reapAll() -> [ChildExit] {
         var result: [ChildExit] = []
         while true {
+            let peeked = cbaton_peek_exit()
+            if peeked <= 0 { break }
+            // A zombie keeps its /proc/PID/stat: its process group is read before it is reaped.
+            let group = ProcInspector.processGroup(of: peeked)
             var code: Int32 = 0
             var status: Int32 = 0
-            let pid = cbaton_reap(&code, &status)
+            let pid = cbaton_reap_pid(peeked, &code, &status)
             if pid <= 0 { break }
             switch code {
-            case Int32(CLD_EXITED): result.append(ChildExit(pid: pid, reason: .exited(status)))
-            case Int32(CLD_KILLED): result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: false)))
-            case Int32(CLD_DUMPED): result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: true)))
+            case Int32(CLD_EXITED): result.append(ChildExit(pid: pid, reason: .exited(status), processGroup: group))
+            case Int32(CLD_KILLED):
+                result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: false), processGroup: group))
+            case Int32(CLD_DUMPED):
+                result.append(ChildExit(pid: pid, reason: .signaled(status, coreDumped: true), processGroup: group))
             default: continue
             }
         }

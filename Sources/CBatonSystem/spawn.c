@@ -240,10 +240,17 @@ int cbaton_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid) {
     return 0;
 }
 
-pid_t cbaton_reap(int *code, int *status) {
+pid_t cbaton_peek_exit(void) {
     siginfo_t info;
     memset(&info, 0, sizeof info);
-    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG) != 0) return -1;
+    if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return -1;
+    return info.si_pid;
+}
+
+pid_t cbaton_reap_pid(pid_t pid, int *code, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG) != 0) return -1;
     *code = info.si_code;
     *status = info.si_status;
     return info.si_pid;

@@ -69,6 +69,13 @@ struct ConfigurationTests {
         #expect(configuration.stopSignal == 15)
         #expect(configuration.workerUser == nil)
         #expect(configuration.unixMode == nil)
+        #expect(configuration.supervisor.minReady == .zero)
+    }
+
+    @Test func minReadyIsADurationAndZeroTurnsItOff() throws {
+        #expect(try parse(["--min-ready", "5s", "--", "app"]).supervisor.minReady == .seconds(5))
+        #expect(try parse(["--min-ready=750ms", "--", "app"]).supervisor.minReady == .milliseconds(750))
+        #expect(try parse(["--min-ready", "0", "--", "app"]).supervisor.minReady == .zero)
     }
 
     /// Every mistake gets one line that names the option and says what to write instead.
@@ -84,6 +91,18 @@ struct ConfigurationTests {
             (["--stop-timeout", "10"], "invalid --stop-timeout '10': give a unit, such as 10s or 10ms"),
             (["--ready-timeout", "1.5"], "invalid --ready-timeout '1.5': give a unit, such as 1.5s or 1.5ms"),
             (["--watchdog=-1s"], "invalid --watchdog '-1s': write a duration like 30s, 500ms or 2m"),
+            (
+                ["--min-ready", "soon"],
+                "invalid --min-ready 'soon': write a duration like 5s or 500ms, or 0 for no soak window"
+            ),
+            (
+                ["--min-ready=-5s"],
+                "invalid --min-ready '-5s': write a duration like 5s or 500ms, or 0 for no soak window"
+            ),
+            (
+                ["--min-ready", "9000h"],
+                "invalid --min-ready '9000h': write a duration like 5s or 500ms, or 0 for no soak window"
+            ),
             (
                 ["--stop-signal", "KILL"],
                 "invalid --stop-signal 'KILL': use a signal name such as TERM, INT, QUIT or USR2"

@@ -196,6 +196,87 @@ struct ChaosTests {
         rig.stop()
     }
 
+    /// Each worker of the broken release becomes ready and serves; 1 s later it fails (it drains, then exits 3), or
+    /// the helper it started, re-parented to baton, exits 5: without --min-ready the reload would have succeeded and
+    /// retired generation 1.
+    @Test(arguments: [("fail-after-ready", "exited with exit 3"), ("helper-fails", "exited with exit 5")])
+    func aReleaseThatFailsWithinTheSoakWindowIsRolledBackUnderLoad(behaviour: String, failure: String) throws {
+        let rig = try Rig(workers: 2, extra: ["--min-ready", "4s"])
+        rig.behave(behaviour)
+        let failed = rig.baton.client(["reload"])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("soaking 4s before retiring generation 1"), "\(failed.stdout)")
+        #expect(failed.stderr.contains("\(failure) within --min-ready 4s"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("generation 1 keeps serving"), "\(failed.stderr)")
+        let status = rig.baton.client(["status", "--json"]).stdout
+        let parsed = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
+        let serving = (parsed["generations"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "serving" }
+        #expect(serving.compactMap { $0["id"] as? Int } == [1], "generation 1 still serves: \(status)")
+        rig.behave("ok")
+        let fixed = rig.baton.client(["reload"])
+        #expect(fixed.status == 0, "\(fixed.stderr)")
+        #expect(fixed.stdout.contains("generation 3 serving"), "\(fixed.stdout)")
+        let summary = try rig.finish()
+        report("release failing within --min-ready (\(behaviour))", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(Self.count(summary, "ok") > 100)
+        rig.stop()
+    }
+
+    /// Issue 12's case: gunicorn (sync workers, no --preload) says READY=1 before its workers import the app, so a
+    /// release that raises at import looks ready; with --min-ready its master's exit rolls the reload back.
+    @Test func aGunicornReleaseThatFailsAtImportIsRolledBackUnderLoad() throws {
+        let python = try #require(Paths.which("python3"))
+        let gunicorn = Process()
+        gunicorn.executableURL = URL(fileURLWithPath: python)
+        gunicorn.arguments = ["-c", "import gunicorn"]
+        try gunicorn.run()
+        gunicorn.waitUntilExit()
+        try #require(gunicorn.terminationStatus == 0, "gunicorn is installed (pip install gunicorn)")
+        let fixtures = Paths.packageRoot.appendingPathComponent("Tests/Fixtures/gunicorn").path
+        let scratch = Scratch()
+        let release = { (name: String) in
+            scratch.write("app.py", try! String(contentsOfFile: "\(fixtures)/\(name).py", encoding: .utf8))
+        }
+        release("good")
+        let port = Rig.nextPort()
+        let baton = try BatonRun(
+            [
+                "--listen", "127.0.0.1:\(port)", "--ready", "notify", "--min-ready", "3s", "--", python, "-m",
+                "gunicorn", "--chdir", scratch.path, "--workers", "2", "--worker-class", "sync", "--control-socket",
+                scratch.file("gunicorn.ctl"), "app:app",
+            ],
+            scratch: scratch
+        )
+        #expect(baton.stderr.waitFor("generation 1 ready (1 worker(s))") != nil)
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: python)
+        load.arguments = [
+            Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "4", "--mode", "mixed",
+            "--until-file", scratch.file("stop"), "--duration", "600", "--json", scratch.file("load.json"),
+        ]
+        try load.run()
+
+        release("broken")
+        let failed = baton.client(["reload"])
+        #expect(failed.status == 1)
+        #expect(failed.stdout.contains("soaking 3s before retiring generation 1"), "\(failed.stdout)")
+        #expect(failed.stderr.contains("within --min-ready 3s; generation 1 keeps serving"), "\(failed.stderr)")
+        #expect(failed.stderr.contains("Worker failed to boot"), "the last lines of its stderr come with it")
+        release("good")
+        let fixed = baton.client(["reload"])
+        #expect(fixed.status == 0, "\(fixed.stderr)")
+
+        scratch.write("stop", "")
+        load.waitUntilExit()
+        let data = try #require(FileManager.default.contents(atPath: scratch.file("load.json")))
+        let summary = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        report("gunicorn release failing at import", summary)
+        #expect(Self.count(summary, "failed") == 0)
+        #expect(Self.count(summary, "ok") > 100)
+        #expect(baton.stop() == 0)
+    }
+
     @Test func fiftyReloadsAtOnceAndReloadsDuringARollbackLoseNothing() throws {
         let rig = try Rig(workers: 2)
         let clients = try (0..<50).map { _ in

@@ -1,7 +1,10 @@
 // The example Node app, with a behaviour read from BEHAVIOUR_FILE at start, so that a reload can bring a broken
 // release: ok | crash (exits 1 at start) | hang (never becomes ready) | hang-after-ready (pings baton's watchdog,
 // then worker 1 freezes its event loop once; the marker file BEHAVIOUR_FILE.hung gets its pid) | fail-once-sibling-serves
-// (worker 1 serves; worker 2 fails once worker 1 has a slow request in flight).
+// (worker 1 serves; worker 2 fails once worker 1 has a slow request in flight) | fail-after-ready (1 s after it is
+// ready, each worker finds it is broken: it drains like at SIGTERM, answering what it accepted, then exits 3) |
+// helper-fails (each worker starts a helper through `sh -c '(...) &'`: re-parented to baton in the worker's process
+// group, it exits 5 after 1.5 s while the worker serves on).
 'use strict';
 const fs = require('fs');
 const file = process.env.BEHAVIOUR_FILE;
@@ -44,5 +47,16 @@ if (behaviour === 'fail-once-sibling-serves') {
     fail();
     setInterval(() => {}, 1 << 30); // stays up, never ready, until the mark appears
   }
+}
+if (behaviour === 'fail-after-ready') {
+  const exit = process.exit;
+  process.exit = (code) => exit(code || 3);
+  setTimeout(() => {
+    console.error(`worker ${process.env.BATON_WORKER}: broken after all, draining and exiting 3 (test)`);
+    process.emit('SIGTERM');
+  }, 1000);
+}
+if (behaviour === 'helper-fails') {
+  require('child_process').spawn('sh', ['-c', '(sleep 1.5; exit 5) &'], { stdio: 'ignore' });
 }
 if (behaviour !== 'fail-once-sibling-serves' || process.env.BATON_WORKER === '1') require('../../examples/node/app.js');

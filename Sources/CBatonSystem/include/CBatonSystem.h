@@ -92,9 +92,12 @@ ssize_t cbaton_recv_with_credentials(int socket, void *buffer, size_t length, pi
 /// The uid and pid of the peer of a connected unix socket (SO_PEERCRED). Returns 0 or -1.
 int cbaton_peer_credentials(int socket, pid_t *pid, uid_t *uid, gid_t *gid);
 
-/// Wraps `waitid(P_ALL, 0, &info, WEXITED | WNOHANG)`. Returns the reaped pid, 0 if none, or -1.
+/// Wraps `waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT)`: the pid of an exited child, left unreaped, 0 if
+/// none, or -1.
+pid_t cbaton_peek_exit(void);
+/// Wraps `waitid(P_PID, pid, &info, WEXITED | WNOHANG)`. Returns the reaped pid, 0 if it has not exited, or -1.
 /// `*code` is CLD_EXITED / CLD_KILLED / CLD_DUMPED and `*status` the exit status or signal.
-pid_t cbaton_reap(int *code, int *status);
+pid_t cbaton_reap_pid(pid_t pid, int *code, int *status);
 
 /// `pipe2(fds, O_CLOEXEC | flags)`.
 int cbaton_pipe_cloexec(int fds[2]);
