@@ -553,6 +553,10 @@ EXPORT int ioctl(int fd, unsigned long request, ...) {
     if (request == FIONBIO && argument) {
         struct adopted *entry = find(fd, true);
         if (entry) {
+            // The kernel reads the app's int first: a bad pointer fails with EFAULT, as without the library, rather
+            // than crashing here. Then the shared description goes back to non-blocking, and the app's wish is kept.
+            int result = CALL_OR_ENOSYS(next, fd, FIONBIO, argument);
+            if (result != 0) return result;
             atomic_store(&entry->nonblocking, *(const int *)argument != 0);
             int one = 1;
             return CALL_OR_ENOSYS(next, fd, FIONBIO, &one);

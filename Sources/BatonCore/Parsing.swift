@@ -5,7 +5,12 @@ public struct DurationText: Sendable, Equatable {
 
     public init(_ duration: Duration) { self.duration = duration }
 
+    /// `30s`, `500ms`, `2m`, ...: a number and its unit; only a zero may go without one (`0`).
     public init?(_ text: String) {
+        if text == "0" {
+            duration = .zero
+            return
+        }
         let units: [(String, Double)] = [("ms", 0.001), ("us", 0.000_001), ("s", 1), ("m", 60), ("h", 3600)]
         guard let (suffix, scale) = units.first(where: { text.hasSuffix($0.0) }) else { return nil }
         let number = text.dropLast(suffix.count)

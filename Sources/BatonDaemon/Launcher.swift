@@ -47,6 +47,10 @@ public actor Launcher {
     let inbox = NotifyInbox()
     private var ignoredNotifications = LogRateLimit()
     private var rejectedValues = LogRateLimit()
+    var repairLog = LogRateLimit()
+    /// The owners of recent notify senders (nil: not a worker's), so that a flood from one process costs one look in
+    /// /proc, not one per datagram. Cleared whenever a worker starts or ends.
+    var owners: [Int32: WorkerID?] = [:]
     /// What workers left behind, and when those told to stop are killed.
     var leftovers = Leftovers()
     var leftoverCheck: Task<Void, Never>?
@@ -227,6 +231,7 @@ public actor Launcher {
 
     private func reapChildren() {
         let exits = Children.reapAll()
+        if !exits.isEmpty { owners = [:] }
         // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
         if !exits.isEmpty || leftovers.nextDeadline != nil { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
         for exit in exits {
@@ -280,6 +285,7 @@ public actor Launcher {
     private func perform(_ action: SupervisorAction) -> [SupervisorEvent] {
         switch action {
         case .spawn(let id, let generation, let slot):
+            owners = [:]
             let started = starter.start(id, generation: generation, slot: slot, events: sink)
             if let workerIO = started.io { io[id] = workerIO }
             return started.events

@@ -108,12 +108,16 @@ extension Launcher {
             )
         }
         for finding in findings where !finding.stalled {
+            // A worker that breaks the listener again and again is not allowed to flood the journal as well.
+            let (log, suppressed) = repairLog.admit(now: .now)
+            guard log else { continue }
+            let more = suppressed > 0 ? " (\(suppressed) more repairs not logged)" : ""
             let what = "listener '\(finding.listener.name)' (\(finding.listener.address)) was \(finding.what) by \(who)"
             logger.lifecycle(
                 finding.repaired
                     ? LifecycleEvent(
                         .listenerRepaired,
-                        "\(what); it listens again",
+                        "\(what); it listens again\(more)",
                         generation: suspects?.id,
                         reason: finding.what
                     )

@@ -7,14 +7,22 @@ extension Launcher {
     /// The worker a notify message's sender belongs to: the worker itself, a process in its process group,
     /// or a descendant.
     func owner(of pid: Int32) -> WorkerID? {
-        if let worker = supervisor.worker(pid: pid) { return worker.id }
-        if let group = ProcInspector.processGroup(of: pid), let worker = supervisor.worker(pid: group) {
-            return worker.id
-        }
+        if let known = owners[pid] { return known }
+        if owners.count >= 4096 { owners = [:] }
+        let owner = lookUpOwner(of: pid)
+        owners[pid] = owner
+        return owner
+    }
+
+    private func lookUpOwner(of pid: Int32) -> WorkerID? {
+        var byPID: [Int32: WorkerID] = [:]
+        for worker in supervisor.liveWorkers { if let workerPID = worker.pid { byPID[workerPID] = worker.id } }
+        if let worker = byPID[pid] { return worker }
+        if let group = ProcInspector.processGroup(of: pid), let worker = byPID[group] { return worker }
         var current = pid
         for _ in 0..<32 {
             guard let parent = ProcInspector.parent(of: current), parent > 1 else { return nil }
-            if let worker = supervisor.worker(pid: parent) { return worker.id }
+            if let worker = byPID[parent] { return worker }
             current = parent
         }
         return nil
@@ -48,6 +56,21 @@ extension Launcher {
                 if let generation, liveGenerations.contains(generation) { continue }
                 logger.warning(
                     "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it wiped its environment)",
+                    metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"]
+                )
+                OS.kill(-pid, Signals.kill)
+                OS.kill(pid, Signals.kill)
+                continue
+            }
+            // An environment can lie: a process that started before the generation it names cannot be that
+            // generation's, and is judged by its start time instead.
+            if let claimed = generationStarts[identity.generation], let start = ProcInspector.startTime(of: pid),
+                start < claimed
+            {
+                let generation = likelyGeneration(startedAt: start, generationStarts: generationStarts)
+                if let generation, liveGenerations.contains(generation) { continue }
+                logger.warning(
+                    "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it claims generation \(identity.generation), which started after it)",
                     metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"]
                 )
                 OS.kill(-pid, Signals.kill)

@@ -297,6 +297,10 @@ struct AdoptBindTests {
         let data = try #require(FileManager.default.contents(atPath: report), "no report:\n\(baton.diagnosis())")
         let result = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         func flag(_ key: String) -> Bool { result[key] as? Bool ?? false }
+        #expect(
+            result["fionbio_bad_pointer"] as? String == "EFAULT",
+            "a bad ioctl pointer fails as without the library"
+        )
         #expect(flag("wildcard_adopted"), "the [::] bind got baton's 127.0.0.1 listener on the app's fd: \(result)")
         #expect(flag("wildcard_cloexec") && flag("wildcard_blocking"), "its FD_CLOEXEC and blocking mode: \(result)")
         #expect(

@@ -297,6 +297,20 @@ struct ListenerIntegrityTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func aWorkerThatBreaksTheListenerAgainAndAgainDoesNotFloodTheJournal() throws {
+        let scratch = Scratch()
+        let port = 31100 + Int(getpid() % 400)
+        let baton = try launch(scratch, port: port)
+        scratch.write("behaviour", "shutdown-loop")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(baton.stdout.waitFor("stopped breaking the listener") != nil)
+        #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200, "it listens again afterwards")
+        let repairs = baton.stderr.all.filter { $0.contains("it listens again") }
+        print("a worker breaking the listener every 10 ms for 1 s: \(repairs.count) repair lines")
+        #expect(repairs.count <= 6, "repairs are logged rate-limited: \(repairs.count)")
+        #expect(baton.stop() == 0)
+    }
+
     @Test func aWorkersSmallBacklogIsUndone() throws {
         let scratch = Scratch()
         let port = 30300 + Int(getpid() % 400)

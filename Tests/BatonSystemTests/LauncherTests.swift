@@ -367,6 +367,20 @@ struct LauncherTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func aDaemonThatClaimsALaterGenerationIsStoppedWithItsOwn() throws {
+        let (scratch, reports, baton) = try launch(behaviour: "forged-daemon")
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        let first = try #require(WorkerReport.all(in: reports).first)
+        let daemon = try daemonPID(of: first.pid, in: reports)
+        #expect(isAlive(daemon))
+        scratch.write("behaviour", "ok")
+        // Generation 2, the one it claims, serves; generation 1, its own, retires: so does it.
+        #expect(baton.client(["reload"]).status == 0)
+        #expect(waitForExit(daemon), "the daemon went with generation 1, whatever its environment says")
+        #expect(baton.stderr.text.contains("it claims generation 2, which started after it"))
+        #expect(baton.stop() == 0)
+    }
+
     @Test func theDaemonOfACrashedWorkerGoesAlthoughAReplacementServesItsSlot() throws {
         let (_, reports, baton) = try launch(behaviour: "daemonize")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)

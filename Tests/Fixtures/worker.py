@@ -5,7 +5,8 @@ Behaviour comes from the environment and from a file read at start, so that a re
   REPORT_DIR       write REPORT_DIR/<pid>.json describing what the process received (fds, env, signals, pgid)
   READY_MODE       notify | fd | none (default none: baton detects the accept)
   BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
-                   shutdown-listener | shutdown-then-crash | small-backlog | no-accept | wiped-daemon, or
+                   shutdown-listener | shutdown-then-crash | shutdown-loop | small-backlog | no-accept |
+                   wiped-daemon | forged-daemon, or
                    'send-notify MSG|MSG...' (notify messages sent once ready)
 Each response body is "generation G worker W pid P".
 """
@@ -77,6 +78,14 @@ if behaviour == "resource-tracker":
     resource_tracker.ensure_running()
     with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.tracker"), "w") as f:
         f.write(str(resource_tracker._resource_tracker._pid))
+if behaviour == "forged-daemon":
+    # A daemon that claims a later generation (the next one) to outlive its own.
+    import subprocess
+    daemon = subprocess.Popen(["setsid", "env", "-u", "LISTEN_PID", "BATON_GENERATION=2", "BATON_WORKER=1",
+                               "sleep", "3598"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.daemon"), "w") as f:
+        f.write(str(daemon.pid))
 if behaviour == "slow-start":
     time.sleep(1.0)
 if behaviour == "crash":
@@ -191,6 +200,15 @@ try:
         print("ready, and accepting nothing", flush=True)
         while not stopping.is_set():
             time.sleep(3600)
+    if behaviour == "shutdown-loop" and worker == "1":
+        # Breaks the shared listener again and again for a second.
+        def breaker():
+            end = time.time() + 1
+            while time.time() < end:
+                socket.socket(fileno=os.dup(3)).shutdown(socket.SHUT_RDWR)
+                time.sleep(0.01)
+            print("stopped breaking the listener", flush=True)
+        threading.Thread(target=breaker, daemon=True).start()
     if behaviour == "small-backlog":
         listeners[0].listen(1)
         print("listen(fd, 1)", flush=True)

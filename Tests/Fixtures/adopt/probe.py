@@ -111,6 +111,14 @@ except OSError as error:
     report["blocking_accept_waited_ms"] = -1
     report["blocking_accept_error"] = str(error)
 
+# ioctl(FIONBIO) with a pointer the app does not own: EFAULT, as without the library, not a crash.
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+FIONBIO = 0x5421
+result = libc.ioctl(number, FIONBIO, ctypes.c_void_p(8))
+report["fionbio_bad_pointer"] = errno.errorcode.get(ctypes.get_errno(), "none") if result != 0 else "ok"
+report["still_blocking_after_bad_ioctl"] = first.getblocking()
+
 with open(os.environ["REPORT"] + ".tmp", "w") as out:
     json.dump(report, out)
 os.rename(os.environ["REPORT"] + ".tmp", os.environ["REPORT"])
