@@ -8,7 +8,9 @@ public enum StatusFormatter {
         out += "listeners:\n"
         for listener in status.listeners {
             out += "  \(clean(listener.name))  \(clean(listener.address))  (fd \(listener.fd))"
-            out += listener.refusing == true ? "  REFUSES CONNECTIONS: a worker shut it down; restart baton\n" : "\n"
+            out +=
+                listener.refusing == true
+                ? "  REFUSES CONNECTIONS: a worker broke it; restart baton (and its .socket unit)\n" : "\n"
         }
         out += "generations:\n"
         if status.generations.isEmpty { out += "  none\n" }

@@ -22,6 +22,8 @@ struct ListenerGuard: Sendable {
         var socket: ListeningSocket
         /// The kernel's backlog for a TCP listener when baton started, to listen again with.
         var tcpBacklog: Int?
+        /// A filter was there from the start (the service manager's or the admin's): left alone.
+        var filteredAtStart = false
         var refusing = false
     }
 
@@ -31,7 +33,10 @@ struct ListenerGuard: Sendable {
 
     init(_ listeners: [ListeningSocket], backlog: Int32) {
         self.backlog = backlog
-        watched = listeners.map { Watched(socket: $0, tcpBacklog: $0.condition().backlog) }
+        watched = listeners.map { listener in
+            let condition = listener.condition()
+            return Watched(socket: listener, tcpBacklog: condition.backlog, filteredAtStart: condition.filtered)
+        }
     }
 
     /// The listeners that refuse connections now (shut down, not repairable).
@@ -43,6 +48,21 @@ struct ListenerGuard: Sendable {
         for index in watched.indices where !watched[index].refusing {
             let socket = watched[index].socket
             let condition = socket.condition()
+            // A socket filter a worker attached may drop every connection: removed, unless it was locked on.
+            if condition.filtered && !watched[index].filteredAtStart {
+                let removed = (try? socket.detachFilter()) != nil
+                if !removed { watched[index].refusing = true }
+                findings.append(
+                    Finding(
+                        listener: socket,
+                        what: removed
+                            ? "given a socket filter (SO_ATTACH_FILTER), now removed"
+                            : "given a locked socket filter (SO_ATTACH_FILTER + SO_LOCK_FILTER) that may drop every connection",
+                        repaired: removed
+                    )
+                )
+                if !removed { continue }
+            }
             if let tcpBacklog = watched[index].tcpBacklog {
                 // Accepting looks stalled: the queue is full, so the kernel drops new connections (SYNs).
                 if let queued = condition.queued, let now = condition.backlog, now > 0, queued >= now,

@@ -37,6 +37,8 @@ public struct ListenerCondition: Sendable, Equatable {
     public var backlog: Int?
     /// Connections waiting to be accepted (`tcpi_unacked`); nil for other sockets.
     public var queued: Int?
+    /// A socket filter is attached (`SO_ATTACH_FILTER`): it may drop every connection.
+    public var filtered = false
 }
 
 extension ListeningSocket {
@@ -53,7 +55,8 @@ extension ListeningSocket {
                 accepting: listening,
                 shutDown: !listening,
                 backlog: Int(info.tcpi_sacked),
-                queued: Int(info.tcpi_unacked)
+                queued: Int(info.tcpi_unacked),
+                filtered: hasFilter()
             )
         }
         var accepting: Int32 = 0
@@ -65,8 +68,25 @@ extension ListeningSocket {
             accepting: accepting != 0,
             shutDown: entry.revents & Int16(POLLHUP) != 0,
             backlog: nil,
-            queued: nil
+            queued: nil,
+            filtered: hasFilter()
         )
+    }
+
+    /// Whether a classic socket filter is attached: `getsockopt(SO_GET_FILTER)` with no buffer says how long it is.
+    private func hasFilter() -> Bool {
+        var length: socklen_t = 0
+        return getsockopt(fd.rawValue, SOL_SOCKET, SO_GET_FILTER, nil, &length) == 0 && length > 0
+    }
+
+    /// Removes a socket filter a worker attached; fails (EPERM) when the worker locked it.
+    ///
+    /// The corresponding C function is `setsockopt(SO_DETACH_FILTER)`.
+    public func detachFilter() throws(SystemError) {
+        var zero: Int32 = 0
+        try syscall("setsockopt(SO_DETACH_FILTER)") {
+            setsockopt(fd.rawValue, SOL_SOCKET, SO_DETACH_FILTER, &zero, socklen_t(MemoryLayout<Int32>.size))
+        }
     }
 
     /// Makes it listen again with `backlog`: undoes a worker's `shutdown()` of a TCP listener, or its `listen(fd, 1)`.

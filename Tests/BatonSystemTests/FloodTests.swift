@@ -311,6 +311,32 @@ struct ListenerIntegrityTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test(arguments: [false, true])
+    func aSocketFilterAWorkerAttachesIsRemovedOrReported(locked: Bool) throws {
+        try #require(getuid() == 0, "attaching a socket filter needs root")
+        let scratch = Scratch()
+        let port = 31500 + Int(getpid() % 400) + (locked ? 1 : 0)
+        let baton = try launch(scratch, port: port, workers: 1)
+        scratch.write("behaviour", locked ? "locked-filter" : "filter")
+        #expect(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(baton.stdout.waitFor("filter attached") != nil)
+        let deadline = Date().addingTimeInterval(10)
+        var status = ""
+        while !baton.stderr.all.contains(where: { $0.contains("socket filter") }) && Date() < deadline {
+            status = baton.client(["status"]).stdout
+        }
+        status = baton.client(["status"]).stdout
+        if locked {
+            #expect(baton.stderr.all.contains { $0.contains("locked socket filter") })
+            #expect(status.contains("REFUSES CONNECTIONS") && status.contains("not serving"), "\(status)")
+        } else {
+            #expect(baton.stderr.all.contains { $0.contains("now removed") })
+            #expect(try HTTP.get(host: "127.0.0.1", port: port).status == 200)
+            #expect(!status.contains("REFUSES"))
+        }
+        #expect(baton.stop() == 0)
+    }
+
     @Test func aWorkersSmallBacklogIsUndone() throws {
         let scratch = Scratch()
         let port = 30300 + Int(getpid() % 400)

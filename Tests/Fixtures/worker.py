@@ -6,7 +6,7 @@ Behaviour comes from the environment and from a file read at start, so that a re
   READY_MODE       notify | fd | none (default none: baton detects the accept)
   BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
                    shutdown-listener | shutdown-then-crash | shutdown-loop | small-backlog | no-accept |
-                   wiped-daemon | forged-daemon, or
+                   wiped-daemon | forged-daemon | filter | locked-filter, or
                    'send-notify MSG|MSG...' (notify messages sent once ready)
 Each response body is "generation G worker W pid P".
 """
@@ -209,6 +209,14 @@ try:
                 time.sleep(0.01)
             print("stopped breaking the listener", flush=True)
         threading.Thread(target=breaker, daemon=True).start()
+    if behaviour in ("filter", "locked-filter") and worker == "1":
+        # A socket filter that drops every connection, on the listener every worker shares (needs root).
+        import ctypes, struct
+        program = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|BPF_K 0: drop
+        listeners[0].setsockopt(socket.SOL_SOCKET, 26, struct.pack("HL", 1, ctypes.addressof(program)))
+        if behaviour == "locked-filter":
+            listeners[0].setsockopt(socket.SOL_SOCKET, 44, 1)  # SO_LOCK_FILTER
+        print("filter attached", flush=True)
     if behaviour == "small-backlog":
         listeners[0].listen(1)
         print("listen(fd, 1)", flush=True)
