@@ -49,34 +49,26 @@ extension Launcher {
         leftovers.retain(Set(children))
         let now = ContinuousClock.now
         for pid in children where supervisor.worker(pid: pid) == nil && !gone.contains(pid) {
-            guard let identity = ProcInspector.batonWorkerIdentity(of: pid) else {
-                // No identity: it wiped its environment. Its generation is the newest that had started when it did.
-                guard let start = ProcInspector.startTime(of: pid) else { continue }
+            // Without an identity (it wiped its environment), or with one that lies (it started before the
+            // generation it names), a process belongs to the newest generation that had started when it did.
+            let identity = ProcInspector.batonWorkerIdentity(of: pid)
+            let start = ProcInspector.startTime(of: pid)
+            let claimed = identity.flatMap { generationStarts[$0.generation] }
+            if let start, identity == nil || claimed.map({ start < $0 }) == true {
                 let generation = likelyGeneration(startedAt: start, generationStarts: generationStarts)
                 if let generation, liveGenerations.contains(generation) { continue }
+                let why =
+                    identity.map { "it claims generation \($0.generation), which started after it" }
+                    ?? "it wiped its environment"
                 logger.warning(
-                    "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it wiped its environment)",
+                    "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (\(why))",
                     metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"]
                 )
                 OS.kill(-pid, Signals.kill)
                 OS.kill(pid, Signals.kill)
                 continue
             }
-            // An environment can lie: a process that started before the generation it names cannot be that
-            // generation's, and is judged by its start time instead.
-            if let claimed = generationStarts[identity.generation], let start = ProcInspector.startTime(of: pid),
-                start < claimed
-            {
-                let generation = likelyGeneration(startedAt: start, generationStarts: generationStarts)
-                if let generation, liveGenerations.contains(generation) { continue }
-                logger.warning(
-                    "stopping pid \(pid), left behind by a worker of generation \(generation.map(String.init) ?? "?") (it claims generation \(identity.generation), which started after it)",
-                    metadata: ["baton.generation": "\(generation ?? 0)", "baton.orphan.pid": "\(pid)"]
-                )
-                OS.kill(-pid, Signals.kill)
-                OS.kill(pid, Signals.kill)
-                continue
-            }
+            guard let identity else { continue }
             let verdict = leftovers.judge(
                 pid: pid,
                 generation: identity.generation,

@@ -11,21 +11,12 @@ import Glibc
 /// baton down, leaves workers behind or redirects what baton does to a file.
 @Suite("hostile workers and signals, with real processes", .serialized, .timeLimit(.minutes(3)))
 struct HostileWorkerTests {
-    func launch(
-        _ options: [String] = [],
-        behaviour: String? = nil,
-        environment: [String: String] = [:],
-        command: [String] = ["python3", Paths.worker],
-        wrapper: [String] = []
-    ) throws -> (scratch: Scratch, reports: String, baton: BatonRun) {
-        try launchWorker(options, behaviour: behaviour, environment: environment, command: command, wrapper: wrapper)
-    }
 
     // MARK: - Numbers from outside
 
     @Test(arguments: ["notify", "fd"])
     func aWatchdogIntervalPast64BitsIsRejectedAndBatonCarriesOn(mode: String) throws {
-        let (scratch, _, baton) = try launch(
+        let (scratch, _, baton) = try launchWorker(
             ["--ready", mode],
             behaviour:
                 "send-notify WATCHDOG_USEC=18446744073709551615|WATCHDOG=1|WATCHDOG_USEC=0\nWATCHDOG=1|STATUS=still here",
@@ -176,7 +167,7 @@ struct HostileWorkerTests {
     /// Every signal whose default would end baton and that means nothing to it: none may take baton down or cost a
     /// worker. (SIGRTMIN is 34 under glibc, SIGRTMAX 64.)
     @Test func signalsThatMeanNothingToBatonAreIgnored() throws {
-        let (scratch, reports, baton) = try launch(["--workers", "2"])
+        let (scratch, reports, baton) = try launchWorker(["--workers", "2"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let workers = Set(WorkerReport.all(in: reports).map(\.pid))
         #expect(workers.count == 2)
@@ -195,7 +186,7 @@ struct HostileWorkerTests {
 
     @Test(arguments: [SIGQUIT, SIGPWR, SIGXCPU])
     func signalsThatMeanStopRetireEveryWorkerAndRemoveTheControlSocket(signal: Int32) throws {
-        let (_, reports, baton) = try launch(["--workers", "2"])
+        let (_, reports, baton) = try launchWorker(["--workers", "2"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let workers = WorkerReport.all(in: reports).map(\.pid)
         #expect(workers.count == 2)
@@ -229,7 +220,10 @@ struct HostileWorkerTests {
     @Test func workersGetTheNiceValueAndPolicyBatonStartedWithWhicheverThreadSpawnsThem() throws {
         let nice = try #require(Paths.which("nice"))
         let chrt = try #require(Paths.which("chrt"))
-        let (_, reports, baton) = try launch(["--workers", "2"], wrapper: [nice, "-n", "10", chrt, "--batch", "0"])
+        let (_, reports, baton) = try launchWorker(
+            ["--workers", "2"],
+            wrapper: [nice, "-n", "10", chrt, "--batch", "0"]
+        )
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         #expect(statField(baton.pid, 19) == "10", "baton's main thread runs at nice 10")
         // The first generation, then a reload's and a respawn's: each spawned from whatever thread runs the actor.
@@ -249,7 +243,7 @@ struct HostileWorkerTests {
 
     @Test func workersGetTheLimitsBatonStartedWithWhateverHappensToBatonsOwn() throws {
         let prlimit = try #require(Paths.which("prlimit"))
-        let (_, reports, baton) = try launch(
+        let (_, reports, baton) = try launchWorker(
             [],
             wrapper: [prlimit, "--nofile=900:4000", "--core=0:100000", "--nproc=3000:5000"]
         )
@@ -273,7 +267,7 @@ struct HostileWorkerTests {
     // MARK: - What baton shows of a worker, and its messages
 
     @Test func aWorkersControlCharactersNeverReachTheTerminalOfBatonStatusOrBatonReload() throws {
-        let (scratch, _, baton) = try launch(
+        let (scratch, _, baton) = try launchWorker(
             ["--ready", "notify"],
             behaviour: "send-notify STATUS=\u{1b}]0;owned\u{07}\u{1b}[2Jwarm\u{9b}31m",
             environment: ["READY_MODE": "notify"]
@@ -364,7 +358,7 @@ struct HostileWorkerTests {
     // MARK: - What a worker leaves in its process group
 
     @Test func aHelperLeftInTheWorkersProcessGroupGetsTheStopSignalThenSIGKILLAfterTheStopTimeout() throws {
-        let (_, reports, baton) = try launch(["--stop-timeout", "1s"], behaviour: "fork-child")
+        let (_, reports, baton) = try launchWorker(["--stop-timeout", "1s"], behaviour: "fork-child")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let worker = try #require(WorkerReport.all(in: reports).first)
         let child = try #require(Int32(try String(contentsOfFile: "\(reports)/\(worker.pid).child", encoding: .utf8)))
@@ -385,7 +379,7 @@ struct HostileWorkerTests {
     }
 
     @Test func pythonsResourceTrackerIsNotTakenForADaemonNorSIGKILLed() throws {
-        let (_, reports, baton) = try launch([], behaviour: "resource-tracker")
+        let (_, reports, baton) = try launchWorker([], behaviour: "resource-tracker")
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let worker = try #require(WorkerReport.all(in: reports).first)
         let tracker = try #require(
