@@ -201,6 +201,9 @@ public struct RunOptions: ParsableArguments {
             )
         }
         func duration(_ text: String, _ option: String) throws(BatonError) -> Duration {
+            if text == "0" || DurationText(text)?.duration == .zero {
+                throw BatonError(.badArgument, "invalid \(option) \(BatonError.quoted(text)): must be more than 0")
+            }
             // A bare number: the unit is missing.
             if !text.isEmpty, text.utf8.count <= 20, text.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
                 throw BatonError(
@@ -208,10 +211,10 @@ public struct RunOptions: ParsableArguments {
                     "invalid \(option) \(BatonError.quoted(text)): give a unit, such as \(text)s or \(text)ms"
                 )
             }
-            guard let value = DurationText(text), value.duration > .zero else {
+            guard let value = DurationText(text) else {
                 throw BatonError(
                     .badArgument,
-                    "invalid \(option) \(BatonError.quoted(text)): write a duration like 30s, 500ms or 2m"
+                    "invalid \(option) \(BatonError.quoted(text)): \(DurationText.form), such as 30s, 500ms or 2m"
                 )
             }
             return value.duration
@@ -222,7 +225,7 @@ public struct RunOptions: ParsableArguments {
         guard let minReady = DurationText(self.minReady)?.duration else {
             throw BatonError(
                 .badArgument,
-                "invalid --min-ready \(BatonError.quoted(self.minReady)): write a duration like 5s or 500ms, or 0 for no soak window"
+                "invalid --min-ready \(BatonError.quoted(self.minReady)): \(DurationText.form), such as 5s, or 0 for no soak window"
             )
         }
         guard let stopSignal = system.signal(self.stopSignal), !system.uncatchableSignals.contains(stopSignal) else {

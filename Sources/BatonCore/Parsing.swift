@@ -3,6 +3,9 @@
 public struct DurationText: Sendable, Equatable {
     public var duration: Duration
 
+    /// What a duration must look like, for error messages.
+    public static let form = "a number with a unit (ms, s, m or h), at most 365 days"
+
     public init(_ duration: Duration) { self.duration = duration }
 
     /// `30s`, `500ms`, `2m`, ...: a number and its unit; only a zero may go without one (`0`).

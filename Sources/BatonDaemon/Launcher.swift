@@ -39,6 +39,8 @@ public actor Launcher {
     /// The notify socket (`--ready notify`) and its address.
     let notify: (fd: FileDescriptor, address: String)?
     var control: ControlServer?
+    /// The control socket's file, as bound.
+    var controlFile: FileIdentity?
     var io: [WorkerID: WorkerIO] = [:]
     /// When each generation started, in clock ticks since boot, to tell which one a process that wiped its environment
     /// belongs to.
@@ -395,7 +397,9 @@ public actor Launcher {
             client.close()
         }
         requesters = [:]
-        if control != nil { Sockets.removeSocketFile(configuration.controlPath) }
+        if control != nil, let controlFile {
+            Sockets.removeSocketFile(configuration.controlPath, identity: controlFile)
+        }
         Systemd.notify("STATUS=stopped")
         sink.finish()
     }

@@ -78,6 +78,8 @@ extension Launcher {
                 throw BatonError(.control, "control socket \(path)", underlying: error)
             }
         }
+        // The file this launcher serves: at exit it removes that file, and no other put at the path since.
+        controlFile = Sockets.fileIdentity(path)
         do throws(SystemError) {
             let server = try ControlServer(socket, loop: loop)
             control = server

@@ -97,6 +97,17 @@ extension ListeningSocket {
     }
 }
 
+/// A file's device and inode: what tells one file at a path from another put there later.
+public struct FileIdentity: Sendable, Equatable {
+    public var device: UInt64
+    public var inode: UInt64
+
+    public init(device: UInt64, inode: UInt64) {
+        self.device = device
+        self.inode = inode
+    }
+}
+
 /// Why a socket could not be bound, in words a user can act on.
 public struct BindError: Error, CustomStringConvertible, Sendable {
     public enum Reason: Sendable {
@@ -315,7 +326,7 @@ public enum Sockets {
     /// is in, without following a symlink; anything else there is left alone.
     ///
     /// The corresponding C functions are `fstatat` and `unlinkat`.
-    public static func removeSocketFile(_ path: String) {
+    public static func removeSocketFile(_ path: String, identity: FileIdentity? = nil) {
         let (directoryPath, name) = splitPath(path)
         let directory = open(directoryPath, CBATON_O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard directory >= 0 else { return }
@@ -324,7 +335,26 @@ public enum Sockets {
         guard fstatat(directory, name, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFSOCK,
             info.st_uid == geteuid()
         else { return }
+        // Another launcher may have bound the path since (after someone removed this one's file): its socket stays.
+        if let identity, identity != FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino)) { return }
         unlinkat(directory, name, 0)
+    }
+
+    /// The device and inode of the file at `path` (not following a symlink), such as the socket file `bind` made.
+    ///
+    /// The corresponding C function is `lstat`.
+    public static func fileIdentity(_ path: String) -> FileIdentity? {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return nil }
+        return FileIdentity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+    }
+
+    /// Sets how long a blocking read on `socket` waits before it fails with EAGAIN.
+    ///
+    /// The corresponding C function is `setsockopt(SO_RCVTIMEO)`.
+    public static func setReceiveTimeout(_ socket: FileDescriptor, seconds: Int) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = setsockopt(socket.rawValue, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// A path's directory and last component: `/run/a.sock` is `/run` and `a.sock`, `a.sock` is `.` and `a.sock`.

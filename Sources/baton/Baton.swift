@@ -15,8 +15,7 @@ struct Baton: ParsableCommand {
         discussion: """
             baton holds the listening sockets, runs the app as a generation of workers that share them, and on \
             reload starts the next generation beside the old one, waits until it is ready, then retires the old one. \
-            No connection is refused: the listening sockets are never closed.
-
+            No connection is refused: the listening sockets are never closed. \
             EXIT STATUS: 0 when the command succeeded (for baton run: every generation was retired after SIGTERM or \
             SIGINT); 1 when it failed (the app cannot be executed, a listener cannot be bound, the first generation \
             never became ready, no launcher answers, a reload failed); 64 (EX_USAGE) for a usage error: an unknown \
@@ -165,9 +164,13 @@ extension Baton {
                 // A launcher of the same name that answers: say so, before its addresses are found in use.
                 if let running = runningLauncher(at: configuration.controlPath) {
                     throw fail(
-                        "baton \(BatonError.quoted(configuration.name)) is already running"
-                            + (running.pid.map { " as pid \($0)" } ?? " at \(configuration.controlPath)")
-                            + ": stop it first, or give this one another --name (or --control)",
+                        running.pid.map {
+                            "baton \(BatonError.quoted(configuration.name)) is already running as pid \($0)"
+                                + ": stop it first, or give this one another --name (or --control)"
+                        }
+                            ?? "something listens at \(configuration.controlPath) and did not answer as baton within 2s "
+                            + "(a paused or hung baton, or another program): stop it, or give this one another --name "
+                            + "(or --control)",
                         .control
                     )
                 }
@@ -340,7 +343,16 @@ extension Baton {
             var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
             client.send(ControlProtocol.Request(command: .status))
+            // A launcher answers at once; one that is paused or hung must not hang whoever asks.
+            Sockets.setReceiveTimeout(client.fd, seconds: 10)
+            let asked = ContinuousClock.now
             guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
+                if ContinuousClock.now - asked >= .seconds(9) {
+                    throw fail(
+                        "the launcher at \(control.clientPath) did not answer within 10s: is it paused or hung?",
+                        .control
+                    )
+                }
                 throw fail("the launcher closed the connection without answering", .control)
             }
             guard reply.kind == .status, let status = reply.status else {

@@ -86,22 +86,28 @@ struct ConfigurationTests {
             (["--workers", "2000"], "invalid --workers 2000: must be at most 1024"),
             (["--ready", "soon"], "invalid --ready 'soon': use notify, fd, listen or exec"),
             (["--strategy", "blue-green"], "invalid --strategy 'blue-green': use all-at-once or rolling"),
-            (["--ready-timeout", "0s"], "invalid --ready-timeout '0s': write a duration like 30s, 500ms or 2m"),
-            (["--stop-timeout", "ten"], "invalid --stop-timeout 'ten': write a duration like 30s, 500ms or 2m"),
+            (["--ready-timeout", "0s"], "invalid --ready-timeout '0s': must be more than 0"),
+            (
+                ["--stop-timeout", "ten"],
+                "invalid --stop-timeout 'ten': a number with a unit (ms, s, m or h), at most 365 days, such as 30s, 500ms or 2m"
+            ),
             (["--stop-timeout", "10"], "invalid --stop-timeout '10': give a unit, such as 10s or 10ms"),
             (["--ready-timeout", "1.5"], "invalid --ready-timeout '1.5': give a unit, such as 1.5s or 1.5ms"),
-            (["--watchdog=-1s"], "invalid --watchdog '-1s': write a duration like 30s, 500ms or 2m"),
+            (
+                ["--watchdog=-1s"],
+                "invalid --watchdog '-1s': a number with a unit (ms, s, m or h), at most 365 days, such as 30s, 500ms or 2m"
+            ),
             (
                 ["--min-ready", "soon"],
-                "invalid --min-ready 'soon': write a duration like 5s or 500ms, or 0 for no soak window"
+                "invalid --min-ready 'soon': a number with a unit (ms, s, m or h), at most 365 days, such as 5s, or 0 for no soak window"
             ),
             (
                 ["--min-ready=-5s"],
-                "invalid --min-ready '-5s': write a duration like 5s or 500ms, or 0 for no soak window"
+                "invalid --min-ready '-5s': a number with a unit (ms, s, m or h), at most 365 days, such as 5s, or 0 for no soak window"
             ),
             (
                 ["--min-ready", "9000h"],
-                "invalid --min-ready '9000h': write a duration like 5s or 500ms, or 0 for no soak window"
+                "invalid --min-ready '9000h': a number with a unit (ms, s, m or h), at most 365 days, such as 5s, or 0 for no soak window"
             ),
             (
                 ["--stop-signal", "KILL"],

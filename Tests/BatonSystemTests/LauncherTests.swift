@@ -521,6 +521,26 @@ struct ControlAndErrorTests {
     }
 
     /// A second `baton run` with the name of a running one says so, rather than that its address is in use.
+    @Test func atExitBatonLeavesAControlSocketAnotherLauncherBoundSince() throws {
+        let scratch = Scratch()
+        let first = try BatonRun(
+            ["--listen", "unix:\(scratch.file("a.sock"))", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
+        #expect(first.stderr.waitFor("generation 1 ready") != nil)
+        // Someone removes the first one's socket file; a second launcher binds the same control path.
+        #expect(unlink(first.control) == 0)
+        let second = try BatonRun(
+            ["--listen", "unix:\(scratch.file("b.sock"))", "--", "python3", Paths.worker],
+            scratch: scratch
+        )
+        #expect(second.stderr.waitFor("generation 1 ready") != nil)
+        #expect(first.stop() == 0)
+        #expect(FileManager.default.fileExists(atPath: second.control), "the second launcher's socket stays")
+        #expect(second.client(["status"]).status == 0)
+        #expect(second.stop() == 0)
+    }
+
     @Test func aSecondRunWithTheSameNameSaysItIsAlreadyRunning() throws {
         let scratch = Scratch()
         let path = scratch.file("s.sock")
@@ -544,11 +564,14 @@ struct ControlAndErrorTests {
             Paths.baton,
             ["run", "--name", "shop", "--control", baton.control, "--listen", "unix:\(path)", "--", "true"]
         )
+        // And `baton status` against it gives up after 10 s instead of hanging its caller.
+        let status = baton.client(["status"])
         baton.signal(SIGCONT)
         #expect(
             paused.stderr
-                == "baton: baton 'shop' is already running at \(baton.control): stop it first, or give this one another --name (or --control)"
+                == "baton: something listens at \(baton.control) and did not answer as baton within 2s (a paused or hung baton, or another program): stop it, or give this one another --name (or --control)"
         )
+        #expect(status.status == 1 && status.stderr.contains("did not answer within 10s: is it paused or hung?"))
         #expect(try HTTP.get(unix: path).status == 200, "the running one is undisturbed")
         #expect(baton.stop() == 0)
     }
@@ -607,7 +630,7 @@ struct ControlAndErrorTests {
             ),
             (
                 ["run", "--listen", ":8080", "--ready-timeout", "soon", "--", "true"],
-                "baton: invalid --ready-timeout 'soon': write a duration like 30s, 500ms or 2m",
+                "baton: invalid --ready-timeout 'soon': a number with a unit (ms, s, m or h), at most 365 days, such as 30s, 500ms or 2m",
                 64
             ),
             (
