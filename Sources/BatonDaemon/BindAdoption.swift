@@ -58,7 +58,7 @@ public enum BindAdoption {
             let bound = listener.boundAddress()
             // An address baton bound reads as the user wrote it; a passed socket as the kernel has it.
             let address =
-                listener.address.hasPrefix("passed fd") ? bound?.description ?? listener.address : listener.address
+                listener.passed ? bound?.description ?? listener.address : listener.address
             return AdoptBind.Listener(address: address, port: bound?.port, path: bound?.path)
         }
         return inUse

@@ -91,8 +91,9 @@ struct ListenerGuard: Sendable {
             } else if condition.shutDown {
                 watched[index].refusing = true
                 findings.append(Finding(listener: socket, what: "shut down (shutdown())", repaired: false))
-            } else {
+            } else if !socket.passed {
                 // A unix listener's backlog cannot be read: listen again with baton's, which undoes a listen(fd, 1).
+                // (Not one the service manager passed: its backlog is the unit's `Backlog=`, unknown here.)
                 try? socket.listenAgain(backlog: backlog)
             }
         }

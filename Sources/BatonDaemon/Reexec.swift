@@ -40,7 +40,9 @@ extension Launcher {
         let state = ResumeState(
             previousVersion: BatonVersion.current,
             supervisor: snapshot,
-            listeners: listeners.map { .init(fd: $0.fd.rawValue, name: $0.name, address: $0.address) },
+            listeners: listeners.map {
+                .init(fd: $0.fd.rawValue, name: $0.name, address: $0.address, passed: $0.passed)
+            },
             control: control?.descriptor.rawValue ?? -1,
             notify: notify?.fd.rawValue,
             notifyAddress: notify?.address,

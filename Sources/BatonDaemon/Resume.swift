@@ -10,6 +10,8 @@ public struct ResumeState: Codable, Sendable {
         public var fd: Int32
         public var name: String
         public var address: String
+        /// Passed by the service manager (nil from a baton that did not say).
+        public var passed: Bool?
     }
 
     struct WorkerFDs: Codable, Sendable {
@@ -43,7 +45,14 @@ public struct ResumeState: Codable, Sendable {
 
     /// The listeners as the launcher holds them.
     public var listeningSockets: [ListeningSocket] {
-        listeners.map { ListeningSocket(fd: FileDescriptor(rawValue: $0.fd), name: $0.name, address: $0.address) }
+        listeners.map {
+            ListeningSocket(
+                fd: FileDescriptor(rawValue: $0.fd),
+                name: $0.name,
+                address: $0.address,
+                passed: $0.passed ?? false
+            )
+        }
     }
 
     func encoded() -> String? {

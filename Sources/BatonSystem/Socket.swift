@@ -10,11 +10,14 @@ public struct ListeningSocket: Sendable, Hashable {
     public var name: String
     /// A readable form of the address, such as `127.0.0.1:8080` or `unix:/run/app.sock`.
     public var address: String
+    /// The service manager passed it (a `.socket` unit, the fd store): its backlog is the unit's, not baton's.
+    public var passed: Bool
 
-    public init(fd: FileDescriptor, name: String, address: String) {
+    public init(fd: FileDescriptor, name: String, address: String, passed: Bool = false) {
         self.fd = fd
         self.name = name
         self.address = address
+        self.passed = passed
     }
 
     /// The socket's inode, which names it in `/proc/PID/fd` as `socket:[INODE]`.

@@ -226,7 +226,12 @@ extension Baton {
                         continue
                     }
                     // Shown by its real address; an address the kernel cannot name (an abstract socket) by its fd.
-                    var listener = ListeningSocket(fd: fd, name: name, address: "passed fd \(fd.rawValue)")
+                    var listener = ListeningSocket(
+                        fd: fd,
+                        name: name,
+                        address: "passed fd \(fd.rawValue)",
+                        passed: true
+                    )
                     if let bound = listener.boundAddress() { listener.address = bound.description }
                     result.append(listener)
                     logger.info(

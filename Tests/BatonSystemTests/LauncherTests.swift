@@ -520,7 +520,7 @@ struct ControlAndErrorTests {
         #expect(baton.stop() == 0)
     }
 
-    /// A second `baton run` with the name of a running one says so, rather than that its address is in use.
+    /// At exit a launcher removes its own control socket file, and not one another launcher bound at the path since.
     @Test func atExitBatonLeavesAControlSocketAnotherLauncherBoundSince() throws {
         let scratch = Scratch()
         let first = try BatonRun(
@@ -541,6 +541,7 @@ struct ControlAndErrorTests {
         #expect(second.stop() == 0)
     }
 
+    /// A second `baton run` with the name of a running one says so, rather than that its address is in use.
     @Test func aSecondRunWithTheSameNameSaysItIsAlreadyRunning() throws {
         let scratch = Scratch()
         let path = scratch.file("s.sock")
