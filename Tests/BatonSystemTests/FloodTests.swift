@@ -233,7 +233,8 @@ struct ListenerIntegrityTests {
 
     @Test func aWorkerThatShutsTheListenerDownDoesNotStopTheService() throws {
         let scratch = Scratch()
-        let port = 29500 + Int(getpid() % 400)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         let baton = try launch(scratch, port: port)
         scratch.write("behaviour", "shutdown-listener")
         #expect(baton.client(["reload", "--quiet"]).status == 0)
@@ -252,7 +253,8 @@ struct ListenerIntegrityTests {
 
     @Test func aReleaseThatShutsTheListenerDownAndFailsIsRolledBackWithAListeningSocket() throws {
         let scratch = Scratch()
-        let port = 29900 + Int(getpid() % 400)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         // One worker: the new generation's only worker breaks the listener, then fails its start.
         let baton = try launch(scratch, port: port, workers: 1)
         scratch.write("behaviour", "shutdown-then-crash")
@@ -264,7 +266,8 @@ struct ListenerIntegrityTests {
 
     @Test func aFullAcceptQueueIsReportedAsStalled() throws {
         let scratch = Scratch()
-        let port = 30700 + Int(getpid() % 400)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         scratch.write("behaviour", "no-accept")
         let baton = try BatonRun(
             ["--listen", "127.0.0.1:\(port)", "--backlog", "2", "--ready", "fd", "--", python, Paths.worker],
@@ -299,7 +302,8 @@ struct ListenerIntegrityTests {
 
     @Test func aWorkerThatBreaksTheListenerAgainAndAgainDoesNotFloodTheJournal() throws {
         let scratch = Scratch()
-        let port = 31100 + Int(getpid() % 400)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         let baton = try launch(scratch, port: port)
         scratch.write("behaviour", "shutdown-loop")
         #expect(baton.client(["reload", "--quiet"]).status == 0)
@@ -315,7 +319,8 @@ struct ListenerIntegrityTests {
     func aSocketFilterAWorkerAttachesIsRemovedOrReported(locked: Bool) throws {
         try #require(getuid() == 0, "attaching a socket filter needs root")
         let scratch = Scratch()
-        let port = 31500 + Int(getpid() % 400) + (locked ? 1 : 0)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         let baton = try launch(scratch, port: port, workers: 1)
         scratch.write("behaviour", locked ? "locked-filter" : "filter")
         #expect(baton.client(["reload", "--quiet"]).status == 0)
@@ -339,7 +344,8 @@ struct ListenerIntegrityTests {
 
     @Test func aWorkersSmallBacklogIsUndone() throws {
         let scratch = Scratch()
-        let port = 30300 + Int(getpid() % 400)
+        // A port the kernel just found free: fixed numbers collide with the suites that run beside this one.
+        let port = try #require(AdoptBindTests.freePort())
         let baton = try launch(scratch, port: port)
         let before = try #require(backlog(port))
         scratch.write("behaviour", "small-backlog")
