@@ -14,8 +14,16 @@ public enum ControlProtocol {
         }
 
         public var command: Command
+        /// `reload`: answer once the old generation is gone (`--wait-drained`), not when the new one serves.
+        public var waitDrained: Bool?
+        /// `reload`: kill what is left of a generation that still drains instead of waiting for it (`--cut-drain`).
+        public var cutDrain: Bool?
 
-        public init(command: Command) { self.command = command }
+        public init(command: Command, waitDrained: Bool? = nil, cutDrain: Bool? = nil) {
+            self.command = command
+            self.waitDrained = waitDrained
+            self.cutDrain = cutDrain
+        }
     }
 
     /// One line the launcher sends back.
@@ -34,6 +42,11 @@ public enum ControlProtocol {
         /// The last lines the failing worker wrote to stderr.
         public var stderr: [String]?
         public var status: StatusReport?
+        /// `result`: the reload's new generation, and why it failed.
+        public var generation: Int?
+        public var reason: String?
+        /// `result`: what still drains when a reload finished.
+        public var draining: [DrainProgress]?
 
         public init(
             kind: Kind,

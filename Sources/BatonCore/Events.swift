@@ -6,6 +6,8 @@ public struct LifecycleEvent: Sendable, Equatable {
         case generationSoaking = "generation-soaking"
         case generationRetired = "generation-retired"
         case generationFailed = "generation-failed"
+        /// A retired generation's drain ended: how long it took, how many connections its killed workers still held.
+        case drainFinished = "drain-finished"
         case reloadRequested = "reload-requested"
         case reloadSucceeded = "reload-succeeded"
         case reloadFailed = "reload-failed"
@@ -30,6 +32,7 @@ public struct LifecycleEvent: Sendable, Equatable {
             case .generationSoaking: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e605"
             case .generationRetired: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e603"
             case .generationFailed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e604"
+            case .drainFinished: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e606"
             case .reloadRequested: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e611"
             case .reloadSucceeded: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e612"
             case .reloadFailed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e613"
@@ -58,6 +61,8 @@ public struct LifecycleEvent: Sendable, Equatable {
     /// An exit status or signal name, such as `exit 1` or `signal KILL`.
     public var status: String?
     public var reason: String?
+    /// A number of connections (``Kind/drainFinished``: those still open when the workers were killed).
+    public var connections: Int?
 
     public init(
         _ kind: Kind,
@@ -67,8 +72,10 @@ public struct LifecycleEvent: Sendable, Equatable {
         slot: Int? = nil,
         duration: Duration? = nil,
         status: String? = nil,
-        reason: String? = nil
+        reason: String? = nil,
+        connections: Int? = nil
     ) {
+        self.connections = connections
         self.kind = kind
         self.message = message
         self.generation = generation

@@ -16,8 +16,12 @@ public enum StatusFormatter {
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
             let started = age(now - generation.startedAt).shortDescription
+            var drain = ""
+            if let left = generation.drainSecondsLeft {
+                drain = "  \(generation.connections.map { "\($0) connection\($0 == 1 ? "" : "s")" } ?? "connections not counted yet"), \(left)s left"
+            }
             out +=
-                "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
+                "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")\(drain)  started \(started) ago\n"
             for worker in generation.workers {
                 let uptime = age(worker.uptimeSeconds).shortDescription
                 out +=
@@ -34,6 +38,18 @@ public enum StatusFormatter {
             out += "\n"
         } else {
             out += "last reload: none\n"
+        }
+        // The history in short: the last few reloads, newest first (`--json` has all of them).
+        let recent = (status.reloads ?? []).prefix(5)
+        if recent.count > 1 {
+            out += "recent reloads (newest first, \(status.reloads?.count ?? 0) kept):\n"
+            for reload in recent {
+                let ago = age(now - (reload.startedAt ?? reload.finishedAt)).shortDescription
+                out +=
+                    "  generation \(reload.generation)  \(reload.ok ? "ok" : "failed")  \(Duration.milliseconds(reload.durationMilliseconds).shortDescription)  started \(ago) ago"
+                if let reason = reload.reason { out += "  \(clean(String(reason.prefix(80))))" }
+                out += "\n"
+            }
         }
         return out
     }

@@ -40,13 +40,27 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var startedAt: Double
         public var crashLooping: Bool
         public var workers: [Worker]
+        /// While it drains (or its workers stop): the client connections they hold, as last counted from the kernel.
+        public var connections: Int?
+        /// While it drains: seconds until its last worker is SIGKILLed.
+        public var drainSecondsLeft: Int?
 
-        public init(id: Int, state: String, startedAt: Double, crashLooping: Bool, workers: [Worker]) {
+        public init(
+            id: Int,
+            state: String,
+            startedAt: Double,
+            crashLooping: Bool,
+            workers: [Worker],
+            connections: Int? = nil,
+            drainSecondsLeft: Int? = nil
+        ) {
             self.id = id
             self.state = state
             self.startedAt = startedAt
             self.crashLooping = crashLooping
             self.workers = workers
+            self.connections = connections
+            self.drainSecondsLeft = drainSecondsLeft
         }
     }
 
@@ -57,13 +71,23 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var reason: String?
         /// Seconds since the epoch.
         public var finishedAt: Double
+        /// Seconds since the epoch.
+        public var startedAt: Double?
 
-        public init(ok: Bool, generation: Int, durationMilliseconds: Int64, reason: String?, finishedAt: Double) {
+        public init(
+            ok: Bool,
+            generation: Int,
+            durationMilliseconds: Int64,
+            reason: String?,
+            finishedAt: Double,
+            startedAt: Double? = nil
+        ) {
             self.ok = ok
             self.generation = generation
             self.durationMilliseconds = durationMilliseconds
             self.reason = reason
             self.finishedAt = finishedAt
+            self.startedAt = startedAt
         }
     }
 
@@ -74,6 +98,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var generations: [Generation]
     public var lastReload: Reload?
     public var reloading: Bool
+    /// The last ``ReloadHistory/limit`` reloads, newest first.
+    public var reloads: [Reload]?
 
     public init(
         name: String,
@@ -113,7 +139,9 @@ extension StatusReport {
         let serving =
             listeners.contains { $0.refusing == true } ? "not serving (a listener refuses connections)" : "serving"
         let generations = supervisor.orderedGenerations.map { generation in
-            Generation(
+            let drain = supervisor.drainProgress(generation, now: now)
+            let stopping = generation.workers.contains { supervisor.worker($0)?.state == .stopping }
+            return Generation(
                 id: generation.id,
                 state: generation.id == supervisor.serving
                     ? serving : generation.soak != nil ? "soaking" : generation.state.rawValue,
@@ -128,18 +156,22 @@ extension StatusReport {
                         restarts: worker.restarts,
                         status: worker.status
                     )
-                }
+                },
+                connections: stopping ? drain.connections : nil,
+                drainSecondsLeft: generation.state == .draining ? drain.secondsLeft : nil
             )
         }
-        let last = supervisor.lastReload.map {
+        func reload(_ outcome: Supervisor.Outcome) -> Reload {
             Reload(
-                ok: $0.ok,
-                generation: $0.generation,
-                durationMilliseconds: $0.duration.milliseconds,
-                reason: $0.reason,
-                finishedAt: wallTime($0.finishedAt)
+                ok: outcome.ok,
+                generation: outcome.generation,
+                durationMilliseconds: outcome.duration.milliseconds,
+                reason: outcome.reason,
+                finishedAt: wallTime(outcome.finishedAt),
+                startedAt: wallTime(outcome.finishedAt - outcome.duration)
             )
         }
+        let last = supervisor.lastReload.map(reload)
         self.init(
             name: name,
             pid: pid,
@@ -149,5 +181,28 @@ extension StatusReport {
             lastReload: last,
             reloading: supervisor.reload != nil
         )
+        reloads = supervisor.history.map(reload)
+    }
+
+    /// The client connections each generation's stopping workers hold (draining ones included), by generation id:
+    /// what a connections gauge reads.
+    public var connectionsByGeneration: [Int: Int] {
+        var result: [Int: Int] = [:]
+        for generation in generations { if let count = generation.connections { result[generation.id] = count } }
+        return result
+    }
+
+    /// What still drains, as `baton reload` and `STATUS=` put it.
+    public var draining: [DrainProgress] {
+        generations.compactMap { generation in
+            generation.drainSecondsLeft.map {
+                DrainProgress(
+                    generation: generation.id,
+                    workers: generation.workers.count,
+                    connections: generation.connections,
+                    secondsLeft: $0
+                )
+            }
+        }
     }
 }

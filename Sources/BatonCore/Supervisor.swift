@@ -22,6 +22,10 @@ public struct Supervisor: Sendable {
         /// Why it failed, as the launcher found out (``SupervisorEvent/explained(_:_:)``).
         public var explanation: String?
         public var watchdogInterval: Duration?
+        /// When its stop timeout SIGKILLs it (set once it was sent the stop signal).
+        public var stopDeadline: ContinuousClock.Instant?
+        /// The client connections it holds, as last counted while it stops (``SupervisorEvent/connections(_:)``).
+        public var connections: Int?
     }
 
     public enum GenerationState: String, Sendable {
@@ -41,6 +45,24 @@ public struct Supervisor: Sendable {
         public var crashLooping = false
         /// Set while the generation (rolling: its newest worker, `slot`) is in its soak window (`--min-ready`).
         public var soak: Soak?
+        /// Set once it drains (a reload retired it): when it was told to stop.
+        public var drainStartedAt: ContinuousClock.Instant?
+        /// Connections its workers still held when they were killed (the stop timeout, or `--cut-drain`).
+        public var killedConnections = 0
+        /// Its workers that were killed while draining.
+        public var killedWorkers = 0
+        /// A reload with `--cut-drain` killed what was left of it.
+        public var cutShort = false
+        /// Requesters of the reload that retired it who asked to be answered once it is gone (`--wait-drained`).
+        public var drainWait: DrainWait?
+    }
+
+    /// `baton reload --wait-drained` requesters, answered when the generation their reload retired is gone.
+    public struct DrainWait: Sendable {
+        public var requesters: [RequesterID]
+        /// The reload's new generation, and when the reload started.
+        public var target: Int
+        public var startedAt: ContinuousClock.Instant
     }
 
     /// A soak window in progress: ready since `since`; rolling, the step of `slot` waits for it.
@@ -81,6 +103,14 @@ public struct Supervisor: Sendable {
     /// Requesters of the one reload that follows the current one (nil: none pending).
     public private(set) var followUp: [RequesterID]?
     public private(set) var lastReload: Outcome?
+    /// The last ``ReloadHistory/limit`` reloads, newest first.
+    public private(set) var history: [Outcome] = []
+    /// When the last event happened: what ``statusLine`` counts a drain's time left from.
+    public private(set) var lastEventAt: ContinuousClock.Instant?
+    /// Requesters who asked to be answered only once the old generation is gone (`--wait-drained`).
+    private var waitsDrained: Set<RequesterID> = []
+    /// A requester of the follow-up asked to cut a drain short rather than wait for it (`--cut-drain`).
+    private var followUpCutsDrain = false
     /// The code baton exits with once every worker is gone: 0 after a stop, 1 once no generation can serve.
     public private(set) var exitStatus: Int32 = 0
     private var nextWorker = 1
@@ -131,6 +161,7 @@ public struct Supervisor: Sendable {
                 finishedAt: now - .milliseconds($0.ageMilliseconds)
             )
         }
+        history = lastReload.map { [$0] } ?? []
     }
 
     // MARK: - Queries
@@ -177,7 +208,8 @@ public struct Supervisor: Sendable {
                 )
             case .starting where phase == .running:
                 parts.append("generation \(generation.id) starting (\(readyCount(generation))/\(settings.workers))")
-            case .draining: parts.append("generation \(generation.id) draining (\(live))")
+            case .draining:
+                parts.append(drainProgress(generation, now: lastEventAt ?? generation.startedAt).description)
             case .failed where live > 0: parts.append("generation \(generation.id) failed, stopping (\(live))")
             default: break
             }
@@ -192,6 +224,29 @@ public struct Supervisor: Sendable {
         return parts.joined(separator: " · ")
     }
 
+    /// What each draining generation still holds, oldest first.
+    public func draining(now: ContinuousClock.Instant) -> [DrainProgress] {
+        orderedGenerations.filter { $0.state == .draining }.map { drainProgress($0, now: now) }
+    }
+
+    /// The connections its stopping workers hold (nil until counted), and the time left until the last is killed.
+    public func drainProgress(_ generation: Generation, now: ContinuousClock.Instant) -> DrainProgress {
+        let live = generation.workers.compactMap { workers[$0] }
+        let counted = live.compactMap(\.connections)
+        let deadline = live.compactMap(\.stopDeadline).max()
+        return DrainProgress(
+            generation: generation.id,
+            workers: live.count,
+            connections: counted.isEmpty ? nil : counted.reduce(0, +),
+            secondsLeft: deadline.map { ($0 - now).secondsRoundedUp } ?? 0
+        )
+    }
+
+    /// The generation that blocks the next reload: one that still drains (at most one drains at a time).
+    private var drainingGeneration: Generation? {
+        orderedGenerations.first { $0.state == .draining && !$0.cutShort }
+    }
+
     private func readyCount(_ generation: Generation) -> Int {
         generation.workers.filter { workers[$0]?.state == .ready }.count
     }
@@ -200,6 +255,7 @@ public struct Supervisor: Sendable {
 
     public mutating func handle(_ event: SupervisorEvent, now: ContinuousClock.Instant) -> [SupervisorAction] {
         var actions: [SupervisorAction] = []
+        lastEventAt = now
         switch event {
         case .start:
             guard phase == .idle else { break }
@@ -209,7 +265,11 @@ public struct Supervisor: Sendable {
                 spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions)
             }
         case .reloadRequested(let requester):
-            requestReload(requester, now: now, actions: &actions)
+            requestReload(ReloadRequest(requester), now: now, actions: &actions)
+        case .reload(let request):
+            requestReload(request, now: now, actions: &actions)
+        case .connections(let counts):
+            for (id, count) in counts where workers[id]?.state == .stopping { workers[id]?.connections = count }
         case .spawned(let id, let pid):
             guard var worker = workers[id] else { break }
             worker.pid = pid
@@ -317,6 +377,7 @@ public struct Supervisor: Sendable {
         } else if !alreadyStopping {
             actions.append(.stop(id, pid: pid))
             actions.append(.schedule(.stopTimeout(id), after: settings.stopTimeout))
+            workers[id]?.stopDeadline = lastEventAt.map { $0 + settings.stopTimeout }
         }
     }
 
@@ -445,6 +506,7 @@ public struct Supervisor: Sendable {
         if let old = generations[previous]?.slots[readySlot] {
             stopWorker(old, kill: false, actions: &actions)
         }
+        if generations[previous]?.drainStartedAt == nil { generations[previous]?.drainStartedAt = now }
         reload.retiredSlots.insert(readySlot)
         self.reload = reload
         let ready = readyCount(generations[target]!)
@@ -493,12 +555,17 @@ public struct Supervisor: Sendable {
             .progress(reload.requesters, "generation \(id) serving after \((now - reload.startedAt).shortDescription)")
         )
         if let previous, var old = generations[previous] {
+            // The reload finishes now, while the old generation drains; `--wait-drained` requesters hear it once gone.
+            let parked = reload.requesters.filter { waitsDrained.contains($0) }
             old.state = .draining
+            old.drainStartedAt = old.drainStartedAt ?? now
+            if !parked.isEmpty { old.drainWait = DrainWait(requesters: parked, target: id, startedAt: reload.startedAt) }
             generations[previous] = old
             actions.append(
                 .progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))")
             )
             for worker in old.workers { stopWorker(worker, kill: false, actions: &actions) }
+            finishReload(ok: true, reason: nil, failedWorker: nil, parked: parked, now: now, actions: &actions)
             retireIfDrained(previous, now: now, actions: &actions)
         } else {
             finishReload(ok: true, reason: nil, failedWorker: nil, now: now, actions: &actions)
@@ -520,9 +587,7 @@ public struct Supervisor: Sendable {
                     )
                 )
             )
-            if let reload, reload.previous == id, reload.promotedAt != nil {
-                finishReload(ok: true, reason: nil, failedWorker: nil, now: now, actions: &actions)
-            }
+            drainEnded(generation, now: now, actions: &actions)
         case .failed:
             generations[id] = nil
         default:
@@ -531,10 +596,11 @@ public struct Supervisor: Sendable {
     }
 
     private mutating func requestReload(
-        _ requester: RequesterID?,
+        _ request: ReloadRequest,
         now: ContinuousClock.Instant,
         actions: inout [SupervisorAction]
     ) {
+        let requester = request.requester
         let requesters = requester.map { [$0] } ?? []
         switch phase {
         case .stopping, .exited:
@@ -557,13 +623,113 @@ public struct Supervisor: Sendable {
             break
         }
         actions.append(.log(LifecycleEvent(.reloadRequested, "reload requested\(requester == nil ? " (signal)" : "")")))
+        if let requester, request.waitDrained { waitsDrained.insert(requester) }
         if phase == .starting || reload != nil {
             // Coalesce: at most one reload follows the current one, whoever asked.
             followUp = (followUp ?? []) + requesters
+            if request.cutDrain { followUpCutsDrain = true }
             actions.append(.progress(requesters, "a reload is in progress; yours follows it"))
             return
         }
+        if followUp != nil || drainingGeneration != nil {
+            // One generation drains at a time: this reload waits for it (or, `--cut-drain`, cuts it short).
+            followUp = (followUp ?? []) + requesters
+            if request.cutDrain { followUpCutsDrain = true }
+            startFollowUp(announcing: requesters, now: now, actions: &actions)
+            return
+        }
         startReload(requesters: requesters, now: now, actions: &actions)
+    }
+
+    /// Starts the pending follow-up reload, unless a generation still drains: then its requesters in `announcing`
+    /// hear what it waits for, or, if one asked for `--cut-drain`, what is left of the drain is killed first.
+    private mutating func startFollowUp(
+        announcing: [RequesterID],
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        guard let followUp, reload == nil, phase == .running else { return }
+        if let draining = drainingGeneration {
+            guard followUpCutsDrain else {
+                let progress = drainProgress(draining, now: now)
+                actions.append(
+                    .progress(
+                        announcing,
+                        "waiting for generation \(draining.id) to finish draining (\(progress.summary))"
+                    )
+                )
+                return
+            }
+            cutDrain(draining, now: now, actions: &actions)
+        }
+        self.followUp = nil
+        followUpCutsDrain = false
+        startReload(requesters: followUp, now: now, actions: &actions)
+    }
+
+    /// `--cut-drain`: SIGKILLs what is left of a draining generation (its workers were sent the stop signal).
+    private mutating func cutDrain(_ generation: Generation, now: ContinuousClock.Instant, actions: inout [SupervisorAction])
+    {
+        let progress = drainProgress(generation, now: now)
+        generations[generation.id]?.cutShort = true
+        generations[generation.id]?.killedConnections += progress.connections ?? 0
+        generations[generation.id]?.killedWorkers += progress.workers
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .workerKilled,
+                    "cutting the drain of generation \(generation.id) short (--cut-drain): killing \(progress.workers) worker(s) holding \(progress.connections.map(String.init) ?? "uncounted") connection(s)",
+                    generation: generation.id
+                )
+            )
+        )
+        actions.append(
+            .progress(
+                followUp ?? [],
+                "cutting the drain of generation \(generation.id) short: killing \(progress.summary)"
+            )
+        )
+        for worker in generation.workers { stopWorker(worker, kill: true, actions: &actions) }
+    }
+
+    /// A draining generation is gone: one journal event for the whole drain, its `--wait-drained` requesters answered,
+    /// and a reload that waited for it started.
+    private mutating func drainEnded(_ generation: Generation, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        let took = now - (generation.drainStartedAt ?? now)
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .drainFinished,
+                    "generation \(generation.id) drained in \(took.shortDescription): "
+                        + (generation.killedWorkers == 0
+                            ? "its workers closed their connections and exited (0 killed)"
+                            : "\(generation.killedWorkers) worker(s) killed \(generation.cutShort ? "by --cut-drain" : "at the stop timeout") with \(generation.killedConnections) connection(s) still open"),
+                    generation: generation.id,
+                    duration: took,
+                    reason: generation.cutShort ? "cut short by a reload (--cut-drain)" : nil,
+                    connections: generation.killedConnections
+                )
+            )
+        )
+        if let wait = generation.drainWait {
+            waitsDrained.subtract(wait.requesters)
+            let duration = now - wait.startedAt
+            actions.append(.reloadOutcome(wait.requesters, generation: wait.target, reason: nil))
+            actions.append(
+                .reloadFinished(
+                    wait.requesters,
+                    ok: true,
+                    message:
+                        "generation \(wait.target) serving; generation \(generation.id) drained in \(took.shortDescription)"
+                        + (generation.killedConnections > 0
+                            ? " (\(generation.killedConnections) connection(s) killed)" : "")
+                        + "; reload took \(duration.shortDescription)",
+                    duration: duration,
+                    failedWorker: nil
+                )
+            )
+        }
+        startFollowUp(announcing: [], now: now, actions: &actions)
     }
 
     private mutating func startReload(
@@ -593,13 +759,19 @@ public struct Supervisor: Sendable {
         ok: Bool,
         reason: String?,
         failedWorker: FailedWorker?,
+        parked: [RequesterID] = [],
         now: ContinuousClock.Instant,
         actions: inout [SupervisorAction]
     ) {
-        guard let reload else { return }
+        guard var reload else { return }
         self.reload = nil
+        reload.requesters.removeAll { parked.contains($0) }
+        waitsDrained.subtract(reload.requesters)
         let duration = now - reload.startedAt
         lastReload = Outcome(ok: ok, generation: reload.target, duration: duration, reason: reason, finishedAt: now)
+        history.insert(lastReload!, at: 0)
+        if history.count > ReloadHistory.limit { history.removeLast(history.count - ReloadHistory.limit) }
+        actions.append(.reloadOutcome(reload.requesters, generation: reload.target, reason: reason))
         if ok {
             actions.append(
                 .log(
@@ -637,10 +809,7 @@ public struct Supervisor: Sendable {
             )
         }
         actions.append(.notifyManager(.ready))
-        if let followUp, phase == .running {
-            self.followUp = nil
-            startReload(requesters: followUp, now: now, actions: &actions)
-        }
+        startFollowUp(announcing: followUp ?? [], now: now, actions: &actions)
     }
 
     /// The reload's new generation cannot serve: stop it, restore what rolling retired, and fail the reload.
@@ -873,6 +1042,7 @@ public struct Supervisor: Sendable {
             )
             self.followUp = nil
         }
+        answerDrainWaiters(because: "baton gave up: \(reason)", actions: &actions)
         exitStatus = 1
         phase = .stopping
         actions.append(.notifyManager(.stopping))
@@ -920,6 +1090,10 @@ public struct Supervisor: Sendable {
                 )
             )
             actions.append(.kill(id, pid: pid))
+            if generations[worker.generation]?.state == .draining {
+                generations[worker.generation]?.killedConnections += worker.connections ?? 0
+                generations[worker.generation]?.killedWorkers += 1
+            }
         case .respawn(let generation, let slot):
             guard phase == .running || phase == .starting, let current = generations[generation],
                 current.state == .serving,
@@ -973,10 +1147,30 @@ public struct Supervisor: Sendable {
             )
             self.followUp = nil
         }
+        answerDrainWaiters(because: "baton is stopping", actions: &actions)
         for worker in liveWorkers { stopWorker(worker.id, kill: false, actions: &actions) }
         if liveWorkers.isEmpty {
             phase = .exited
             actions.append(.exit(0))
+        }
+    }
+
+    /// `--wait-drained` requesters whose drain will not end as a drain (baton stops): their reload did succeed.
+    private mutating func answerDrainWaiters(because why: String, actions: inout [SupervisorAction]) {
+        for generation in orderedGenerations {
+            guard let wait = generation.drainWait else { continue }
+            generations[generation.id]?.drainWait = nil
+            waitsDrained.subtract(wait.requesters)
+            actions.append(.reloadOutcome(wait.requesters, generation: wait.target, reason: nil))
+            actions.append(
+                .reloadFinished(
+                    wait.requesters,
+                    ok: true,
+                    message: "generation \(wait.target) served; \(why) before generation \(generation.id) drained",
+                    duration: .zero,
+                    failedWorker: nil
+                )
+            )
         }
     }
 }

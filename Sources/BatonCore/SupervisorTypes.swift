@@ -107,6 +107,8 @@ public enum SupervisorAction: Sendable, Equatable {
     case progress([RequesterID], String)
     /// The final answer to reload requesters; `failedWorker` names the worker whose stderr explains it.
     case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: FailedWorker?)
+    /// Which generation the `.reloadFinished` that follows (for the same requesters) is about, and why it failed.
+    case reloadOutcome([RequesterID], generation: Int, reason: String?)
     case log(LifecycleEvent)
     case notifyManager(ManagerNotification)
     /// Exit the process with this code; every worker is gone.
@@ -139,6 +141,10 @@ public enum ManagerNotification: Sendable, Equatable {
 public enum SupervisorEvent: Sendable, Equatable {
     case start
     case reloadRequested(RequesterID?)
+    /// A reload with options (`--wait-drained`, `--cut-drain`); `.reloadRequested(r)` is `.reload(ReloadRequest(r))`.
+    case reload(ReloadRequest)
+    /// The client connections stopping workers hold, as the launcher counted them (only while something drains).
+    case connections([WorkerID: Int])
     case spawned(WorkerID, pid: Int32)
     case spawnFailed(WorkerID, reason: String)
     case ready(WorkerID)

@@ -15,6 +15,8 @@ enum DaemonEvent: Sendable {
     case watchdogTick
     /// A listener hung up: a worker shut it down.
     case listenerHungUp
+    /// Time to count the connections of what drains again (``Launcher/watchDrains()``).
+    case drainTick
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -56,6 +58,10 @@ public actor Launcher {
     /// What workers left behind, and when those told to stop are killed.
     var leftovers = Leftovers()
     var leftoverCheck: Task<Void, Never>?
+    /// Counts the connections of stopping workers once a second while any stops (``watchDrains()``).
+    var drainWatch: Task<Void, Never>?
+    /// What each reload requester's answer is about (``SupervisorAction/reloadOutcome(_:generation:reason:)``).
+    var outcomes: [RequesterID: (generation: Int, reason: String?)] = [:]
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
@@ -145,6 +151,7 @@ public actor Launcher {
 
         for await event in events {
             handle(event)
+            watchDrains()
             if reexecRequested && supervisor.isQuiet && exitCode == nil { reexecute() }
             if exitCode != nil { break }
         }
@@ -162,7 +169,9 @@ public actor Launcher {
             case .reexecute:
                 logger.notice("re-execution of \(executablePath) requested")
                 reexecRequested = true
-            case .reload: process(.reloadRequested(nil))
+            case .reload:
+                countDrainingConnections()
+                process(.reloadRequested(nil))
             case .stop:
                 if signal != Signals.terminate && signal != Signals.interrupt {
                     logger.notice("SIG\(Signals.name(of: signal)) received: stopping as for SIGTERM")
@@ -195,13 +204,23 @@ public actor Launcher {
             switch request.command {
             case .status:
                 checkListeners()
+                countDrainingConnections()
                 client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
                 client.close()
             case .reload:
                 let requester = RequesterID(nextRequester)
                 nextRequester += 1
                 requesters[requester] = client
-                process(.reloadRequested(requester))
+                countDrainingConnections()
+                process(
+                    .reload(
+                        ReloadRequest(
+                            requester,
+                            waitDrained: request.waitDrained == true,
+                            cutDrain: request.cutDrain == true
+                        )
+                    )
+                )
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")
@@ -209,6 +228,8 @@ public actor Launcher {
             checkListeners()
         case .listenerHungUp:
             checkListeners(afterHangUp: true)
+        case .drainTick:
+            countDrainingConnections()
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -222,6 +243,8 @@ public actor Launcher {
             {
                 process(.explained(worker, text))
             }
+            // What a worker still holds when its stop timeout kills it goes into the drain's journal event.
+            if case .stopTimeout(let worker) = id { countDrainingConnections(only: worker) }
             process(.timer(id))
         }
     }
@@ -304,19 +327,25 @@ public actor Launcher {
             timers.removeValue(forKey: id)?.task.cancel()
         case .progress(let ids, let message):
             for id in ids { requesters[id]?.send(.progress(message)) }
+        case .reloadOutcome(let ids, let generation, let reason):
+            for id in ids { outcomes[id] = (generation, reason) }
         case .reloadFinished(let ids, let ok, let message, let duration, let failed):
             let stderr = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() } ?? []
+            let draining = ok && !ids.isEmpty ? drainingNow() : []
             for id in ids {
+                let outcome = outcomes.removeValue(forKey: id)
                 guard let client = requesters.removeValue(forKey: id) else { continue }
-                client.send(
-                    ControlProtocol.Reply(
-                        kind: .result,
-                        message: message,
-                        ok: ok,
-                        durationMilliseconds: duration.milliseconds,
-                        stderr: ok ? nil : stderr
-                    )
+                var reply = ControlProtocol.Reply(
+                    kind: .result,
+                    message: message,
+                    ok: ok,
+                    durationMilliseconds: duration.milliseconds,
+                    stderr: ok ? nil : stderr
                 )
+                reply.generation = outcome?.generation
+                reply.reason = outcome?.reason ?? (ok ? nil : message)
+                reply.draining = ok ? draining : nil
+                client.send(reply)
                 client.close()
             }
         case .log(let event):
@@ -391,6 +420,7 @@ public actor Launcher {
         killEveryWorker()
         for (_, timer) in timers { timer.task.cancel() }
         leftoverCheck?.cancel()
+        drainWatch?.cancel()
         timers = [:]
         for (_, client) in requesters {
             client.send(.error("baton is exiting"))

@@ -99,6 +99,7 @@ extension Logger {
         if let duration = event.duration { metadata["baton.duration.ms"] = .stringConvertible(duration.milliseconds) }
         if let status = event.status { metadata["baton.status"] = .string(status) }
         if let reason = event.reason { metadata["baton.reason"] = .string(reason) }
+        if let connections = event.connections { metadata["baton.connections"] = .stringConvertible(connections) }
         let level: Logger.Level =
             switch event.kind {
             case .reloadFailed, .generationFailed, .crashLoop, .watchdogMissed: .error

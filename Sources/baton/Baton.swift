@@ -19,7 +19,10 @@ struct Baton: ParsableCommand {
             EXIT STATUS: 0 when the command succeeded (for baton run: every generation was retired after SIGTERM or \
             SIGINT); 1 when it failed (the app cannot be executed, a listener cannot be bound, the first generation \
             never became ready, no launcher answers, a reload failed); 64 (EX_USAGE) for a usage error: an unknown \
-            option, a missing or bad value, an app command missing after --.
+            option, a missing or bad value, an app command missing after --. baton reload (with or without --json): 0 \
+            ok, the new generation serves (result "ok"); 1 the new generation failed and was rolled back, the old one \
+            keeps serving (result "failed"), or no launcher answers; 75 (EX_TEMPFAIL) nothing was tried because baton \
+            is stopping or has not started (result "refused"): retry later.
             """,
         version: BatonVersion.current,
         subcommands: [Run.self, Reload.self, Status.self]
@@ -290,8 +293,12 @@ extension Baton {
     struct Reload: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Reload a running launcher: start the next generation, then retire the old one.",
-            discussion: "Blocks until the new generation serves and the old one is retired. Exits 0 on success; "
-                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1."
+            discussion: "Returns once the new generation serves and the old one has been told to stop, and prints what "
+                + "still drains (generation 6 draining: 12 connections, 24s left); --wait-drained returns only once the "
+                + "old generation is gone. One generation drains at a time: a reload asked for while one drains waits "
+                + "for it, or with --cut-drain kills what is left of it. Exits 0 on success; on failure prints the "
+                + "reason and the failing worker's last stderr lines, and exits 1; exits 75 when baton is stopping or "
+                + "has not started."
         )
 
         @OptionGroup var control: ControlOptions
@@ -299,33 +306,89 @@ extension Baton {
         @Flag(name: .shortAndLong, help: "Print only the outcome, not the progress.")
         var quiet = false
 
+        @Flag(help: "Print the outcome as one JSON object (no progress): ok, result, generation, durationMilliseconds, message, reason, stderr, draining.")
+        var json = false
+
+        @Flag(help: "Return only once the old generation has drained and exited.")
+        var waitDrained = false
+
+        @Flag(help: "If a generation still drains, SIGKILL what is left of it (it had the stop signal) instead of waiting.")
+        var cutDrain = false
+
+        /// The outcome `--json` prints.
+        struct Outcome: Encodable {
+            var ok: Bool
+            /// ok, failed, refused or error.
+            var result: String
+            var generation: Int?
+            var durationMilliseconds: Int64?
+            var message: String
+            var reason: String?
+            var stderr: [String]
+            var draining: [DrainProgress]
+        }
+
         func run() throws {
             Signals.ignoreBrokenPipe()
             Signals.ignore(Signals.upgrade)
             var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
-            client.send(ControlProtocol.Request(command: .reload))
+            client.send(
+                ControlProtocol.Request(
+                    command: .reload,
+                    waitDrained: waitDrained ? true : nil,
+                    cutDrain: cutDrain ? true : nil
+                )
+            )
             while let line = client.readLine() {
                 guard let reply = ControlProtocol.decodeReply(line) else { continue }
                 // What the launcher relays (a failure's reason, a worker's stderr) is shown with control characters
                 // escaped: a worker must not be able to drive the terminal of whoever runs `baton reload`.
                 let message = reply.message.map(TerminalText.sanitized)
-                switch reply.kind {
-                case .progress:
-                    if !quiet { StandardStreams.writeOutput("\(message ?? "")\n") }
-                case .result where reply.ok == true:
-                    StandardStreams.writeOutput("\(message ?? "reload succeeded")\n")
+                let result =
+                    switch reply.kind {
+                    case .progress: ""
+                    case .result where reply.ok == true: "ok"
+                    case .result where reply.generation == nil: "refused"
+                    case .result: "failed"
+                    case .error, .status: "error"
+                    }
+                if reply.kind == .progress {
+                    if !quiet && !json { StandardStreams.writeOutput("\(message ?? "")\n") }
+                    continue
+                }
+                let status: Int32 = result == "ok" ? 0 : result == "refused" ? 75 : 1
+                if json {
+                    let outcome = Outcome(
+                        ok: result == "ok",
+                        result: result,
+                        generation: reply.generation,
+                        durationMilliseconds: reply.durationMilliseconds,
+                        message: reply.message ?? "",
+                        reason: reply.reason,
+                        stderr: reply.stderr ?? [],
+                        draining: reply.draining ?? []
+                    )
+                    StandardStreams.writeOutput(String(decoding: ControlProtocol.encode(outcome), as: UTF8.self))
+                    if status != 0 { throw ExitCode(status) }
                     return
-                case .error:
+                }
+                switch result {
+                case "ok":
+                    var text = "\(message ?? "reload succeeded")\n"
+                    for drain in reply.draining ?? [] { text += "\(drain)\n" }
+                    StandardStreams.writeOutput(text)
+                    return
+                case "error":
                     throw fail(message ?? "the launcher refused the request", .control)
-                case .result, .status:
+                default:
                     var text = "baton: reload failed: \(message ?? "unknown reason")\n"
                     if let stderr = reply.stderr, !stderr.isEmpty {
                         text += "last lines the failing worker wrote to stderr:\n"
                         for line in stderr { text += "  | \(TerminalText.sanitized(line))\n" }
                     }
                     StandardStreams.writeError(text)
-                    throw ExitCode(1)
+                    throw ExitCode(status)
                 }
             }
             throw fail("the launcher closed the connection before the reload finished", .control)

@@ -46,6 +46,13 @@ struct Harness {
         for worker in workers(generation: generation) where worker.state == .starting { send(.ready(worker.id)) }
     }
 
+    /// ``readyAll(generation:)``, returning every action it caused.
+    mutating func readyAllReturning(generation: Int) -> [SupervisorAction] {
+        var all: [SupervisorAction] = []
+        for worker in workers(generation: generation) where worker.state == .starting { all += send(.ready(worker.id)) }
+        return all
+    }
+
     /// The processes that were asked to stop gracefully.
     func stopped(in actions: [SupervisorAction]) -> [WorkerID] {
         actions.compactMap { if case .stop(let id, _) = $0 { id } else { nil } }
@@ -107,16 +114,21 @@ struct SupervisorTests {
         let promoted = h.send(.ready(newWorkers[1].id))
         #expect(Set(h.stopped(in: promoted)) == Set(h.workers(generation: 1).map(\.id)))
         #expect(h.supervisor.serving == 2)
-        #expect(h.finished(in: promoted).isEmpty, "the reload finishes when the old generation has drained")
+        // The reload finishes once the new generation serves and the old one was told to stop.
+        #expect(h.finished(in: promoted).map(\.ok) == [true])
+        #expect(h.finished(in: promoted).first?.ids == [RequesterID(1)])
+        #expect(promoted.contains(.notifyManager(.ready)))
+        #expect(h.logged(.reloadSucceeded, in: promoted))
+        #expect(h.supervisor.lastReload?.ok == true)
+        #expect(!h.logged(.generationRetired, in: promoted), "the old generation still drains")
 
         let oldWorkers = h.workers(generation: 1)
         h.send(.exited(oldWorkers[0].id, .exited(0)))
         let done = h.send(.exited(oldWorkers[1].id, .exited(0)))
-        #expect(h.finished(in: done).map(\.ok) == [true])
-        #expect(h.finished(in: done).first?.ids == [RequesterID(1)])
+        #expect(h.finished(in: done).isEmpty)
         #expect(h.logged(.generationRetired, in: done))
-        #expect(done.contains(.notifyManager(.ready)))
-        #expect(h.supervisor.lastReload?.ok == true)
+        #expect(h.logged(.drainFinished, in: done))
+        #expect(!done.contains(.notifyManager(.ready)))
     }
 
     @Test func aStopTimeoutEscalatesToKillingTheProcessGroup() {
@@ -176,13 +188,13 @@ struct SupervisorTests {
         for id in 2...50 { extra += h.send(.reloadRequested(RequesterID(id))) }
         #expect(h.spawns(in: extra).isEmpty, "nothing piles up while a reload runs")
 
-        h.readyAll(generation: 2)
+        let promoted = h.readyAllReturning(generation: 2)
+        #expect(h.finished(in: promoted).map(\.ids) == [[RequesterID(1)]])
+        #expect(h.spawns(in: promoted).isEmpty, "the follow-up waits for generation 1 to drain")
         let done = h.send(.exited(h.workers(generation: 1)[0].id, .exited(0)))
-        #expect(h.finished(in: done).map(\.ids) == [[RequesterID(1)]])
         #expect(h.spawns(in: done).map(\.generation) == [3], "exactly one follow-up reload starts")
 
-        h.readyAll(generation: 3)
-        let followUp = h.send(.exited(h.workers(generation: 2)[0].id, .exited(0)))
+        let followUp = h.readyAllReturning(generation: 3)
         #expect(h.finished(in: followUp).first?.ids == (2...50).map { RequesterID($0) })
         #expect(h.spawns(in: followUp).isEmpty)
         #expect(h.supervisor.reload == nil)
@@ -441,7 +453,10 @@ struct SupervisorTests {
         h.send(.reloadRequested(nil))
         h.advance(.milliseconds(840))
         h.readyAll(generation: 2)
-        #expect(h.supervisor.statusLine == "serving generation 2 (2 workers) · generation 1 draining (2)")
+        #expect(
+            h.supervisor.statusLine
+                == "serving generation 2 (2 workers) · generation 1 draining: 2 workers, 30s left · last reload ok in 840ms"
+        )
         h.exitStopped(generation: 1)
         #expect(h.supervisor.statusLine == "serving generation 2 (2 workers) · last reload ok in 840ms")
     }
