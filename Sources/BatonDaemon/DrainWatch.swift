@@ -54,8 +54,13 @@ extension Launcher {
 
     private func connectionCounts(_ workers: [Supervisor.Worker]) -> [WorkerID: Int] {
         let pids = workers.compactMap(\.pid)
-        let ports = Set(listeners.compactMap { $0.boundAddress()?.port })
-        let counts = Connections.count(pids: pids, ports: ports, excluding: starter.listenerInodes)
+        let bound = listeners.compactMap { $0.boundAddress() }
+        let counts = Connections.count(
+            pids: pids,
+            ports: Set(bound.compactMap(\.port)),
+            paths: Set(bound.compactMap(\.path)),
+            excluding: starter.listenerInodes
+        )
         var result: [WorkerID: Int] = [:]
         for worker in workers { if let pid = worker.pid, let count = counts[pid] { result[worker.id] = count } }
         return result

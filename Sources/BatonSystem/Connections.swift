@@ -7,12 +7,19 @@ internal import Glibc
 /// socket's inode in the reply), or where that is unavailable (a seccomp filter, a kernel without `inet_diag`) from
 /// `/proc/net/tcp` and `/proc/net/tcp6`. A connection counts while it is `ESTABLISHED` or `CLOSE_WAIT` (the client
 /// has closed, the app still holds it) and its local port is one of baton's TCP listeners: the app's own outgoing
-/// connections (to a database) are not its clients'. Listening sockets are never counted.
+/// connections (to a database) are not its clients'. Listening sockets are never counted. Unix stream connections
+/// count the same way, by the path of the listener they were accepted from (sock_diag `AF_UNIX` with the socket's
+/// name, or `/proc/net/unix`).
 public enum Connections {
     /// One TCP connection the kernel knows: its socket inode and local port.
     public struct Entry: Sendable, Hashable {
         public var inode: UInt64
         public var localPort: UInt16
+
+        public init(inode: UInt64, localPort: UInt16) {
+            self.inode = inode
+            self.localPort = localPort
+        }
     }
 
     /// Where the kernel's list came from.
@@ -24,11 +31,22 @@ public enum Connections {
     /// The client connections each of `pids` holds, with its descendants: only sockets whose local port is in
     /// `ports` (baton's TCP listeners), never those in `excluding` (the listeners themselves). One look at the kernel's
     /// list serves every pid.
-    public static func count(pids: [Int32], ports: Set<UInt16>, excluding: Set<UInt64>) -> [Int32: Int] {
+    public static func count(
+        pids: [Int32],
+        ports: Set<UInt16>,
+        paths: Set<String> = [],
+        excluding: Set<UInt64>
+    ) -> [Int32: Int] {
         guard !pids.isEmpty else { return [:] }
         let held = pids.map { ($0, socketInodes(ofTree: $0).subtracting(excluding)) }
-        guard held.contains(where: { !$0.1.isEmpty }) else { return Dictionary(uniqueKeysWithValues: pids.map { ($0, 0) }) }
-        let connected = Set(established().entries.filter { ports.contains($0.localPort) }.map(\.inode))
+        guard held.contains(where: { !$0.1.isEmpty }) else {
+            return Dictionary(uniqueKeysWithValues: pids.map { ($0, 0) })
+        }
+        var connected = Set<UInt64>()
+        if !ports.isEmpty {
+            connected = Set(established().entries.filter { ports.contains($0.localPort) }.map(\.inode))
+        }
+        if !paths.isEmpty { connected.formUnion(unixConnections(paths: paths)) }
         var result: [Int32: Int] = [:]
         for (pid, inodes) in held { result[pid] = inodes.intersection(connected).count }
         return result
@@ -77,7 +95,7 @@ public enum Connections {
     /// Both families' connections from sock_diag, or nil when it cannot be asked.
     ///
     /// The corresponding C calls are `socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG)`, `send` and `recv`.
-    static func sockDiag() -> [Entry]? {
+    public static func sockDiag() -> [Entry]? {
         let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)  // NETLINK_SOCK_DIAG
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -148,10 +166,90 @@ public enum Connections {
         bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self) }
     }
 
+    // MARK: - Unix stream connections
+
+    /// The inodes of connected unix stream sockets named `paths` (an accepted socket carries its listener's name).
+    public static func unixConnections(paths: Set<String>) -> Set<UInt64> {
+        unixDiag(paths: paths) ?? procNetUnix(paths: paths)
+    }
+
+    /// From sock_diag, or nil when it cannot be asked.
+    ///
+    /// The corresponding C calls are `socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG)`, `send` and `recv`.
+    public static func unixDiag(paths: Set<String>) -> Set<UInt64>? {
+        let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)  // NETLINK_SOCK_DIAG
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes: family, protocol, pad, states, ino, show,
+        // cookie).
+        var request = [UInt8](repeating: 0, count: 40)
+        func put32(_ value: UInt32, at offset: Int) {
+            withUnsafeBytes(of: value) { request.replaceSubrange(offset..<offset + 4, with: $0) }
+        }
+        put32(40, at: 0)
+        withUnsafeBytes(of: UInt16(20)) { request.replaceSubrange(4..<6, with: $0) }  // SOCK_DIAG_BY_FAMILY
+        withUnsafeBytes(of: UInt16(0x301)) { request.replaceSubrange(6..<8, with: $0) }  // NLM_F_REQUEST | NLM_F_DUMP
+        put32(3, at: 8)
+        request[16] = UInt8(AF_UNIX)
+        put32(1 << 1, at: 20)  // TCP_ESTABLISHED: connected
+        put32(1, at: 28)  // UDIAG_SHOW_NAME
+        let sent = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent == request.count else { return nil }
+        var result = Set<UInt64>()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { return nil }
+            var offset = 0
+            while offset + 16 <= n {
+                let length = Int(load32(buffer, offset))
+                let type = load16(buffer, offset + 4)
+                guard length >= 16, offset + length <= n else { return nil }
+                switch type {
+                case 3: return result
+                case 2: return nil
+                default:
+                    // struct unix_diag_msg (16 bytes: family, type, state, pad, ino, cookie), then attributes
+                    // (struct rtattr: len, type; UNIX_DIAG_NAME is 0 and holds sun_path).
+                    let message = offset + 16
+                    let end = offset + length
+                    guard length >= 32, buffer[message + 1] == UInt8(SOCK_STREAM.rawValue) else { break }
+                    let inode = UInt64(load32(buffer, message + 4))
+                    var attribute = message + 16
+                    while attribute + 4 <= end {
+                        let size = Int(load16(buffer, attribute))
+                        guard size >= 4, attribute + size <= end else { break }
+                        if load16(buffer, attribute + 2) == 0 {
+                            let name = buffer[(attribute + 4)..<(attribute + size)].prefix { $0 != 0 }
+                            if paths.contains(String(decoding: name, as: UTF8.self)) { result.insert(inode) }
+                        }
+                        attribute += (size + 3) & ~3
+                    }
+                }
+                offset += (length + 3) & ~3
+            }
+        }
+    }
+
+    /// `/proc/net/unix`: `Num RefCount Protocol Flags Type St Inode Path`, `St` 03 connected, `Type` 0001 stream.
+    public static func procNetUnix(paths: Set<String>) -> Set<UInt64> {
+        var result = Set<UInt64>()
+        for line in ProcInspector.readFile("/proc/net/unix").split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", maxSplits: 7, omittingEmptySubsequences: true)
+            guard fields.count == 8, fields[4] == "0001", fields[5] == "03", let inode = UInt64(fields[6]),
+                paths.contains(String(fields[7]))
+            else { continue }
+            result.insert(inode)
+        }
+        return result
+    }
+
     // MARK: - /proc/net/tcp
 
     /// Both families' connections from `/proc/net/tcp` and `/proc/net/tcp6`.
-    static func procNet() -> [Entry] {
+    public static func procNet() -> [Entry] {
         ProcInspector.readFile("/proc/net/tcp").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
             + ProcInspector.readFile("/proc/net/tcp6").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
     }
