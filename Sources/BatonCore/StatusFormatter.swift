@@ -18,7 +18,8 @@ public enum StatusFormatter {
             let started = age(now - generation.startedAt).shortDescription
             var drain = ""
             if let left = generation.drainSecondsLeft {
-                drain = "  \(generation.connections.map { "\($0) connection\($0 == 1 ? "" : "s")" } ?? "connections not counted yet"), \(left)s left"
+                drain =
+                    "  \(generation.connections.map { "\($0) connection\($0 == 1 ? "" : "s")" } ?? "connections not counted yet"), \(left)s left"
             }
             out +=
                 "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")\(drain)  started \(started) ago\n"

@@ -559,7 +559,9 @@ public struct Supervisor: Sendable {
             let parked = reload.requesters.filter { waitsDrained.contains($0) }
             old.state = .draining
             old.drainStartedAt = old.drainStartedAt ?? now
-            if !parked.isEmpty { old.drainWait = DrainWait(requesters: parked, target: id, startedAt: reload.startedAt) }
+            if !parked.isEmpty {
+                old.drainWait = DrainWait(requesters: parked, target: id, startedAt: reload.startedAt)
+            }
             generations[previous] = old
             actions.append(
                 .progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))")
@@ -668,8 +670,11 @@ public struct Supervisor: Sendable {
     }
 
     /// `--cut-drain`: SIGKILLs what is left of a draining generation (its workers were sent the stop signal).
-    private mutating func cutDrain(_ generation: Generation, now: ContinuousClock.Instant, actions: inout [SupervisorAction])
-    {
+    private mutating func cutDrain(
+        _ generation: Generation,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         let progress = drainProgress(generation, now: now)
         generations[generation.id]?.cutShort = true
         generations[generation.id]?.killedConnections += progress.connections ?? 0
@@ -694,7 +699,11 @@ public struct Supervisor: Sendable {
 
     /// A draining generation is gone: one journal event for the whole drain, its `--wait-drained` requesters answered,
     /// and a reload that waited for it started.
-    private mutating func drainEnded(_ generation: Generation, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+    private mutating func drainEnded(
+        _ generation: Generation,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
         let took = now - (generation.drainStartedAt ?? now)
         actions.append(
             .log(

@@ -33,8 +33,10 @@ extension Launcher {
 
     /// Starts counting once a second while a worker stops; stops when none does.
     func watchDrains() {
-        let draining = supervisor.liveWorkers.contains { $0.state == .stopping }
+        let draining = supervisor.workers.values.contains { $0.state == .stopping }
         if draining, drainWatch == nil {
+            // A first count at once: `STATUS=` and `baton status` show connections from the start of the drain.
+            countDrainingConnections()
             let sink = self.sink
             drainWatch = Task {
                 while !Task.isCancelled {

@@ -306,13 +306,19 @@ extension Baton {
         @Flag(name: .shortAndLong, help: "Print only the outcome, not the progress.")
         var quiet = false
 
-        @Flag(help: "Print the outcome as one JSON object (no progress): ok, result, generation, durationMilliseconds, message, reason, stderr, draining.")
+        @Flag(
+            help:
+                "Print the outcome as one JSON object (no progress): ok, result, generation, durationMilliseconds, message, reason, stderr, draining."
+        )
         var json = false
 
         @Flag(help: "Return only once the old generation has drained and exited.")
         var waitDrained = false
 
-        @Flag(help: "If a generation still drains, SIGKILL what is left of it (it had the stop signal) instead of waiting.")
+        @Flag(
+            help:
+                "If a generation still drains, SIGKILL what is left of it (it had the stop signal) instead of waiting."
+        )
         var cutDrain = false
 
         /// The outcome `--json` prints.

@@ -39,7 +39,11 @@ struct DrainTests {
         let ready = promoted.firstIndex(of: .notifyManager(.ready))!
         #expect(stop < answer && answer < ready)
         #expect(h.supervisor.reload == nil)
-        #expect(h.supervisor.draining(now: h.now) == [DrainProgress(generation: 1, workers: 2, connections: nil, secondsLeft: 30)])
+        #expect(
+            h.supervisor.draining(now: h.now) == [
+                DrainProgress(generation: 1, workers: 2, connections: nil, secondsLeft: 30)
+            ]
+        )
     }
 
     @Test func drainProgressCountsConnectionsAndTheTimeLeft() {
@@ -89,7 +93,10 @@ struct DrainTests {
         let done = h.send(.exited(old.id, .signaled("KILL")))
         let drained = events(.drainFinished, in: done)
         #expect(drained.first?.connections == 4)
-        #expect(drained.first?.message.contains("1 worker(s) killed at the stop timeout with 4 connection(s) still open") == true)
+        #expect(
+            drained.first?.message.contains("1 worker(s) killed at the stop timeout with 4 connection(s) still open")
+                == true
+        )
     }
 
     @Test func waitDrainedAnswersOnlyOnceTheOldGenerationIsGone() {

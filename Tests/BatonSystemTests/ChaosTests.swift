@@ -355,11 +355,15 @@ struct ChaosTests {
 
     @Test func noFdOrMemoryGrowthAcrossManyReloads() throws {
         let rig = try Rig(workers: 1, clients: 4)
-        _ = rig.baton.client(["reload", "--quiet"])
+        // Measured with nothing draining (--wait-drained); the reloads between return as soon as they serve.
+        _ = rig.baton.client(["reload", "--quiet", "--wait-drained"])
         let fdsBefore = ProcInspectorCount.openFDs(rig.baton.pid)
         let rssBefore = ProcInspectorCount.rssKiB(rig.baton.pid)
         let reloads = Self.long ? 1000 : 60
-        for _ in 1...reloads { #expect(rig.baton.client(["reload", "--quiet"]).status == 0) }
+        for index in 1...reloads {
+            let last = index == reloads ? ["--wait-drained"] : []
+            #expect(rig.baton.client(["reload", "--quiet"] + last).status == 0)
+        }
         let fdsAfter = ProcInspectorCount.openFDs(rig.baton.pid)
         let rssAfter = ProcInspectorCount.rssKiB(rig.baton.pid)
         let summary = try rig.finish()

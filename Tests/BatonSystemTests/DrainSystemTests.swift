@@ -37,7 +37,11 @@ struct DrainSystemTests {
     }
 
     /// baton on `s.sock` and, for `tcp`, on 127.0.0.1 at a free port too.
-    func launch(tcp: Bool, _ options: [String] = [], behaviour: String? = nil) throws -> (
+    func launch(
+        tcp: Bool,
+        _ options: [String] = [],
+        behaviour: String? = nil
+    ) throws -> (
         scratch: Scratch, baton: BatonRun, port: Int?
     ) {
         let port = tcp ? try #require(AdoptBindTests.freePort(), "a free port") : nil
@@ -140,7 +144,10 @@ struct DrainSystemTests {
         #expect(cut.stdout.contains("generation 3 serving"))
         #expect(waiting.wait(timeout: .now() + 30) == .success)
         #expect(second.status == 0)
-        #expect(second.stdout.contains("waiting for generation 1 to finish draining (1 connection, "), "\(second.stdout)")
+        #expect(
+            second.stdout.contains("waiting for generation 1 to finish draining (1 connection, "),
+            "\(second.stdout)"
+        )
         #expect(second.stdout.contains("generation 3 serving"))
         #expect(baton.stderr.waitFor("generation 1 drained in") != nil)
         #expect(baton.stderr.text.contains("1 worker(s) killed by --cut-drain with 1 connection(s) still open"))
@@ -268,6 +275,9 @@ struct DrainSystemTests {
         #expect(fromDiag.contains(Connections.Entry(inode: inode, localPort: UInt16(port))))
         #expect(!fromDiag.contains { $0.inode == listenerInode })
         let counts = Connections.count(pids: [getpid()], ports: [UInt16(port)], excluding: [listenerInode])
-        #expect(counts[getpid()] == 1, "the accepted socket; not the client's end (another local port), not the listener")
+        #expect(
+            counts[getpid()] == 1,
+            "the accepted socket; not the client's end (another local port), not the listener"
+        )
     }
 }

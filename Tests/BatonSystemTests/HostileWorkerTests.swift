@@ -227,7 +227,8 @@ struct HostileWorkerTests {
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         #expect(statField(baton.pid, 19) == "10", "baton's main thread runs at nice 10")
         // The first generation, then a reload's and a respawn's: each spawned from whatever thread runs the actor.
-        #expect(baton.client(["reload"]).status == 0)
+        // (--wait-drained: only generation 2's workers are alive below.)
+        #expect(baton.client(["reload", "--wait-drained"]).status == 0)
         let reports2 = WorkerReport.all(in: reports)
         let victim = try #require(reports2.map(\.pid).max())
         kill(victim, SIGKILL)
@@ -254,7 +255,7 @@ struct HostileWorkerTests {
             run(prlimit, ["--pid", "\(baton.pid)", "--nofile=700:", "--core=5000:", "--nproc=2000:4000"]).status == 0
         )
         #expect(limit(baton.pid, "Max open files")! == ("700", "4000"))
-        #expect(baton.client(["reload"]).status == 0)
+        #expect(baton.client(["reload", "--wait-drained"]).status == 0)
         let worker = try #require(WorkerReport.all(in: reports).map(\.pid).filter(isAlive).first)
         #expect(limit(worker, "Max open files")! == ("900", "4000"))
         // A sanitizer's runtime sets baton's core limit itself before baton can read it.

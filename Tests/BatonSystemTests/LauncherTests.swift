@@ -147,7 +147,8 @@ struct LauncherTests {
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
         let before = try HTTP.get(unix: scratch.file("s.sock"))
         #expect(before.body.hasPrefix("generation 1"))
-        let reload = baton.client(["reload"])
+        // --wait-drained: the old generation is gone by the time reload returns (checked below).
+        let reload = baton.client(["reload", "--wait-drained"])
         #expect(reload.status == 0, "\(reload.stderr)")
         #expect(reload.stdout.contains("starting generation 2"))
         #expect(reload.stdout.contains("generation 2 serving"))

@@ -34,6 +34,10 @@
 #   j  systemd >= 254 only: Type=notify-reload (systemd/notify-reload.conf): SIGHUP reload
 #      (a SKIP on 252, not counted)
 #   k  `systemd-analyze verify` of both units is clean; `systemd-analyze security` score
+#   l  `systemctl reload` returns while the old generation still drains a slow request
+#      (?sleep=6000): StatusText and `baton status --json` show it draining 1 connection, the
+#      request then gets its 200 from the old generation, and the journal has one
+#      drain-finished entry (MESSAGE_ID ...e606) for it with BATON_CONNECTIONS=0
 # and finally (counted as one more check, "host teardown") that the teardown left no process,
 # cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
@@ -62,6 +66,7 @@ check_timeout=${CHECK_TIMEOUT:-240}
 MID_GEN_READY=$(mid 'baton: generation .* is ready$')
 MID_RELOAD_OK=$(mid 'baton: reload of .* succeeded$')
 MID_RELOAD_FAILED=$(mid 'baton: reload of .* failed$')
+MID_DRAINED=$(mid 'baton: generation .* finished draining$')
 MID_LISTENER_BOUND=$(mid 'baton: .* bound a listening socket$')
 MID_LISTENER_STORED=$(mid 'baton: .* stored a listening socket in the fd store$')
 
@@ -407,7 +412,7 @@ check_e() { # the journal
     x journalctl --no-pager -x -n 1 -u baton@demo.service "MESSAGE_ID=$MID_RELOAD_OK"
     grep -q 'Subject: baton: reload of demo to generation [0-9]* succeeded' <<<"$OUT" ||
         fail "journalctl -x shows no catalog subject"
-    grep -q 'The new generation serves and the old one has been retired' <<<"$OUT" ||
+    grep -q 'The new generation serves and the old one has been told to stop' <<<"$OUT" ||
         fail "journalctl -x shows no catalog text"
     note "journalctl -x: $(grep -m1 'Subject:' <<<"$OUT" | sed 's/^[^A-Za-z]*//')"
 }
@@ -580,7 +585,42 @@ check_k() { # systemd-analyze verify and security
     note "security: $score; not set: $(awk '$1 != "✓" && $2 ~ /=/ {printf "%s ", $2}' <<<"$OUT")"
 }
 
-all_checks=(a b c d e f g h i j k)
+check_l() { # systemctl reload returns while the old generation drains a slow request
+    local g cur slow code
+    ensure_active baton@demo.service
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    cur=$(cursor)
+    in_c curl -sS --max-time 40 -o "/opt/test/out/$SUITE/l.body" -w '%{http_code}' \
+        'http://127.0.0.1:8080/?sleep=6000' >"$stage/out/$SUITE/l.code" 2>&1 &
+    slow=$!
+    trap 'kill '"$slow"' 2>/dev/null || true' EXIT
+    until_ok 10 in_c sh -c "ss -Htn state established '( sport = :8080 )' | grep -q ." ||
+        fail "the slow request is not connected"
+    x timeout 90 systemctl reload baton@demo.service
+    kill -0 "$slow" 2>/dev/null ||
+        fail "the slow request ended before systemctl reload returned: the reload waited for the drain"
+    until_ok 5 bash -c '[[ $('"$rig"' exec '"$NAME"' systemctl show -p StatusText --value baton@demo.service) == \
+        *"generation '"$g"' draining: 1 connection, "* ]]' ||
+        fail "StatusText does not show generation $g draining 1 connection: $(show baton@demo.service StatusText)"
+    note "right after systemctl reload: $(show baton@demo.service StatusText)"
+    x baton status --name demo --json
+    in_c python3 -c 'import json,sys; g=[x for x in json.loads(sys.argv[1])["generations"] if x["id"]==int(sys.argv[2])]
+assert g and g[0]["state"] == "draining" and g[0]["connections"] == 1 and 0 < g[0]["drainSecondsLeft"] <= 30, g' \
+        "$OUT" "$g" || fail "baton status --json does not show generation $g draining 1 connection"
+    wait "$slow" || fail "the slow request failed: $(cat "$stage/out/$SUITE/l.code")"
+    code=$(cat "$stage/out/$SUITE/l.code")
+    x cat "/opt/test/out/$SUITE/l.body"
+    [[ $code == 200 && $OUT == "hello from generation $g "* ]] ||
+        fail "the slow request: expected 200 from generation $g, got $code '$OUT'"
+    until_ok 30 bash -c '[[ -n $('"$rig"' exec '"$NAME"' python3 /opt/test/fixtures/jafter.py '"$cur"' \
+        MESSAGE_ID='"$MID_DRAINED"' BATON_GENERATION='"$g"') ]]' ||
+        fail "no drain-finished entry (MESSAGE_ID=$MID_DRAINED) for generation $g"
+    x journalctl --no-pager -o verbose -n 1 "MESSAGE_ID=$MID_DRAINED" "BATON_GENERATION=$g"
+    grep -q '^ *BATON_CONNECTIONS=0' <<<"$OUT" || fail "the drain-finished entry has no BATON_CONNECTIONS=0"
+    note "journal: $(sed -n 's/^ *MESSAGE=//p' <<<"$OUT")"
+}
+
+all_checks=(a b c d e f g h i j k l)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -593,6 +633,7 @@ check_title+=(
     [i]="fd store without a socket unit: 0 refused, bound once"
     [j]="Type=notify-reload: SIGHUP reload"
     [k]="systemd-analyze verify clean, security score"
+    [l]="systemctl reload returns while the old generation drains"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's
