@@ -567,6 +567,9 @@ public struct Supervisor: Sendable {
                 .progress(reload.requesters, "retiring generation \(previous) (\(old.workers.count) worker(s))")
             )
             for worker in old.workers { stopWorker(worker, kill: false, actions: &actions) }
+            if !parked.isEmpty {
+                actions.append(.progress(parked, "--wait-drained: waiting for generation \(previous) to drain"))
+            }
             finishReload(ok: true, reason: nil, failedWorker: nil, parked: parked, now: now, actions: &actions)
             retireIfDrained(previous, now: now, actions: &actions)
         } else {

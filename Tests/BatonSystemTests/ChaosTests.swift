@@ -284,12 +284,16 @@ struct ChaosTests {
             process.executableURL = URL(fileURLWithPath: Paths.baton)
             process.arguments = ["reload", "--quiet", "--control", rig.baton.control]
             process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            let errors = Pipe()
+            process.standardError = errors
             try process.run()
-            return process
+            return (process, LineCollector(errors.fileHandleForReading))
         }
-        for client in clients { client.waitUntilExit() }
-        #expect(clients.allSatisfy { $0.terminationStatus == 0 })
+        for (client, _) in clients { client.waitUntilExit() }
+        for (client, errors) in clients where client.terminationStatus != 0 {
+            _ = errors.waitClosed(timeout: 5)
+            Issue.record("a reload exited \(client.terminationStatus): \(errors.text)\n\(rig.baton.diagnosis())")
+        }
         // A broken release, and more reloads while its rollback runs (the ready timeout is 3 s).
         rig.behave("hang")
         let failing = Process()

@@ -61,7 +61,10 @@ struct EndToEndTests {
         let loadLines = LineCollector(loadErr.fileHandleForReading)
 
         for index in 1...reloads {
-            let reload = baton.client(["reload", "--quiet"])
+            // Each returns once its generation serves; the last waits for the drain too (--wait-drained): the old
+            // app keeps serving with `Connection: close` for a second after SIGTERM, and the check below wants only
+            // the newest generation to answer.
+            let reload = baton.client(["reload", "--quiet"] + (index == reloads ? ["--wait-drained"] : []))
             #expect(reload.status == 0, "reload \(index): \(reload.stderr)")
         }
         let body = try HTTP.get(host: "127.0.0.1", port: port).body

@@ -400,7 +400,13 @@ check_h() {
     # The re-executed launcher still reloads.
     inside_t 60 systemctl reload myapp.service >"$dir/h.reload" 2>&1; rc=$?
     ((rc == 0)) || { fail "systemctl reload myapp after the re-execution exited $rc"; transcript "systemctl reload" "$dir/h.reload"; }
-    body=$(curl_body)
+    # The reload returns once the new generation serves: the draining one may still take a new connection within
+    # its drain grace (1 s), so the new generation is looked for for up to 5 s.
+    for _ in $(seq 50); do
+        body=$(curl_body)
+        [[ $(generation_of "$body") -gt $(serving_of "$dir/h.status-before") ]] 2>/dev/null && break
+        sleep 0.1
+    done
     note "after systemctl reload (exit $rc): $body"
     [[ $(version_of "$body") == 1.1 ]] || fail "curl answered '$body', not version 1.1"
     [[ $(generation_of "$body") -gt $(serving_of "$dir/h.status-before") ]] 2>/dev/null ||
