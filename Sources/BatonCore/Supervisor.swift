@@ -49,6 +49,8 @@ public struct Supervisor: Sendable {
         public var drainStartedAt: ContinuousClock.Instant?
         /// Connections its workers still held when they were killed (the stop timeout, or `--cut-drain`).
         public var killedConnections = 0
+        /// Connections its stopping workers held when first counted (about when they were told to stop).
+        public var connectionsWhenStopped = 0
         /// Its workers that were killed while draining.
         public var killedWorkers = 0
         /// A reload with `--cut-drain` killed what was left of it.
@@ -269,7 +271,11 @@ public struct Supervisor: Sendable {
         case .reload(let request):
             requestReload(request, now: now, actions: &actions)
         case .connections(let counts):
-            for (id, count) in counts where workers[id]?.state == .stopping { workers[id]?.connections = count }
+            for (id, count) in counts {
+                guard let worker = workers[id], worker.state == .stopping else { continue }
+                if worker.connections == nil { generations[worker.generation]?.connectionsWhenStopped += count }
+                workers[id]?.connections = count
+            }
         case .spawned(let id, let pid):
             guard var worker = workers[id] else { break }
             worker.pid = pid
@@ -714,8 +720,8 @@ public struct Supervisor: Sendable {
                     .drainFinished,
                     "generation \(generation.id) drained in \(took.shortDescription): "
                         + (generation.killedWorkers == 0
-                            ? "its workers closed their connections and exited (0 killed)"
-                            : "\(generation.killedWorkers) worker(s) killed \(generation.cutShort ? "by --cut-drain" : "at the stop timeout") with \(generation.killedConnections) connection(s) still open"),
+                            ? "its workers closed their connections and exited (0 killed; \(generation.connectionsWhenStopped) open when told to stop)"
+                            : "\(generation.killedWorkers) worker(s) killed \(generation.cutShort ? "by --cut-drain" : "at the stop timeout") with \(generation.killedConnections) connection(s) still open (\(generation.connectionsWhenStopped) when told to stop)"),
                     generation: generation.id,
                     duration: took,
                     reason: generation.cutShort ? "cut short by a reload (--cut-drain)" : nil,
@@ -1102,7 +1108,8 @@ public struct Supervisor: Sendable {
                 )
             )
             actions.append(.kill(id, pid: pid))
-            if generations[worker.generation]?.state == .draining {
+            // A retiring worker: of a draining generation, or (rolling) of the one the reload replaces.
+            if generations[worker.generation]?.state == .draining || reload?.previous == worker.generation {
                 generations[worker.generation]?.killedConnections += worker.connections ?? 0
                 generations[worker.generation]?.killedWorkers += 1
             }

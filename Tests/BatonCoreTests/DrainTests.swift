@@ -80,6 +80,7 @@ struct DrainTests {
         #expect(drained.first?.connections == 0)
         #expect(drained.first?.duration == .seconds(2))
         #expect(drained.first?.generation == 1)
+        #expect(drained.first?.message.hasSuffix("(0 killed; 3 open when told to stop)") == true)
         #expect(events(.drainFinished, in: h.log).count == 1, "one event per drain")
     }
 
