@@ -600,6 +600,13 @@ check_k() { # systemd-analyze verify and security
     note "security: $score; not set: $(awk '$1 != "✓" && $2 ~ /=/ {printf "%s ", $2}' <<<"$OUT")"
 }
 
+# StatusText shows generation $1 draining one connection; the journal has a drain-finished entry for generation $2
+# after cursor $1.
+l_status_drains() { [[ $(show baton@demo.service StatusText) == *"generation $1 draining: 1 connection, "* ]]; }
+l_drain_logged() {
+    [[ -n $(in_c python3 /opt/test/fixtures/jafter.py "$1" "MESSAGE_ID=$MID_DRAINED" "BATON_GENERATION=$2") ]]
+}
+
 check_l() { # systemctl reload returns while the old generation drains a slow request
     local g cur slow code
     ensure_active baton@demo.service
@@ -614,8 +621,7 @@ check_l() { # systemctl reload returns while the old generation drains a slow re
     x timeout 90 systemctl reload baton@demo.service
     kill -0 "$slow" 2>/dev/null ||
         fail "the slow request ended before systemctl reload returned: the reload waited for the drain"
-    until_ok 5 bash -c '[[ $('"$rig"' exec '"$NAME"' systemctl show -p StatusText --value baton@demo.service) == \
-        *"generation '"$g"' draining: 1 connection, "* ]]' ||
+    until_ok 5 l_status_drains "$g" ||
         fail "StatusText does not show generation $g draining 1 connection: $(show baton@demo.service StatusText)"
     note "right after systemctl reload: $(show baton@demo.service StatusText)"
     x baton status --name demo --json
@@ -627,8 +633,7 @@ assert g and g[0]["state"] == "draining" and g[0]["connections"] == 1 and 0 < g[
     x cat "/opt/test/out/$SUITE/l.body"
     [[ $code == 200 && $OUT == "hello from generation $g "* ]] ||
         fail "the slow request: expected 200 from generation $g, got $code '$OUT'"
-    until_ok 30 bash -c '[[ -n $('"$rig"' exec '"$NAME"' python3 /opt/test/fixtures/jafter.py '"$cur"' \
-        MESSAGE_ID='"$MID_DRAINED"' BATON_GENERATION='"$g"') ]]' ||
+    until_ok 30 l_drain_logged "$cur" "$g" ||
         fail "no drain-finished entry (MESSAGE_ID=$MID_DRAINED) for generation $g"
     x journalctl --no-pager -o verbose -n 1 "MESSAGE_ID=$MID_DRAINED" "BATON_GENERATION=$g"
     grep -q '^ *BATON_CONNECTIONS=0' <<<"$OUT" || fail "the drain-finished entry has no BATON_CONNECTIONS=0"
