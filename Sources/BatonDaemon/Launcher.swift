@@ -15,6 +15,8 @@ enum DaemonEvent: Sendable {
     case watchdogTick
     /// A listener hung up: a worker shut it down.
     case listenerHungUp
+    /// A health probe of a worker ended (`--health`).
+    case probed(WorkerID, ok: Bool, detail: String)
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -35,6 +37,8 @@ public actor Launcher {
     let listeners: [ListeningSocket]
     var listenerGuard: ListenerGuard
     let starter: WorkerStarter
+    /// Probe sockets and probes (`--health`).
+    let health: HealthChecks?
     let devNull: OwnedDescriptor
     /// The notify socket (`--ready notify`) and its address.
     let notify: (fd: FileDescriptor, address: String)?
@@ -96,6 +100,7 @@ public actor Launcher {
             var inodes: Set<UInt64> = []
             for listener in listeners { inodes.insert(try listener.inode()) }
             notify = try Self.notifySocket(configuration, resume: resume)
+            health = HealthChecks(configuration, loop: loop, sink: sink, environment: environment, devNull: devNull)
             starter = WorkerStarter(
                 configuration: configuration,
                 listeners: listeners,
@@ -106,7 +111,8 @@ public actor Launcher {
                 standardInput: devNull.descriptor,
                 journal: journal,
                 inbox: inbox,
-                loop: loop
+                loop: loop,
+                health: health
             )
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
@@ -209,6 +215,8 @@ public actor Launcher {
             checkListeners()
         case .listenerHungUp:
             checkListeners(afterHangUp: true)
+        case .probed(let id, let ok, let detail):
+            process(.probed(id, ok: ok, detail: detail))
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -217,7 +225,7 @@ public actor Launcher {
                     stderr: io[worker]?.stderr.tail() ?? [],
                     listeners: listeners,
                     pid: supervisor.worker(worker)?.pid,
-                    listenerInodes: starter.listenerInodes
+                    listenerInodes: starter.listenerInodes.union(health?.socketInodes() ?? [])
                 )
             {
                 process(.explained(worker, text))
@@ -242,6 +250,7 @@ public actor Launcher {
                 case .exited(let code): .exited(code)
                 case .signaled(let signal, _): .signaled(Signals.name(of: signal))
                 }
+            if health?.execExited(exit.pid, reason: reason) == true { continue }
             guard let worker = supervisor.worker(pid: exit.pid) else {
                 // A descendant re-parented to baton: one still in a worker's process group is that worker's. (One that
                 // left the group cannot be told by its zombie: its environment is gone.)
@@ -254,6 +263,7 @@ public actor Launcher {
             if let text = BindAdoption.diagnosis(stderr: stderr, listeners: listeners) {
                 process(.explained(worker.id, text))
             }
+            health?.workerGone(worker.id)
             process(.exited(worker.id, reason, stderr: stderr))
         }
     }
@@ -332,6 +342,8 @@ public actor Launcher {
             notifyManager(notification)
         case .exit(let code):
             exitCode = code
+        case .probe(let id, let pid):
+            health?.probe(id, pid: pid)
         }
         return []
     }
