@@ -18,6 +18,12 @@ public enum HealthProbe: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The probe for log lines and results: a long exec command is cut short (`exec:curl -fs http://$BATON_HEAL...`).
+    public var shortDescription: String {
+        guard case .exec(let command) = self, command.count > 48 else { return description }
+        return "exec:" + command.prefix(45) + "..."
+    }
+
     /// Parses `http:PATH`, `tcp` or `exec:COMMAND`.
     public init(parsing text: String) throws(BatonError) {
         func bad(_ why: String) -> BatonError {

@@ -1066,6 +1066,20 @@ extension Supervisor {
             }
         case .serving where worker.probe.failures >= health.failures:
             replaceUnhealthy(worker, now: now, actions: &actions)
+        case .serving:
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .probeFailed,
+                        "\(who) of generation \(worker.generation) failed a probe (\(worker.probe.failures) of \(health.failures) in a row): \(detail)",
+                        generation: worker.generation,
+                        workerPID: worker.pid,
+                        slot: worker.slot,
+                        reason: detail
+                    )
+                )
+            )
+            actions.append(.schedule(.probe(id), after: health.interval))
         default:
             actions.append(.schedule(.probe(id), after: health.interval))
         }

@@ -90,7 +90,9 @@ final class HealthChecks: Sendable {
     /// The inodes of the probe sockets: a worker listening there listens on baton's socket, not one of its own.
     func socketInodes() -> Set<UInt64> {
         state.withLock { state in
-            Set(state.sockets.values.compactMap { try? ListeningSocket(fd: $0.fd, name: "health", address: "").inode() })
+            Set(
+                state.sockets.values.compactMap { try? ListeningSocket(fd: $0.fd, name: "health", address: "").inode() }
+            )
         }
     }
 
@@ -100,7 +102,9 @@ final class HealthChecks: Sendable {
     /// Connections waiting to be accepted on `id`'s probe socket (nil: gone).
     func queued(_ id: WorkerID) -> Int? {
         state.withLock { state in
-            state.sockets[id].flatMap { ListeningSocket(fd: $0.fd, name: "health", address: $0.address).condition().queued }
+            state.sockets[id].flatMap {
+                ListeningSocket(fd: $0.fd, name: "health", address: $0.address).condition().queued
+            }
         }
     }
 
@@ -108,7 +112,7 @@ final class HealthChecks: Sendable {
 
     /// Starts one probe of worker `id` (process `pid`); its result comes back as ``DaemonEvent/probed(_:ok:detail:)``.
     func probe(_ id: WorkerID, pid: Int32) {
-        let name = "probe \(settings.probe)"
+        let name = "probe \(settings.probe.shortDescription)"
         guard let socket = state.withLock({ $0.sockets[id] }) else {
             return report(id, ok: false, "\(name): the worker has no health socket")
         }
@@ -121,7 +125,7 @@ final class HealthChecks: Sendable {
     }
 
     private func startExec(_ id: WorkerID, pid: Int32, socket: ProbeSocket, command: String) {
-        let name = "probe exec:\(command)"
+        let name = "probe \(settings.probe.shortDescription)"
         do throws(SystemError) {
             let output = try OwnedPipe(nonBlockingRead: true)
             var environment = baseEnvironment
@@ -155,7 +159,9 @@ final class HealthChecks: Sendable {
                 _ = OS.kill(child, Signals.kill)
             }
             let read = output.read.release()
-            state.withLock { $0.execs[child] = ExecProbe(worker: id, output: read, deadline: deadline, timedOut: false) }
+            state.withLock {
+                $0.execs[child] = ExecProbe(worker: id, output: read, deadline: deadline, timedOut: false)
+            }
         } catch {
             sink.yield(.probed(id, ok: false, detail: "\(name): cannot start it: \(error)"))
         }
@@ -172,13 +178,17 @@ final class HealthChecks: Sendable {
             bytes += chunk
         }
         probe.output.closeOnce()
-        let name = "probe \(settings.probe)"
+        let name = "probe \(settings.probe.shortDescription)"
         let said = String(decoding: bytes, as: UTF8.self).split(whereSeparator: \.isNewline).last.map {
             ": " + TerminalText.sanitized(String($0.prefix(200)))
         }
         if probe.timedOut {
             sink.yield(
-                .probed(probe.worker, ok: false, detail: "\(name) did not finish within \(settings.timeout.shortDescription) (killed)")
+                .probed(
+                    probe.worker,
+                    ok: false,
+                    detail: "\(name) did not finish within \(settings.timeout.shortDescription) (killed)"
+                )
             )
         } else if reason.isClean {
             sink.yield(.probed(probe.worker, ok: true, detail: "\(name) passed"))
@@ -225,10 +235,10 @@ final class ProbeConnection: Sendable {
         self.checks = checks
     }
 
-    private var name: String { "probe \(checks.settings.probe)" }
+    private var name: String { "probe \(checks.settings.probe.shortDescription)" }
 
     static func start(_ id: WorkerID, socket target: HealthChecks.ProbeSocket, checks: HealthChecks) {
-        let name = "probe \(checks.settings.probe)"
+        let name = "probe \(checks.settings.probe.shortDescription)"
         let connection: (fd: FileDescriptor, connected: Bool)
         let timer: FileDescriptor
         do throws(SystemError) {
@@ -302,12 +312,18 @@ final class ProbeConnection: Sendable {
             case .processed(let chunk)? where !chunk.isEmpty:
                 bytes += chunk
             case .processed?:
-                return finish(false, answer(bytes) ?? "\(name): the worker closed the connection without an answer on health socket \(address)")
+                return finish(
+                    false,
+                    answer(bytes)
+                        ?? "\(name): the worker closed the connection without an answer on health socket \(address)"
+                )
             case nil:
                 return finish(false, answer(bytes) ?? "\(name): connection reset on health socket \(address)")
             }
             if let verdict = verdict(bytes) { return finish(verdict.ok, verdict.detail) }
-            guard bytes.count < 8192 else { return finish(false, "\(name): not an HTTP answer on health socket \(address)") }
+            guard bytes.count < 8192 else {
+                return finish(false, "\(name): not an HTTP answer on health socket \(address)")
+            }
             phase.withLock { $0 = .receiving(bytes) }
         case .waitingForAccept, .done:
             // tcp: the worker may close what it accepted; the timer looks at the queue.

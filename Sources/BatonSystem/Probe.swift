@@ -8,8 +8,9 @@ public enum ProbeSockets {
     /// reaches only the worker it is handed to), and its address (`127.0.0.1:PORT`). The caller owns the fd.
     ///
     /// The corresponding C functions are `socket`, `bind`, `listen` and `getsockname`.
-    public static func listen(backlog: Int32 = 64) throws(BindError) -> (fd: FileDescriptor, address: String, port: UInt16)
-    {
+    public static func listen(
+        backlog: Int32 = 64
+    ) throws(BindError) -> (fd: FileDescriptor, address: String, port: UInt16) {
         let fd = try Sockets.listenTCP(host: "127.0.0.1", port: 0, backlog: backlog, display: "127.0.0.1:0")
         let bound = ListeningSocket(fd: fd.descriptor, name: "health", address: "").boundAddress()
         guard let bound, let port = bound.port else {

@@ -7,7 +7,11 @@ extension Harness {
     /// Runs one probe of `id` as the launcher does: the probe timer fires, the Supervisor asks for the probe, and it
     /// ends with `ok`. Returns what the result caused.
     @discardableResult
-    mutating func probe(_ id: WorkerID, ok: Bool, _ detail: String = "probe http:/healthz got 200")
+    mutating func probe(
+        _ id: WorkerID,
+        ok: Bool,
+        _ detail: String = "probe http:/healthz got 200"
+    )
         -> [SupervisorAction]
     {
         let due = send(.timer(.probe(id)))
@@ -197,7 +201,9 @@ struct HealthTests {
         #expect(ready.contains(.schedule(.stopTimeout(sick.id), after: .seconds(30))))
         let exit = h.send(.exited(sick.id, .exited(0)))
         #expect(!h.logged(.workerCrashed, in: exit))
-        #expect(h.spawns(in: exit).isEmpty && !exit.contains { if case .schedule(.respawn, _) = $0 { true } else { false } })
+        #expect(
+            h.spawns(in: exit).isEmpty && !exit.contains { if case .schedule(.respawn, _) = $0 { true } else { false } }
+        )
         #expect(h.workers(generation: 1).map(\.state) == [.ready, .ready])
     }
 
@@ -265,9 +271,15 @@ struct HealthOptionTests {
     }
 
     @Test(arguments: [
-        (["--health", "htp:/"], "invalid --health 'htp:/': unknown probe kind 'htp': use http:PATH, tcp or exec:COMMAND"),
+        (
+            ["--health", "htp:/"],
+            "invalid --health 'htp:/': unknown probe kind 'htp': use http:PATH, tcp or exec:COMMAND"
+        ),
         (["--health", ""], "invalid --health '': unknown probe kind '': use http:PATH, tcp or exec:COMMAND"),
-        (["--health", "http:healthz"], "invalid --health 'http:healthz': the path must start with '/', such as http:/healthz"),
+        (
+            ["--health", "http:healthz"],
+            "invalid --health 'http:healthz': the path must start with '/', such as http:/healthz"
+        ),
         (["--health", "http"], "invalid --health 'http': the path must start with '/', such as http:/healthz"),
         (
             ["--health", "http:/a b"],
