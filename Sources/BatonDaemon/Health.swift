@@ -218,6 +218,9 @@ final class ProbeConnection: Sendable {
     let deadline: ContinuousClock.Instant
     let checks: HealthChecks
     private let phase = Locked(Phase.connecting)
+    /// Until ``start(_:socket:checks:)`` has set everything up, a result that is already known waits here, and the fds
+    /// stay open: the actor's thread is still arming the timer and watching the socket.
+    private let setUp = Locked<(complete: Bool, result: (ok: Bool, detail: String)?)>((false, nil))
 
     private init(
         id: WorkerID,
@@ -277,6 +280,11 @@ final class ProbeConnection: Sendable {
         ProbeSockets.arm(probe.timer, after: checks.settings.timeout)
         // Connected at once or not, the loop says when it can go on: writable once connected (or failed).
         checks.loop.watchWritable(probe.socket, true)
+        let early = probe.setUp.withLock { state in
+            state.complete = true
+            return state.result
+        }
+        if let early { probe.close(early.ok, early.detail) }
     }
 
     /// The socket is writable (connected, or the connect failed), readable, or hung up.
@@ -325,9 +333,12 @@ final class ProbeConnection: Sendable {
                 return finish(false, "\(name): not an HTTP answer on health socket \(address)")
             }
             phase.withLock { $0 = .receiving(bytes) }
-        case .waitingForAccept, .done:
+        case .waitingForAccept:
             // tcp: the worker may close what it accepted; the timer looks at the queue.
             _ = try? socket.readAvailable(upTo: 4096)
+        case .done:
+            // Its fds may be closed already (a handler the loop looked up before they were unregistered).
+            return
         }
     }
 
@@ -347,8 +358,9 @@ final class ProbeConnection: Sendable {
     }
 
     private func timerFired() {
-        _ = PeriodicTimer.acknowledge(timer)
         let current = phase.withLock { $0 }
+        if case .done = current { return }
+        _ = PeriodicTimer.acknowledge(timer)
         if case .waitingForAccept = current, let queued = checks.queued(id), queued == 0 {
             return finish(true, "\(name) passed: the worker accepted a connection on health socket \(address)")
         }
@@ -369,7 +381,8 @@ final class ProbeConnection: Sendable {
         }
     }
 
-    /// Ends the probe, on the loop's thread: its fds are unregistered and closed, and its result reported once.
+    /// Ends the probe, once: its result is reported and its fds closed, now or (while ``start(_:socket:checks:)`` is
+    /// still setting it up) as soon as that is done.
     private func finish(_ ok: Bool, _ detail: String) {
         let first = phase.withLock { phase in
             if case .done = phase { return false }
@@ -377,6 +390,16 @@ final class ProbeConnection: Sendable {
             return true
         }
         guard first else { return }
+        let now = setUp.withLock { state in
+            if !state.complete { state.result = (ok, detail) }
+            return state.complete
+        }
+        if now { close(ok, detail) }
+    }
+
+    /// Unregisters and closes the fds, and reports the result. A handler the loop looked up just before sees `.done`
+    /// and touches nothing.
+    private func close(_ ok: Bool, _ detail: String) {
         checks.loop.unregister(socket)
         checks.loop.unregister(timer)
         socket.closeOnce()
