@@ -614,6 +614,9 @@ check_l() { # health probes: a release failing its probe, then a serving worker 
     if x timeout 60 systemctl reload batonhealth.service; then
         fail "systemctl reload exited 0 with a release whose probe answers 503"
     fi
+    # The rolled-back workers drain first (they share the socket and answer while they do).
+    until_ok 20 eval '[[ $(show batonhealth.service StatusText) != *"failed, stopping"* ]]' ||
+        fail "generation 2 still stopping: $(show batonhealth.service StatusText)"
     get http://127.0.0.1:8082/
     [[ $CODE == 200 && $BODY == "hello from generation 1 "* ]] ||
         fail "expected generation 1 to serve on, got $CODE '$BODY'"
