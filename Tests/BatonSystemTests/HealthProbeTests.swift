@@ -48,7 +48,9 @@ struct HealthProbeTests {
             #expect(worker.env["LISTEN_FDS"] == "2")
             #expect(worker.env["LISTEN_FDNAMES"] == "listen0:health")
             #expect(worker.env["BATON_NOTIFY_FD"] == "5")
-            #expect(worker.fds["4"]?.hasPrefix("socket:") == true)
+            #expect(Set(worker.fds.keys) == ["0", "1", "2", "3", "4", "5"], "no other fd of baton's: \(worker.fds)")
+            #expect(worker.fds["4"]?.hasPrefix("socket:") == true && worker.fds["4"] != worker.fds["3"])
+            #expect(worker.fds["5"]?.hasPrefix("pipe:") == true)
             let address = try #require(worker.env["BATON_HEALTH_ADDRESS"])
             #expect(address.hasPrefix("127.0.0.1:"))
             addresses.insert(address)
@@ -58,6 +60,30 @@ struct HealthProbeTests {
             #expect(answer.status == 200 && answer.body.contains("pid \(worker.pid)"), "\(answer.body)")
         }
         #expect(addresses.count == 2, "one socket per worker")
+        #expect(baton.stop() == 0)
+    }
+
+    /// Probes every 10 ms leave nothing behind: baton holds as many fds after 200 probes as after 20 (give or take
+    /// the probes in flight).
+    @Test func probesLeaveNoDescriptorBehind() throws {
+        let (_, _, baton) = try launchWorker([
+            "--workers", "2", "--health", "http:/healthz?sleep=0", "--health-interval", "10ms",
+        ])
+        // worker.py prints each request with sleep= in it: one line per probe.
+        func probes(_ count: Int, after start: Int) -> Int? {
+            var line = start
+            for _ in 0..<count {
+                guard let found = baton.stdout.waitFor("handling /healthz?sleep=0", after: line) else { return nil }
+                line = found + 1
+            }
+            return line
+        }
+        let early = try #require(probes(20, after: 0), "\(baton.diagnosis())")
+        let before = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(baton.pid)/fd").count
+        _ = try #require(probes(180, after: early), "\(baton.diagnosis())")
+        let after = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(baton.pid)/fd").count
+        // At most one probe per worker is in flight, each with a socket and a timerfd: 4 fds come and go.
+        #expect(abs(after - before) <= 4, "fds of baton after 20 probes: \(before), after 200: \(after)")
         #expect(baton.stop() == 0)
     }
 
