@@ -76,6 +76,17 @@ final class HealthChecks: Sendable {
         return (opened.fd, opened.address)
     }
 
+    /// Worker `id`'s probe socket, while it has one.
+    func socket(of id: WorkerID) -> ProbeSocket? { state.withLock { $0.sockets[id] } }
+
+    /// Takes over the probe socket of a worker the previous binary started (after a re-execution in place).
+    func adopt(_ id: WorkerID, fd raw: Int32, address: String, generation: Int) throws(SystemError) {
+        let fd = FileDescriptor(rawValue: raw)
+        try fd.setCloseOnExec()
+        let port = UInt16(address.split(separator: ":").last ?? "") ?? 0
+        state.withLock { $0.sockets[id] = ProbeSocket(fd: fd, address: address, port: port, generation: generation) }
+    }
+
     /// Worker `id` is gone (or never started): its probe socket closes. A probe in flight ends by itself (refused, or
     /// at its timeout) and the Supervisor ignores what it says.
     func workerGone(_ id: WorkerID) {

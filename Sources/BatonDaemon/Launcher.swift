@@ -145,6 +145,10 @@ public actor Launcher {
                 name: configuration.name
             )
             notifyManager(.status(statusLine))
+            // The adopted workers' probes go on, through the probe sockets the previous binary handed over.
+            for worker in supervisor.liveWorkers where health?.socket(of: worker.id) != nil {
+                process(.timer(.probe(worker.id)))
+            }
         } else {
             process(.start)
         }

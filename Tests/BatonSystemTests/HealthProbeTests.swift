@@ -87,6 +87,29 @@ struct HealthProbeTests {
         #expect(baton.stop() == 0)
     }
 
+    /// After a re-execution in place (SIGUSR2) the adopted workers are still probed, through the probe sockets the
+    /// previous binary handed over: one that starts failing is replaced.
+    @Test func probesGoOnAcrossAReexecution() throws {
+        let (scratch, _, baton) = try launchWorker(
+            ["--workers", "2", "--health", "http:/healthz", "--health-interval", "200ms"],
+            behaviour: "health-trigger"
+        )
+        #expect(baton.stderr.waitFor("generation 1 ready (2 worker(s))") != nil, "\(baton.diagnosis())")
+        baton.signal(SIGUSR2)
+        #expect(baton.stderr.waitFor("still serving generation 1") != nil, "\(baton.diagnosis())")
+        let text = baton.client(["status", "--json"]).stdout
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        let sick = try #require(servingWorkers(report).first { $0["slot"] as? Int == 2 }?["pid"] as? Int)
+        scratch.write("behaviour.unhealthy", "\(sick)")
+        #expect(
+            baton.stderr.waitFor("replacing worker 2 of generation 1 (pid \(sick)): 3 probes failed in a row") != nil,
+            "\(baton.diagnosis())"
+        )
+        #expect(baton.stderr.waitFor("worker 2 of generation 1 (pid \(sick)) replaced by pid") != nil)
+        #expect(waitForExit(Int32(sick)))
+        #expect(baton.stop() == 0)
+    }
+
     /// A release whose probe socket answers 503: its workers say they are ready, the probe says otherwise, the reload
     /// fails with the probe's result at the ready timeout and generation 1 serves throughout.
     @Test func aReleaseWhoseProbeFailsIsNeverPromotedUnderLoad() throws {
