@@ -115,6 +115,27 @@ public struct RunOptions: ParsableArguments {
 
     @Option(
         help: ArgumentHelp(
+            "Probe each worker through a socket of its own (the listener named health, last in LISTEN_FDS; its address in BATON_HEALTH_ADDRESS): http:PATH (a GET; 2xx or 3xx passes), tcp (a connect the worker accepts) or exec:COMMAND (exit 0). A worker is ready once a probe passes too; a ready one that fails --health-failures probes in a row is replaced.",
+            valueName: "probe"
+        )
+    )
+    public var health: String?
+
+    @Option(help: ArgumentHelp("Time between health probes of a ready worker (default 2s).", valueName: "duration"))
+    public var healthInterval: String?
+
+    @Option(help: ArgumentHelp("How long one health probe may take (default 1s).", valueName: "duration"))
+    public var healthTimeout: String?
+
+    // Unconditional: `--health-failures -1` is a value to range-check, not a missing one.
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("Failed probes in a row after which a worker is replaced (default 3).", valueName: "count")
+    )
+    public var healthFailures: Int?
+
+    @Option(
+        help: ArgumentHelp(
             "Run the workers as this user (baton keeps the listeners, even on ports below 1024).",
             valueName: "user"
         )
@@ -228,6 +249,7 @@ public struct RunOptions: ParsableArguments {
                 "invalid --min-ready \(BatonError.quoted(self.minReady)): \(DurationText.form), such as 5s, or 0 for no soak window"
             )
         }
+        let healthSettings = try healthConfiguration(duration: duration)
         guard let stopSignal = system.signal(self.stopSignal), !system.uncatchableSignals.contains(stopSignal) else {
             throw BatonError(
                 .badArgument,
@@ -257,6 +279,12 @@ public struct RunOptions: ParsableArguments {
                 )
             }
             specs.append(spec)
+            if healthSettings != nil && spec.name == HealthProbe.healthListenerName {
+                throw BatonError(
+                    .badArgument,
+                    "invalid --listen \(BatonError.quoted(text)): the name 'health' is the probe socket's with --health; name it otherwise"
+                )
+            }
         }
         var workerUser: LaunchConfiguration.WorkerUser?
         if let user {
@@ -295,11 +323,59 @@ public struct RunOptions: ParsableArguments {
                 readyTimeout: readyTimeout,
                 stopTimeout: stopTimeout,
                 workerWatchdog: workerWatchdog,
-                minReady: minReady
+                minReady: minReady,
+                health: healthSettings
             )
         )
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
         return configuration
+    }
+}
+
+extension RunOptions {
+    /// `--health` and its settings, checked; nil without `--health` (its settings alone are an error).
+    func healthConfiguration(
+        duration: (String, String) throws(BatonError) -> Duration
+    ) throws(BatonError) -> HealthSettings? {
+        guard let health else {
+            let given = [
+                healthInterval.map { _ in "--health-interval" }, healthTimeout.map { _ in "--health-timeout" },
+                healthFailures.map { _ in "--health-failures" },
+            ].compactMap { $0 }
+            if let first = given.first {
+                throw BatonError(.badArgument, "\(first) needs --health: add --health http:PATH, tcp or exec:COMMAND")
+            }
+            return nil
+        }
+        var settings = HealthSettings(probe: try HealthProbe(parsing: health))
+        func ranged(_ text: String?, _ option: String, _ range: ClosedRange<Duration>) throws(BatonError) -> Duration? {
+            guard let text else { return nil }
+            let value = try duration(text, option)
+            guard range.contains(value) else {
+                throw BatonError(
+                    .badArgument,
+                    "invalid \(option) \(BatonError.quoted(text)): must be from \(range.lowerBound.shortDescription) to \(range.upperBound.shortDescription)"
+                )
+            }
+            return value
+        }
+        if let interval = try ranged(healthInterval, "--health-interval", HealthSettings.intervalRange) {
+            settings.interval = interval
+        }
+        if let timeout = try ranged(healthTimeout, "--health-timeout", HealthSettings.timeoutRange) {
+            settings.timeout = timeout
+        }
+        if let failures = healthFailures {
+            let range = HealthSettings.failuresRange
+            guard range.contains(failures) else {
+                throw BatonError(
+                    .badArgument,
+                    "invalid --health-failures \(failures): must be from \(range.lowerBound) to \(range.upperBound)"
+                )
+            }
+            settings.failures = failures
+        }
+        return settings
     }
 }

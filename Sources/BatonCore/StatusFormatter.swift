@@ -28,6 +28,7 @@ public enum StatusFormatter {
                 out +=
                     "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
                 if let text = worker.status { out += "  \"\(clean(text))\"" }
+                if let health = worker.health { out += "  (\(clean(health)))" }
                 out += "\n"
             }
         }

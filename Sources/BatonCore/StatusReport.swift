@@ -22,8 +22,23 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var uptimeSeconds: Double
         public var restarts: Int
         public var status: String?
+        /// With `--health`: failed probes in a row, and what the latest one found when it failed (or why the worker
+        /// is being replaced).
+        public var probeFailures: Int?
+        public var health: String?
 
-        public init(slot: Int, pid: Int32?, state: String, uptimeSeconds: Double, restarts: Int, status: String?) {
+        public init(
+            slot: Int,
+            pid: Int32?,
+            state: String,
+            uptimeSeconds: Double,
+            restarts: Int,
+            status: String?,
+            probeFailures: Int? = nil,
+            health: String? = nil
+        ) {
+            self.probeFailures = probeFailures
+            self.health = health
             self.slot = slot
             self.pid = pid
             self.state = state
@@ -154,7 +169,9 @@ extension StatusReport {
                         state: worker.state.rawValue,
                         uptimeSeconds: Double((now - worker.startedAt).milliseconds) / 1000,
                         restarts: worker.restarts,
-                        status: worker.status
+                        status: worker.status,
+                        probeFailures: supervisor.settings.health == nil ? nil : worker.probe.failures,
+                        health: Self.health(of: worker, probing: supervisor.settings.health != nil)
                     )
                 },
                 connections: stopping ? drain.connections : nil,
@@ -204,5 +221,15 @@ extension StatusReport {
                 )
             }
         }
+    }
+}
+
+extension StatusReport {
+    /// What `status` says of a worker's probes: nil while they pass (or without `--health`).
+    static func health(of worker: Supervisor.Worker, probing: Bool) -> String? {
+        guard probing else { return nil }
+        if let replacing = worker.probe.replacing { return "replacing worker \(worker.slot): \(replacing)" }
+        guard !worker.probe.passed, let last = worker.probe.last else { return nil }
+        return worker.state == .starting ? last : "\(worker.probe.failures) probe(s) failed in a row: \(last)"
     }
 }

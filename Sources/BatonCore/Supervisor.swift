@@ -26,6 +26,8 @@ public struct Supervisor: Sendable {
         public var stopDeadline: ContinuousClock.Instant?
         /// The client connections it holds, as last counted while it stops (``SupervisorEvent/connections(_:)``).
         public var connections: Int?
+        /// Its health probes (`--health`).
+        public var probe = ProbeState()
     }
 
     public enum GenerationState: String, Sendable {
@@ -284,6 +286,9 @@ public struct Supervisor: Sendable {
                 // Stopped before it was even started (a rollback or stop raced the spawn).
                 actions.append(.kill(id, pid: pid))
             }
+            if worker.state == .starting, let health = settings.health {
+                actions.append(.schedule(.probe(id), after: health.startingInterval))
+            }
         case .spawnFailed(let id, let reason):
             guard workers[id] != nil else { break }
             workers[id]?.failure = reason
@@ -307,6 +312,8 @@ public struct Supervisor: Sendable {
             workers[id]?.explanation = text
         case .timer(let timer):
             fire(timer, now: now, actions: &actions)
+        case .probed(let id, let ok, let detail):
+            probed(id, ok: ok, detail: detail, now: now, actions: &actions)
         case .stop where phase == .stopping:
             actions.append(.log(LifecycleEvent(.stopping, "second stop signal: killing every worker now")))
             for worker in liveWorkers { if let pid = worker.pid { actions.append(.kill(worker.id, pid: pid)) } }
@@ -371,6 +378,7 @@ public struct Supervisor: Sendable {
         guard var worker = workers[id], worker.state != .exited else { return }
         if worker.state == .starting { actions.append(.cancel(.readyTimeout(id))) }
         actions.append(.cancel(.watchdog(id)))
+        if settings.health != nil { actions.append(.cancel(.probe(id))) }
         let alreadyStopping = worker.state == .stopping
         worker.state = .stopping
         workers[id] = worker
@@ -389,6 +397,11 @@ public struct Supervisor: Sendable {
 
     private mutating func workerReady(_ id: WorkerID, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
         guard var worker = workers[id], worker.state == .starting else { return }
+        if settings.health != nil && !worker.probe.passed {
+            // Ready by its --ready mode; ready to baton once a probe passes too (``probed(_:ok:detail:now:actions:)``).
+            workers[id]?.probe.readySignalled = true
+            return
+        }
         worker.state = .ready
         worker.readyAt = now
         workers[id] = worker
@@ -411,6 +424,7 @@ public struct Supervisor: Sendable {
                     )
                 )
             }
+            retireSuperseded(by: worker, actions: &actions)
         case .starting:
             if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous
             {
@@ -881,6 +895,7 @@ public struct Supervisor: Sendable {
         actions.append(.cancel(.readyTimeout(id)))
         actions.append(.cancel(.stopTimeout(id)))
         actions.append(.cancel(.watchdog(id)))
+        if settings.health != nil { actions.append(.cancel(.probe(id))) }
         if let pid = worker.pid {
             // Whatever the app left in its process group goes with it: asked first, like any worker.
             actions.append(.stopGroup(id, pid: pid))
@@ -1077,7 +1092,7 @@ public struct Supervisor: Sendable {
             guard let worker = workers[id], worker.state == .starting else { return }
             let reason =
                 "did not become ready within \(settings.readyTimeout.shortDescription)"
-                + (worker.explanation.map { ": " + $0 } ?? "")
+                + probeExplanation(worker) + (worker.explanation.map { ": " + $0 } ?? "")
             workers[id]?.failure = reason
             if let reload, reload.target == worker.generation {
                 rollBack(
@@ -1139,6 +1154,8 @@ public struct Supervisor: Sendable {
             stopWorker(id, kill: true, actions: &actions)
         case .soak(let generation):
             endSoak(generation, now: now, actions: &actions)
+        case .probe(let id):
+            probeDue(id, actions: &actions)
         }
     }
 
@@ -1191,5 +1208,151 @@ public struct Supervisor: Sendable {
                 )
             )
         }
+    }
+}
+
+// MARK: - Health probes (`--health`)
+
+extension Supervisor {
+    /// A worker's probe is due: run it, unless one is still running or the worker is on its way out.
+    fileprivate mutating func probeDue(_ id: WorkerID, actions: inout [SupervisorAction]) {
+        guard settings.health != nil, let worker = workers[id], let pid = worker.pid,
+            worker.state == .starting || worker.state == .ready, !worker.probe.inFlight,
+            worker.probe.replacing == nil
+        else { return }
+        workers[id]?.probe.inFlight = true
+        actions.append(.probe(id, pid: pid))
+    }
+
+    /// A probe of `id` ended. Starting, a pass lets the worker become ready (with its `--ready` mode's word); a new
+    /// generation's ready worker that fails one fails the reload; a serving worker that fails `--health-failures` in a
+    /// row is replaced.
+    fileprivate mutating func probed(
+        _ id: WorkerID,
+        ok: Bool,
+        detail: String,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        guard let health = settings.health, var worker = workers[id],
+            worker.state == .starting || worker.state == .ready
+        else { return }
+        worker.probe.inFlight = false
+        worker.probe.passed = ok
+        worker.probe.last = detail
+        worker.probe.failures = ok ? 0 : worker.probe.failures + 1
+        workers[id] = worker
+
+        if worker.state == .starting {
+            actions.append(.schedule(.probe(id), after: health.startingInterval))
+            if ok && worker.probe.readySignalled { workerReady(id, now: now, actions: &actions) }
+            return
+        }
+        guard !ok else {
+            actions.append(.schedule(.probe(id), after: health.interval))
+            return
+        }
+        guard let generation = generations[worker.generation] else { return }
+        let who = "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none"))"
+        switch generation.state {
+        case .starting:
+            // Not serving yet: the release is not proven, and one failed probe is enough to say so.
+            let when =
+                generation.soak == nil
+                ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)"
+            let reason = "\(who) failed its probe \(when): \(detail)"
+            if let reload, reload.target == generation.id {
+                workers[id]?.failure = reason
+                rollBack(reason: reason, failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
+            } else if phase == .starting && (generation.soak != nil || worker.probe.failures >= health.failures) {
+                if generation.soak != nil { actions.append(.cancel(.soak(generation: generation.id))) }
+                generations[generation.id]?.soak = nil
+                generations[generation.id]?.state = .failed
+                workers[id]?.failure = reason
+                giveUp(
+                    reason: "the first generation failed to start: \(reason)",
+                    failedWorker: FailedWorker(id, stderr: nil),
+                    actions: &actions
+                )
+            } else {
+                actions.append(.schedule(.probe(id), after: health.interval))
+            }
+        case .serving where worker.probe.failures >= health.failures:
+            replaceUnhealthy(worker, now: now, actions: &actions)
+        case .serving:
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .probeFailed,
+                        "\(who) of generation \(worker.generation) failed a probe (\(worker.probe.failures) of \(health.failures) in a row): \(detail)",
+                        generation: worker.generation,
+                        workerPID: worker.pid,
+                        slot: worker.slot,
+                        reason: detail
+                    )
+                )
+            )
+            actions.append(.schedule(.probe(id), after: health.interval))
+        default:
+            actions.append(.schedule(.probe(id), after: health.interval))
+        }
+    }
+
+    /// Liveness: `worker` failed too many probes in a row. Its slot gets a new worker (after the crash-loop guard's
+    /// backoff, counted as a crash); this one serves until the new one is ready, then retires gracefully.
+    private mutating func replaceUnhealthy(
+        _ worker: Worker,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        let reason = "\(worker.probe.failures) probes failed in a row: \(worker.probe.last ?? "failed")"
+        workers[worker.id]?.probe.replacing = reason
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .probeFailed,
+                    "replacing worker \(worker.slot) of generation \(worker.generation) (pid \(worker.pid.map(String.init) ?? "none")): \(reason)",
+                    generation: worker.generation,
+                    workerPID: worker.pid,
+                    slot: worker.slot,
+                    reason: reason
+                )
+            )
+        )
+        // The slot is free for its replacement; the unhealthy worker stays in the generation, serving.
+        if generations[worker.generation]?.slots[worker.slot] == worker.id {
+            generations[worker.generation]?.slots[worker.slot] = nil
+        }
+        respawnAfterCrash(worker, stderr: [], generation: worker.generation, now: now, actions: &actions)
+    }
+
+    /// A worker of a serving generation is ready: any other worker of its slot (one being replaced for failing its
+    /// probes) retires now, gracefully.
+    fileprivate mutating func retireSuperseded(by worker: Worker, actions: inout [SupervisorAction]) {
+        guard let generation = generations[worker.generation] else { return }
+        for other in generation.workers where other != worker.id {
+            guard let old = workers[other], old.slot == worker.slot, old.state == .ready else { continue }
+            actions.append(
+                .log(
+                    LifecycleEvent(
+                        .probeFailed,
+                        "worker \(old.slot) of generation \(old.generation) (pid \(old.pid.map(String.init) ?? "none")) replaced by pid \(worker.pid.map(String.init) ?? "none"); retiring it",
+                        generation: old.generation,
+                        workerPID: old.pid,
+                        slot: old.slot,
+                        reason: old.probe.replacing
+                    )
+                )
+            )
+            stopWorker(other, kill: false, actions: &actions)
+        }
+    }
+
+    /// What the probes said of a worker that missed its ready timeout, for the message (empty without probes, or when
+    /// the latest one passed).
+    fileprivate func probeExplanation(_ worker: Worker) -> String {
+        guard settings.health != nil, !worker.probe.passed else { return "" }
+        guard let last = worker.probe.last else { return ": no probe finished" }
+        return worker.probe.readySignalled ? ": it reported ready, but \(last)" : ": \(last)"
     }
 }

@@ -21,6 +21,8 @@ public enum TimerID: Hashable, Sendable {
     case watchdog(WorkerID)
     /// The end of a soak window (`--min-ready`): the generation (a rolling step: its newest worker) stayed ready.
     case soak(generation: Int)
+    /// The next health probe of a worker is due (`--health`).
+    case probe(WorkerID)
 }
 
 /// Settings the lifecycle depends on.
@@ -39,6 +41,8 @@ public struct SupervisorSettings: Sendable, Equatable {
     /// The soak window (`--min-ready`): how long a new generation must stay ready before it is promoted, and, rolling,
     /// each new worker before its predecessor is retired. Zero: promoted as soon as it is ready.
     public var minReady: Duration
+    /// Health probes (`--health`): nil for none.
+    public var health: HealthSettings?
 
     public init(
         workers: Int = 1,
@@ -49,8 +53,10 @@ public struct SupervisorSettings: Sendable, Equatable {
         crashLoopThreshold: Int = 5,
         giveUpThreshold: Int = 10,
         workerWatchdog: Duration? = nil,
-        minReady: Duration = .zero
+        minReady: Duration = .zero,
+        health: HealthSettings? = nil
     ) {
+        self.health = health
         self.workerWatchdog = workerWatchdog
         self.minReady = minReady
         self.workers = workers
@@ -113,6 +119,8 @@ public enum SupervisorAction: Sendable, Equatable {
     case notifyManager(ManagerNotification)
     /// Exit the process with this code; every worker is gone.
     case exit(Int32)
+    /// Run one health probe of the worker (`--health`); answer with `.probed` once it passed, failed or timed out.
+    case probe(WorkerID, pid: Int32)
 }
 
 /// The worker whose failure ended a reload, and its last stderr lines: carried by its exit, or nil while it is
@@ -158,6 +166,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// goes into the failure's log line and reload result.
     case explained(WorkerID, String)
     case timer(TimerID)
+    /// A health probe of the worker ended: passed (`ok`) or not; `detail` says what it found, such as
+    /// `probe http:/healthz got 503`.
+    case probed(WorkerID, ok: Bool, detail: String)
     /// Retire every generation gracefully and exit; a second one kills every worker at once.
     case stop
 }

@@ -17,6 +17,8 @@ enum DaemonEvent: Sendable {
     case listenerHungUp
     /// Time to count the connections of what drains again (``Launcher/watchDrains()``).
     case drainTick
+    /// A health probe of a worker ended (`--health`).
+    case probed(WorkerID, ok: Bool, detail: String)
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -37,6 +39,8 @@ public actor Launcher {
     let listeners: [ListeningSocket]
     var listenerGuard: ListenerGuard
     let starter: WorkerStarter
+    /// Probe sockets and probes (`--health`).
+    let health: HealthChecks?
     let devNull: OwnedDescriptor
     /// The notify socket (`--ready notify`) and its address.
     let notify: (fd: FileDescriptor, address: String)?
@@ -102,6 +106,7 @@ public actor Launcher {
             var inodes: Set<UInt64> = []
             for listener in listeners { inodes.insert(try listener.inode()) }
             notify = try Self.notifySocket(configuration, resume: resume)
+            health = HealthChecks(configuration, loop: loop, sink: sink, environment: environment, devNull: devNull)
             starter = WorkerStarter(
                 configuration: configuration,
                 listeners: listeners,
@@ -112,7 +117,8 @@ public actor Launcher {
                 standardInput: devNull.descriptor,
                 journal: journal,
                 inbox: inbox,
-                loop: loop
+                loop: loop,
+                health: health
             )
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
@@ -145,6 +151,10 @@ public actor Launcher {
                 name: configuration.name
             )
             notifyManager(.status(statusLine))
+            // The adopted workers' probes go on, through the probe sockets the previous binary handed over.
+            for worker in supervisor.liveWorkers where health?.socket(of: worker.id) != nil {
+                process(.timer(.probe(worker.id)))
+            }
         } else {
             process(.start)
         }
@@ -230,6 +240,8 @@ public actor Launcher {
             checkListeners(afterHangUp: true)
         case .drainTick:
             countDrainingConnections()
+        case .probed(let id, let ok, let detail):
+            process(.probed(id, ok: ok, detail: detail))
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -238,7 +250,7 @@ public actor Launcher {
                     stderr: io[worker]?.stderr.tail() ?? [],
                     listeners: listeners,
                     pid: supervisor.worker(worker)?.pid,
-                    listenerInodes: starter.listenerInodes
+                    listenerInodes: starter.listenerInodes.union(health?.socketInodes() ?? [])
                 )
             {
                 process(.explained(worker, text))
@@ -265,6 +277,7 @@ public actor Launcher {
                 case .exited(let code): .exited(code)
                 case .signaled(let signal, _): .signaled(Signals.name(of: signal))
                 }
+            if health?.execExited(exit.pid, reason: reason) == true { continue }
             guard let worker = supervisor.worker(pid: exit.pid) else {
                 // A descendant re-parented to baton: one still in a worker's process group is that worker's. (One that
                 // left the group cannot be told by its zombie: its environment is gone.)
@@ -277,6 +290,7 @@ public actor Launcher {
             if let text = BindAdoption.diagnosis(stderr: stderr, listeners: listeners) {
                 process(.explained(worker.id, text))
             }
+            health?.workerGone(worker.id)
             process(.exited(worker.id, reason, stderr: stderr))
         }
     }
@@ -361,6 +375,8 @@ public actor Launcher {
             notifyManager(notification)
         case .exit(let code):
             exitCode = code
+        case .probe(let id, let pid):
+            health?.probe(id, pid: pid)
         }
         return []
     }

@@ -48,7 +48,8 @@ extension Launcher {
         let children = ProcInspector.ownChildren()
         leftovers.retain(Set(children))
         let now = ContinuousClock.now
-        for pid in children where supervisor.worker(pid: pid) == nil && !gone.contains(pid) {
+        for pid in children where supervisor.worker(pid: pid) == nil && !gone.contains(pid) && health?.owns(pid) != true
+        {
             // Without an identity (it wiped its environment), or with one that lies (it started before the
             // generation it names), a process belongs to the newest generation that had started when it did.
             let identity = ProcInspector.batonWorkerIdentity(of: pid)

@@ -21,6 +21,9 @@ extension Launcher {
                 notify: saved.notify,
                 events: sink
             )
+            if let fd = saved.health, let address = saved.healthAddress {
+                try health?.adopt(id, fd: fd, address: address, generation: worker.generation)
+            }
         }
     }
 
@@ -52,7 +55,9 @@ extension Launcher {
                     worker: saved.id,
                     stdout: workerIO?.stdout.descriptor?.rawValue,
                     stderr: workerIO?.stderr.descriptor?.rawValue,
-                    notify: workerIO?.notify?.descriptor?.rawValue
+                    notify: workerIO?.notify?.descriptor?.rawValue,
+                    health: health?.socket(of: WorkerID(saved.id))?.fd.rawValue,
+                    healthAddress: health?.socket(of: WorkerID(saved.id))?.address
                 )
             }
         )

@@ -19,6 +19,9 @@ public struct ResumeState: Codable, Sendable {
         var stdout: Int32?
         var stderr: Int32?
         var notify: Int32?
+        /// Its probe socket (`--health`) and that socket's address.
+        var health: Int32?
+        var healthAddress: String?
     }
 
     public var previousVersion: String
@@ -63,7 +66,7 @@ public struct ResumeState: Codable, Sendable {
     /// Every fd that must survive the exec.
     var descriptors: [FileDescriptor] {
         (listeners.map(\.fd) + [control] + [notify].compactMap { $0 }
-            + workers.flatMap { [$0.stdout, $0.stderr, $0.notify].compactMap { $0 } }).map {
+            + workers.flatMap { [$0.stdout, $0.stderr, $0.notify, $0.health].compactMap { $0 } }).map {
                 FileDescriptor(rawValue: $0)
             }
     }

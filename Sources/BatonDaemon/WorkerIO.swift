@@ -167,12 +167,17 @@ struct WorkerStarter: Sendable {
     let journal: Bool
     let inbox: NotifyInbox
     let loop: EventLoop
+    /// Probe sockets (`--health`): each worker gets one more listener, its own, named `health`.
+    var health: HealthChecks? = nil
 
-    /// The environment of worker `slot` of `generation` (`LISTEN_PID` is filled in by the child).
-    func environment(generation: Int, slot: Int) -> [String] {
+    /// The environment of worker `slot` of `generation` (`LISTEN_PID` is filled in by the child), with the address of
+    /// its probe socket, if it has one (the last listener).
+    func environment(generation: Int, slot: Int, healthAddress: String? = nil) -> [String] {
         var environment = baseEnvironment
-        environment.append("LISTEN_FDS=\(listeners.count)")
-        environment.append("LISTEN_FDNAMES=\(listeners.map(\.name).joined(separator: ":"))")
+        let names = listeners.map(\.name) + (healthAddress == nil ? [] : [HealthProbe.healthListenerName])
+        environment.append("LISTEN_FDS=\(names.count)")
+        environment.append("LISTEN_FDNAMES=\(names.joined(separator: ":"))")
+        if let healthAddress { environment.append("BATON_HEALTH_ADDRESS=\(healthAddress)") }
         environment.append("BATON_GENERATION=\(generation)")
         environment.append("BATON_WORKER=\(slot)")
         environment = BindAdoption.workerEnvironment(environment, configuration: configuration)
@@ -183,7 +188,7 @@ struct WorkerStarter: Sendable {
         case .notify:
             if let notifyAddress { environment.append("NOTIFY_SOCKET=\(notifyAddress)") }
         case .fd:
-            environment.append("BATON_NOTIFY_FD=\(3 + listeners.count)")
+            environment.append("BATON_NOTIFY_FD=\(3 + names.count)")
         case .listen, .exec:
             break
         }
@@ -198,8 +203,11 @@ struct WorkerStarter: Sendable {
         events sink: AsyncStream<DaemonEvent>.Continuation
     ) -> (io: WorkerIO?, events: [SupervisorEvent]) {
         do throws(SystemError) {
-            return try startWithPipes(id, generation: generation, slot: slot, events: sink)
+            let started = try startWithPipes(id, generation: generation, slot: slot, events: sink)
+            if started.io == nil { health?.workerGone(id) }
+            return started
         } catch {
+            health?.workerGone(id)
             return (nil, [.spawnFailed(id, reason: "cannot set up the worker: \(error)")])
         }
     }
@@ -246,11 +254,12 @@ struct WorkerStarter: Sendable {
             throw error
         }
 
+        let probeSocket = try health?.openSocket(for: id, generation: generation)
         var request = SpawnRequest(
             executable: executable,
             arguments: configuration.command,
-            environment: environment(generation: generation, slot: slot),
-            listeners: listeners.map(\.fd),
+            environment: environment(generation: generation, slot: slot, healthAddress: probeSocket?.address),
+            listeners: listeners.map(\.fd) + (probeSocket.map { [$0.fd] } ?? []),
             extra: notifyWrite?.descriptor,
             standardInput: standardInput,
             standardOutput: standardOutput.descriptor,

@@ -4,7 +4,9 @@
 // (worker 1 serves; worker 2 fails once worker 1 has a slow request in flight) | fail-after-ready (1 s after it is
 // ready, each worker finds it is broken: it drains like at SIGTERM, answering what it accepted, then exits 3) |
 // helper-fails (each worker starts a helper through `sh -c '(...) &'`: re-parented to baton in the worker's process
-// group, it exits 5 after 1.5 s while the worker serves on).
+// group, it exits 5 after 1.5 s while the worker serves on) | health-503 | health-503-later | health-trigger |
+// health-unserved (baton's probe socket answers 503: always, from 1.5 s after start, once BEHAVIOUR_FILE.unhealthy
+// holds the worker's pid; or it is not served).
 'use strict';
 const fs = require('fs');
 const file = process.env.BEHAVIOUR_FILE;
@@ -58,5 +60,27 @@ if (behaviour === 'fail-after-ready') {
 }
 if (behaviour === 'helper-fails') {
   require('child_process').spawn('sh', ['-c', '(sleep 1.5; exit 5) &'], { stdio: 'ignore' });
+}
+if (behaviour === 'health-503' || behaviour === 'health-trigger' || behaviour === 'health-503-later') {
+  // baton's probe socket (the listener named health, at BATON_HEALTH_ADDRESS) answers 503: always, or once the file
+  // BEHAVIOUR_FILE.unhealthy holds this worker's pid. The shared listener serves as usual.
+  const http = require('http');
+  const port = Number((process.env.BATON_HEALTH_ADDRESS || '').split(':').pop());
+  const marker = `${file}.unhealthy`;
+  const started = Date.now();
+  const sick = () => behaviour === 'health-503' || (behaviour === 'health-503-later' && Date.now() - started > 1500) || (fs.existsSync(marker) && fs.readFileSync(marker, 'utf8').trim() === String(process.pid));
+  const emit = http.Server.prototype.emit;
+  http.Server.prototype.emit = function (event, request, response, ...rest) {
+    if (event === 'request' && request.socket.localPort === port && sick()) {
+      response.writeHead(503, { 'Content-Type': 'text/plain', Connection: 'close' });
+      response.end('unhealthy (test)\n');
+      return true;
+    }
+    return emit.call(this, event, request, response, ...rest);
+  };
+}
+if (behaviour === 'health-unserved') {
+  // An app that serves only the sockets it knows of, not the probe socket baton appends (the last of LISTEN_FDS).
+  process.env.LISTEN_FDS = String(Number(process.env.LISTEN_FDS) - 1);
 }
 if (behaviour !== 'fail-once-sibling-serves' || process.env.BATON_WORKER === '1') require('../../examples/node/app.js');

@@ -7,7 +7,9 @@ Behaviour comes from the environment and from a file read at start, so that a re
   BEHAVIOUR_FILE   a file holding one word: ok | crash | hang | ignore-term | fork-child | late-crash |
                    shutdown-listener | shutdown-then-crash | shutdown-loop | small-backlog | no-accept |
                    wiped-daemon | forged-daemon | filter | locked-filter, or
-                   'send-notify MSG|MSG...' (notify messages sent once ready)
+                   'send-notify MSG|MSG...' (notify messages sent once ready) |
+                   health-503 (answers 503 on the listener named health: baton's probe socket) |
+                   health-trigger (answers 503 there once the file BEHAVIOUR_FILE.unhealthy holds its pid)
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -122,7 +124,19 @@ active = [0]
 lock = threading.Lock()
 stopping = threading.Event()
 
-def handle(conn):
+names = os.environ.get("LISTEN_FDNAMES", "").split(":")
+
+def unhealthy():
+    if behaviour == "health-503":
+        return True
+    if behaviour == "health-trigger":
+        try:
+            return open(os.environ["BEHAVIOUR_FILE"] + ".unhealthy").read().strip() == str(os.getpid())
+        except OSError:
+            return False
+    return False
+
+def handle(conn, name=""):
     with lock:
         active[0] += 1
     try:
@@ -137,6 +151,10 @@ def handle(conn):
             print(f"handling {path}", flush=True)
             time.sleep(int(path.split("sleep=")[1].split("&")[0]) / 1000)
         body = f"generation {generation} worker {worker} pid {os.getpid()}\n".encode()
+        if name == "health" and unhealthy():
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
+                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            return
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\n\r\n" + body)
     finally:
@@ -220,7 +238,7 @@ try:
     if behaviour == "small-backlog":
         listeners[0].listen(1)
         print("listen(fd, 1)", flush=True)
-    def serve(listener):
+    def serve(listener, name=""):
         while not stopping.is_set():
             try:
                 conn, _ = listener.accept()
@@ -228,11 +246,12 @@ try:
                 # The listener was shut down (by a worker); baton makes it listen again.
                 time.sleep(0.01)
                 continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+            threading.Thread(target=handle, args=(conn, name), daemon=True).start()
     # The first listener is served by the main thread (blocked in accept, which baton can see), the others by
     # threads of their own.
-    for extra in listeners[1:]:
-        threading.Thread(target=serve, args=(extra,), daemon=True).start()
+    for index, extra in enumerate(listeners[1:], 1):
+        name = names[index] if index < len(names) else ""
+        threading.Thread(target=serve, args=(extra, name), daemon=True).start()
     serve(listeners[0])
 except Stop:
     pass

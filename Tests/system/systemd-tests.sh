@@ -39,6 +39,10 @@
 #      (?sleep=6000): StatusText and `baton status --json` show it draining 1 connection, the
 #      request then gets its 200 from the old generation, and the journal has one
 #      drain-finished entry (MESSAGE_ID ...e606) for it with BATON_CONNECTIONS=0
+#   m  health probes (batonhealth.service, --health http:/healthz): a release whose probe socket
+#      answers 503 makes `systemctl reload` fail with the probe's result (reload-failed MESSAGE_ID,
+#      BATON_REASON), generation 1 serving; then generation 1's probes fail: its workers are
+#      replaced (probe-failed MESSAGE_ID) and the service answers throughout
 # and finally (counted as one more check, "host teardown") that the teardown left no process,
 # cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
@@ -70,6 +74,7 @@ MID_RELOAD_FAILED=$(mid 'baton: reload of .* failed$')
 MID_DRAINED=$(mid 'baton: generation .* finished draining$')
 MID_LISTENER_BOUND=$(mid 'baton: .* bound a listening socket$')
 MID_LISTENER_STORED=$(mid 'baton: .* stored a listening socket in the fd store$')
+MID_PROBE_FAILED=$(mid 'baton: worker .* failed its health probes$')
 
 rig_start systemd-tests bt
 stage=$work/opt            # bind-mounted at /opt/test in every container
@@ -146,6 +151,37 @@ FileDescriptorStoreMax=4
 KillMode=mixed
 Restart=on-failure
 RestartSec=1
+EOF
+    cat >"$fx/batonhealth.service" <<'EOF'
+[Unit]
+Description=baton probing its workers (--health)
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/usr/bin/baton run --name batonhealth --listen http=127.0.0.1:8082 --workers 2 --ready fd --ready-timeout 3s --health http:/healthz --health-interval 300ms -- /usr/bin/node /usr/share/baton/health-app.js
+ExecReload=/usr/bin/baton reload --quiet --name batonhealth
+RuntimeDirectory=batonhealth
+KillMode=mixed
+EOF
+    # The example app, whose probe socket (the listener named health, at BATON_HEALTH_ADDRESS) answers
+    # 503 while /run/health-sick-GENERATION exists; the shared socket serves as usual.
+    cat >"$fx/health-app.js" <<'EOF'
+'use strict';
+const fs = require('fs');
+const http = require('http');
+const port = Number((process.env.BATON_HEALTH_ADDRESS || '').split(':').pop());
+const sick = `/run/health-sick-${process.env.BATON_GENERATION}`;
+const emit = http.Server.prototype.emit;
+http.Server.prototype.emit = function (event, request, response, ...rest) {
+  if (event === 'request' && request.socket.localPort === port && fs.existsSync(sick)) {
+    response.writeHead(503, { Connection: 'close' });
+    response.end('unhealthy\n');
+    return true;
+  }
+  return emit.call(this, event, request, response, ...rest);
+};
+require('/usr/share/baton/examples/node/app.js');
 EOF
     # jafter.py CURSOR [FIELD=VALUE...]: the MESSAGE of every entry after CURSOR that has all
     # the fields given. (journalctl 252 --after-cursor finds nothing when given a field match.)
@@ -584,6 +620,48 @@ check_j() { # Type=notify-reload (systemd >= 254)
     note "SIGHUP reload $g -> $((g + 1)); $(show baton@demo.service StatusText)"
 }
 
+check_m() { # health probes: a release failing its probe, then a serving worker failing its probes
+    local cur0 cur1
+    x rm -f /run/health-sick-1 /run/health-sick-2
+    x install -m 0644 /opt/test/fixtures/health-app.js /usr/share/baton/health-app.js
+    x install -m 0644 /opt/test/fixtures/batonhealth.service /etc/systemd/system/batonhealth.service
+    x systemctl daemon-reload
+    x timeout 60 systemctl start batonhealth.service
+    get http://127.0.0.1:8082/
+    [[ $CODE == 200 && $BODY == "hello from generation 1 "* ]] || fail "expected generation 1, got $CODE '$BODY'"
+    cur0=$(cursor)
+    x touch /run/health-sick-2
+    if x timeout 60 systemctl reload batonhealth.service; then
+        fail "systemctl reload exited 0 with a release whose probe answers 503"
+    fi
+    # The rolled-back workers drain first (they share the socket and answer while they do).
+    until_ok 20 eval '[[ $(show batonhealth.service StatusText) != *"failed, stopping"* ]]' ||
+        fail "generation 2 still stopping: $(show batonhealth.service StatusText)"
+    get http://127.0.0.1:8082/
+    [[ $CODE == 200 && $BODY == "hello from generation 1 "* ]] ||
+        fail "expected generation 1 to serve on, got $CODE '$BODY'"
+    jafter "$cur0" _SYSTEMD_UNIT=batonhealth.service "MESSAGE_ID=$MID_RELOAD_FAILED"
+    [[ $OUT == *"probe http:/healthz got 503"* ]] ||
+        fail "no reload-failed entry (MESSAGE_ID=$MID_RELOAD_FAILED) naming the probe's result"
+    note "journal, reload-failed: $OUT"
+    x journalctl --no-pager -o verbose -u batonhealth.service "MESSAGE_ID=$MID_RELOAD_FAILED"
+    grep -q 'BATON_REASON=.*probe http:/healthz got 503' <<<"$OUT" || fail "no BATON_REASON with the probe's result"
+    cur1=$(cursor)
+    x touch /run/health-sick-1
+    # Replaced: the replacements fail too while the file exists; the old workers serve on.
+    until_ok 20 in_c sh -c "journalctl --no-pager -u batonhealth.service MESSAGE_ID=$MID_PROBE_FAILED | grep -q 'replacing worker'" ||
+        fail "no probe-failed entry 'replacing worker' (MESSAGE_ID=$MID_PROBE_FAILED)"
+    get http://127.0.0.1:8082/
+    [[ $CODE == 200 ]] || fail "the service stopped answering while its workers failed their probes: $CODE"
+    x rm -f /run/health-sick-1
+    until_ok 30 in_c sh -c "journalctl --no-pager -u batonhealth.service MESSAGE_ID=$MID_PROBE_FAILED | grep -q 'replaced by pid'" ||
+        fail "no worker was replaced after its probes passed again"
+    jafter "$cur1" _SYSTEMD_UNIT=batonhealth.service "MESSAGE_ID=$MID_PROBE_FAILED"
+    note "journal, probe-failed: $(head -n 2 <<<"$OUT" | tr '\n' ' ')"
+    x systemctl is-active batonhealth.service
+    x systemctl stop batonhealth.service
+}
+
 check_k() { # systemd-analyze verify and security
     local score rc=0
     x sh -c 'cd / && systemd-analyze verify --man=no /etc/systemd/system/baton@.service \
@@ -640,7 +718,7 @@ assert g and g[0]["state"] == "draining" and g[0]["connections"] == 1 and 0 < g[
     note "journal: $(sed -n 's/^ *MESSAGE=//p' <<<"$OUT")"
 }
 
-all_checks=(a b c d e f g h i j k l)
+all_checks=(a b c d e f g h i j k l m)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -654,6 +732,7 @@ check_title+=(
     [j]="Type=notify-reload: SIGHUP reload"
     [k]="systemd-analyze verify clean, security score"
     [l]="systemctl reload returns while the old generation drains"
+    [m]="health probes: reload fails on a 503 probe, liveness replacement"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's
