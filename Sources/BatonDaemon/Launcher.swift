@@ -219,6 +219,12 @@ public actor Launcher {
                     pid: supervisor.worker(worker)?.pid,
                     listenerInodes: starter.listenerInodes
                 )
+                    ?? ListenReadiness.explanation(
+                        configuration.readyMode,
+                        pid: supervisor.worker(worker)?.pid,
+                        listenerInodes: starter.listenerInodes,
+                        listenerCount: listeners.count
+                    )
             {
                 process(.explained(worker, text))
             }
