@@ -231,6 +231,26 @@ struct ListenReadinessTests {
         #expect(baton.stop() == 0)
     }
 
+    /// With `--user`, baton (root) looks into a worker of another uid: its select() is seen.
+    @Test func aWorkerRunAsAnotherUserIsSeenInSelect() throws {
+        try #require(getuid() == 0, "run as root: the worker runs as nobody")
+        let python = "/usr/bin/python3"
+        try #require(access(python, X_OK) == 0, "\(python) is installed")
+        let scratch = Scratch()
+        let baton = try launch(
+            "select",
+            options: ["--user", "nobody", "--group", "nogroup", "--ready-timeout", "30s"],
+            scratch: scratch,
+            python: python
+        )
+        let pid = try workerPID(baton)
+        #expect(baton.stderr.waitFor("generation 1 ready (1 worker(s))") != nil, "\(baton.diagnosis())")
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        #expect(status.contains("\nUid:\t65534\t"), "the worker runs as nobody")
+        #expect(try HTTP.get(unix: scratch.file("s.sock")).body == "generation 1 worker 1 pid \(pid)\n")
+        #expect(baton.stop() == 0)
+    }
+
     /// A baton without the right to look into its worker (another uid's view: a non-dumpable worker, baton not root)
     /// says so at the ready timeout and names the way out, instead of guessing.
     @Test func whatBatonMayNotSeeIsSaid() throws {
