@@ -252,6 +252,12 @@ public actor Launcher {
                     pid: supervisor.worker(worker)?.pid,
                     listenerInodes: starter.listenerInodes.union(health?.socketInodes() ?? [])
                 )
+                    ?? ListenReadiness.explanation(
+                        configuration.readyMode,
+                        pid: supervisor.worker(worker)?.pid,
+                        listenerInodes: starter.listenerInodes,
+                        listenerCount: listeners.count
+                    )
             {
                 process(.explained(worker, text))
             }

@@ -337,7 +337,7 @@ struct WorkerStarter: Sendable {
         return Task.detached {
             var delay = Duration.milliseconds(5)
             while !Task.isCancelled {
-                if ProcInspector.isAccepting(pid: pid, listenerInodes: inodes) {
+                if ListenReadiness.isAccepting(pid: pid, listenerInodes: inodes) {
                     sink.yield(.detectedReady(id))
                     return
                 }

@@ -1,77 +1,8 @@
 internal import Glibc
 
-/// Reads `/proc` to tell whether a worker is accepting connections on baton's listeners, for the
+/// Reads `/proc`: a worker's process tree, identity and state, and (in `ProcWaits.swift`) what it waits in, for the
 /// zero-configuration readiness mode.
-///
-/// A process counts as accepting when one of its threads, or a descendant's, either
-///  - has one of the listeners registered in an epoll instance (`tfd:` lines of `/proc/PID/fdinfo/N` for an
-///    `anon_inode:[eventpoll]` fd): Node.js, Go, Python's asyncio, nginx, and most event loops; or
-///  - is blocked in `accept`/`accept4` on a listener (`/proc/PID/task/TID/syscall`): simple threaded servers.
 public enum ProcInspector {
-    /// Whether `pid` or one of its descendants accepts on a socket whose inode is in `listenerInodes`.
-    public static func isAccepting(pid: Int32, listenerInodes: Set<UInt64>) -> Bool {
-        var pending = [pid]
-        var seen = Set<Int32>()
-        while let next = pending.popLast() {
-            guard seen.insert(next).inserted, seen.count < 256 else { continue }
-            if processAccepts(next, listenerInodes) { return true }
-            pending.append(contentsOf: children(of: next))
-        }
-        return false
-    }
-
-    static func processAccepts(_ pid: Int32, _ inodes: Set<UInt64>) -> Bool {
-        var listenerFds = Set<Int>()
-        var epollFds: [Int] = []
-        guard let directory = opendir("/proc/\(pid)/fd") else { return false }
-        defer { closedir(directory) }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard let fd = Int(name) else { continue }
-            let target = readLink("/proc/\(pid)/fd/\(fd)")
-            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()), inodes.contains(inode)
-            {
-                listenerFds.insert(fd)
-            } else if target == "anon_inode:[eventpoll]" {
-                epollFds.append(fd)
-            }
-        }
-        guard !listenerFds.isEmpty else { return false }
-        for epollFd in epollFds {
-            for line in readFile("/proc/\(pid)/fdinfo/\(epollFd)").split(separator: "\n") where line.hasPrefix("tfd:") {
-                let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-                if fields.count >= 2, let target = Int(fields[1]), listenerFds.contains(target) { return true }
-            }
-        }
-        return blockedInAccept(pid, listenerFds)
-    }
-
-    static func blockedInAccept(_ pid: Int32, _ listenerFds: Set<Int>) -> Bool {
-        #if arch(x86_64)
-        let acceptCalls: Set<Int> = [43, 288]
-        #elseif arch(arm64)
-        let acceptCalls: Set<Int> = [202, 242]
-        #else
-        let acceptCalls: Set<Int> = []
-        #endif
-        guard let directory = opendir("/proc/\(pid)/task") else { return false }
-        defer { closedir(directory) }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard Int(name) != nil else { continue }
-            let fields = readFile("/proc/\(pid)/task/\(name)/syscall").split(separator: " ")
-            guard fields.count >= 2, let call = Int(fields[0]), acceptCalls.contains(call),
-                let fd = Int(fields[1].dropFirst(2), radix: 16)
-            else { continue }
-            if listenerFds.contains(fd) { return true }
-        }
-        return false
-    }
-
     static func children(of pid: Int32) -> [Int32] {
         var result: [Int32] = []
         guard let directory = opendir("/proc/\(pid)/task") else { return [] }

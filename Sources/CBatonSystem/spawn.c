@@ -316,3 +316,9 @@ int cbaton_apply_attributes(const cbaton_process_attributes *a) {
 }
 
 int cbaton_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
+
+ssize_t cbaton_process_vm_read(pid_t pid, void *local, size_t count, uint64_t remote) {
+    struct iovec local_range = {.iov_base = local, .iov_len = count};
+    struct iovec remote_range = {.iov_base = (void *)(uintptr_t)remote, .iov_len = count};
+    return process_vm_readv(pid, &local_range, 1, &remote_range, 1, 0);
+}
