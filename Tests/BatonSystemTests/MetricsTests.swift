@@ -192,6 +192,17 @@ struct MetricsTests {
         #expect(page.value("baton_last_reload_success") == 1)
         #expect(try HTTP.get(unix: metrics, "/").status == 404)
 
+        // A worker killed by a signal is an exit and, once respawned, a restart, both under `signaled`.
+        let body = try HTTP.get(unix: scratch.file("s.sock")).body
+        let pid = try #require(Int32(body.split(separator: " ").last!.trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(pid, SIGKILL)
+        #expect(baton.stderr.waitFor("is back") != nil)
+        let after = try Self.parse(try HTTP.get(unix: metrics, "/metrics").body, in: scratch)
+        #expect(after.value("baton_worker_exits_total", ["reason": "signaled"]) == 1)
+        #expect(after.value("baton_worker_restarts_total", ["reason": "signaled"]) == 1)
+        #expect(after.value("baton_worker_starts_total") == 3)
+        #expect(after.value("baton_workers", ["generation": "2", "state": "ready"]) == 1)
+
         // Every metric the example dashboard and alert rules name is on the page (connection counts appear once
         // something counts connections: see README, Metrics).
         let names = try Self.exampleMetricNames(in: scratch)
