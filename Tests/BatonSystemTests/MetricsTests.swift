@@ -303,6 +303,23 @@ struct MetricsTests {
         #expect(baton.stop() == 0)
     }
 
+    @Test func afterAReexecutionInPlaceTheSameProcessServesMetricsAgain() throws {
+        let port = try #require(AdoptBindTests.freePort(), "a free port")
+        let (scratch, _, baton) = try launchWorker(["--metrics", "127.0.0.1:\(port)"])
+        #expect(baton.stderr.waitFor("generation 1 ready") != nil)
+        #expect(baton.client(["reload"]).status == 0)
+        let before = try Self.scrape(port, in: scratch)
+        #expect(before.value("baton_reloads_total", ["result": "ok"]) == 1)
+        baton.signal(SIGUSR2)
+        #expect(baton.stderr.waitFor("re-executed") != nil)
+        let after = try Self.scrape(port, in: scratch)
+        #expect(after.value("baton_serving_generation") == 2)
+        #expect(after.value("baton_last_reload_success") == 1, "the last reload is carried across")
+        #expect(after.value("baton_reloads_total", ["result": "ok"]) == 0, "counters start again")
+        #expect(after.value("process_start_time_seconds") == before.value("process_start_time_seconds"))
+        #expect(baton.stop() == 0)
+    }
+
     @Test func aMetricsAddressInUseIsAOneLineErrorAtStart() throws {
         let port = try #require(AdoptBindTests.freePort(), "a free port")
         // Something else listens there.
