@@ -15,7 +15,7 @@ import SystemPackage
 /// is removed from the page.
 struct BatonMetrics {
     let registry = PrometheusCollectorRegistry()
-    private let factory: PrometheusMetricsFactory
+    private let make: Maker
 
     private let reloads: [MetricLabels.ReloadResult: CoreMetrics.Counter]
     private let reloadDuration: CoreMetrics.Timer
@@ -25,21 +25,21 @@ struct BatonMetrics {
     private let workerRestarts: [MetricLabels.ExitReason: CoreMetrics.Counter]
     private let crashLoops: CoreMetrics.Counter
 
-    private let servingGeneration: CoreMetrics.Gauge
-    private let generationCounts: [Supervisor.GenerationState: CoreMetrics.Gauge]
-    private let crashLooping: CoreMetrics.Gauge
+    private let servingGeneration: CoreMetrics.Meter
+    private let generationCounts: [Supervisor.GenerationState: CoreMetrics.Meter]
+    private let crashLooping: CoreMetrics.Meter
     /// Made at the first scrape after a reload: before any, there is no last reload to report.
-    private var lastReload: (timestamp: CoreMetrics.Gauge, success: CoreMetrics.Gauge)?
-    private var workerSeries: [SeriesKey: CoreMetrics.Gauge] = [:]
-    private var connectionSeries: [Int: CoreMetrics.Gauge] = [:]
+    private var lastReload: (timestamp: CoreMetrics.Meter, success: CoreMetrics.Meter)?
+    private var workerSeries: [SeriesKey: CoreMetrics.Meter] = [:]
+    private var connectionSeries: [Int: CoreMetrics.Meter] = [:]
 
     private let cpuSeconds: CoreMetrics.FloatingPointCounter
     private var cpuSecondsReported = 0.0
-    private let residentMemory: CoreMetrics.Gauge
-    private let virtualMemory: CoreMetrics.Gauge
-    private let startTime: CoreMetrics.Gauge
-    private let openFileDescriptors: CoreMetrics.Gauge
-    private let maximumFileDescriptors: CoreMetrics.Gauge
+    private let residentMemory: CoreMetrics.Meter
+    private let virtualMemory: CoreMetrics.Meter
+    private let startTime: CoreMetrics.Meter
+    private let openFileDescriptors: CoreMetrics.Meter
+    private let maximumFileDescriptors: CoreMetrics.Meter
 
     /// Why the last worker of each generation and slot ended: a restart of that slot counts under it.
     private var lastExit: [SlotKey: MetricLabels.ExitReason] = [:]
@@ -65,23 +65,19 @@ struct BatonMetrics {
     ]
 
     init() {
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.durationHistogramBuckets = ["baton_reload_duration_seconds": Self.reloadBuckets]
-        self.factory = factory
-
+        let make = Maker(registry: registry, factory: PrometheusMetricsFactory(registry: registry))
+        self.make = make
         func counter(_ name: String, _ labels: [(String, String)] = []) -> CoreMetrics.Counter {
-            CoreMetrics.Counter(label: name, dimensions: labels, factory: factory)
+            make.counter(name, labels)
         }
-        func gauge(_ name: String, _ labels: [(String, String)] = []) -> CoreMetrics.Gauge {
-            CoreMetrics.Gauge(label: name, dimensions: labels, factory: factory)
-        }
+        func gauge(_ name: String, _ labels: [(String, String)] = []) -> CoreMetrics.Meter { make.gauge(name, labels) }
         // Every series of a fixed label set exists from the start, at 0, so that rate() and alerts see the first one.
         reloads = Dictionary(
             uniqueKeysWithValues: MetricLabels.ReloadResult.allCases.map {
                 ($0, counter("baton_reloads_total", [("result", $0.rawValue)]))
             }
         )
-        reloadDuration = CoreMetrics.Timer(label: "baton_reload_duration_seconds", dimensions: [], factory: factory)
+        reloadDuration = make.timer("baton_reload_duration_seconds", buckets: Self.reloadBuckets)
         rollbacks = Dictionary(
             uniqueKeysWithValues: MetricLabels.RollbackReason.allCases.map {
                 ($0, counter("baton_rollbacks_total", [("reason", $0.rawValue)]))
@@ -107,13 +103,9 @@ struct BatonMetrics {
             }
         )
         crashLooping = gauge("baton_crash_looping")
-        gauge("baton_build_info", [("version", BatonVersion.current)]).record(1)
+        make.gauge("baton_build_info", [("version", BatonVersion.current)]).set(1)
 
-        cpuSeconds = CoreMetrics.FloatingPointCounter(
-            label: "process_cpu_seconds_total",
-            dimensions: [],
-            factory: factory
-        )
+        cpuSeconds = make.floatingPointCounter("process_cpu_seconds_total")
         residentMemory = gauge("process_resident_memory_bytes")
         virtualMemory = gauge("process_virtual_memory_bytes")
         startTime = gauge("process_start_time_seconds")
@@ -171,13 +163,9 @@ struct BatonMetrics {
         for (generation, count) in counts {
             let gauge =
                 connectionSeries[generation]
-                ?? CoreMetrics.Gauge(
-                    label: "baton_generation_connections",
-                    dimensions: [("generation", String(generation))],
-                    factory: factory
-                )
+                ?? make.gauge("baton_generation_connections", [("generation", String(generation))])
             connectionSeries[generation] = gauge
-            gauge.record(count)
+            gauge.set(count)
         }
     }
 
@@ -185,15 +173,15 @@ struct BatonMetrics {
 
     /// The metrics page: the present read from `supervisor` and `/proc`, then everything rendered.
     mutating func render(_ supervisor: Supervisor, now: ContinuousClock.Instant, wallClock: Double) -> [UInt8] {
-        servingGeneration.record(supervisor.serving ?? 0)
+        servingGeneration.set(supervisor.serving ?? 0)
         var generations: [Supervisor.GenerationState: Int] = [:]
         var looping = 0
         for generation in supervisor.generations.values {
             generations[generation.state, default: 0] += 1
             if generation.crashLooping { looping += 1 }
         }
-        for (state, gauge) in generationCounts { gauge.record(generations[state] ?? 0) }
-        crashLooping.record(looping)
+        for (state, gauge) in generationCounts { gauge.set(generations[state] ?? 0) }
+        crashLooping.set(looping)
 
         var workers: [SeriesKey: Int] = [:]
         for generation in supervisor.generations.keys {
@@ -209,25 +197,21 @@ struct BatonMetrics {
         for (key, count) in workers {
             let gauge =
                 workerSeries[key]
-                ?? CoreMetrics.Gauge(
-                    label: "baton_workers",
-                    dimensions: [("generation", String(key.generation)), ("state", key.state.rawValue)],
-                    factory: factory
+                ?? make.gauge(
+                    "baton_workers",
+                    [("generation", String(key.generation)), ("state", key.state.rawValue)]
                 )
             workerSeries[key] = gauge
-            gauge.record(count)
+            gauge.set(count)
         }
 
         if let last = supervisor.lastReload {
             let gauges =
                 lastReload
-                ?? (
-                    CoreMetrics.Gauge(label: "baton_last_reload_timestamp_seconds", dimensions: [], factory: factory),
-                    CoreMetrics.Gauge(label: "baton_last_reload_success", dimensions: [], factory: factory)
-                )
+                ?? (make.gauge("baton_last_reload_timestamp_seconds"), make.gauge("baton_last_reload_success"))
             lastReload = gauges
-            gauges.timestamp.record(wallClock - Double((now - last.finishedAt).milliseconds) / 1000)
-            gauges.success.record(last.ok ? 1 : 0)
+            gauges.timestamp.set(wallClock - Double((now - last.finishedAt).milliseconds) / 1000)
+            gauges.success.set(last.ok ? 1 : 0)
         }
 
         if let stats = ProcessStats.current() {
@@ -235,14 +219,70 @@ struct BatonMetrics {
                 cpuSeconds.increment(by: stats.cpuSeconds - cpuSecondsReported)
                 cpuSecondsReported = stats.cpuSeconds
             }
-            residentMemory.record(stats.residentMemoryBytes)
-            virtualMemory.record(stats.virtualMemoryBytes)
-            startTime.record(stats.startTimeSeconds)
-            openFileDescriptors.record(stats.openFileDescriptors)
+            residentMemory.set(stats.residentMemoryBytes)
+            virtualMemory.set(stats.virtualMemoryBytes)
+            startTime.set(stats.startTimeSeconds)
+            openFileDescriptors.set(stats.openFileDescriptors)
             // No limit (RLIM_INFINITY): the series stays at 0 rather than rendering "inf".
-            if let maximum = stats.maximumFileDescriptors { maximumFileDescriptors.record(maximum) }
+            if let maximum = stats.maximumFileDescriptors { maximumFileDescriptors.set(maximum) }
         }
         return registry.emitToBuffer()
+    }
+}
+
+/// Makes each series: registered with swift-prometheus under its family's help text, and recorded through
+/// swift-metrics' API (a `CoreMetrics` object over the Prometheus one; `destroy()` unregisters it).
+private struct Maker {
+    let registry: PrometheusCollectorRegistry
+    let factory: PrometheusMetricsFactory
+
+    /// What each family means: its `# HELP` line.
+    static let help: [String: String] = [
+        "baton_reloads_total": "Reloads that finished, by result (ok, failed).",
+        "baton_reload_duration_seconds": "How long each finished reload took.",
+        "baton_rollbacks_total": "Reloads whose new generation was rolled back, by reason.",
+        "baton_worker_starts_total": "Worker processes started.",
+        "baton_worker_exits_total": "Worker processes that ended, by reason.",
+        "baton_worker_restarts_total": "Crashed workers of a serving generation started again, by why they ended.",
+        "baton_crash_loops_total": "Times a generation started crash-looping.",
+        "baton_crash_looping": "Generations crash-looping now.",
+        "baton_serving_generation": "The serving generation's number (0: none serves).",
+        "baton_generations": "Generations by state.",
+        "baton_workers": "Workers of each live generation, by state.",
+        "baton_generation_connections": "Open connections of each live generation, draining ones included.",
+        "baton_last_reload_timestamp_seconds": "When the last reload finished, in seconds since the epoch.",
+        "baton_last_reload_success": "Whether the last reload succeeded (1) or failed (0).",
+        "baton_build_info": "baton's version; always 1.",
+        "process_cpu_seconds_total": "User and system CPU time baton has used, in seconds.",
+        "process_resident_memory_bytes": "baton's resident memory size, in bytes.",
+        "process_virtual_memory_bytes": "baton's virtual memory size, in bytes.",
+        "process_start_time_seconds": "When baton started, in seconds since the epoch.",
+        "process_open_fds": "File descriptors baton has open.",
+        "process_max_fds": "The most file descriptors baton may open (its soft RLIMIT_NOFILE).",
+    ]
+
+    private func descriptor(_ name: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: Self.help[name] ?? "")
+    }
+
+    func counter(_ name: String, _ labels: [(String, String)] = []) -> CoreMetrics.Counter {
+        let handler = registry.makeCounter(descriptor: descriptor(name), labels: labels)
+        return CoreMetrics.Counter(label: name, dimensions: labels, handler: handler, factory: factory)
+    }
+
+    func floatingPointCounter(_ name: String) -> CoreMetrics.FloatingPointCounter {
+        let handler = registry.makeCounter(descriptor: descriptor(name), labels: [])
+        return CoreMetrics.FloatingPointCounter(label: name, dimensions: [], handler: handler, factory: factory)
+    }
+
+    func gauge(_ name: String, _ labels: [(String, String)] = []) -> CoreMetrics.Meter {
+        let handler = registry.makeGauge(descriptor: descriptor(name), labels: labels)
+        return CoreMetrics.Meter(label: name, dimensions: labels, handler: handler, factory: factory)
+    }
+
+    func timer(_ name: String, buckets: [Duration]) -> CoreMetrics.Timer {
+        let handler = registry.makeDurationHistogram(descriptor: descriptor(name), labels: [], buckets: buckets)
+        return CoreMetrics.Timer(label: name, dimensions: [], handler: handler, factory: factory)
     }
 }
 

@@ -13,6 +13,8 @@ struct MetricsTests {
     struct Sample: Decodable {
         var family: String
         var type: String
+        /// The family's `# HELP` text.
+        var help: String
         var name: String
         var labels: [String: String]
         var value: Double
@@ -42,7 +44,7 @@ struct MetricsTests {
             samples = []
             for family in text_string_to_metric_families(open(sys.argv[1]).read()):
                 for s in family.samples:
-                    samples.append({"family": family.name, "type": family.type, "name": s.name,
+                    samples.append({"family": family.name, "type": family.type, "help": family.documentation, "name": s.name,
                                     "labels": s.labels, "value": s.value})
             print(json.dumps(samples))
             """
@@ -128,6 +130,8 @@ struct MetricsTests {
         let now = Date().timeIntervalSince1970
 
         #expect(page.type(ofFamily: "baton_reloads") == "counter")
+        let undocumented = Set(page.samples.filter { $0.help.isEmpty }.map(\.family))
+        #expect(undocumented.isEmpty, "every family has a # HELP line: \(undocumented.sorted())")
         #expect(page.value("baton_reloads_total", ["result": "ok"]) == 1)
         #expect(page.value("baton_reloads_total", ["result": "failed"]) == 1)
         #expect(page.type(ofFamily: "baton_reload_duration_seconds") == "histogram")
