@@ -34,6 +34,9 @@
 #   j  systemd >= 254 only: Type=notify-reload (systemd/notify-reload.conf): SIGHUP reload
 #      (a SKIP on 252, not counted)
 #   k  `systemd-analyze verify` of both units is clean; `systemd-analyze security` score
+#   l  metrics: `--metrics 127.0.0.1:9464` added to BATON_OPTIONS in /etc/baton/demo.conf works under
+#      the unit's hardening; after a restart and one reload, GET /metrics shows serving generation 2
+#      and baton_reloads_total{result="ok"} 1
 # and finally (counted as one more check, "host teardown") that the teardown left no process,
 # cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
@@ -580,7 +583,26 @@ check_k() { # systemd-analyze verify and security
     note "security: $score; not set: $(awk '$1 != "✓" && $2 ~ /=/ {printf "%s ", $2}' <<<"$OUT")"
 }
 
-all_checks=(a b c d e f g h i j k)
+check_l() { # --metrics through BATON_OPTIONS
+    local conf=/etc/baton/demo.conf
+    x cp "$conf" /tmp/demo.conf.orig
+    trap 'in_c sh -c "cp /tmp/demo.conf.orig '"$conf"'; systemctl restart baton@demo.service" || true' EXIT
+    x sed -i 's|^BATON_OPTIONS=.*|& --metrics 127.0.0.1:9464|' "$conf"
+    x timeout 90 systemctl restart baton@demo.service
+    until_ok 30 is_active baton@demo.service || fail "baton@demo.service not active 30 s after the restart"
+    [[ $(serving_gen) == 1 ]] || fail "not serving generation 1: StatusText='$(show baton@demo.service StatusText)'"
+    x timeout 90 systemctl reload baton@demo.service
+    get http://127.0.0.1:9464/metrics
+    [[ $CODE == 200 ]] || fail "expected 200 from /metrics, got '$CODE'"
+    grep -qx 'baton_serving_generation 2.0' <<<"$BODY" || fail "the page does not show serving generation 2"
+    grep -qx 'baton_reloads_total{result="ok"} 1' <<<"$BODY" || fail "the page does not show one reload ok"
+    get http://127.0.0.1:9464/
+    [[ $CODE == 404 ]] || fail "expected 404 for /, got '$CODE'"
+    note "$(grep -E '^(baton_serving_generation|baton_reloads_total|process_resident_memory_bytes|process_open_fds)' \
+        <<<"$BODY" | tr '\n' ' ')"
+}
+
+all_checks=(a b c d e f g h i j k l)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -593,6 +615,7 @@ check_title+=(
     [i]="fd store without a socket unit: 0 refused, bound once"
     [j]="Type=notify-reload: SIGHUP reload"
     [k]="systemd-analyze verify clean, security score"
+    [l]="--metrics in BATON_OPTIONS: GET /metrics under the unit"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's
