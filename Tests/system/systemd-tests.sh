@@ -592,14 +592,16 @@ check_l() { # --metrics through BATON_OPTIONS
     until_ok 30 is_active baton@demo.service || fail "baton@demo.service not active 30 s after the restart"
     [[ $(serving_gen) == 1 ]] || fail "not serving generation 1: StatusText='$(show baton@demo.service StatusText)'"
     x timeout 90 systemctl reload baton@demo.service
+    local page
     get http://127.0.0.1:9464/metrics
+    page=$BODY
     [[ $CODE == 200 ]] || fail "expected 200 from /metrics, got '$CODE'"
-    grep -qx 'baton_serving_generation 2.0' <<<"$BODY" || fail "the page does not show serving generation 2"
-    grep -qx 'baton_reloads_total{result="ok"} 1' <<<"$BODY" || fail "the page does not show one reload ok"
+    grep -qx 'baton_serving_generation 2.0' <<<"$page" || fail "the page does not show serving generation 2"
+    grep -qx 'baton_reloads_total{result="ok"} 1' <<<"$page" || fail "the page does not show one reload ok"
     get http://127.0.0.1:9464/
     [[ $CODE == 404 ]] || fail "expected 404 for /, got '$CODE'"
-    note "$(grep -E '^(baton_serving_generation|baton_reloads_total|process_resident_memory_bytes|process_open_fds)' \
-        <<<"$BODY" | tr '\n' ' ')"
+    note "$(grep -E '^(baton_serving_generation|baton_reloads_total|process_resident_memory_bytes|process_open_fds)[ {]' \
+        <<<"$page" | tr '\n' ' ')"
 }
 
 all_checks=(a b c d e f g h i j k l)
