@@ -53,10 +53,15 @@ struct MetricsLabelTests {
 
     /// The reasons the Supervisor writes for a failed reload map to the fixed rollback labels.
     @Test func rollbackReasonsComeFromTheSupervisorsOwnWords() {
-        func failedReload(_ fail: (inout Harness, Supervisor.Worker) -> Void) -> LifecycleEvent? {
-            var h = Harness(SupervisorSettings(workers: 1, readyTimeout: .seconds(3)))
+        func failedReload(
+            minReady: Duration = .zero,
+            _ fail: (inout Harness, Supervisor.Worker) -> Void
+        ) -> LifecycleEvent? {
+            var h = Harness(SupervisorSettings(workers: 1, readyTimeout: .seconds(3), minReady: minReady))
             h.send(.start)
             h.readyAll(generation: 1)
+            // With a soak window the first generation soaks too before it serves.
+            if minReady > .zero { h.send(.timer(.soak(generation: 1))) }
             h.send(.reloadRequested(RequesterID(1)))
             let new = h.workers(generation: 2)[0]
             let before = h.log.count
@@ -74,6 +79,17 @@ struct MetricsLabelTests {
         let unstarted = failedReload { h, worker in h.send(.spawnFailed(worker.id, reason: "cannot set up the worker"))
         }
         #expect(unstarted.flatMap(MetricLabels.rollbackReason) == .spawnFailed)
+        let silent = failedReload { h, worker in
+            h.send(.watchdogPing(worker.id, interval: .seconds(1)))
+            h.send(.timer(.watchdog(worker.id)))
+            h.send(.exited(worker.id, .signaled("KILL")))
+        }
+        #expect(silent.flatMap(MetricLabels.rollbackReason) == .watchdog)
+        let soaked = failedReload(minReady: .seconds(5)) { h, worker in
+            h.send(.ready(worker.id))
+            h.send(.exited(worker.id, .exited(3)))
+        }
+        #expect(soaked.flatMap(MetricLabels.rollbackReason) == .soakFailed)
     }
 
     @Test func exitReasonsAreAFixedSet() {
