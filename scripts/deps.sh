@@ -28,9 +28,10 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# uvicorn and gunicorn come from PyPI, into the python3 on PATH (Debian's own python3 wants the pip flag).
-if [ $# -eq 0 ] && ! python3 -c 'import uvicorn, gunicorn' 2>/dev/null; then
-  echo "deps: pip install uvicorn gunicorn" >&2
-  python3 -m pip install -q uvicorn gunicorn 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages uvicorn gunicorn
+# uvicorn and gunicorn come from PyPI, into the python3 on PATH (Debian's own python3 wants the pip flag); so do
+# prometheus_client (its parser reads baton's metrics in MetricsTests) and PyYAML (the example alert rules).
+if [ $# -eq 0 ] && ! python3 -c 'import uvicorn, gunicorn, prometheus_client, yaml' 2>/dev/null; then
+  echo "deps: pip install uvicorn gunicorn prometheus_client pyyaml" >&2
+  python3 -m pip install -q uvicorn gunicorn prometheus_client pyyaml 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages uvicorn gunicorn prometheus_client pyyaml
 fi

@@ -160,6 +160,14 @@ public struct RunOptions: ParsableArguments {
     )
     public var noAdoptBind = false
 
+    @Option(
+        help: ArgumentHelp(
+            "Serve GET /metrics (the Prometheus text format) on HOST:PORT, [IPV6]:PORT, :PORT or unix:PATH. Off by default.",
+            valueName: "address"
+        )
+    )
+    public var metrics: String?
+
     @OptionGroup public var control: ControlOptions
 
     @Argument(
@@ -329,6 +337,7 @@ public struct RunOptions: ParsableArguments {
         )
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
+        configuration.metrics = try metrics.map { text throws(BatonError) in try ListenAddress(metricsOption: text) }
         return configuration
     }
 }

@@ -79,10 +79,10 @@ public struct ListenSpec: Sendable, Hashable {
     }
 
     /// Parses `[NAME=]ADDRESS`, where ADDRESS is `HOST:PORT`, `[IPV6]:PORT`, `:PORT` or `unix:PATH`; without a
-    /// name the listener is called `defaultName`.
-    public init(parsing text: String, defaultName: String) throws(BatonError) {
+    /// name the listener is called `defaultName`. Errors name `option`.
+    public init(parsing text: String, defaultName: String, option: String = "--listen") throws(BatonError) {
         func bad(_ why: String) -> BatonError {
-            BatonError(.badArgument, "invalid --listen \(BatonError.quoted(text)): \(why)")
+            BatonError(.badArgument, "invalid \(option) \(BatonError.quoted(text)): \(why)")
         }
         var name = defaultName
         var rest = Substring(text)

@@ -54,6 +54,15 @@ extension Launcher {
         }
     }
 
+    /// The open connections of every live generation, counted now (for a metrics scrape).
+    func connectionsByGeneration() -> [Int: Int] {
+        let live = supervisor.liveWorkers.filter { $0.pid != nil }
+        let counts = connectionCounts(live)
+        var result: [Int: Int] = [:]
+        for worker in live { result[worker.generation, default: 0] += counts[worker.id] ?? 0 }
+        return result
+    }
+
     private func connectionCounts(_ workers: [Supervisor.Worker]) -> [WorkerID: Int] {
         let pids = workers.compactMap(\.pid)
         let bound = listeners.compactMap { $0.boundAddress() }

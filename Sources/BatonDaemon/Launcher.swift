@@ -19,6 +19,8 @@ enum DaemonEvent: Sendable {
     case drainTick
     /// A health probe of a worker ended (`--health`).
     case probed(WorkerID, ok: Bool, detail: String)
+    /// A scraper asked for `GET /metrics` (`headOnly`: `HEAD`).
+    case metricsRequest(MetricsClient, headOnly: Bool)
 }
 
 /// The one actor that owns the generations: it feeds events to the ``Supervisor`` state machine and performs
@@ -47,6 +49,10 @@ public actor Launcher {
     var control: ControlServer?
     /// The control socket's file, as bound.
     var controlFile: FileIdentity?
+    /// `--metrics`: what is recorded, the server, and the unix socket's file as bound (nil: TCP, or off).
+    var metrics: BatonMetrics?
+    var metricsServer: MetricsServer?
+    var metricsFile: FileIdentity?
     var io: [WorkerID: WorkerIO] = [:]
     /// When each generation started, in clock ticks since boot, to tell which one a process that wiped its environment
     /// belongs to.
@@ -137,6 +143,8 @@ public actor Launcher {
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
+        // Metrics first: a --metrics address in use stops baton before its control socket exists.
+        try setUpMetrics()
         try setUpControlSocket()
         loop.start()
         if let resume {
@@ -242,6 +250,8 @@ public actor Launcher {
             countDrainingConnections()
         case .probed(let id, let ok, let detail):
             process(.probed(id, ok: ok, detail: detail))
+        case .metricsRequest(let client, let headOnly):
+            answerMetrics(client, headOnly: headOnly)
         case .timer(let id, let token):
             guard let timer = timers[id], timer.token == token else { return }
             timers[id] = nil
@@ -331,6 +341,7 @@ public actor Launcher {
         switch action {
         case .spawn(let id, let generation, let slot):
             owners = [:]
+            metrics?.workerStarted(generation: generation, slot: slot, restarts: supervisor.worker(id)?.restarts ?? 0)
             let started = starter.start(id, generation: generation, slot: slot, events: sink)
             if let workerIO = started.io { io[id] = workerIO }
             return started.events
@@ -370,6 +381,7 @@ public actor Launcher {
             }
         case .log(let event):
             logger.lifecycle(event, name: configuration.name)
+            metrics?.record(event)
             switch event.kind {
             case .generationStarted:
                 if let id = event.generation { generationStarts[id] = OS.ticksSinceBoot() }
@@ -451,6 +463,9 @@ public actor Launcher {
         requesters = [:]
         if control != nil, let controlFile {
             Sockets.removeSocketFile(configuration.controlPath, identity: controlFile)
+        }
+        if case .unix(let path) = configuration.metrics, let metricsFile {
+            Sockets.removeSocketFile(path, identity: metricsFile)
         }
         Systemd.notify("STATUS=stopped")
         sink.finish()

@@ -43,6 +43,9 @@
 #      answers 503 makes `systemctl reload` fail with the probe's result (reload-failed MESSAGE_ID,
 #      BATON_REASON), generation 1 serving; then generation 1's probes fail: its workers are
 #      replaced (probe-failed MESSAGE_ID) and the service answers throughout
+#   n  metrics: `--metrics 127.0.0.1:9464` added to BATON_OPTIONS in /etc/baton/demo.conf works under
+#      the unit's hardening; after a restart and one reload, GET /metrics shows serving generation 2
+#      and baton_reloads_total{result="ok"} 1
 # and finally (counted as one more check, "host teardown") that the teardown left no process,
 # cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
@@ -718,7 +721,28 @@ assert g and g[0]["state"] == "draining" and g[0]["connections"] == 1 and 0 < g[
     note "journal: $(sed -n 's/^ *MESSAGE=//p' <<<"$OUT")"
 }
 
-all_checks=(a b c d e f g h i j k l m)
+check_n() { # --metrics through BATON_OPTIONS
+    local conf=/etc/baton/demo.conf
+    x cp "$conf" /tmp/demo.conf.orig
+    trap 'in_c sh -c "cp /tmp/demo.conf.orig '"$conf"'; systemctl restart baton@demo.service" || true' EXIT
+    x sed -i 's|^BATON_OPTIONS=.*|& --metrics 127.0.0.1:9464|' "$conf"
+    x timeout 90 systemctl restart baton@demo.service
+    until_ok 30 is_active baton@demo.service || fail "baton@demo.service not active 30 s after the restart"
+    [[ $(serving_gen) == 1 ]] || fail "not serving generation 1: StatusText='$(show baton@demo.service StatusText)'"
+    x timeout 90 systemctl reload baton@demo.service
+    local page
+    get http://127.0.0.1:9464/metrics
+    page=$BODY
+    [[ $CODE == 200 ]] || fail "expected 200 from /metrics, got '$CODE'"
+    grep -qx 'baton_serving_generation 2.0' <<<"$page" || fail "the page does not show serving generation 2"
+    grep -qx 'baton_reloads_total{result="ok"} 1' <<<"$page" || fail "the page does not show one reload ok"
+    get http://127.0.0.1:9464/
+    [[ $CODE == 404 ]] || fail "expected 404 for /, got '$CODE'"
+    note "$(grep -E '^(baton_serving_generation|baton_reloads_total|process_resident_memory_bytes|process_open_fds)[ {]' \
+        <<<"$page" | tr '\n' ' ')"
+}
+
+all_checks=(a b c d e f g h i j k l m n)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -733,6 +757,7 @@ check_title+=(
     [k]="systemd-analyze verify clean, security score"
     [l]="systemctl reload returns while the old generation drains"
     [m]="health probes: reload fails on a 503 probe, liveness replacement"
+    [n]="--metrics in BATON_OPTIONS: GET /metrics under the unit"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's
