@@ -22,6 +22,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var uptimeSeconds: Double
         public var restarts: Int
         public var status: String?
+        /// CPU time of the worker process so far, in seconds, as `/proc` said when the report was made.
+        public var cpuSeconds: Double?
+        /// The worker process's resident memory, in bytes.
+        public var rssBytes: Int64?
 
         public init(slot: Int, pid: Int32?, state: String, uptimeSeconds: Double, restarts: Int, status: String?) {
             self.slot = slot

@@ -195,13 +195,16 @@ public actor Launcher {
             switch request.command {
             case .status:
                 checkListeners()
-                client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
+                client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReportWithUsage()))
                 client.close()
             case .reload:
                 let requester = RequesterID(nextRequester)
                 nextRequester += 1
                 requesters[requester] = client
                 process(.reloadRequested(requester))
+            case .signal:
+                client.send(signalWorkers(request))
+                client.close()
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")

@@ -8,6 +8,8 @@ Behaviour comes from the environment and from a file read at start, so that a re
                    shutdown-listener | shutdown-then-crash | shutdown-loop | small-backlog | no-accept |
                    wiped-daemon | forged-daemon | filter | locked-filter, or
                    'send-notify MSG|MSG...' (notify messages sent once ready)
+  RECORD_SIGNALS   signal names (HUP,USR1): on each, append its name to REPORT_DIR/<pid>.signals and print
+                   "worker pid P got SIGNAME"
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -153,6 +155,15 @@ def on_term(signum, frame):
 
 if behaviour != "ignore-term":
     signal.signal(signal.SIGTERM, on_term)
+
+def on_recorded(signum, frame):
+    name = signal.Signals(signum).name
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.signals"), "a") as f:
+        f.write(name + "\n")
+    print(f"worker pid {os.getpid()} got {name}", flush=True)
+
+for name in filter(None, os.environ.get("RECORD_SIGNALS", "").split(",")):
+    signal.signal(getattr(signal, "SIG" + name), on_recorded)
 
 def notify(message):
     mode = os.environ.get("READY_MODE", "none")
