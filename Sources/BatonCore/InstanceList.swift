@@ -20,12 +20,15 @@ public struct InstanceListing: Codable, Sendable, Equatable {
     public var state: State
     /// Its status, when it answered.
     public var status: StatusReport?
+    /// What it said instead of its status (``State/unknown``).
+    public var message: String?
 
-    public init(name: String, control: String, state: State, status: StatusReport? = nil) {
+    public init(name: String, control: String, state: State, status: StatusReport? = nil, message: String? = nil) {
         self.name = name
         self.control = control
         self.state = state
         self.status = status
+        self.message = message
     }
 
     /// The name a control socket's file suggests: `shop` for `/run/baton/shop.sock`.
@@ -69,7 +72,9 @@ public enum InstanceList {
                 case .stale: "not running: stale control socket \(clean(instance.control)) (remove it)"
                 case .notAnswering: "not answering at \(clean(instance.control)) (paused or hung?)"
                 case .permissionDenied: "permission denied on \(clean(instance.control)) (run as root or its user)"
-                case .unknown, .running: "answered, but not as baton, at \(clean(instance.control))"
+                case .unknown, .running:
+                    instance.message.map { "answered without its status: \(clean($0))" }
+                        ?? "answered, but not as baton, at \(clean(instance.control))"
                 }
             return [clean(instance.name), "-", "-", "-", "-", "-", why]
         }

@@ -9,7 +9,8 @@ extension Baton {
             abstract: "List every baton on this host: name, pid, version, serving generation, workers, last reload.",
             discussion: """
                 baton looks for control sockets (*.sock) in $RUNTIME_DIRECTORY, /run/baton and /run/baton-* (the \
-                baton@NAME.service template), and for /run/NAME/NAME.sock, and asks each for its status, all at once, \
+                baton@NAME.service template), and for /run/NAME/NAME.sock when only its owner may use it (as a \
+                control socket baton made), and asks each for its status, all at once, \
                 within 1s: one that is paused or hung is shown as not answering, a socket file a killed baton left \
                 behind as stale (neither is skipped). Exits 0, also when none is found.
                 """
@@ -32,8 +33,9 @@ extension Baton {
                 let name = InstanceListing.name(forControl: path)
                 switch answer {
                 case .reply(let line):
-                    guard let status = ControlProtocol.decodeReply(line)?.status else {
-                        return InstanceListing(name: name, control: path, state: .unknown)
+                    let reply = ControlProtocol.decodeReply(line)
+                    guard let status = reply?.status else {
+                        return InstanceListing(name: name, control: path, state: .unknown, message: reply?.message)
                     }
                     return InstanceListing(name: status.name, control: path, state: .running, status: status)
                 case .stale: return InstanceListing(name: name, control: path, state: .stale)

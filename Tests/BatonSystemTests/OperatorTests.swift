@@ -1,5 +1,7 @@
 import BatonCore
+import BatonSystem
 import Foundation
+import SystemPackage
 import Testing
 
 #if canImport(Glibc)
@@ -182,6 +184,36 @@ struct OperatorTests {
 
         hung.baton.signal(SIGCONT)
         for name in ["shop", "api", "hung"] { #expect(instances[name]?.baton.stop() == 0) }
+    }
+
+    @Test func lsLooksInTheRuntimeDirectoriesAndAsksNoOtherProgramsSocket() throws {
+        let run = Scratch()
+        let extra = Scratch()
+        for directory in ["baton", "baton-api", "app", "containerd"] {
+            try FileManager.default.createDirectory(atPath: run.file(directory), withIntermediateDirectories: true)
+        }
+        var held: [FileDescriptor] = []
+        for (path, mode) in [
+            ("baton/shop.sock", 0o600), ("baton-api/api.sock", 0o600), ("app/app.sock", 0o600),
+            ("containerd/containerd.sock", 0o660), ("app/other.sock", 0o600),
+        ] {
+            held.append(try Sockets.listenUnix(path: run.file(path), mode: UInt32(mode), backlog: 1).release())
+        }
+        held.append(try Sockets.listenUnix(path: extra.file("x.sock"), mode: 0o600, backlog: 1).release())
+        defer { for fd in held { fd.closeOnce() } }
+        extra.write("notes.txt", "not a socket")
+        try FileManager.default.createSymbolicLink(
+            atPath: extra.file("again.sock"),
+            withDestinationPath: extra.file("x.sock")
+        )
+        let found = ControlSockets.discover(runtimeDirectories: [extra.path], run: run.path)
+        #expect(
+            found == [
+                extra.file("again.sock"), run.file("baton/shop.sock"), run.file("baton-api/api.sock"),
+                run.file("app/app.sock"),
+            ],
+            "\(found)"
+        )
     }
 
     @Test func statusShowsEachWorkersCPUTimeAndResidentMemory() throws {
