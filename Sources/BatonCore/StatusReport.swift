@@ -26,6 +26,8 @@ public struct StatusReport: Codable, Sendable, Equatable {
         public var cpuSeconds: Double?
         /// The worker process's resident memory, in bytes.
         public var rssBytes: Int64?
+        /// Its CPU use since the previous status report, in percent of one core (none in the first report).
+        public var cpuPercent: Double?
 
         public init(slot: Int, pid: Int32?, state: String, uptimeSeconds: Double, restarts: Int, status: String?) {
             self.slot = slot

@@ -2,10 +2,48 @@
 public struct WorkerUsage: Sendable, Equatable {
     public var cpuSeconds: Double
     public var rssBytes: Int64
+    /// The CPU time it used since the previous reading, as a percentage of that interval (100: one core).
+    public var cpuPercent: Double?
 
-    public init(cpuSeconds: Double, rssBytes: Int64) {
+    public init(cpuSeconds: Double, rssBytes: Int64, cpuPercent: Double? = nil) {
         self.cpuSeconds = cpuSeconds
         self.rssBytes = rssBytes
+        self.cpuPercent = cpuPercent
+    }
+}
+
+/// Each worker's CPU time at the previous status report, for a percentage over the interval since (as `top` shows
+/// one since its last refresh). One entry per live worker; nothing is sampled between reports.
+public struct CPUSamples: Sendable {
+    private var last: [Int32: (cpuSeconds: Double, at: ContinuousClock.Instant)] = [:]
+
+    /// The shortest interval a percentage is given over: below it, a clock tick (10 ms) would be too much of it.
+    public static let shortestInterval = Duration.milliseconds(100)
+
+    public init() {}
+
+    /// Returns `usage`, read at `now`, with each worker's percentage since the previous reading, and keeps the new
+    /// readings (those of pids no longer in `usage` are dropped). A reading less than ``shortestInterval`` after the
+    /// previous one gets no percentage and keeps the previous one.
+    public mutating func record(_ usage: [Int32: WorkerUsage], now: ContinuousClock.Instant) -> [Int32: WorkerUsage] {
+        var result = usage
+        var next: [Int32: (cpuSeconds: Double, at: ContinuousClock.Instant)] = [:]
+        for (pid, figures) in usage {
+            guard let previous = last[pid] else {
+                next[pid] = (figures.cpuSeconds, now)
+                continue
+            }
+            let interval = now - previous.at
+            guard interval >= Self.shortestInterval else {
+                next[pid] = previous
+                continue
+            }
+            let seconds = Double(interval.milliseconds) / 1000
+            result[pid]?.cpuPercent = max(0, figures.cpuSeconds - previous.cpuSeconds) / seconds * 100
+            next[pid] = (figures.cpuSeconds, now)
+        }
+        last = next
+        return result
     }
 }
 
@@ -18,6 +56,7 @@ extension StatusReport {
                 guard let pid = report.generations[g].workers[w].pid, let figures = usage[pid] else { continue }
                 report.generations[g].workers[w].cpuSeconds = figures.cpuSeconds
                 report.generations[g].workers[w].rssBytes = figures.rssBytes
+                report.generations[g].workers[w].cpuPercent = figures.cpuPercent
             }
         }
         return report
@@ -35,6 +74,13 @@ extension WorkerUsage {
         let hundredths = Int((seconds * 100).rounded())
         let fraction = hundredths % 100
         return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)s"
+    }
+
+    /// A CPU percentage for people: `0.0%`, `12.5%`, `180.2%` (two cores).
+    public static func percentText(_ percent: Double) -> String {
+        guard percent.isFinite, percent >= 0 else { return "-" }
+        let tenths = Int((min(percent, 1e9) * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)%"
     }
 
     /// Bytes for people, in binary units with one decimal: `812.0KiB`, `23.4MiB`, `1.2GiB`.

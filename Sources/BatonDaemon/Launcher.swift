@@ -56,6 +56,8 @@ public actor Launcher {
     /// What workers left behind, and when those told to stop are killed.
     var leftovers = Leftovers()
     var leftoverCheck: Task<Void, Never>?
+    /// Each worker's CPU time at the previous status report (`baton status`'s percentages).
+    var cpuSamples = CPUSamples()
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0

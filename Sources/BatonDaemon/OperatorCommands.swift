@@ -48,7 +48,8 @@ extension Launcher {
 }
 
 extension Launcher {
-    /// What `baton status` reports, with each worker's CPU time and resident memory read from `/proc` now.
+    /// What `baton status` reports, with each worker's CPU time and resident memory read from `/proc` now, and its CPU
+    /// use since the previous report.
     func statusReportWithUsage() -> StatusReport {
         let report = statusReport()
         var usage: [Int32: WorkerUsage] = [:]
@@ -57,6 +58,6 @@ extension Launcher {
                 usage[pid] = WorkerUsage(cpuSeconds: figures.cpuSeconds, rssBytes: figures.residentBytes)
             }
         }
-        return report.adding(usage)
+        return report.adding(cpuSamples.record(usage, now: .now))
     }
 }

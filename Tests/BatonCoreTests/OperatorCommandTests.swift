@@ -160,5 +160,41 @@ struct OperatorCommandTests {
         #expect(WorkerUsage.bytesText(812 * 1024) == "812.0KiB")
         #expect(WorkerUsage.bytesText(1536 << 20) == "1.5GiB")
         #expect(WorkerUsage.bytesText(100) == "100B")
+        #expect(WorkerUsage.percentText(12.345) == "12.3%")
+        let busy = plain.adding([11: WorkerUsage(cpuSeconds: 2, rssBytes: 1 << 20, cpuPercent: 50)])
+        #expect(
+            StatusFormatter.text(busy, now: 0).contains(
+                "worker 2  pid 11  ready  up 1s  restarts 0  cpu 2.00s (50.0%)  rss 1.0MiB\n"
+            )
+        )
+    }
+
+    @Test func aCPUPercentageIsOverTheIntervalSinceThePreviousReport() {
+        var samples = CPUSamples()
+        let start = ContinuousClock.now
+        let first = samples.record(
+            [10: WorkerUsage(cpuSeconds: 1, rssBytes: 1), 11: WorkerUsage(cpuSeconds: 5, rssBytes: 1)],
+            now: start
+        )
+        #expect(first[10]?.cpuPercent == nil && first[11]?.cpuPercent == nil, "nothing to compare with yet")
+        // Two seconds later: 10 used half a second (25%), 11 nothing; 12 is new.
+        let second = samples.record(
+            [
+                10: WorkerUsage(cpuSeconds: 1.5, rssBytes: 1), 11: WorkerUsage(cpuSeconds: 5, rssBytes: 1),
+                12: WorkerUsage(cpuSeconds: 0.1, rssBytes: 1),
+            ],
+            now: start + .seconds(2)
+        )
+        #expect(second[10]?.cpuPercent == 25)
+        #expect(second[11]?.cpuPercent == 0)
+        #expect(second[12]?.cpuPercent == nil)
+        // Too soon after: no percentage, and the previous reading stays the base.
+        let soon = samples.record([10: WorkerUsage(cpuSeconds: 1.6, rssBytes: 1)], now: start + .milliseconds(2050))
+        #expect(soon[10]?.cpuPercent == nil)
+        let later = samples.record([10: WorkerUsage(cpuSeconds: 3.5, rssBytes: 1)], now: start + .seconds(3))
+        #expect(later[10]?.cpuPercent == 200, "two cores' worth, over the second since the reading at 2 s")
+        // A worker gone and back under the same pid (reused) would start over: 11 was dropped from the samples.
+        let back = samples.record([11: WorkerUsage(cpuSeconds: 0.2, rssBytes: 1)], now: start + .seconds(4))
+        #expect(back[11]?.cpuPercent == nil)
     }
 }

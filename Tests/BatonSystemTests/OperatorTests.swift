@@ -238,6 +238,18 @@ struct OperatorTests {
             #expect(cpu > 0, "starting Python costs CPU time")
             #expect(cpu <= worker.uptimeSeconds * Double(ProcessInfo.processInfo.activeProcessorCount) + 1)
         }
+        // A worker that burns CPU time between two reports shows it, as time and as a percentage of the interval.
+        let (_, _, busy) = try launchWorker()
+        #expect(busy.stderr.waitFor("generation 1 ready") != nil)
+        let before = try #require(try busyWorker(busy))
+        #expect(try HTTP.get(unix: busy.scratch.file("s.sock"), "/?spin=300").status == 200)
+        let after = try #require(try busyWorker(busy))
+        let used = try #require(after.cpuSeconds) - (try #require(before.cpuSeconds))
+        #expect(used >= 0.25, "the 300 ms it spun (\(used))")
+        let percent = try #require(after.cpuPercent)
+        #expect(percent > 0 && percent <= 100 * Double(ProcessInfo.processInfo.activeProcessorCount) + 10, "\(percent)")
+        #expect(busy.stop() == 0)
+
         let text = baton.client(["status"]).stdout
         #expect(
             text.split(separator: "\n").filter {
@@ -266,6 +278,13 @@ struct OperatorTests {
         #expect(exchange(baton.control, over).contains("request of 4097 bytes is too large"))
         #expect(try HTTP.get(unix: scratch.file("s.sock")).status == 200, "the launcher is undisturbed")
         #expect(baton.stop() == 0)
+    }
+
+    /// The one worker of `baton`, as `baton status --json` reports it.
+    func busyWorker(_ baton: BatonRun) throws -> StatusReport.Worker? {
+        let result = baton.client(["status", "--json"])
+        return try JSONDecoder().decode(StatusReport.self, from: Data(result.stdout.utf8)).generations.first?.workers
+            .first
     }
 
     /// Sends `bytes` to the control socket at `path` and returns everything it answers until it closes.

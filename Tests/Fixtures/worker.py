@@ -135,6 +135,11 @@ def handle(conn):
                 return
             data += chunk
         path = data.split(b" ")[1].decode()
+        if "spin=" in path:
+            # Burns this much CPU time (not wall time) before answering.
+            end = time.thread_time() + int(path.split("spin=")[1].split("&")[0]) / 1000
+            while time.thread_time() < end:
+                pass
         if "sleep=" in path:
             print(f"handling {path}", flush=True)
             time.sleep(int(path.split("sleep=")[1].split("&")[0]) / 1000)
