@@ -12,6 +12,20 @@ public enum SignalTargets {
         }
     }
 
+    /// Why `baton signal` refuses a signal no process can catch (named as `KILL`, `STOP`), in one line with the fix.
+    public static func refusal(of name: String) -> String {
+        switch name {
+        case "KILL":
+            "SIGKILL is refused: a worker cannot catch it and loses its requests in flight; send TERM to stop the "
+                + "workers gracefully, or use baton reload to replace them"
+        case "STOP":
+            "SIGSTOP is refused: a stopped worker leaves its connections unanswered; send a signal the app handles, "
+                + "such as HUP or USR1"
+        default:
+            "SIG\(name) is refused: a worker can neither catch nor ignore it; send a signal the app handles"
+        }
+    }
+
     /// The generation and its workers that get the signal, or a one-line error naming what does not exist.
     public static func choose(
         in supervisor: Supervisor,

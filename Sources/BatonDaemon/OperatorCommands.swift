@@ -15,7 +15,7 @@ extension Launcher {
         }
         let name = "SIG\(Signals.name(of: signal))"
         guard !Signals.uncatchable.contains(signal) else {
-            return .error("\(name) is refused: a worker cannot catch it; to replace the workers, use baton reload")
+            return .error(SignalTargets.refusal(of: Signals.name(of: signal)))
         }
         let chosen: (generation: Int, targets: [SignalTargets.Target])
         do throws(BatonError) {

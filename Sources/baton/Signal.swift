@@ -55,9 +55,20 @@ extension Baton {
                 ControlProtocol.Request(command: .signal, signal: number, generation: generation, worker: worker)
             )
             Sockets.setReceiveTimeout(client.fd, seconds: 10)
+            let asked = ContinuousClock.now
             guard let line = client.readLine(), let reply = ControlProtocol.decodeReply(line) else {
+                if ContinuousClock.now - asked >= .seconds(9) {
+                    throw fail(
+                        "the launcher at \(control.clientPath) did not answer within 10s: is it paused or hung?",
+                        .control
+                    )
+                }
+                throw fail("the launcher closed the connection without answering", .control)
+            }
+            if reply.kind == .error, reply.message?.hasPrefix("malformed request") == true {
                 throw fail(
-                    "the launcher at \(control.clientPath) did not answer within 10s: is it paused or hung?",
+                    "the launcher at \(control.clientPath) is older than baton signal: upgrade it in place with SIGUSR2 "
+                        + "(or restart it) with this baton",
                     .control
                 )
             }
@@ -79,10 +90,7 @@ extension Baton {
                 )
             }
             guard !Signals.uncatchable.contains(number) else {
-                throw fail(
-                    "SIG\(Signals.name(of: number)) is refused: a worker can neither catch nor ignore it; to replace the workers use baton reload, to stop one gracefully send TERM",
-                    .badArgument
-                )
+                throw fail(SignalTargets.refusal(of: Signals.name(of: number)), .badArgument)
             }
             return number
         }
