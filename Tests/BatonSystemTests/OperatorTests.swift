@@ -186,6 +186,20 @@ struct OperatorTests {
         for name in ["shop", "api", "hung"] { #expect(instances[name]?.baton.stop() == 0) }
     }
 
+    @Test func signalNamesAndNumbersRoundTripAndNothingOutOfRangeIsANumber() {
+        let rtMin = __libc_current_sigrtmin()
+        let rtMax = __libc_current_sigrtmax()
+        #expect(Signals.largest == rtMax)
+        for number in Array(1...31) + Array(rtMin...rtMax) {
+            #expect(Signals.number(named: Signals.name(of: Int32(number))) == Int32(number), "\(number)")
+            #expect(Signals.number(named: "SIG" + Signals.name(of: Int32(number)).lowercased()) == Int32(number))
+        }
+        #expect(Signals.number(named: "RTMAX-0") == rtMax && Signals.number(named: "RTMIN+2") == rtMin + 2)
+        for bad in ["0", "-1", "\(rtMax + 1)", "RTMIN+99", "RTMAX-99", "RTMIN+-1", "HUPP", "", "SIG"] {
+            #expect(Signals.number(named: bad) == nil, "\(bad)")
+        }
+    }
+
     @Test func lsLooksInTheRuntimeDirectoriesAndAsksNoOtherProgramsSocket() throws {
         let run = Scratch()
         let extra = Scratch()
