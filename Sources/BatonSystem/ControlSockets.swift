@@ -21,9 +21,10 @@ public enum ControlSockets {
     /// The control sockets under the runtime directories a launcher puts them in: every `*.sock` socket in each
     /// entry of `runtimeDirectories` (`$RUNTIME_DIRECTORY`'s) and `/run/baton`, in each `/run/baton-*` (the
     /// `baton@NAME.service` template's `RuntimeDirectory=`), and `/run/NAME/NAME.sock` (an app's own unit with
-    /// `RuntimeDirectory=NAME`) when only its owner may use it, as baton makes its control socket: another program's
-    /// socket there (`/run/containerd/containerd.sock`, mode 660) is not asked. A file reached twice (through a
-    /// symlink, or a directory named twice) is listed once.
+    /// `RuntimeDirectory=NAME`). Only sockets that no one but their owner may use are listed, as baton makes its
+    /// control socket: an app's listener beside it (`web.sock`, mode 666) or another program's socket
+    /// (`/run/containerd/containerd.sock`, mode 660) is not asked. A file reached twice (through a symlink, or a
+    /// directory named twice) is listed once.
     public static func discover(runtimeDirectories: [String], run: String = "/run") -> [String] {
         var directories = runtimeDirectories + ["\(run)/baton"]
         var named: [String] = []
@@ -36,9 +37,9 @@ public enum ControlSockets {
         }
         var seen = Set<String>()
         var result: [String] = []
-        func add(_ path: String, privateOnly: Bool = false) {
+        func add(_ path: String) {
             var info = stat()
-            guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, !privateOnly || info.st_mode & 0o077 == 0,
+            guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, info.st_mode & 0o077 == 0,
                 seen.insert("\(info.st_dev):\(info.st_ino)").inserted
             else { return }
             result.append(path)
@@ -46,7 +47,7 @@ public enum ControlSockets {
         for directory in directories {
             for entry in entries(of: directory).sorted() where entry.hasSuffix(".sock") { add("\(directory)/\(entry)") }
         }
-        for path in named { add(path, privateOnly: true) }
+        for path in named { add(path) }
         return result
     }
 

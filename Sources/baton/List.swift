@@ -9,9 +9,9 @@ extension Baton {
             abstract: "List every baton on this host: name, pid, version, serving generation, workers, last reload.",
             discussion: """
                 baton looks for control sockets (*.sock) in $RUNTIME_DIRECTORY, /run/baton and /run/baton-* (the \
-                baton@NAME.service template), and for /run/NAME/NAME.sock when only its owner may use it (as a \
-                control socket baton made), and asks each for its status, all at once, \
-                within 1s: one that is paused or hung is shown as not answering, a socket file a killed baton left \
+                baton@NAME.service template), and for /run/NAME/NAME.sock, that only their owner may use (as baton \
+                makes its control socket; not an app's listener or another program's socket), and asks each for its \
+                status, all at once, within 1s: one that is paused or hung is shown as not answering, a socket file a killed baton left \
                 behind as stale (neither is skipped). Exits 0, also when none is found.
                 """
         )

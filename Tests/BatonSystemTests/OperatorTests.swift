@@ -209,7 +209,7 @@ struct OperatorTests {
         var held: [FileDescriptor] = []
         for (path, mode) in [
             ("baton/shop.sock", 0o600), ("baton-api/api.sock", 0o600), ("app/app.sock", 0o600),
-            ("containerd/containerd.sock", 0o660), ("app/other.sock", 0o600),
+            ("containerd/containerd.sock", 0o660), ("app/other.sock", 0o600), ("baton/web.sock", 0o666),
         ] {
             held.append(try Sockets.listenUnix(path: run.file(path), mode: UInt32(mode), backlog: 1).release())
         }
