@@ -112,6 +112,18 @@ func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     if let reply = ControlProtocol.decodeReply(line) {
         check(ControlProtocol.decodeReply(Array(ControlProtocol.encode(reply).dropLast())) == reply)
     }
+    // The control server's line finder, fed in two pieces: it keeps the line up to the limit and counts the rest.
+    let limit = ControlProtocol.maximumRequestSize
+    var finder = RequestLine(limit: limit)
+    let cut = line.isEmpty ? 0 : Int(line[0]) % (line.count + 1)
+    finder.feed(line[..<cut])
+    finder.feed(line[cut...])
+    if let newline = line.firstIndex(of: UInt8(ascii: "\n")) {
+        check(finder.outcome == (newline <= limit ? .line(Array(line[..<newline])) : .oversized(newline)))
+    } else {
+        check(finder.outcome == nil)
+        check(finder.unfinished == (line.isEmpty ? nil : line.count <= limit ? .line(line) : .oversized(line.count)))
+    }
     return 0
 }
 

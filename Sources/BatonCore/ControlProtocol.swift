@@ -11,6 +11,8 @@ public enum ControlProtocol {
         public enum Command: String, Codable, Sendable {
             case reload
             case status
+            /// Sends `signal` to the workers of the serving generation (or of `generation`; only slot `worker`).
+            case signal
         }
 
         public var command: Command
@@ -19,10 +21,27 @@ public enum ControlProtocol {
         /// `reload`: kill what is left of a generation that still drains instead of waiting for it (`--cut-drain`).
         public var cutDrain: Bool?
 
-        public init(command: Command, waitDrained: Bool? = nil, cutDrain: Bool? = nil) {
+        /// `signal`: the signal's number.
+        public var signal: Int32?
+        /// `signal`: the generation whose workers get it (default: the serving one).
+        public var generation: Int?
+        /// `signal`: only the worker of this slot.
+        public var worker: Int?
+
+        public init(
+            command: Command,
+            waitDrained: Bool? = nil,
+            cutDrain: Bool? = nil,
+            signal: Int32? = nil,
+            generation: Int? = nil,
+            worker: Int? = nil
+        ) {
             self.command = command
             self.waitDrained = waitDrained
             self.cutDrain = cutDrain
+            self.signal = signal
+            self.generation = generation
+            self.worker = worker
         }
     }
 
@@ -47,6 +66,8 @@ public enum ControlProtocol {
         public var reason: String?
         /// `result`: what still drains when a reload finished.
         public var draining: [DrainProgress]?
+        /// `signal`: the pids that got it.
+        public var pids: [Int32]?
 
         public init(
             kind: Kind,
@@ -54,7 +75,8 @@ public enum ControlProtocol {
             ok: Bool? = nil,
             durationMilliseconds: Int64? = nil,
             stderr: [String]? = nil,
-            status: StatusReport? = nil
+            status: StatusReport? = nil,
+            pids: [Int32]? = nil
         ) {
             self.kind = kind
             self.message = message
@@ -62,6 +84,7 @@ public enum ControlProtocol {
             self.durationMilliseconds = durationMilliseconds
             self.stderr = stderr
             self.status = status
+            self.pids = pids
         }
 
         public static func progress(_ message: String) -> Reply { Reply(kind: .progress, message: message) }
@@ -70,21 +93,23 @@ public enum ControlProtocol {
 
     /// Decodes a request line; throws a message fit for the error reply.
     public static func decodeRequest(_ line: [UInt8]) throws(BatonError) -> Request {
-        guard line.count <= maximumRequestSize else {
-            // The reader cuts a line here, so its real length is not known: only that it exceeds the limit.
-            throw BatonError(
-                .control,
-                "request too large: over \(maximumRequestSize) bytes without a newline (a request is one line of at most \(maximumRequestSize) bytes)"
-            )
-        }
+        guard line.count <= maximumRequestSize else { throw tooLarge(line.count) }
         do {
             return try JSONDecoder().decode(Request.self, from: Data(line))
         } catch {
             throw BatonError(
                 .control,
-                "malformed request: expected {\"command\":\"reload\"} or {\"command\":\"status\"}"
+                "malformed request: expected {\"command\":\"reload\"}, {\"command\":\"status\"} or {\"command\":\"signal\",\"signal\":N}"
             )
         }
+    }
+
+    /// The error for a request line of `size` bytes, over ``maximumRequestSize``.
+    public static func tooLarge(_ size: Int) -> BatonError {
+        BatonError(
+            .control,
+            "request of \(size) bytes is too large (a request is one line of at most \(maximumRequestSize) bytes)"
+        )
     }
 
     public static func encode(_ value: some Encodable) -> [UInt8] {

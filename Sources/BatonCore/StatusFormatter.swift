@@ -27,6 +27,9 @@ public enum StatusFormatter {
                 let uptime = age(worker.uptimeSeconds).shortDescription
                 out +=
                     "    worker \(worker.slot)  pid \(worker.pid.map(String.init) ?? "-")  \(clean(worker.state))  up \(uptime)  restarts \(worker.restarts)"
+                if let cpu = worker.cpuSeconds { out += "  cpu \(WorkerUsage.cpuText(cpu))" }
+                if let percent = worker.cpuPercent { out += " (\(WorkerUsage.percentText(percent)))" }
+                if let rss = worker.rssBytes { out += "  rss \(WorkerUsage.bytesText(rss))" }
                 if let text = worker.status { out += "  \"\(clean(text))\"" }
                 if let health = worker.health { out += "  (\(clean(health)))" }
                 out += "\n"

@@ -26,6 +26,12 @@ public struct StatusReport: Codable, Sendable, Equatable {
         /// is being replaced).
         public var probeFailures: Int?
         public var health: String?
+        /// CPU time of the worker process so far, in seconds, as `/proc` said when the report was made.
+        public var cpuSeconds: Double?
+        /// The worker process's resident memory, in bytes.
+        public var rssBytes: Int64?
+        /// Its CPU use since the previous status report, in percent of one core (none in the first report).
+        public var cpuPercent: Double?
 
         public init(
             slot: Int,

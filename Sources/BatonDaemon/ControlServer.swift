@@ -134,7 +134,12 @@ final class ControlServer: Sendable {
         let all = clients.withLock { Array($0.values) }
         for client in all where client.isPastDeadline(now) {
             if !client.hasRequest {
-                client.send(.error("no complete request within \(Self.requestDeadline.shortDescription): closed"))
+                client.send(
+                    .error(
+                        client.oversizedRequest.map { ControlProtocol.tooLarge($0).message }
+                            ?? "no complete request within \(Self.requestDeadline.shortDescription): closed"
+                    )
+                )
             }
             client.close(force: true)
         }
@@ -151,6 +156,8 @@ final class ControlClient: Sendable {
         var closeWhenSent = false
         var closed = false
         var deadline: ContinuousClock.Instant?
+        /// The request line as it arrives: at most its first ``ControlProtocol/maximumRequestSize`` bytes are kept.
+        var request = RequestLine(limit: ControlProtocol.maximumRequestSize)
     }
 
     let id: Int
@@ -182,22 +189,29 @@ final class ControlClient: Sendable {
         try loop.register(fd) { [self] in
             // A reply still being sent comes first; the request is read (and end of file seen) only after it.
             guard flush() else { return }
-            let chunk = reader.read()
-            if chunk.ended {
+            let (bytes, ended) = reader.readBytes()
+            if ended {
                 close(force: true)
                 return
             }
-            guard let line = chunk.lines.first else { return }
-            let first = state.withLock { state in
-                defer { state.answered = true }
-                if !state.answered { state.deadline = nil }
-                return !state.answered
+            // The request line, once complete; an oversized one is counted to its newline (or the deadline), not kept.
+            let outcome = state.withLock { state -> RequestLine.Outcome? in
+                guard !state.answered else { return nil }
+                state.request.feed(bytes)
+                guard let outcome = state.request.outcome else { return nil }
+                state.answered = true
+                state.deadline = nil
+                return outcome
             }
-            guard first else { return }
-            do throws(BatonError) {
-                deliver(self, .success(try ControlProtocol.decodeRequest(line)))
-            } catch {
-                deliver(self, .failure(error))
+            switch outcome {
+            case nil: return
+            case .oversized(let size): deliver(self, .failure(ControlProtocol.tooLarge(size)))
+            case .line(let line):
+                do throws(BatonError) {
+                    deliver(self, .success(try ControlProtocol.decodeRequest(line)))
+                } catch {
+                    deliver(self, .failure(error))
+                }
             }
         }
     }
@@ -239,6 +253,11 @@ final class ControlClient: Sendable {
 
     /// Whether the client has sent its request.
     var hasRequest: Bool { state.withLock { $0.answered } }
+
+    /// The bytes of a request line that has grown past the limit without its newline, if it has.
+    var oversizedRequest: Int? {
+        state.withLock { $0.request.isOversized ? $0.request.length : nil }
+    }
 
     func isPastDeadline(_ now: ContinuousClock.Instant) -> Bool {
         state.withLock { state in state.deadline.map { now >= $0 } ?? false }

@@ -72,6 +72,8 @@ public actor Launcher {
     var drainWatch: Task<Void, Never>?
     /// What each reload requester's answer is about (``SupervisorAction/reloadOutcome(_:generation:reason:)``).
     var outcomes: [RequesterID: (generation: Int, reason: String?)] = [:]
+    /// Each worker's CPU time at the previous status report (`baton status`'s percentages).
+    var cpuSamples = CPUSamples()
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
@@ -223,7 +225,7 @@ public actor Launcher {
             case .status:
                 checkListeners()
                 countDrainingConnections()
-                client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
+                client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReportWithUsage()))
                 client.close()
             case .reload:
                 let requester = RequesterID(nextRequester)
@@ -239,6 +241,9 @@ public actor Launcher {
                         )
                     )
                 )
+            case .signal:
+                client.send(signalWorkers(request))
+                client.close()
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")

@@ -94,6 +94,32 @@ final class LineReader: Sendable {
         }
     }
 
+    /// Reads what is there now, up to the budget, as bytes, past the line splitter (for a reader that finds its own
+    /// line, such as a control client's ``RequestLine``). At end of file the fd is closed, as by ``read(limit:)``.
+    func readBytes() -> (bytes: [UInt8], ended: Bool) {
+        state.withLock { state in
+            guard let fd = state.fd else { return ([], true) }
+            var result: [UInt8] = []
+            while result.count < budget {
+                let bytes: [UInt8]
+                do throws(SystemError) {
+                    guard let read = try fd.readAvailable(upTo: min(budget - result.count, 65536)).value else { break }
+                    bytes = read
+                } catch {
+                    bytes = []
+                }
+                if bytes.isEmpty {
+                    loop.unregister(fd)
+                    fd.closeOnce()
+                    state.fd = nil
+                    return (result, true)
+                }
+                result += bytes
+            }
+            return (result, false)
+        }
+    }
+
     /// Stops watching and closes the fd.
     func close() {
         state.withLock { state in

@@ -273,16 +273,30 @@ public enum Signals {
     /// SIGUSR2 asks a launcher to re-execute its (upgraded) binary in place.
     public static let upgrade = SIGUSR2
 
-    /// A signal's number from a name such as `TERM`, `SIGTERM` or `15`.
+    /// A signal's number from a name such as `TERM`, `SIGTERM`, `RTMIN+2` or `15` (1 to ``largest``).
     public static func number(named name: String) -> Int32? {
-        if let number = Int32(name), number > 0, number < 65 { return number }
+        if let number = Int32(name) { return number > 0 && number <= largest ? number : nil }
         let bare = name.uppercased().hasPrefix("SIG") ? String(name.uppercased().dropFirst(3)) : name.uppercased()
         let table: [String: Int32] = [
             "HUP": SIGHUP, "INT": SIGINT, "QUIT": SIGQUIT, "KILL": SIGKILL, "USR1": SIGUSR1, "USR2": SIGUSR2,
             "TERM": SIGTERM, "CONT": SIGCONT, "STOP": SIGSTOP, "WINCH": SIGWINCH, "ALRM": SIGALRM,
+            "ILL": SIGILL, "TRAP": SIGTRAP, "ABRT": SIGABRT, "BUS": SIGBUS, "FPE": SIGFPE, "SEGV": SIGSEGV,
+            "PIPE": SIGPIPE, "STKFLT": SIGSTKFLT, "CHLD": SIGCHLD, "TSTP": SIGTSTP, "TTIN": SIGTTIN, "TTOU": SIGTTOU,
+            "URG": SIGURG, "XCPU": SIGXCPU, "XFSZ": SIGXFSZ, "VTALRM": SIGVTALRM, "PROF": SIGPROF, "IO": SIGIO,
+            "PWR": SIGPWR, "SYS": SIGSYS, "RTMIN": cbaton_sigrtmin(), "RTMAX": largest,
         ]
-        return table[bare]
+        if let number = table[bare] { return number }
+        // RTMIN+N and RTMAX-N, within the real-time range.
+        for (base, sign) in [("RTMIN+", Int32(1)), ("RTMAX-", Int32(-1))] where bare.hasPrefix(base) {
+            guard let offset = Int32(bare.dropFirst(base.count)), offset >= 0, offset <= largest else { return nil }
+            let number = (sign > 0 ? cbaton_sigrtmin() : largest) + sign * offset
+            return number >= cbaton_sigrtmin() && number <= largest ? number : nil
+        }
+        return nil
     }
+
+    /// The largest signal number (SIGRTMAX).
+    public static var largest: Int32 { cbaton_sigrtmax() }
 
     /// A signal's short name, such as `TERM`.
     public static func name(of signal: Int32) -> String {

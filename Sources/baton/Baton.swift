@@ -18,14 +18,16 @@ struct Baton: ParsableCommand {
             No connection is refused: the listening sockets are never closed. \
             EXIT STATUS: 0 when the command succeeded (for baton run: every generation was retired after SIGTERM or \
             SIGINT); 1 when it failed (the app cannot be executed, a listener cannot be bound, the first generation \
-            never became ready, no launcher answers, a reload failed); 64 (EX_USAGE) for a usage error: an unknown \
-            option, a missing or bad value, an app command missing after --. baton reload (with or without --json): 0 \
-            ok, the new generation serves (result "ok"); 1 the new generation failed and was rolled back, the old one \
-            keeps serving (result "failed"), or no launcher answers; 75 (EX_TEMPFAIL) nothing was tried because baton \
-            is stopping or has not started (result "refused"): retry later.
+            never became ready, no launcher answers, a reload failed, baton signal did not reach every worker it \
+            chose or found no such generation or worker); 64 (EX_USAGE) for a usage error: an unknown option, a \
+            missing or bad value, an app command missing after --, a signal baton signal refuses (KILL, STOP, an \
+            unknown name or number). baton reload (with or without --json): 0 ok, the new generation serves (result \
+            "ok"); 1 the new generation failed and was rolled back, the old one keeps serving (result "failed"), or no \
+            launcher answers; 75 (EX_TEMPFAIL) nothing was tried because baton is stopping or has not started (result \
+            "refused"): retry later. baton ls exits 0, also when it finds no baton.
             """,
         version: BatonVersion.current,
-        subcommands: [Run.self, Reload.self, Status.self]
+        subcommands: [Run.self, Reload.self, Status.self, SendSignal.self, List.self]
     )
 }
 
@@ -42,7 +44,9 @@ extension Baton {
             var text = message(for: error)
             if text.hasPrefix("Error: ") { text.removeFirst("Error: ".count) }
             let line = text.split(separator: "\n").first.map(String.init) ?? "bad arguments"
-            let subcommand = CommandLine.arguments.dropFirst().first { ["run", "reload", "status"].contains($0) }
+            let subcommand = CommandLine.arguments.dropFirst().first {
+                ["run", "reload", "status", "signal", "ls"].contains($0)
+            }
             let help = subcommand.map { "baton \($0) --help" } ?? "baton --help"
             exit(withError: fail("\(line.prefix(1).lowercased() + line.dropFirst()) (see \(help))", .badArgument))
         }

@@ -143,14 +143,17 @@ final class BatonRun: @unchecked Sendable {
         executable: String = Paths.baton,
         echo: Bool = false,
         unreadOutput: Bool = false,
-        wrapper: [String] = []
+        wrapper: [String] = [],
+        defaultControl: String? = nil
     ) throws {
         self.scratch = scratch
-        control = scratch.file("control.sock")
+        // With `defaultControl`, no --control is passed: the launcher picks its socket itself, at that path.
+        control = defaultControl ?? scratch.file("control.sock")
         // A wrapper that execs baton (`nice -n 10`, `prlimit ...`) keeps the pid.
         process.executableURL = URL(fileURLWithPath: wrapper.first ?? executable)
+        let controlArguments = defaultControl == nil ? ["--control", control] : []
         process.arguments =
-            wrapper.dropFirst() + (wrapper.isEmpty ? [] : [executable]) + ["run", "--control", control] + arguments
+            wrapper.dropFirst() + (wrapper.isEmpty ? [] : [executable]) + ["run"] + controlArguments + arguments
         var env = ProcessInfo.processInfo.environment
         for name in ["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "JOURNAL_STREAM", "WATCHDOG_USEC"] {
             env[name] = nil

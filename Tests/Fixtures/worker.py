@@ -10,6 +10,8 @@ Behaviour comes from the environment and from a file read at start, so that a re
                    'send-notify MSG|MSG...' (notify messages sent once ready) |
                    health-503 (answers 503 on the listener named health: baton's probe socket) |
                    health-trigger (answers 503 there once the file BEHAVIOUR_FILE.unhealthy holds its pid)
+  RECORD_SIGNALS   signal names (HUP,USR1): on each, append its name to REPORT_DIR/<pid>.signals and print
+                   "worker pid P got SIGNAME"
 Each response body is "generation G worker W pid P".
 """
 import json, os, signal, socket, sys, threading, time
@@ -147,6 +149,11 @@ def handle(conn, name=""):
                 return
             data += chunk
         path = data.split(b" ")[1].decode()
+        if "spin=" in path:
+            # Burns this much CPU time (not wall time) before answering.
+            end = time.thread_time() + int(path.split("spin=")[1].split("&")[0]) / 1000
+            while time.thread_time() < end:
+                pass
         if "sleep=" in path:
             print(f"handling {path}", flush=True)
             time.sleep(int(path.split("sleep=")[1].split("&")[0]) / 1000)
@@ -171,6 +178,15 @@ def on_term(signum, frame):
 
 if behaviour != "ignore-term":
     signal.signal(signal.SIGTERM, on_term)
+
+def on_recorded(signum, frame):
+    name = signal.Signals(signum).name
+    with open(os.path.join(os.environ.get("REPORT_DIR", "/tmp"), f"{os.getpid()}.signals"), "a") as f:
+        f.write(name + "\n")
+    print(f"worker pid {os.getpid()} got {name}", flush=True)
+
+for name in filter(None, os.environ.get("RECORD_SIGNALS", "").split(",")):
+    signal.signal(getattr(signal, "SIG" + name), on_recorded)
 
 def notify(message):
     mode = os.environ.get("READY_MODE", "none")
