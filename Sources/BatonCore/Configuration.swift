@@ -17,6 +17,8 @@ public struct LaunchConfiguration: Sendable {
     /// Preload `libbaton-adopt.so` into the workers, so that an app binding an address baton serves gets baton's
     /// listener (`--no-adopt-bind` turns it off).
     public var adoptBind = true
+    /// Take over the connections a retiring worker leaves open (`--no-rescue` turns it off).
+    public var rescueConnections = true
 
     public struct WorkerUser: Sendable, Equatable {
         public var uid: UInt32

@@ -113,3 +113,17 @@ int cbaton_pidfd_open(pid_t pid);
 
 /// `pidfd_send_signal(pidfd, signal, NULL, 0)`: signals the process the pidfd names, never a later one with its pid.
 int cbaton_pidfd_send_signal(int pidfd, int signal);
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a new fd of this process (close-on-exec) for the open file that fd `fd` of the
+/// process `pidfd` names. -1 with errno.
+int cbaton_pidfd_getfd(int pidfd, int fd);
+
+/// `splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`. What `splice` returns.
+ssize_t cbaton_splice(int from, int to, size_t length);
+
+/// `ioctl(socket, FIONREAD)`: how many bytes wait to be read on `socket`, or -1 with errno.
+int cbaton_unread_bytes(int socket);
+
+/// A TCP socket's state (`tcpi_state`: 1 ESTABLISHED, 8 CLOSE_WAIT, ...) and smoothed round-trip time in
+/// microseconds, from TCP_INFO. Returns 0, or -1 with errno.
+int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds);
