@@ -168,6 +168,13 @@ public struct RunOptions: ParsableArguments {
     )
     public var metrics: String?
 
+    @Flag(
+        name: .customLong("no-rescue"),
+        help:
+            "Do not take over the connections a retiring worker leaves open (by default baton holds them, so that a server's close of an idle keep-alive connection loses no request: one that has arrived is handed to the serving generation)."
+    )
+    public var noRescue = false
+
     @OptionGroup public var control: ControlOptions
 
     @Argument(
@@ -338,6 +345,7 @@ public struct RunOptions: ParsableArguments {
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
         configuration.metrics = try metrics.map { text throws(BatonError) in try ListenAddress(metricsOption: text) }
+        configuration.rescueConnections = !noRescue
         return configuration
     }
 }

@@ -19,6 +19,8 @@ public struct LaunchConfiguration: Sendable {
     public var adoptBind = true
     /// Where `GET /metrics` is served (`--metrics`); nil: nowhere.
     public var metrics: ListenAddress?
+    /// Take over the connections a retiring worker leaves open (`--no-rescue` turns it off).
+    public var rescueConnections = true
 
     public struct WorkerUser: Sendable, Equatable {
         public var uid: UInt32

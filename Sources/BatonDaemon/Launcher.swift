@@ -74,6 +74,8 @@ public actor Launcher {
     var outcomes: [RequesterID: (generation: Int, reason: String?)] = [:]
     /// Each worker's CPU time at the previous status report (`baton status`'s percentages).
     var cpuSamples = CPUSamples()
+    /// Takes over the connections retiring workers leave open.
+    let rescue: ConnectionRescue
 
     private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
     private var timerToken = 0
@@ -131,6 +133,12 @@ public actor Launcher {
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
+        rescue = ConnectionRescue(
+            loop: loop,
+            listeners: listeners,
+            enabled: configuration.rescueConnections,
+            logger: logger
+        )
     }
 
     /// Runs until every generation has been retired; returns the process exit code.
@@ -149,6 +157,9 @@ public actor Launcher {
         try setUpMetrics()
         try setUpControlSocket()
         loop.start()
+        if configuration.rescueConnections, let why = rescue.unavailable {
+            logger.warning("connection rescue is off: \(why)")
+        }
         if let resume {
             // The resumed generation started before anything that runs now.
             generationStarts[resume.supervisor.serving] = 0
@@ -293,6 +304,11 @@ public actor Launcher {
         // Orphans first, so that what a worker left behind is gone before anyone hears it exited.
         if !exits.isEmpty || leftovers.nextDeadline != nil { stopOrphans(alsoGone: Set(exits.map(\.pid))) }
         for exit in exits {
+            if case .signaled(let signal, _) = exit.reason {
+                rescue.exited(exit.pid, killed: signal == Signals.kill)
+            } else {
+                rescue.exited(exit.pid, killed: false)
+            }
             let reason: ExitReason =
                 switch exit.reason {
                 case .exited(let code): .exited(code)
@@ -351,6 +367,7 @@ public actor Launcher {
             if let workerIO = started.io { io[id] = workerIO }
             return started.events
         case .stop(_, let pid):
+            if supervisor.phase == .running { rescue.retire(pid) }
             BindAdoption.stop(pid, signal: configuration.stopSignal)
         case .stopGroup(_, let pid):
             OS.kill(-pid, configuration.stopSignal)

@@ -47,6 +47,15 @@ public final class EventLoop: Sendable {
         try register(fd, events: EPOLLONESHOT.rawValue, handler)
     }
 
+    /// Calls `handler` on the loop's thread each time `fd` gets something new to read, hangs up, or (with `writable`)
+    /// gets room to write: edge-triggered, so a handler must read or write until the call would block.
+    ///
+    /// The corresponding C function is `epoll_ctl(EPOLL_CTL_ADD)` with `EPOLLET`.
+    public func registerEdges(_ fd: FileDescriptor, writable: Bool, _ handler: @escaping Handler) throws(SystemError) {
+        let events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLET.rawValue | (writable ? EPOLLOUT.rawValue : 0)
+        try register(fd, events: events, handler)
+    }
+
     /// Watches a fd registered with ``registerHangUp(_:_:)`` again.
     ///
     /// The corresponding C function is `epoll_ctl(EPOLL_CTL_MOD)`.

@@ -157,7 +157,7 @@ extension Baton {
                     )
             }
             var logger = Logger(label: "baton")
-            logger.logLevel = .info
+            logger.logLevel = OS.environment("BATON_DEBUG") == nil ? .info : .trace
 
             let resume: ResumeState?
             do {

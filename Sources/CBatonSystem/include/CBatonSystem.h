@@ -117,3 +117,17 @@ int cbaton_pidfd_send_signal(int pidfd, int signal);
 /// `process_vm_readv` of one range: `count` bytes at `remote` in process `pid` into `local` (the C library's
 /// declaration needs _GNU_SOURCE). The bytes read, or -1 with errno.
 ssize_t cbaton_process_vm_read(pid_t pid, void *local, size_t count, uint64_t remote);
+
+/// `pidfd_getfd(pidfd, fd, 0)`: a new fd of this process (close-on-exec) for the open file that fd `fd` of the
+/// process `pidfd` names. -1 with errno.
+int cbaton_pidfd_getfd(int pidfd, int fd);
+
+/// `splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`. What `splice` returns.
+ssize_t cbaton_splice(int from, int to, size_t length);
+
+/// `ioctl(socket, FIONREAD)`: how many bytes wait to be read on `socket`, or -1 with errno.
+int cbaton_unread_bytes(int socket);
+
+/// A TCP socket's state (`tcpi_state`: 1 ESTABLISHED, 8 CLOSE_WAIT, ...) and smoothed round-trip time in
+/// microseconds, from TCP_INFO. Returns 0, or -1 with errno.
+int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds);

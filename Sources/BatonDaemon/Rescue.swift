@@ -1,0 +1,633 @@
+public import BatonCore
+public import BatonSystem
+import Logging
+import SystemPackage
+
+/// Takes over the connections of a retiring worker so that its server's idle `close()` loses no request.
+///
+/// When baton tells a worker to stop, it first takes its own reference to each connection the worker has open on
+/// baton's listeners (`pidfd_getfd`), and keeps doing so while the worker still holds a listener (a server may accept
+/// a few more before it notices the signal). A server's `close()` then sends neither FIN nor RST. Once the worker
+/// lets go of a connection (closes it or exits), ``HeldConnection/verdict(established:clientClosed:unread:firstBytes:idleFor:window:ownerKilled:)``
+/// decides: a request that has arrived is relayed to the serving generation (baton connects to its own listener and
+/// splices both ways until either side closes); an idle connection is closed cleanly after a short window.
+///
+/// A relayed connection's upstream is itself a connection of a later worker: when that one retires, baton takes its
+/// end over the same way and, once it lets go, connects the relay to the generation serving then.
+///
+/// Everything here runs on the event loop's thread, except ``retire(_:)`` and ``exited(_:killed:)``, which the
+/// launcher calls; fds are closed only on the loop's thread, after they are unregistered.
+final class ConnectionRescue: Sendable {
+    struct Listener: Sendable {
+        var inode: UInt64
+        var address: SocketAddress
+    }
+
+    /// The most connections held at once, and relays running at once. Past them, connections are left to the
+    /// server's own close, as without baton.
+    static let maximumHeld = 4096
+    static let maximumRelays = 1024
+    /// The most bytes a relay keeps to send again to another upstream until the first one answers.
+    static let maximumUnanswered = 1 << 20
+
+    let loop: EventLoop
+    let logger: Logger
+    let listeners: [Listener]
+    /// Why taking over connections is not possible here, if it is not.
+    let unavailable: String?
+    private let timer: SharedDescriptor?
+    private let state = Locked(State())
+
+    struct Held: Sendable {
+        var socket: SharedDescriptor
+        var pid: Int32
+        var workerFd: Int32
+        var inode: UInt64
+        var target: SocketAddress
+        var rtt: Duration
+        var releasedAt: ContinuousClock.Instant?
+        /// The relay whose upstream this is the server's end of.
+        var relay: Int?
+    }
+
+    struct Watch: Sendable {
+        var process: SharedDescriptor
+        /// Still holds one of baton's listeners, so it may accept more connections.
+        var accepting = true
+        var exited = false
+        var killed = false
+        var counts = RescueCounts()
+        /// The worker this process belongs to (itself, or the worker it descends from), for the journal.
+        var worker: Int32
+        /// The tick this watch began at: new connections are looked for every tick at first, then less often.
+        var since: Int
+    }
+
+    struct Relay: Sendable {
+        var client: SharedDescriptor
+        var upstream: SharedDescriptor?
+        var upstreamPort: UInt16?
+        var connected = false
+        /// The upstream's worker let go of its end: pass on what it sent, then connect again.
+        var upstreamRetiring = false
+        var upstreamEnded = false
+        var clientEnded = false
+        var shutUpstream = false
+        var shutClient = false
+        var toUpstream: (read: SharedDescriptor, write: SharedDescriptor)
+        var toClient: (read: SharedDescriptor, write: SharedDescriptor)
+        var inToUpstream = 0
+        var inToClient = 0
+        /// Bytes the upstream's worker received but never read: sent to the next upstream first.
+        var pending: [UInt8] = []
+        /// Sent to this upstream since it last answered: sent again to another one if this one resets or its worker
+        /// retires without answering (a retiring worker that accepted the relay's connection and closed it unread).
+        var unanswered: [UInt8] = []
+        var answered = false
+        var retryable = true
+        var retries = 0
+        var target: SocketAddress
+    }
+
+    struct State: Sendable {
+        var held: [Int32: Held] = [:]
+        var watches: [Int32: Watch] = [:]
+        var relays: [Int: Relay] = [:]
+        var upstreamPorts: [UInt16: Int] = [:]
+        var nextRelay = 1
+        var ticks = 0
+        var armed = false
+        var totals = RescueCounts()
+    }
+
+    init(loop: EventLoop, listeners: [ListeningSocket], enabled: Bool, logger: Logger) {
+        self.loop = loop
+        self.logger = logger
+        self.listeners = listeners.compactMap { listener in
+            guard let inode = try? listener.inode(), let address = Handover.localAddress(listener.fd) else {
+                return nil
+            }
+            return Listener(inode: inode, address: address)
+        }
+        if !enabled {
+            unavailable = "turned off (--no-rescue)"
+            timer = nil
+            return
+        }
+        if let error = Handover.check() {
+            unavailable =
+                "not permitted here (\(error)): connections a retiring worker closes as idle may lose a request on the wire"
+            timer = nil
+            return
+        }
+        guard let timer = try? PeriodicTimer.disarmed() else {
+            unavailable = "no timer fd"
+            self.timer = nil
+            return
+        }
+        let shared = SharedDescriptor(timer)
+        self.timer = shared
+        unavailable = nil
+        do {
+            try loop.register(shared.descriptor) { [weak self] in
+                _ = PeriodicTimer.acknowledge(shared.descriptor)
+                self?.tick()
+            }
+        } catch {
+            logger.warning("connection rescue: \(error)")
+        }
+    }
+
+    var listenerInodes: Set<UInt64> { Set(listeners.map(\.inode)) }
+
+    /// What happened to the connections taken over since baton started, and how many relays run now.
+    func counts() -> (RescueCounts, relays: Int) {
+        state.withLock { ($0.totals, $0.relays.count) }
+    }
+
+    // MARK: - Called by the launcher
+
+    /// `pid` is about to get its stop signal: take over the connections it and its descendants hold.
+    func retire(_ pid: Int32) {
+        guard unavailable == nil, !listeners.isEmpty else { return }
+        let pids = [pid] + Handover.descendants(of: pid)
+        logger.debug("connection rescue: retiring \(pids)")
+        state.withLock { state in
+            for process in pids where state.watches[process] == nil {
+                guard let pidfd = try? Handover.openProcess(process) else { continue }
+                state.watches[process] = Watch(process: SharedDescriptor(pidfd), worker: pid, since: state.ticks)
+                grab(process, &state)
+            }
+            arm(&state)
+        }
+    }
+
+    /// `pid` has exited (and was reaped): every connection it held is now baton's alone.
+    func exited(_ pid: Int32, killed: Bool) {
+        state.withLock { state in
+            guard state.watches[pid] != nil else { return }
+            state.watches[pid]!.exited = true
+            state.watches[pid]!.killed = killed
+            arm(&state)
+        }
+    }
+
+    // MARK: - The loop's thread
+
+    private func arm(_ state: inout State) {
+        guard !state.armed, let timer else { return }
+        state.armed = true
+        PeriodicTimer.set(timer.descriptor, every: .milliseconds(5))
+    }
+
+    /// Takes over `pid`'s connections on baton's listeners that baton does not hold yet.
+    private func grab(_ pid: Int32, _ state: inout State) {
+        guard let watch = state.watches[pid] else { return }
+        let inodes = listenerInodes
+        let sockets = Handover.sockets(of: pid)
+        let heldInodes = Set(state.held.values.lazy.filter { $0.pid == pid }.map(\.inode))
+        var accepting = false
+        for (fd, inode) in sockets {
+            if inodes.contains(inode) {
+                accepting = true
+                continue
+            }
+            guard !heldInodes.contains(inode), state.held.count < Self.maximumHeld else { continue }
+            guard let copy = try? Handover.take(fd, from: watch.process.descriptor) else { continue }
+            let socket = SharedDescriptor(copy)
+            guard let tcp = Handover.tcpState(socket.descriptor), tcp.state == Handover.established,
+                let local = Handover.localAddress(socket.descriptor),
+                let listener = listeners.first(where: { local.arrived(through: $0.address) })
+            else { continue }
+            var relay: Int?
+            if let peer = Handover.peerAddress(socket.descriptor), peer.isLoopback, let port = peer.port {
+                relay = state.upstreamPorts[port]
+            }
+            let key = socket.descriptor.rawValue
+            logger.trace(
+                "connection rescue: took fd \(fd) of pid \(pid) as \(key): peer \(Handover.peerAddress(socket.descriptor).map(String.init(describing:)) ?? "?"), relay \(relay.map(String.init) ?? "none")"
+            )
+            do {
+                try loop.registerEdges(socket.descriptor, writable: false) { [weak self] in self?.heldEvent(key) }
+            } catch {
+                continue
+            }
+            state.held[key] = Held(
+                socket: socket,
+                pid: pid,
+                workerFd: fd,
+                inode: inode,
+                target: listener.address.reachable(),
+                rtt: tcp.rtt,
+                relay: relay
+            )
+            state.watches[pid]!.counts.held += 1
+        }
+        state.watches[pid]!.accepting = accepting
+        logger.trace(
+            "connection rescue: pid \(pid): \(sockets.count) socket(s), holds \(state.held.count), accepting \(accepting)"
+        )
+    }
+
+    private func tick() {
+        state.withLock { state in
+            state.ticks += 1
+            let now = ContinuousClock.now
+            for (pid, watch) in state.watches where !watch.exited {
+                // A descendant that baton does not reap (its parent does) ends without an exit event.
+                if Handover.hasEnded(watch.process.descriptor) {
+                    state.watches[pid]!.exited = true
+                    continue
+                }
+                // Every 5 ms for the first 100 ms after the stop signal (when most servers stop accepting), then
+                // every 50 ms.
+                let age = state.ticks - watch.since
+                if watch.accepting && (age < 20 || age % 10 == 0) { grab(pid, &state) }
+            }
+            let checkOwners = state.ticks % 4 == 0
+            for key in Array(state.held.keys) {
+                guard let held = state.held[key], let watch = state.watches[held.pid] else { continue }
+                if held.releasedAt == nil {
+                    guard
+                        watch.exited
+                            || (checkOwners && !Handover.holds(pid: held.pid, fd: held.workerFd, inode: held.inode))
+                    else { continue }
+                    state.held[key]!.releasedAt = now
+                }
+                decide(key, now: now, &state)
+            }
+            finishWatches(&state)
+            if state.held.isEmpty && state.watches.isEmpty, let timer {
+                state.armed = false
+                PeriodicTimer.set(timer.descriptor, every: nil)
+            }
+        }
+    }
+
+    /// Something arrived on a held connection: if its worker let go of it, act now (a level-triggered epoll
+    /// registration the worker left behind would otherwise wake it without end).
+    private func heldEvent(_ key: Int32) {
+        state.withLock { state in
+            guard let held = state.held[key] else { return }
+            if held.releasedAt == nil {
+                let exited = state.watches[held.pid]?.exited ?? true
+                guard exited || !Handover.holds(pid: held.pid, fd: held.workerFd, inode: held.inode) else { return }
+                state.held[key]!.releasedAt = .now
+            }
+            decide(key, now: .now, &state)
+        }
+    }
+
+    private func decide(_ key: Int32, now: ContinuousClock.Instant, _ state: inout State) {
+        guard let held = state.held[key], let releasedAt = held.releasedAt else { return }
+        let fd = held.socket.descriptor
+        let tcp = Handover.tcpState(fd)
+        let unread = Handover.unreadBytes(fd)
+        let killed = state.watches[held.pid]?.killed ?? false
+        let verdict = HeldConnection.verdict(
+            established: tcp?.state == Handover.established || tcp?.state == Handover.closeWait,
+            clientClosed: tcp?.state == Handover.closeWait,
+            unread: unread,
+            firstBytes: unread > 0 ? Handover.peek(fd, count: 16) : [],
+            idleFor: now - releasedAt,
+            window: HeldConnection.window(rtt: held.rtt),
+            ownerKilled: killed
+        )
+        logger.trace(
+            "connection rescue: fd \(key) of pid \(held.pid): state \(tcp?.state ?? 0), unread \(unread), idle \(now - releasedAt), verdict \(verdict)"
+        )
+        if let relay = held.relay {
+            // The server's end of a relay's upstream: whatever baton sent it that it never read goes to the next one.
+            drop(key, &state)
+            var bytes: [UInt8] = []
+            while !killed {
+                let chunk = Handover.take(fd, count: 65536)
+                if chunk.isEmpty { break }
+                bytes += chunk
+            }
+            held.socket.close()
+            if killed || state.relays[relay] == nil {
+                finish(relay, reset: true, &state)
+            } else {
+                // What the worker read of the last request without answering it (Go's Shutdown can close a connection
+                // whose request it has just read) goes again to the next upstream if the request is idempotent.
+                let unanswered = state.relays[relay]!.unanswered
+                let consumed = unanswered.count - bytes.count
+                if consumed > 0 && !HeldConnection.isIdempotentRequest(unanswered) {
+                    finish(relay, reset: true, &state)
+                    return
+                }
+                state.relays[relay]!.pending = (consumed > 0 ? unanswered : bytes) + state.relays[relay]!.pending
+                state.relays[relay]!.unanswered = []
+                state.relays[relay]!.retryable = true
+                state.relays[relay]!.upstreamRetiring = true
+                logger.trace("connection rescue: relay \(relay) upstream retired, \(bytes.count) bytes unread")
+                pump(relay, &state)
+            }
+            return
+        }
+        switch verdict {
+        case .wait:
+            return
+        case .relay:
+            drop(key, &state)
+            if state.relays.count < Self.maximumRelays, startRelay(held, &state) {
+                state.watches[held.pid]?.counts.relayed += 1
+            } else {
+                Handover.resetOnClose(fd)
+                held.socket.close()
+                state.watches[held.pid]?.counts.reset += 1
+            }
+        case .close:
+            drop(key, &state)
+            held.socket.close()
+            state.watches[held.pid]?.counts.closed += 1
+        case .reset:
+            drop(key, &state)
+            Handover.resetOnClose(fd)
+            held.socket.close()
+            state.watches[held.pid]?.counts.reset += 1
+        case .leave:
+            drop(key, &state)
+            held.socket.close()
+            state.watches[held.pid]?.counts.left += 1
+        }
+    }
+
+    private func drop(_ key: Int32, _ state: inout State) {
+        guard let held = state.held.removeValue(forKey: key) else { return }
+        loop.unregister(held.socket.descriptor)
+    }
+
+    private func finishWatches(_ state: inout State) {
+        let busy = Set(state.held.values.map(\.pid))
+        for (pid, watch) in state.watches where watch.exited && !busy.contains(pid) {
+            state.watches[pid] = nil
+            state.totals = state.totals + watch.counts
+            let counts = watch.counts
+            guard counts.held > 0 else { continue }
+            logger.info(
+                "took over \(counts.held) connection(s) pid \(pid) left open: \(counts.relayed) handed to the serving generation, \(counts.closed) closed idle, \(counts.reset) reset, \(counts.left) shut down by the app",
+                metadata: [
+                    "baton.event": "connections-rescued",
+                    "baton.pid": "\(pid)",
+                    "baton.worker_pid": "\(watch.worker)",
+                    "baton.rescued": "\(counts.held)",
+                    "baton.relayed": "\(counts.relayed)",
+                    "baton.closed_idle": "\(counts.closed)",
+                    "baton.reset": "\(counts.reset)",
+                ]
+            )
+        }
+    }
+
+    // MARK: - Relays
+
+    private func startRelay(_ held: Held, _ state: inout State) -> Bool {
+        guard let toUpstream = try? Handover.pipe(), let toClient = try? Handover.pipe() else { return false }
+        let id = state.nextRelay
+        state.nextRelay += 1
+        Handover.setNonBlocking(held.socket.descriptor)
+        do {
+            try loop.registerEdges(held.socket.descriptor, writable: true) { [weak self] in self?.relayEvent(id) }
+        } catch {
+            return false
+        }
+        var relay = Relay(client: held.socket, toUpstream: toUpstream, toClient: toClient, target: held.target)
+        relay.pending = HeldConnection.missingStart(of: Handover.peek(held.socket.descriptor, count: 16)) ?? []
+        state.relays[id] = relay
+        pump(id, &state)
+        return true
+    }
+
+    private func relayEvent(_ id: Int) {
+        state.withLock { pump(id, &$0) }
+    }
+
+    /// Moves whatever can move now, both ways; connects an upstream when there is something to send.
+    private func pump(_ id: Int, _ state: inout State) {
+        guard var relay = state.relays[id] else { return }
+        defer { if state.relays[id] != nil { state.relays[id] = relay } }
+        let client = relay.client.descriptor
+        if relay.upstream == nil && !relay.upstreamRetiring {
+            let waiting = !relay.pending.isEmpty || relay.inToUpstream > 0 || Handover.unreadBytes(client) > 0
+            if relay.clientEnded && !waiting {
+                state.relays[id] = relay
+                finish(id, reset: false, &state)
+                return
+            }
+            if waiting || relay.clientEnded {
+                guard let socket = try? Handover.connect(to: relay.target) else {
+                    state.relays[id] = relay
+                    finish(id, reset: true, &state)
+                    return
+                }
+                let upstream = SharedDescriptor(socket)
+                do {
+                    try loop.registerEdges(upstream.descriptor, writable: true) { [weak self] in self?.relayEvent(id) }
+                } catch {
+                    state.relays[id] = relay
+                    finish(id, reset: true, &state)
+                    return
+                }
+                logger.trace(
+                    "connection rescue: relay \(id) connects, \(relay.pending.count) pending, \(relay.inToUpstream) piped"
+                )
+                relay.upstream = upstream
+                relay.retryable = true
+                relay.connected = false
+                relay.upstreamEnded = false
+                relay.shutUpstream = false
+                if let port = Handover.localAddress(upstream.descriptor)?.port {
+                    relay.upstreamPort = port
+                    state.upstreamPorts[port] = id
+                }
+            }
+        }
+        guard let upstream = relay.upstream?.descriptor else { return }
+        if !relay.connected {
+            if Handover.connectionError(upstream) != 0 {
+                state.relays[id] = relay
+                finish(id, reset: true, &state)
+                return
+            }
+            guard Handover.peerAddress(upstream) != nil else { return }
+            relay.connected = true
+        }
+        var failed = false
+        // Until the upstream answers, what goes to it is copied, to be sent again should it reset.
+        if !relay.upstreamRetiring && relay.retryable {
+            if relay.inToUpstream > 0 {
+                relay.pending += Handover.read(relay.toUpstream.read.descriptor, count: relay.inToUpstream)
+                relay.inToUpstream = 0
+            }
+            while !relay.clientEnded && relay.pending.count < Self.maximumUnanswered {
+                let (bytes, ended) = Handover.receive(client, count: 65536)
+                relay.pending += bytes
+                if ended { relay.clientEnded = true }
+                if bytes.isEmpty { break }
+            }
+            while !relay.pending.isEmpty {
+                guard let sent = Handover.send(upstream, relay.pending[...]) else {
+                    failed = true
+                    break
+                }
+                if sent == 0 { break }
+                relay.unanswered += relay.pending.prefix(sent)
+                relay.answered = false
+                relay.pending.removeFirst(sent)
+            }
+            if relay.unanswered.count >= Self.maximumUnanswered {
+                relay.retryable = false
+                relay.unanswered = []
+            }
+        }
+        // Client to upstream, unless the upstream is being replaced.
+        if !relay.upstreamRetiring && !relay.retryable {
+            while !relay.pending.isEmpty {
+                guard let sent = Handover.send(upstream, relay.pending[...]) else {
+                    failed = true
+                    break
+                }
+                if sent == 0 { break }
+                relay.pending.removeFirst(sent)
+            }
+            if relay.pending.isEmpty {
+                var moved = false
+                failed =
+                    failed
+                    || !move(
+                        from: client,
+                        to: upstream,
+                        through: relay.toUpstream,
+                        count: &relay.inToUpstream,
+                        ended: &relay.clientEnded,
+                        moved: &moved
+                    )
+            }
+            if relay.clientEnded && relay.inToUpstream == 0 && relay.pending.isEmpty && !relay.shutUpstream {
+                Handover.shutdownWrite(upstream)
+                relay.shutUpstream = true
+            }
+        }
+        if !relay.upstreamRetiring && relay.clientEnded && relay.inToUpstream == 0 && relay.pending.isEmpty
+            && !relay.shutUpstream
+        {
+            Handover.shutdownWrite(upstream)
+            relay.shutUpstream = true
+        }
+        // Upstream to client.
+        let before = relay.inToClient
+        var answeredNow = false
+        failed =
+            failed
+            || !move(
+                from: upstream,
+                to: client,
+                through: relay.toClient,
+                count: &relay.inToClient,
+                ended: &relay.upstreamEnded,
+                moved: &answeredNow
+            )
+        if answeredNow || relay.inToClient != before {
+            relay.answered = true
+            relay.unanswered = []
+            relay.retries = 0
+        }
+        if failed && !relay.answered && !relay.unanswered.isEmpty && relay.retries < 3 && !relay.upstreamRetiring {
+            // Nothing came back: the upstream (a worker that was retiring as baton connected) reset it unread.
+            logger.trace("connection rescue: relay \(id) retries after a reset, \(relay.unanswered.count) bytes")
+            loop.unregister(upstream)
+            relay.upstream?.close()
+            relay.upstream = nil
+            if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
+            relay.upstreamPort = nil
+            relay.pending = relay.unanswered + relay.pending
+            relay.unanswered = []
+            relay.retries += 1
+            relay.shutUpstream = false
+            state.relays[id] = relay
+            pump(id, &state)
+            relay = state.relays[id] ?? relay
+            return
+        }
+        if failed {
+            state.relays[id] = relay
+            finish(id, reset: true, &state)
+            return
+        }
+        if relay.upstreamEnded && relay.inToClient == 0 {
+            if relay.upstreamRetiring {
+                // The retired worker's end has closed and everything it sent is on its way: connect to the generation
+                // serving now when the client has something to send.
+                loop.unregister(upstream)
+                relay.upstream?.close()
+                relay.upstream = nil
+                if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
+                relay.upstreamPort = nil
+                relay.upstreamRetiring = false
+                state.relays[id] = relay
+                pump(id, &state)
+                relay = state.relays[id] ?? relay
+                return
+            }
+            if !relay.shutClient {
+                logger.trace("connection rescue: relay \(id): upstream closed, answered \(relay.answered)")
+                Handover.shutdownWrite(client)
+                relay.shutClient = true
+            }
+        }
+        if relay.shutClient && relay.shutUpstream && relay.upstreamEnded && relay.clientEnded {
+            state.relays[id] = relay
+            finish(id, reset: false, &state)
+        }
+    }
+
+    /// Splices `from` → pipe → `to` until a call would block. Returns false on an error.
+    private func move(
+        from: FileDescriptor,
+        to: FileDescriptor,
+        through pipe: (read: SharedDescriptor, write: SharedDescriptor),
+        count: inout Int,
+        ended: inout Bool,
+        moved: inout Bool
+    ) -> Bool {
+        while true {
+            if count > 0 {
+                switch Handover.splice(from: pipe.read.descriptor, to: to, count: count) {
+                case .bytes(let n):
+                    count -= n
+                    moved = true
+                case .wouldBlock, .end: return true
+                case .failed: return false
+                }
+                continue
+            }
+            if ended { return true }
+            switch Handover.splice(from: from, to: pipe.write.descriptor, count: 65536) {
+            case .bytes(let n): count += n
+            case .end:
+                ended = true
+                return true
+            case .wouldBlock: return true
+            case .failed: return false
+            }
+        }
+    }
+
+    private func finish(_ id: Int, reset: Bool, _ state: inout State) {
+        guard let relay = state.relays.removeValue(forKey: id) else { return }
+        logger.trace("connection rescue: relay \(id) ends\(reset ? " with a reset" : "")")
+        loop.unregister(relay.client.descriptor)
+        if reset { Handover.resetOnClose(relay.client.descriptor) }
+        relay.client.close()
+        if let upstream = relay.upstream {
+            loop.unregister(upstream.descriptor)
+            upstream.close()
+        }
+        if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
+        for end in [relay.toUpstream.read, relay.toUpstream.write, relay.toClient.read, relay.toClient.write] {
+            end.close()
+        }
+    }
+}
