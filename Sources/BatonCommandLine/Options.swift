@@ -113,6 +113,16 @@ public struct RunOptions: ParsableArguments {
     )
     public var minReady: String = "0s"
 
+    // Unconditional: `--canary -1s` is a value to check, not a missing one.
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "A canary for every reload: one new worker serves beside the old generation this long, and the rest start only if it stays up; otherwise the reload rolls back. 0 for none; baton reload --canary overrides it.",
+            valueName: "duration"
+        )
+    )
+    public var canary: String = "0"
+
     @Option(
         help: ArgumentHelp(
             "Run the workers as this user (baton keeps the listeners, even on ports below 1024).",
@@ -298,6 +308,7 @@ public struct RunOptions: ParsableArguments {
                 minReady: minReady
             )
         )
+        configuration.supervisor.canary = try CanaryOption.parse(canary)
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
         return configuration

@@ -11,11 +11,38 @@ public enum ControlProtocol {
         public enum Command: String, Codable, Sendable {
             case reload
             case status
+            /// Retire the generation a `--hold` reload left serving beside the new one.
+            case promote
+            /// Retire the held new generation; the old one serves on.
+            case rollback
         }
 
         public var command: Command
+        /// `reload`: the canary window in milliseconds (0: none); absent: the launcher's `--canary`.
+        public var canaryMilliseconds: Int64?
+        /// `reload`: leave the new generation serving beside the old one until promote or rollback.
+        public var hold: Bool?
 
-        public init(command: Command) { self.command = command }
+        public init(command: Command, canaryMilliseconds: Int64? = nil, hold: Bool? = nil) {
+            self.command = command
+            self.canaryMilliseconds = canaryMilliseconds
+            self.hold = hold
+        }
+
+        /// The reload's options, range-checked: a message fit for the error reply if they are out of range.
+        public func reloadOptions() throws(BatonError) -> ReloadOptions {
+            var options = ReloadOptions(hold: hold ?? false)
+            if let canaryMilliseconds {
+                guard canaryMilliseconds >= 0, canaryMilliseconds <= 365 * 86_400_000 else {
+                    throw BatonError(
+                        .control,
+                        "invalid canaryMilliseconds \(canaryMilliseconds): give 0 (no canary) to 31536000000 (365 days)"
+                    )
+                }
+                options.canary = .milliseconds(canaryMilliseconds)
+            }
+            return options
+        }
     }
 
     /// One line the launcher sends back.
@@ -69,7 +96,7 @@ public enum ControlProtocol {
         } catch {
             throw BatonError(
                 .control,
-                "malformed request: expected {\"command\":\"reload\"} or {\"command\":\"status\"}"
+                "malformed request: expected {\"command\":C} with C one of reload, status, promote, rollback"
             )
         }
     }

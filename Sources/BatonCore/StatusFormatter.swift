@@ -16,8 +16,11 @@ public enum StatusFormatter {
         if status.generations.isEmpty { out += "  none\n" }
         for generation in status.generations {
             let started = age(now - generation.startedAt).shortDescription
+            // A held generation serves beside the one that is promoted: say which.
+            let beside = status.generations.first { $0.id != generation.id && $0.state.contains("serving") }
+            let state = generation.state == "held" ? "held beside generation \(beside?.id ?? 0)" : generation.state
             out +=
-                "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
+                "  generation \(generation.id)  \(clean(state))\(generation.crashLooping ? " (crash-looping)" : "")  started \(started) ago\n"
             for worker in generation.workers {
                 let uptime = age(worker.uptimeSeconds).shortDescription
                 out +=

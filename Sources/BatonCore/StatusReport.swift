@@ -116,7 +116,9 @@ extension StatusReport {
             Generation(
                 id: generation.id,
                 state: generation.id == supervisor.serving
-                    ? serving : generation.soak != nil ? "soaking" : generation.state.rawValue,
+                    ? serving
+                    : supervisor.trialState(generation.id)
+                        ?? (generation.soak != nil ? "soaking" : generation.state.rawValue),
                 startedAt: wallTime(generation.startedAt),
                 crashLooping: generation.crashLooping,
                 workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in
@@ -147,7 +149,7 @@ extension StatusReport {
             listeners: listeners,
             generations: generations,
             lastReload: last,
-            reloading: supervisor.reload != nil
+            reloading: supervisor.reload != nil && supervisor.reload?.heldSince == nil
         )
     }
 }

@@ -21,6 +21,8 @@ public enum TimerID: Hashable, Sendable {
     case watchdog(WorkerID)
     /// The end of a soak window (`--min-ready`): the generation (a rolling step: its newest worker) stayed ready.
     case soak(generation: Int)
+    /// The end of a canary window (`--canary`): the reload's one new worker stayed healthy.
+    case canary(generation: Int)
 }
 
 /// Settings the lifecycle depends on.
@@ -39,6 +41,8 @@ public struct SupervisorSettings: Sendable, Equatable {
     /// The soak window (`--min-ready`): how long a new generation must stay ready before it is promoted, and, rolling,
     /// each new worker before its predecessor is retired. Zero: promoted as soon as it is ready.
     public var minReady: Duration
+    /// The canary window every reload has unless it asks otherwise (`baton run --canary`); zero: none.
+    public var canary: Duration = .zero
 
     public init(
         workers: Int = 1,
@@ -135,10 +139,27 @@ public enum ManagerNotification: Sendable, Equatable {
     case extendTimeout(Duration)
 }
 
+/// What one reload asks for beyond a plain reload (`baton reload --canary D --hold`).
+public struct ReloadOptions: Sendable, Equatable {
+    /// The canary window of this reload; nil: the launcher's own (``SupervisorSettings/canary``), zero: none.
+    public var canary: Duration?
+    /// Once ready, the new generation serves beside the old one until `baton promote` or `baton rollback`.
+    public var hold: Bool
+
+    public init(canary: Duration? = nil, hold: Bool = false) {
+        self.canary = canary
+        self.hold = hold
+    }
+}
+
 /// What happens to the state machine.
 public enum SupervisorEvent: Sendable, Equatable {
     case start
-    case reloadRequested(RequesterID?)
+    case reloadRequested(RequesterID?, ReloadOptions = ReloadOptions())
+    /// `baton promote`: retire the generation a `--hold` reload left serving beside the new one.
+    case promoteRequested(RequesterID?)
+    /// `baton rollback`: retire the held new generation and keep the old one.
+    case rollbackRequested(RequesterID?)
     case spawned(WorkerID, pid: Int32)
     case spawnFailed(WorkerID, reason: String)
     case ready(WorkerID)

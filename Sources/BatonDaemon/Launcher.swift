@@ -198,10 +198,19 @@ public actor Launcher {
                 client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReport()))
                 client.close()
             case .reload:
-                let requester = RequesterID(nextRequester)
-                nextRequester += 1
-                requesters[requester] = client
-                process(.reloadRequested(requester))
+                let options: ReloadOptions
+                do throws(BatonError) {
+                    options = try request.reloadOptions()
+                } catch {
+                    client.send(.error(error.message))
+                    client.close()
+                    return
+                }
+                process(.reloadRequested(newRequester(client), options))
+            case .promote:
+                process(.promoteRequested(newRequester(client)))
+            case .rollback:
+                process(.rollbackRequested(newRequester(client)))
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")
@@ -224,6 +233,14 @@ public actor Launcher {
             }
             process(.timer(id))
         }
+    }
+
+    /// Registers a client that waits for the outcome of a reload, promote or rollback.
+    private func newRequester(_ client: ControlClient) -> RequesterID {
+        let requester = RequesterID(nextRequester)
+        nextRequester += 1
+        requesters[requester] = client
+        return requester
     }
 
     /// Hands `event` to the Supervisor and performs its actions, then those of the events they caused, in order.

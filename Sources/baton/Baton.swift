@@ -22,7 +22,7 @@ struct Baton: ParsableCommand {
             option, a missing or bad value, an app command missing after --.
             """,
         version: BatonVersion.current,
-        subcommands: [Run.self, Reload.self, Status.self]
+        subcommands: [Run.self, Reload.self, Status.self, Promote.self, Rollback.self]
     )
 }
 
@@ -39,7 +39,9 @@ extension Baton {
             var text = message(for: error)
             if text.hasPrefix("Error: ") { text.removeFirst("Error: ".count) }
             let line = text.split(separator: "\n").first.map(String.init) ?? "bad arguments"
-            let subcommand = CommandLine.arguments.dropFirst().first { ["run", "reload", "status"].contains($0) }
+            let subcommand = CommandLine.arguments.dropFirst().first {
+                ["run", "reload", "status", "promote", "rollback"].contains($0)
+            }
             let help = subcommand.map { "baton \($0) --help" } ?? "baton --help"
             exit(withError: fail("\(line.prefix(1).lowercased() + line.dropFirst()) (see \(help))", .badArgument))
         }
@@ -291,10 +293,16 @@ extension Baton {
         static let configuration = CommandConfiguration(
             abstract: "Reload a running launcher: start the next generation, then retire the old one.",
             discussion: "Blocks until the new generation serves and the old one is retired. Exits 0 on success; "
-                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1."
+                + "on failure prints the reason and the failing worker's last stderr lines, and exits 1. "
+                + "With --canary, one new worker serves beside the old generation for that long first, and the "
+                + "reload rolls back if it exits (or a process of it fails, or it misses its watchdog). With --hold, "
+                + "it returns once the new generation serves beside the old one; 'baton promote' or 'baton rollback' "
+                + "ends that, and until then another reload is refused. systemctl reload is always a plain reload."
         )
 
         @OptionGroup var control: ControlOptions
+
+        @OptionGroup var options: ReloadCommandOptions
 
         @Flag(name: .shortAndLong, help: "Print only the outcome, not the progress.")
         var quiet = false
@@ -302,9 +310,15 @@ extension Baton {
         func run() throws {
             Signals.ignoreBrokenPipe()
             Signals.ignore(Signals.upgrade)
+            let request: ControlProtocol.Request
+            do {
+                request = try options.request()
+            } catch {
+                throw fail(error)
+            }
             var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
-            client.send(ControlProtocol.Request(command: .reload))
+            client.send(request)
             while let line = client.readLine() {
                 guard let reply = ControlProtocol.decodeReply(line) else { continue }
                 // What the launcher relays (a failure's reason, a worker's stderr) is shown with control characters
