@@ -1226,8 +1226,13 @@ extension Supervisor {
 
     /// Why promote or rollback has nothing to act on.
     private var nothingHeld: String {
-        let now = reload.map { "; generation \($0.target) is still starting" } ?? ""
-        return "no generation is held\(now): 'baton promote' and 'baton rollback' follow 'baton reload --hold'"
+        let state =
+            reload.map {
+                $0.promotedAt == nil
+                    ? "; the reload to generation \($0.target) is in progress"
+                    : "; generation \($0.target) is already being promoted"
+            } ?? ""
+        return "no generation is held\(state): 'baton promote' and 'baton rollback' follow 'baton reload --hold'"
     }
 
     /// `baton promote`: the held generation becomes the serving one and the previous one is retired; the reload

@@ -299,7 +299,7 @@ struct HoldTests {
         }
         h.send(.reloadRequested(RequesterID(3), ReloadOptions(hold: true)))
         let early = h.finished(in: h.send(.promoteRequested(RequesterID(4))))
-        #expect(early.first?.message.contains("generation 2 is still starting") == true)
+        #expect(early.first?.message.contains("the reload to generation 2 is in progress") == true)
         #expect(h.stopped(in: h.log).isEmpty)
     }
 
