@@ -60,6 +60,21 @@ struct CanaryReloadTests {
         return rig.connections(of: pid)
     }
 
+    /// Sends one raw request line to the launcher and returns everything it answers.
+    func exchange(_ rig: Rig, _ line: String) -> String {
+        guard let fd = connectUnix(rig.baton.control) else { return "" }
+        defer { close(fd) }
+        _ = Array(line.utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            reply += buffer[0..<n]
+        }
+        return String(decoding: reply, as: UTF8.self)
+    }
+
     /// Whether worker `pid` answers one of (at most) 300 new connections to the shared socket: the kernel hands it its
     /// share of them, beside the serving generation's workers.
     func answers(_ rig: Rig, pid: Int32) -> Bool {
@@ -230,6 +245,12 @@ struct CanaryReloadTests {
         #expect(try generations(rig).map(\.id) == [1])
         #expect(rig.baton.client(["rollback"]).status == 1)
         #expect(rig.baton.client(["reload", "--quiet"]).status == 0, "reloads work again")
+        // What a client sends is range-checked by the launcher too.
+        for value in ["-1", "99999999999999"] {
+            let reply = exchange(rig, #"{"command":"reload","canaryMilliseconds":"# + value + "}\n")
+            #expect(reply.contains("invalid canaryMilliseconds \(value): give 0 (no canary) to"), "\(reply)")
+        }
+        #expect(try generations(rig).map(\.id) == [3], "no reload started for them")
         let summary = try rig.finish()
         ChaosTests().report("hold, then rollback", summary)
         #expect(ChaosTests.count(summary, "failed") == 0)
