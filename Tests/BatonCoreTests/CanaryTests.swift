@@ -303,6 +303,16 @@ struct HoldTests {
         #expect(h.stopped(in: h.log).isEmpty)
     }
 
+    @Test func aSecondPromoteWhileTheOldGenerationDrainsSaysSo() {
+        var (h, _) = holding()
+        h.send(.promoteRequested(RequesterID(7)))
+        let second = h.finished(in: h.send(.promoteRequested(RequesterID(8))))
+        #expect(second.map(\.ok) == [false])
+        #expect(second.first?.message.contains("generation 2 is already being promoted") == true)
+        let rollback = h.finished(in: h.send(.rollbackRequested(RequesterID(9))))
+        #expect(rollback.map(\.ok) == [false] && h.supervisor.serving == 2, "too late to roll back")
+    }
+
     /// Decided: a held generation is still on trial, like a canary or a soak: a worker of it that exits rolls it back
     /// (no respawn, no crash loop that could end in giving up on both generations).
     @Test func aHeldWorkerThatCrashesRollsTheHeldGenerationBack() {
