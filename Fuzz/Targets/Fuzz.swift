@@ -106,6 +106,13 @@ func fuzzControl(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         // Whatever decodes must encode and decode again to the same request.
         let again = try ControlProtocol.decodeRequest(Array(ControlProtocol.encode(request).dropLast()))
         check(again == request)
+        // A reload's options are in range, or refused in one line.
+        do throws(BatonError) {
+            let options = try request.reloadOptions()
+            check(options.canary.map { $0 >= .zero && $0 <= .seconds(365 * 86400) } ?? true)
+        } catch {
+            check(!error.message.isEmpty && !error.message.contains("\n"))
+        }
     } catch {
         check(!error.message.isEmpty)
     }

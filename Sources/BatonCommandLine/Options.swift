@@ -113,6 +113,16 @@ public struct RunOptions: ParsableArguments {
     )
     public var minReady: String = "0s"
 
+    // Unconditional: `--canary -1s` is a value to check, not a missing one.
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "A canary for every reload: one new worker serves beside the old generation this long, and the rest start only if it stays up; otherwise the reload rolls back. 0 for none; baton reload --canary overrides it.",
+            valueName: "duration"
+        )
+    )
+    public var canary: String = "0"
+
     @Option(
         help: ArgumentHelp(
             "Probe each worker through a socket of its own (the listener named health, last in LISTEN_FDS; its address in BATON_HEALTH_ADDRESS): http:PATH (a GET; 2xx or 3xx passes), tcp (a connect the worker accepts) or exec:COMMAND (exit 0). A worker is ready once a probe passes too; a ready one that fails --health-failures probes in a row is replaced.",
@@ -342,6 +352,7 @@ public struct RunOptions: ParsableArguments {
                 health: healthSettings
             )
         )
+        configuration.supervisor.canary = try CanaryOption.parse(canary)
         configuration.workerUser = workerUser
         configuration.adoptBind = !noAdoptBind
         configuration.metrics = try metrics.map { text throws(BatonError) in try ListenAddress(metricsOption: text) }

@@ -13,6 +13,10 @@ public enum ControlProtocol {
             case status
             /// Sends `signal` to the workers of the serving generation (or of `generation`; only slot `worker`).
             case signal
+            /// Retire the generation a `--hold` reload left serving beside the new one.
+            case promote
+            /// Retire the held new generation; the old one serves on.
+            case rollback
         }
 
         public var command: Command
@@ -20,6 +24,10 @@ public enum ControlProtocol {
         public var waitDrained: Bool?
         /// `reload`: kill what is left of a generation that still drains instead of waiting for it (`--cut-drain`).
         public var cutDrain: Bool?
+        /// `reload`: the canary window in milliseconds (0: none); absent: the launcher's `--canary`.
+        public var canaryMilliseconds: Int64?
+        /// `reload`: leave the new generation serving beside the old one until promote or rollback.
+        public var hold: Bool?
 
         /// `signal`: the signal's number.
         public var signal: Int32?
@@ -32,6 +40,8 @@ public enum ControlProtocol {
             command: Command,
             waitDrained: Bool? = nil,
             cutDrain: Bool? = nil,
+            canaryMilliseconds: Int64? = nil,
+            hold: Bool? = nil,
             signal: Int32? = nil,
             generation: Int? = nil,
             worker: Int? = nil
@@ -39,9 +49,26 @@ public enum ControlProtocol {
             self.command = command
             self.waitDrained = waitDrained
             self.cutDrain = cutDrain
+            self.canaryMilliseconds = canaryMilliseconds
+            self.hold = hold
             self.signal = signal
             self.generation = generation
             self.worker = worker
+        }
+
+        /// The reload's options, range-checked: a message fit for the error reply if they are out of range.
+        public func reloadOptions() throws(BatonError) -> ReloadOptions {
+            var options = ReloadOptions(hold: hold ?? false)
+            if let canaryMilliseconds {
+                guard canaryMilliseconds >= 0, canaryMilliseconds <= 365 * 86_400_000 else {
+                    throw BatonError(
+                        .control,
+                        "invalid canaryMilliseconds \(canaryMilliseconds): give 0 (no canary) to 31536000000 (365 days)"
+                    )
+                }
+                options.canary = .milliseconds(canaryMilliseconds)
+            }
+            return options
         }
     }
 
@@ -99,7 +126,7 @@ public enum ControlProtocol {
         } catch {
             throw BatonError(
                 .control,
-                "malformed request: expected {\"command\":\"reload\"}, {\"command\":\"status\"} or {\"command\":\"signal\",\"signal\":N}"
+                "malformed request: expected {\"command\":C} with C one of reload, status, signal, promote, rollback"
             )
         }
     }

@@ -6,9 +6,17 @@ public struct ReloadRequest: Sendable, Equatable {
     public var waitDrained: Bool
     /// If a generation still drains, kill what is left of it (the stop signal was already sent) instead of waiting.
     public var cutDrain: Bool
+    /// `--canary`, `--hold`.
+    public var options: ReloadOptions
 
-    public init(_ requester: RequesterID?, waitDrained: Bool = false, cutDrain: Bool = false) {
+    public init(
+        _ requester: RequesterID?,
+        waitDrained: Bool = false,
+        cutDrain: Bool = false,
+        options: ReloadOptions = ReloadOptions()
+    ) {
         self.requester = requester
+        self.options = options
         self.waitDrained = waitDrained
         self.cutDrain = cutDrain
     }

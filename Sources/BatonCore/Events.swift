@@ -24,6 +24,12 @@ public struct LifecycleEvent: Sendable, Equatable {
         case listenerBroken = "listener-broken"
         case stopping = "stopping"
         case reexecuted = "reexecuted"
+        case canaryStarted = "canary-started"
+        case canaryPassed = "canary-passed"
+        case canaryFailed = "canary-failed"
+        case generationHeld = "generation-held"
+        case promoteRequested = "promote-requested"
+        case rollbackRequested = "rollback-requested"
 
         /// The journal `MESSAGE_ID` of this kind of event: 32 lowercase hex digits, never changed once shipped.
         public var messageID: String {
@@ -50,6 +56,12 @@ public struct LifecycleEvent: Sendable, Equatable {
             case .listenerBroken: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e644"
             case .stopping: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e651"
             case .reexecuted: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e652"
+            case .canaryStarted: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e671"
+            case .canaryPassed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e672"
+            case .canaryFailed: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e673"
+            case .generationHeld: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e674"
+            case .promoteRequested: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e675"
+            case .rollbackRequested: "8f3c2b1e6a4d4b0f9e51c7a2d3b4e676"
             }
         }
     }

@@ -21,8 +21,11 @@ public enum StatusFormatter {
                 drain =
                     "  \(generation.connections.map { "\($0) connection\($0 == 1 ? "" : "s")" } ?? "connections not counted yet"), \(left)s left"
             }
+            // A held generation serves beside the one that is promoted: say which.
+            let beside = status.generations.first { $0.id != generation.id && $0.state.contains("serving") }
+            let state = generation.state == "held" ? "held beside generation \(beside?.id ?? 0)" : generation.state
             out +=
-                "  generation \(generation.id)  \(clean(generation.state))\(generation.crashLooping ? " (crash-looping)" : "")\(drain)  started \(started) ago\n"
+                "  generation \(generation.id)  \(clean(state))\(generation.crashLooping ? " (crash-looping)" : "")\(drain)  started \(started) ago\n"
             for worker in generation.workers {
                 let uptime = age(worker.uptimeSeconds).shortDescription
                 out +=
@@ -43,6 +46,10 @@ public enum StatusFormatter {
             out += "\n"
         } else {
             out += "last reload: none\n"
+        }
+        if let rescued = status.rescued, rescued.held > 0 || (status.relays ?? 0) > 0 {
+            out +=
+                "connections taken over from retiring workers: \(rescued.held) (\(rescued.relayed) handed to a serving generation, \(rescued.closed) closed idle, \(rescued.reset) reset, \(rescued.left) shut down by the app); \(status.relays ?? 0) relay(s) running\n"
         }
         // The history in short: the last few reloads, newest first (`--json` has all of them).
         let recent = (status.reloads ?? []).prefix(5)

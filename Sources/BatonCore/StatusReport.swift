@@ -121,6 +121,10 @@ public struct StatusReport: Codable, Sendable, Equatable {
     public var reloading: Bool
     /// The last ``ReloadHistory/limit`` reloads, newest first.
     public var reloads: [Reload]?
+    /// The connections baton took over from retiring workers since it started (those of workers still stopping are
+    /// not in it yet), and the relays running now; nil when the rescue is off.
+    public var rescued: RescueCounts?
+    public var relays: Int?
 
     public init(
         name: String,
@@ -165,7 +169,9 @@ extension StatusReport {
             return Generation(
                 id: generation.id,
                 state: generation.id == supervisor.serving
-                    ? serving : generation.soak != nil ? "soaking" : generation.state.rawValue,
+                    ? serving
+                    : supervisor.trialState(generation.id)
+                        ?? (generation.soak != nil ? "soaking" : generation.state.rawValue),
                 startedAt: wallTime(generation.startedAt),
                 crashLooping: generation.crashLooping,
                 workers: generation.workers.compactMap { supervisor.worker($0) }.map { worker in
@@ -202,7 +208,7 @@ extension StatusReport {
             listeners: listeners,
             generations: generations,
             lastReload: last,
-            reloading: supervisor.reload != nil
+            reloading: supervisor.reload != nil && supervisor.reload?.heldSince == nil
         )
         reloads = supervisor.history.map(reload)
     }

@@ -84,6 +84,16 @@ public struct Supervisor: Sendable {
         public var retiredSlots: Set<Int> = []
         /// Set once the new generation serves; the reload ends when the previous one has drained.
         public var promotedAt: ContinuousClock.Instant?
+        /// The canary window (`--canary`): one new worker serves beside the previous generation this long before the
+        /// rest start. Zero: none.
+        public var canary: Duration = .zero
+        /// When the canary worker became ready: its window runs from here.
+        public var canarySince: ContinuousClock.Instant?
+        public var canaryPassed = false
+        /// `--hold`: once ready, the new generation serves beside the previous one until promote or rollback.
+        public var hold = false
+        /// Set while the new generation is held.
+        public var heldSince: ContinuousClock.Instant?
     }
 
     public struct Outcome: Sendable {
@@ -119,6 +129,8 @@ public struct Supervisor: Sendable {
     public private(set) var exitStatus: Int32 = 0
     private var nextWorker = 1
     private var nextGeneration = 1
+    /// A held generation that `baton rollback` retires: its requesters are answered once its workers are gone.
+    private var heldRollback: (generation: Int, requesters: [RequesterID], startedAt: ContinuousClock.Instant)?
 
     public init(settings: SupervisorSettings) {
         precondition(settings.workers >= 1)
@@ -204,6 +216,10 @@ public struct Supervisor: Sendable {
             parts.append(text)
         }
         for generation in orderedGenerations where generation.id != serving {
+            if let text = trialStatus(generation.id) {
+                parts.append(text)
+                continue
+            }
             let live = generation.workers.count
             switch generation.state {
             case .starting where phase == .running && generation.soak != nil:
@@ -268,8 +284,8 @@ public struct Supervisor: Sendable {
             for slot in 1...settings.workers {
                 spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions)
             }
-        case .reloadRequested(let requester):
-            requestReload(ReloadRequest(requester), now: now, actions: &actions)
+        case .reloadRequested(let requester, let options):
+            requestReload(ReloadRequest(requester, options: options), now: now, actions: &actions)
         case .reload(let request):
             requestReload(request, now: now, actions: &actions)
         case .connections(let counts):
@@ -278,6 +294,10 @@ public struct Supervisor: Sendable {
                 if worker.connections == nil { generations[worker.generation]?.connectionsWhenStopped += count }
                 workers[id]?.connections = count
             }
+        case .promoteRequested(let requester):
+            promoteHeld(requester, now: now, actions: &actions)
+        case .rollbackRequested(let requester):
+            rollBackHeld(requester, now: now, actions: &actions)
         case .spawned(let id, let pid):
             guard var worker = workers[id] else { break }
             worker.pid = pid
@@ -426,7 +446,12 @@ public struct Supervisor: Sendable {
             }
             retireSuperseded(by: worker, actions: &actions)
         case .starting:
-            if settings.strategy == .rolling, let reload, reload.target == generation.id, let previous = reload.previous
+            if let reload, reload.target == generation.id, reload.canary > .zero, reload.canarySince == nil {
+                beginCanary(worker, now: now, actions: &actions)
+                return
+            }
+            if settings.strategy == .rolling, let reload, reload.target == generation.id, !reload.hold,
+                let previous = reload.previous
             {
                 if settings.minReady > .zero {
                     beginSoak(generation.id, slot: worker.slot, now: now, actions: &actions)
@@ -546,6 +571,12 @@ public struct Supervisor: Sendable {
 
     /// `id` is fully ready: make it the serving generation and retire the previous one.
     private mutating func promote(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        if let reload, reload.target == id, reload.hold, reload.heldSince == nil, phase == .running,
+            let previous = reload.previous, generations[previous] != nil
+        {
+            hold(id, beside: previous, now: now, actions: &actions)
+            return
+        }
         let generation = generations[id]!
         actions.append(
             .log(
@@ -615,6 +646,19 @@ public struct Supervisor: Sendable {
             drainEnded(generation, now: now, actions: &actions)
         case .failed:
             generations[id] = nil
+            if let heldRollback, heldRollback.generation == id {
+                self.heldRollback = nil
+                actions.append(
+                    .reloadFinished(
+                        heldRollback.requesters,
+                        ok: true,
+                        message:
+                            "generation \(id) rolled back; generation \(serving.map(String.init) ?? "-") keeps serving",
+                        duration: now - heldRollback.startedAt,
+                        failedWorker: nil
+                    )
+                )
+            }
         default:
             break
         }
@@ -626,6 +670,7 @@ public struct Supervisor: Sendable {
         actions: inout [SupervisorAction]
     ) {
         let requester = request.requester
+        let options = request.options
         let requesters = requester.map { [$0] } ?? []
         switch phase {
         case .stopping, .exited:
@@ -648,6 +693,13 @@ public struct Supervisor: Sendable {
             break
         }
         actions.append(.log(LifecycleEvent(.reloadRequested, "reload requested\(requester == nil ? " (signal)" : "")")))
+        if let refusal = reloadRefusal(options) {
+            actions.append(.log(LifecycleEvent(.reloadFailed, "reload refused: \(refusal)", reason: refusal)))
+            actions.append(
+                .reloadFinished(requesters, ok: false, message: refusal, duration: .zero, failedWorker: nil)
+            )
+            return
+        }
         if let requester, request.waitDrained { waitsDrained.insert(requester) }
         if phase == .starting || reload != nil {
             // Coalesce: at most one reload follows the current one, whoever asked.
@@ -663,7 +715,7 @@ public struct Supervisor: Sendable {
             startFollowUp(announcing: requesters, now: now, actions: &actions)
             return
         }
-        startReload(requesters: requesters, now: now, actions: &actions)
+        startReload(requesters: requesters, options: options, now: now, actions: &actions)
     }
 
     /// Starts the pending follow-up reload, unless a generation still drains: then its requesters in `announcing`
@@ -766,19 +818,27 @@ public struct Supervisor: Sendable {
 
     private mutating func startReload(
         requesters: [RequesterID],
+        options: ReloadOptions = ReloadOptions(),
         now: ContinuousClock.Instant,
         actions: inout [SupervisorAction]
     ) {
         actions.append(.notifyManager(.reloading))
         let id = newGeneration(now: now, actions: &actions)
-        reload = Reload(target: id, previous: serving, requesters: requesters, startedAt: now)
+        var reload = Reload(target: id, previous: serving, requesters: requesters, startedAt: now)
+        if serving != nil {
+            reload.canary = options.canary ?? settings.canary
+            reload.hold = options.hold
+        }
+        self.reload = reload
         actions.append(
             .progress(
                 requesters,
                 "starting generation \(id) (\(settings.workers) worker(s), \(settings.strategy.rawValue))"
+                    + canaryPlan(reload)
             )
         )
-        if settings.strategy == .rolling && serving != nil {
+        // A canary starts alone, and so does a rolling reload's first worker (with --hold, the rest start at once).
+        if reload.canary > .zero || (settings.strategy == .rolling && serving != nil && !reload.hold) {
             spawnWorker(generation: id, slot: 1, restarts: 0, now: now, actions: &actions)
         } else {
             for slot in 1...settings.workers {
@@ -855,6 +915,7 @@ public struct Supervisor: Sendable {
         actions: inout [SupervisorAction]
     ) {
         guard let reload, var target = generations[reload.target] else { return }
+        canaryFailed(reason: reason, actions: &actions)
         if target.soak != nil { actions.append(.cancel(.soak(generation: target.id))) }
         target.soak = nil
         target.state = .failed
@@ -933,12 +994,16 @@ public struct Supervisor: Sendable {
             return
         }
 
-        if let reload, reload.target == generation.id, generation.state == .starting, !expected {
+        if let reload, reload.target == generation.id, generation.state == .starting || reload.heldSince != nil,
+            !expected
+        {
             let when =
-                generation.soak == nil
-                ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)"
+                trialWindow(of: worker, now: now)
+                ?? (generation.soak == nil
+                    ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)")
             rollBack(
-                reason: "worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) \(when)",
+                reason:
+                    "\(isCanary(worker) ? "canary " : "")worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) \(what) \(when)",
                 failedWorker: FailedWorker(id, stderr: stderr),
                 now: now,
                 actions: &actions
@@ -989,10 +1054,10 @@ public struct Supervisor: Sendable {
         actions: inout [SupervisorAction]
     ) {
         guard !reason.isClean, let worker = workers[id], let generation = generations[worker.generation],
-            generation.soak != nil, generation.state == .starting
+            (generation.soak != nil && generation.state == .starting) || trialWindow(of: worker, now: now) != nil
         else { return }
         let what =
-            "process \(pid) of worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) exited with \(reason) within --min-ready \(settings.minReady.shortDescription)"
+            "process \(pid) of \(isCanary(worker) ? "canary " : "")worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) exited with \(reason) \(trialWindow(of: worker, now: now) ?? "within --min-ready \(settings.minReady.shortDescription)")"
         if let reload, reload.target == generation.id {
             rollBack(reason: what, failedWorker: FailedWorker(id, stderr: nil), now: now, actions: &actions)
         } else if phase == .starting {
@@ -1156,6 +1221,8 @@ public struct Supervisor: Sendable {
             endSoak(generation, now: now, actions: &actions)
         case .probe(let id):
             probeDue(id, actions: &actions)
+        case .canary(let generation):
+            endCanary(generation, now: now, actions: &actions)
         }
     }
 
@@ -1354,5 +1421,260 @@ extension Supervisor {
         guard settings.health != nil, !worker.probe.passed else { return "" }
         guard let last = worker.probe.last else { return ": no probe finished" }
         return worker.probe.readySignalled ? ": it reported ready, but \(last)" : ": \(last)"
+    }
+}
+
+// MARK: - Canary and held reloads
+
+extension Supervisor {
+    /// Why a reload asked for now cannot start or queue, if it cannot: a held generation waits for promote or
+    /// rollback, and a reload with options of its own does not coalesce into a follow-up.
+    private func reloadRefusal(_ options: ReloadOptions) -> String? {
+        if let reload, reload.heldSince != nil {
+            return
+                "generation \(reload.target) is held: promote or roll back first ('baton promote' or 'baton rollback')"
+        }
+        if phase == .starting || reload != nil, options != ReloadOptions() {
+            return
+                "a reload is in progress; one with --canary or --hold does not queue behind it: try again once it has finished"
+        }
+        return nil
+    }
+
+    /// What the start of a reload says about its canary and hold, e.g. `; canary 5s first`.
+    private func canaryPlan(_ reload: Reload) -> String {
+        var plan: [String] = []
+        if reload.canary > .zero { plan.append("canary \(reload.canary.shortDescription) first") }
+        if reload.hold { plan.append("held beside generation \(reload.previous.map(String.init) ?? "-") once ready") }
+        return plan.isEmpty ? "" : "; " + plan.joined(separator: ", ")
+    }
+
+    /// Whether `worker` is the canary of the reload, in its window or before it.
+    private func isCanary(_ worker: Worker) -> Bool {
+        guard let reload, reload.target == worker.generation, reload.canary > .zero, !reload.canaryPassed else {
+            return false
+        }
+        return worker.slot == 1
+    }
+
+    /// The trial a worker of the reload's new generation is on, for a failure's reason: `after 800ms of its 5s canary
+    /// window`, `while held beside generation 2`; nil when it is on none of these (a soak has its own words).
+    ///
+    /// Probes (issue 12, point 2) hook in here as a soak's do: a probe of the canary that fails calls ``rollBack`` with
+    /// this text, as an exit does.
+    private func trialWindow(of worker: Worker, now: ContinuousClock.Instant) -> String? {
+        guard let reload, reload.target == worker.generation else { return nil }
+        if isCanary(worker) {
+            guard let since = reload.canarySince else { return "before it was ready" }
+            return "after \((now - since).shortDescription) of its \(reload.canary.shortDescription) canary window"
+        }
+        if reload.heldSince != nil {
+            return
+                "while generation \(reload.target) was held beside generation \(reload.previous.map(String.init) ?? "-")"
+        }
+        return nil
+    }
+
+    /// The state `baton status` shows for a generation on trial: `canary`, `held`; nil for any other.
+    public func trialState(_ id: Int) -> String? {
+        guard let reload, reload.target == id else { return nil }
+        if reload.heldSince != nil { return "held" }
+        if reload.canary > .zero && !reload.canaryPassed && generations[id]?.state == .starting { return "canary" }
+        return nil
+    }
+
+    /// The status line's part for a generation on trial.
+    private func trialStatus(_ id: Int) -> String? {
+        guard let reload, let state = trialState(id) else { return nil }
+        let previous = reload.previous.map(String.init) ?? "-"
+        if state == "held" { return "generation \(id) held beside generation \(previous)" }
+        return
+            "generation \(id) canary (\(reload.canarySince == nil ? "starting" : "serving"), --canary \(reload.canary.shortDescription))"
+    }
+
+    /// The canary worker of the reload is ready: it serves beside the previous generation for the canary window.
+    private mutating func beginCanary(_ worker: Worker, now: ContinuousClock.Instant, actions: inout [SupervisorAction])
+    {
+        guard var reload else { return }
+        reload.canarySince = now
+        self.reload = reload
+        let window = reload.canary.shortDescription
+        actions.append(.schedule(.canary(generation: worker.generation), after: reload.canary))
+        // Keep systemd's reload timer from failing a reload whose canary serves as it should.
+        actions.append(.notifyManager(.extendTimeout(reload.canary + .seconds(5))))
+        let text =
+            "generation \(worker.generation): canary worker \(worker.slot) (pid \(worker.pid.map(String.init) ?? "none")) ready; serving beside generation \(reload.previous.map(String.init) ?? "-") for \(window)"
+        actions.append(.progress(reload.requesters, text))
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .canaryStarted,
+                    text + " (--canary)",
+                    generation: worker.generation,
+                    workerPID: worker.pid,
+                    slot: worker.slot,
+                    duration: reload.canary
+                )
+            )
+        )
+    }
+
+    /// The canary window of `id` ended with its canary still up: the reload goes on with the configured strategy
+    /// (rolling: the canary is slot 1's new worker; otherwise, or with `--hold`, the rest start at once).
+    private mutating func endCanary(_ id: Int, now: ContinuousClock.Instant, actions: inout [SupervisorAction]) {
+        guard phase == .running, var reload, reload.target == id, reload.canarySince != nil, !reload.canaryPassed,
+            let generation = generations[id], generation.state == .starting,
+            let canary = generation.slots[1].flatMap({ workers[$0] }), canary.state == .ready
+        else { return }
+        reload.canaryPassed = true
+        self.reload = reload
+        let text =
+            "generation \(id): canary worker 1 (pid \(canary.pid.map(String.init) ?? "none")) passed its \(reload.canary.shortDescription) canary window"
+        actions.append(.log(LifecycleEvent(.canaryPassed, text, generation: id, workerPID: canary.pid, slot: 1)))
+        if settings.strategy == .rolling && !reload.hold, let previous = reload.previous {
+            actions.append(.progress(reload.requesters, text + "; rolling on"))
+            rollingStep(readySlot: 1, target: id, previous: previous, now: now, actions: &actions)
+            return
+        }
+        guard settings.workers == 1 else {
+            actions.append(.progress(reload.requesters, text + "; starting the other \(settings.workers - 1)"))
+            for slot in 2...settings.workers {
+                spawnWorker(generation: id, slot: slot, restarts: 0, now: now, actions: &actions)
+            }
+            return
+        }
+        actions.append(.progress(reload.requesters, text))
+        if settings.minReady > .zero {
+            beginSoak(id, slot: nil, now: now, actions: &actions)
+            return
+        }
+        generations[id]?.state = .serving
+        promote(id, now: now, actions: &actions)
+    }
+
+    /// The reload's canary failed (it is being rolled back for `reason`): its timer goes, and the journal says so.
+    private mutating func canaryFailed(reason: String, actions: inout [SupervisorAction]) {
+        guard let reload, reload.canary > .zero, !reload.canaryPassed else { return }
+        actions.append(.cancel(.canary(generation: reload.target)))
+        let pid = generations[reload.target]?.slots[1].flatMap { workers[$0]?.pid }
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .canaryFailed,
+                    "generation \(reload.target): canary failed: \(reason)",
+                    generation: reload.target,
+                    workerPID: pid,
+                    slot: 1,
+                    reason: reason
+                )
+            )
+        )
+    }
+
+    /// `--hold`: generation `id` is ready (its canary and soak passed): it serves beside `previous`, and the reload
+    /// waits for `baton promote` or `baton rollback`. Its requesters are answered now.
+    private mutating func hold(
+        _ id: Int,
+        beside previous: Int,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        guard var reload else { return }
+        reload.heldSince = now
+        let requesters = reload.requesters
+        reload.requesters = []
+        self.reload = reload
+        let text = "generation \(id) serving beside generation \(previous); run 'baton promote' or 'baton rollback'"
+        actions.append(
+            .log(LifecycleEvent(.generationHeld, text, generation: id, duration: now - reload.startedAt))
+        )
+        actions.append(
+            .reloadFinished(requesters, ok: true, message: text, duration: now - reload.startedAt, failedWorker: nil)
+        )
+        if let followUp {
+            self.followUp = nil
+            let refusal = reloadRefusal(ReloadOptions()) ?? "generation \(id) is held"
+            actions.append(.reloadFinished(followUp, ok: false, message: refusal, duration: .zero, failedWorker: nil))
+        }
+        // The reload systemd was told of is over as far as it goes: both generations serve.
+        actions.append(.notifyManager(.ready))
+    }
+
+    /// Why promote or rollback has nothing to act on.
+    private var nothingHeld: String {
+        let state =
+            reload.map {
+                $0.promotedAt == nil
+                    ? "; the reload to generation \($0.target) is in progress"
+                    : "; generation \($0.target) is already being promoted"
+            } ?? ""
+        return "no generation is held\(state): 'baton promote' and 'baton rollback' follow 'baton reload --hold'"
+    }
+
+    /// `baton promote`: the held generation becomes the serving one and the previous one is retired; the reload
+    /// finishes as any does, and the requester hears of it then.
+    private mutating func promoteHeld(
+        _ requester: RequesterID?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        let requesters = requester.map { [$0] } ?? []
+        guard phase == .running, var reload, reload.heldSince != nil else {
+            actions.append(
+                .reloadFinished(requesters, ok: false, message: nothingHeld, duration: .zero, failedWorker: nil)
+            )
+            return
+        }
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .promoteRequested,
+                    "promote requested: generation \(reload.target) replaces generation \(reload.previous.map(String.init) ?? "-")",
+                    generation: reload.target
+                )
+            )
+        )
+        reload.hold = false
+        reload.heldSince = nil
+        reload.requesters += requesters
+        self.reload = reload
+        actions.append(.notifyManager(.reloading))
+        promote(reload.target, now: now, actions: &actions)
+    }
+
+    /// `baton rollback`: the held generation is stopped gracefully and the previous one serves on; the requester
+    /// hears once the held workers are gone.
+    private mutating func rollBackHeld(
+        _ requester: RequesterID?,
+        now: ContinuousClock.Instant,
+        actions: inout [SupervisorAction]
+    ) {
+        let requesters = requester.map { [$0] } ?? []
+        guard phase == .running, var reload, reload.heldSince != nil else {
+            actions.append(
+                .reloadFinished(requesters, ok: false, message: nothingHeld, duration: .zero, failedWorker: nil)
+            )
+            return
+        }
+        let previous = reload.previous.map(String.init) ?? "-"
+        actions.append(
+            .log(
+                LifecycleEvent(
+                    .rollbackRequested,
+                    "rollback requested: generation \(reload.target) retires, generation \(previous) serves on",
+                    generation: reload.target
+                )
+            )
+        )
+        // The reload's own requesters were answered when it was held.
+        reload.requesters = []
+        self.reload = reload
+        heldRollback = (reload.target, requesters, now)
+        rollBack(
+            reason: "rolled back by 'baton rollback' while held beside generation \(previous)",
+            failedWorker: nil,
+            now: now,
+            actions: &actions
+        )
     }
 }

@@ -23,6 +23,8 @@ public enum TimerID: Hashable, Sendable {
     case soak(generation: Int)
     /// The next health probe of a worker is due (`--health`).
     case probe(WorkerID)
+    /// The end of a canary window (`--canary`): the reload's one new worker stayed healthy.
+    case canary(generation: Int)
 }
 
 /// Settings the lifecycle depends on.
@@ -43,6 +45,8 @@ public struct SupervisorSettings: Sendable, Equatable {
     public var minReady: Duration
     /// Health probes (`--health`): nil for none.
     public var health: HealthSettings?
+    /// The canary window every reload has unless it asks otherwise (`baton run --canary`); zero: none.
+    public var canary: Duration = .zero
 
     public init(
         workers: Int = 1,
@@ -145,14 +149,31 @@ public enum ManagerNotification: Sendable, Equatable {
     case extendTimeout(Duration)
 }
 
+/// What one reload asks for beyond a plain reload (`baton reload --canary D --hold`).
+public struct ReloadOptions: Sendable, Equatable {
+    /// The canary window of this reload; nil: the launcher's own (``SupervisorSettings/canary``), zero: none.
+    public var canary: Duration?
+    /// Once ready, the new generation serves beside the old one until `baton promote` or `baton rollback`.
+    public var hold: Bool
+
+    public init(canary: Duration? = nil, hold: Bool = false) {
+        self.canary = canary
+        self.hold = hold
+    }
+}
+
 /// What happens to the state machine.
 public enum SupervisorEvent: Sendable, Equatable {
     case start
-    case reloadRequested(RequesterID?)
     /// A reload with options (`--wait-drained`, `--cut-drain`); `.reloadRequested(r)` is `.reload(ReloadRequest(r))`.
     case reload(ReloadRequest)
     /// The client connections stopping workers hold, as the launcher counted them (only while something drains).
     case connections([WorkerID: Int])
+    case reloadRequested(RequesterID?, ReloadOptions = ReloadOptions())
+    /// `baton promote`: retire the generation a `--hold` reload left serving beside the new one.
+    case promoteRequested(RequesterID?)
+    /// `baton rollback`: retire the held new generation and keep the old one.
+    case rollbackRequested(RequesterID?)
     case spawned(WorkerID, pid: Int32)
     case spawnFailed(WorkerID, reason: String)
     case ready(WorkerID)

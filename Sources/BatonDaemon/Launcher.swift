@@ -239,22 +239,33 @@ public actor Launcher {
                 client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReportWithUsage()))
                 client.close()
             case .reload:
-                let requester = RequesterID(nextRequester)
-                nextRequester += 1
-                requesters[requester] = client
+                let options: ReloadOptions
+                do throws(BatonError) {
+                    options = try request.reloadOptions()
+                } catch {
+                    client.send(.error(error.message))
+                    client.close()
+                    return
+                }
+                let requester = newRequester(client)
                 countDrainingConnections()
                 process(
                     .reload(
                         ReloadRequest(
                             requester,
                             waitDrained: request.waitDrained == true,
-                            cutDrain: request.cutDrain == true
+                            cutDrain: request.cutDrain == true,
+                            options: options
                         )
                     )
                 )
             case .signal:
                 client.send(signalWorkers(request))
                 client.close()
+            case .promote:
+                process(.promoteRequested(newRequester(client)))
+            case .rollback:
+                process(.rollbackRequested(newRequester(client)))
             }
         case .watchdogTick:
             Systemd.notify("WATCHDOG=1")
@@ -291,6 +302,14 @@ public actor Launcher {
             if case .stopTimeout(let worker) = id { countDrainingConnections(only: worker) }
             process(.timer(id))
         }
+    }
+
+    /// Registers a client that waits for the outcome of a reload, promote or rollback.
+    private func newRequester(_ client: ControlClient) -> RequesterID {
+        let requester = RequesterID(nextRequester)
+        nextRequester += 1
+        requesters[requester] = client
+        return requester
     }
 
     /// Hands `event` to the Supervisor and performs its actions, then those of the events they caused, in order.

@@ -103,7 +103,7 @@ extension Logger {
         let level: Logger.Level =
             switch event.kind {
             case .reloadFailed, .generationFailed, .crashLoop, .watchdogMissed: .error
-            case .workerCrashed, .workerKilled: .warning
+            case .workerCrashed, .workerKilled, .canaryFailed: .warning
             default: .notice
             }
         log(level: level, "\(event.message)", metadata: metadata)

@@ -32,6 +32,10 @@ struct BatonMetrics {
     private var lastReload: (timestamp: CoreMetrics.Meter, success: CoreMetrics.Meter)?
     private var workerSeries: [SeriesKey: CoreMetrics.Meter] = [:]
     private var connectionSeries: [Int: CoreMetrics.Meter] = [:]
+    /// The connection rescue: outcomes so far (as counted by the rescue), and relays now.
+    private var rescued: [String: CoreMetrics.Counter] = [:]
+    private var rescuedReported = RescueCounts()
+    private var relays: CoreMetrics.Meter?
 
     private let cpuSeconds: CoreMetrics.FloatingPointCounter
     private var cpuSecondsReported = 0.0
@@ -169,6 +173,26 @@ struct BatonMetrics {
         }
     }
 
+    /// The connection rescue's totals since baton started (taken over, and what became of them) and its relays now.
+    mutating func rescue(_ counts: RescueCounts, relays running: Int) {
+        let outcomes: [(String, Int, Int)] = [
+            ("held", counts.held, rescuedReported.held),
+            ("relayed", counts.relayed, rescuedReported.relayed),
+            ("closed", counts.closed, rescuedReported.closed),
+            ("reset", counts.reset, rescuedReported.reset),
+            ("left", counts.left, rescuedReported.left),
+        ]
+        for (outcome, now, before) in outcomes {
+            let counter = rescued[outcome] ?? make.counter("baton_rescued_connections_total", [("outcome", outcome)])
+            rescued[outcome] = counter
+            if now > before { counter.increment(by: now - before) }
+        }
+        rescuedReported = counts
+        let gauge = relays ?? make.gauge("baton_rescue_relays")
+        relays = gauge
+        gauge.set(running)
+    }
+
     // MARK: - Rendering, when scraped
 
     /// The metrics page: the present read from `supervisor` and `/proc`, then everything rendered.
@@ -250,6 +274,9 @@ private struct Maker {
         "baton_generations": "Generations by state.",
         "baton_workers": "Workers of each live generation, by state.",
         "baton_generation_connections": "Open connections of each live generation, draining ones included.",
+        "baton_rescued_connections_total":
+            "Connections baton took over from retiring workers (held), and what became of them once the worker let go: relayed to the serving generation, closed idle, reset, or left to the app that shut them down.",
+        "baton_rescue_relays": "Relays of rescued connections to the serving generation running now.",
         "baton_last_reload_timestamp_seconds": "When the last reload finished, in seconds since the epoch.",
         "baton_last_reload_success": "Whether the last reload succeeded (1) or failed (0).",
         "baton_build_info": "baton's version; always 1.",
@@ -348,6 +375,8 @@ extension Launcher {
             return
         }
         reportConnections(connectionsByGeneration())
+        let (rescued, running) = rescue.counts()
+        self.metrics?.rescue(rescued, relays: running)
         guard var metrics else { return }
         let body = metrics.render(supervisor, now: .now, wallClock: OS.wallClockSeconds())
         self.metrics = metrics

@@ -58,6 +58,10 @@ extension Launcher {
                 usage[pid] = WorkerUsage(cpuSeconds: figures.cpuSeconds, rssBytes: figures.residentBytes)
             }
         }
-        return report.adding(cpuSamples.record(usage, now: .now))
+        var full = report.adding(cpuSamples.record(usage, now: .now))
+        if rescue.unavailable == nil {
+            (full.rescued, full.relays) = rescue.counts()
+        }
+        return full
     }
 }

@@ -27,7 +27,7 @@ struct Baton: ParsableCommand {
             "refused"): retry later. baton ls exits 0, also when it finds no baton.
             """,
         version: BatonVersion.current,
-        subcommands: [Run.self, Reload.self, Status.self, SendSignal.self, List.self]
+        subcommands: [Run.self, Reload.self, Status.self, SendSignal.self, List.self, Promote.self, Rollback.self]
     )
 }
 
@@ -45,7 +45,7 @@ extension Baton {
             if text.hasPrefix("Error: ") { text.removeFirst("Error: ".count) }
             let line = text.split(separator: "\n").first.map(String.init) ?? "bad arguments"
             let subcommand = CommandLine.arguments.dropFirst().first {
-                ["run", "reload", "status", "signal", "ls"].contains($0)
+                ["run", "reload", "status", "signal", "ls", "promote", "rollback"].contains($0)
             }
             let help = subcommand.map { "baton \($0) --help" } ?? "baton --help"
             exit(withError: fail("\(line.prefix(1).lowercased() + line.dropFirst()) (see \(help))", .badArgument))
@@ -302,10 +302,16 @@ extension Baton {
                 + "old generation is gone. One generation drains at a time: a reload asked for while one drains waits "
                 + "for it, or with --cut-drain kills what is left of it. Exits 0 on success; on failure prints the "
                 + "reason and the failing worker's last stderr lines, and exits 1; exits 75 when baton is stopping or "
-                + "has not started."
+                + "has not started. With --canary, one new worker serves beside the old generation for that long "
+                + "first, and the reload rolls back if it exits (or a process of it fails, or it misses its watchdog). "
+                + "With --hold, it returns once the new generation serves beside the old one; 'baton promote' or "
+                + "'baton rollback' ends that, and until then another reload is refused. systemctl reload is always a "
+                + "plain reload."
         )
 
         @OptionGroup var control: ControlOptions
+
+        @OptionGroup var options: ReloadCommandOptions
 
         @Flag(name: .shortAndLong, help: "Print only the outcome, not the progress.")
         var quiet = false
@@ -341,15 +347,18 @@ extension Baton {
         func run() throws {
             Signals.ignoreBrokenPipe()
             Signals.ignore(Signals.upgrade)
+            let request: ControlProtocol.Request
+            do {
+                request = try options.request()
+            } catch {
+                throw fail(error)
+            }
             var client = try connect(control.clientPath)
             defer { client.fd.closeOnce() }
-            client.send(
-                ControlProtocol.Request(
-                    command: .reload,
-                    waitDrained: waitDrained ? true : nil,
-                    cutDrain: cutDrain ? true : nil
-                )
-            )
+            var sent = request
+            sent.waitDrained = waitDrained ? true : nil
+            sent.cutDrain = cutDrain ? true : nil
+            client.send(sent)
             while let line = client.readLine() {
                 guard let reply = ControlProtocol.decodeReply(line) else { continue }
                 // What the launcher relays (a failure's reason, a worker's stderr) is shown with control characters

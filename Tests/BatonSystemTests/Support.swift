@@ -28,6 +28,7 @@ enum Paths {
     static let worker = packageRoot.appendingPathComponent("Tests/Fixtures/worker.py").path
     static let nodeApp = packageRoot.appendingPathComponent("examples/node/app.js").path
     static let pythonApp = packageRoot.appendingPathComponent("examples/python/app.py").path
+    static let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures").path
     static let loadgen = packageRoot.appendingPathComponent("tools/loadgen.py").path
 
     static func which(_ name: String) -> String? {

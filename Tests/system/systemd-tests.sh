@@ -46,6 +46,11 @@
 #   n  metrics: `--metrics 127.0.0.1:9464` added to BATON_OPTIONS in /etc/baton/demo.conf works under
 #      the unit's hardening; after a restart and one reload, GET /metrics shows serving generation 2
 #      and baton_reloads_total{result="ok"} 1
+#   o  canary and held reloads: `baton reload --hold` leaves the next generation serving beside the
+#      old one (StatusText says so) and `systemctl reload` is refused meanwhile; `baton promote`
+#      finishes it. With `--canary 3s` in BATON_OPTIONS, a release that crashes 2 s after it
+#      starts makes `systemctl reload` fail, the old generation serves on, and the journal has the
+#      canary-failed MESSAGE_ID with the reason; the good release then passes its canary
 # and finally (counted as one more check, "host teardown") that the teardown left no process,
 # cgroup or mount behind. A check that passes prints its notes (timings, load summaries, journal lines).
 # Ends with the timings and "systemd: N passed, M failed"; exits non-zero if any failed.
@@ -78,6 +83,9 @@ MID_DRAINED=$(mid 'baton: generation .* finished draining$')
 MID_LISTENER_BOUND=$(mid 'baton: .* bound a listening socket$')
 MID_LISTENER_STORED=$(mid 'baton: .* stored a listening socket in the fd store$')
 MID_PROBE_FAILED=$(mid 'baton: worker .* failed its health probes$')
+MID_CANARY_PASSED=$(mid 'baton: the canary of .* passed$')
+MID_CANARY_FAILED=$(mid 'baton: the canary of .* failed$')
+MID_HELD=$(mid 'baton: generation .* is held beside the old generation$')
 
 rig_start systemd-tests bt
 stage=$work/opt            # bind-mounted at /opt/test in every container
@@ -130,6 +138,12 @@ write_stage() {
 [Socket]
 ListenStream=
 ListenStream=127.0.0.1:8080
+EOF
+    # A release that serves, then crashes 2 s after it started (good.js is the real app).
+    cat >"$fx/late-crash-app.js" <<'EOF'
+'use strict';
+setTimeout(() => { console.error('late-crash release: crashing now (test)'); process.exit(1); }, 2000);
+require('./good.js');
 EOF
     # A broken release of the app, as an upgrade might ship: exits 1 at start.
     cat >"$fx/broken-app.js" <<'EOF'
@@ -441,6 +455,11 @@ check_d() { # 10 reloads under load
     ((newest >= g + 10)) || fail "serving generation $newest after 10 reloads from $g"
     [[ $finals =~ ^\{\"$newest\":\ [0-9]+\}$ ]] ||
         fail "final responses not all from the newest generation $newest: $finals"
+    # The connection rescue works under the unit's hardening (SystemCallFilter= allows pidfd_getfd).
+    x journalctl --no-pager -o cat -u baton@demo.service
+    ! grep -q 'connection rescue is off' <<<"$OUT" ||
+        fail "$(grep -m1 'connection rescue is off' <<<"$OUT")"
+    note "connection rescue: $(grep -c 'took over' <<<"$OUT" || true) retired worker(s) had connections taken over"
 }
 
 check_e() { # the journal
@@ -742,7 +761,51 @@ check_n() { # --metrics through BATON_OPTIONS
         <<<"$page" | tr '\n' ' ')"
 }
 
-all_checks=(a b c d e f g h i j k l m n)
+check_o() { # canary and held reloads
+    local g cur conf=/etc/baton/demo.conf node=/usr/share/baton/examples/node
+    g=$(serving_gen) || fail "not serving: StatusText='$(show baton@demo.service StatusText)'"
+    cur=$(cursor)
+    trap 'in_c sh -c "install -m 0644 /opt/test/examples/node/app.js '"$node"'/app.js
+        install -m 0644 /opt/test/systemd/demo.conf '"$conf"'; systemctl restart baton@demo.service" || true' EXIT
+    x timeout 90 baton reload --quiet --name demo --hold || fail "baton reload --hold failed"
+    [[ $OUT == "generation $((g + 1)) serving beside generation $g; run 'baton promote' or 'baton rollback'" ]] ||
+        fail "baton reload --hold did not say the generation is held"
+    x systemctl show -p StatusText -p ActiveState baton@demo.service
+    [[ $OUT == *"generation $((g + 1)) held beside generation $g"* ]] || fail "StatusText does not show the hold"
+    grep -q '^ActiveState=active' <<<"$OUT" || fail "the service is not active while held"
+    note "held: ${OUT//$'\n'/; }"
+    if x timeout 90 systemctl reload baton@demo.service; then fail "systemctl reload exited 0 while held"; fi
+    x timeout 90 baton promote --name demo || fail "baton promote failed"
+    [[ $(serving_gen) == $((g + 1)) ]] || fail "not serving generation $((g + 1)) after promote"
+    jafter "$cur" "MESSAGE_ID=$MID_HELD"
+    [[ -n $OUT ]] || fail "no generation-held entry (MESSAGE_ID=$MID_HELD)"
+    note "journal, held: $OUT"
+
+    # A canary for every reload, from BATON_OPTIONS.
+    x sed -i 's/^BATON_OPTIONS=/BATON_OPTIONS=--canary 3s /' "$conf"
+    x timeout 90 systemctl restart baton@demo.service
+    until_ok 30 is_active baton@demo.service || fail "not active after the restart"
+    g=$(serving_gen) || fail "not serving after the restart"
+    cur=$(cursor)
+    x install -m 0644 /opt/test/examples/node/app.js "$node/good.js"
+    x install -m 0644 /opt/test/fixtures/late-crash-app.js "$node/app.js"
+    if x timeout 90 systemctl reload baton@demo.service; then fail "systemctl reload exited 0 with a late crash"; fi
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 && $BODY == "hello from generation $g "* ]] ||
+        fail "expected the old generation $g to answer, got $CODE '$BODY'"
+    jafter "$cur" "MESSAGE_ID=$MID_CANARY_FAILED"
+    [[ $OUT == *"canary worker 1 (pid "*") exited with exit 1 after "*" of its 3s canary window"* ]] ||
+        fail "no canary-failed entry with the reason (MESSAGE_ID=$MID_CANARY_FAILED): '$OUT'"
+    note "journal, canary failed: $OUT"
+    x install -m 0644 /opt/test/examples/node/app.js "$node/app.js"
+    cur=$(cursor)
+    x timeout 90 systemctl reload baton@demo.service || fail "systemctl reload of the good release failed"
+    jafter "$cur" "MESSAGE_ID=$MID_CANARY_PASSED"
+    [[ -n $OUT ]] || fail "no canary-passed entry (MESSAGE_ID=$MID_CANARY_PASSED)"
+    note "journal, canary passed: $OUT"
+}
+
+all_checks=(a b c d e f g h i j k l m n o)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -758,6 +821,7 @@ check_title+=(
     [l]="systemctl reload returns while the old generation drains"
     [m]="health probes: reload fails on a 503 probe, liveness replacement"
     [n]="--metrics in BATON_OPTIONS: GET /metrics under the unit"
+    [o]="canary and held reloads: hold, refused reload, promote; a canary fails"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's

@@ -1,0 +1,241 @@
+import Foundation
+import Testing
+
+/// Connection rescue: baton takes over the connections a retiring worker leaves open, so that a server's own close of
+/// an idle keep-alive connection (uvicorn, Node's `server.close()`, express) loses no request, unmodified.
+@Suite("connection rescue", .serialized, .timeLimit(.minutes(10)))
+struct RescueTests {
+    struct LoadSummary: Decodable {
+        var requests: Int
+        var ok: Int
+        var failed: Int
+        var failures: [String: Int]?
+        var final_generations: [String: Int]
+    }
+
+    /// Runs `app` under baton with keep-alive load from 16 clients, `reloads` reloads, each once the new generation has
+    /// answered requests of the test's own; returns the load's summary and baton's stderr.
+    func keepAliveLoad(
+        _ app: [String],
+        name: String,
+        extra: [String] = [],
+        environment: [String: String] = [:],
+        reloads: Int = 8
+    ) throws -> (LoadSummary, String) {
+        let scratch = Scratch()
+        let port = try #require(AdoptBindTests.freePort())
+        var env = environment
+        env["PORT"] = "\(port)"
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--stop-timeout", "10s"] + extra + ["--"] + app,
+            scratch: scratch,
+            environment: env
+        )
+        defer { _ = baton.stop() }
+        try #require(
+            baton.stderr.waitFor("generation 1 ready", timeout: 30) != nil,
+            "\(name) did not start:\n\(baton.diagnosis())"
+        )
+        let stopFile = scratch.file("stop")
+        let summaryFile = scratch.file("load.json")
+        let load = Process()
+        load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+        load.arguments = [
+            Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "16", "--mode", "keepalive",
+            "--until-file", stopFile, "--duration", "240", "--json", summaryFile,
+        ]
+        let loadErr = Pipe()
+        load.standardError = loadErr
+        try load.run()
+        let loadLines = LineCollector(loadErr.fileHandleForReading)
+        func serves(_ generation: Int) {
+            let deadline = Date().addingTimeInterval(20)
+            var answered = 0
+            while answered < 30 && Date() < deadline {
+                if (try? HTTP.get(host: "127.0.0.1", port: port))?.body.contains("generation \(generation) ") == true {
+                    answered += 1
+                }
+            }
+            #expect(answered == 30, "\(name): generation \(generation) serves")
+        }
+        serves(1)
+        for index in 1...reloads {
+            let reload = baton.client(["reload", "--quiet"])
+            #expect(reload.status == 0, "\(name): reload \(index): \(reload.stderr)\n\(baton.diagnosis())")
+            serves(index + 1)
+        }
+        _ = FileManager.default.createFile(atPath: stopFile, contents: Data("\(reloads + 1)".utf8))
+        load.waitUntilExit()
+        _ = loadLines.waitClosed()
+        let summary = try JSONDecoder().decode(
+            LoadSummary.self,
+            from: try #require(FileManager.default.contents(atPath: summaryFile))
+        )
+        #expect(summary.requests > 200, "\(name): the load really ran: \(summary.requests) requests")
+        return (summary, baton.stderr.text)
+    }
+
+    static var servers: [String] {
+        var names = ["uvicorn", "node http + server.close()"]
+        if FileManager.default.fileExists(atPath: "/usr/share/nodejs/express") { names.append("express") }
+        return names
+    }
+
+    static func command(_ server: String) -> (app: [String], environment: [String: String]) {
+        let fixtures = Paths.fixtures + "/rescue"
+        switch server {
+        case "uvicorn":
+            return (
+                ["python3", "-m", "uvicorn", "--fd", "3", "--app-dir", fixtures, "asgi:app", "--log-level", "warning"],
+                [:]
+            )
+        case "express": return (["node", fixtures + "/express-app.js"], ["NODE_PATH": "/usr/share/nodejs"])
+        default: return (["node", fixtures + "/node-close.js"], [:])
+        }
+    }
+
+    /// Each server closes its idle keep-alive connections on SIGTERM; without baton's rescue, a client whose next
+    /// request is on the wire gets EOF or RST (one per open connection per reload with uvicorn). With it: none.
+    @Test("keep-alive clients of an unmodified server lose nothing across reloads", arguments: RescueTests.servers)
+    func keepAliveClientsLoseNothing(server: String) throws {
+        let (app, environment) = Self.command(server)
+        let (summary, stderr) = try keepAliveLoad(app, name: server, environment: environment)
+        #expect(summary.failed == 0, "\(server): \(summary)")
+        #expect(summary.final_generations.keys.sorted() == ["9"], "\(server): only the newest generation answers")
+        #expect(stderr.contains("handed to the serving generation"), "\(server): baton took connections over")
+        print("rescue \(server): \(summary.requests) requests, \(summary.failed) failed, 8 reloads")
+    }
+
+    /// The same load against uvicorn with `--no-rescue` does lose requests: what the test above shows is baton's.
+    @Test func withoutTheRescueUvicornLosesRequests() throws {
+        let (app, environment) = Self.command("uvicorn")
+        let (summary, stderr) = try keepAliveLoad(
+            app,
+            name: "uvicorn --no-rescue",
+            extra: ["--no-rescue"],
+            environment: environment,
+            reloads: 4
+        )
+        #expect(summary.failed > 0, "uvicorn without the rescue: \(summary)")
+        #expect(!stderr.contains("took over"))
+        print("no rescue, uvicorn: \(summary.requests) requests, \(summary.failed) failed, 4 reloads")
+    }
+
+    /// baton with `lazyclose.py`: on SIGTERM the worker stops reading for a second, then closes every connection.
+    func lazyServer(_ scratch: Scratch, extra: [String] = []) throws -> (BatonRun, Int) {
+        let port = try #require(AdoptBindTests.freePort())
+        let baton = try BatonRun(
+            ["--listen", "127.0.0.1:\(port)", "--stop-timeout", "10s"] + extra + [
+                "--", "python3", Paths.fixtures + "/rescue/lazyclose.py",
+            ],
+            scratch: scratch
+        )
+        try #require(baton.stderr.waitFor("generation 1 ready", timeout: 30) != nil, "\(baton.diagnosis())")
+        return (baton, port)
+    }
+
+    /// A raw keep-alive connection that has had one answer from generation 1.
+    func connection(_ port: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        try #require(connected == 0)
+        var timeout = timeval(tv_sec: 15, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let answer = try exchange(fd, Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        try #require(answer.text.contains("generation 1 "), "\(answer)")
+        return fd
+    }
+
+    struct Answer: CustomStringConvertible {
+        var text: String
+        /// recv's errno when it failed (ECONNRESET), 0 when it ended with EOF or an answer.
+        var error: Int32
+        var description: String { error == 0 ? text : "errno \(error) after '\(text)'" }
+    }
+
+    /// Sends `bytes` (if any) and reads until an answer's body line ends, EOF, or an error.
+    func exchange(_ fd: Int32, _ bytes: [UInt8]) throws -> Answer {
+        if !bytes.isEmpty { _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, 4096, 0) }
+            if n < 0 { return Answer(text: String(decoding: received, as: UTF8.self), error: errno) }
+            if n == 0 { break }
+            received += buffer[0..<n]
+            let text = String(decoding: received, as: UTF8.self)
+            if text.contains("\r\n\r\n"), text.hasSuffix("\n"), !text.hasSuffix("\r\n\r\n") { break }
+        }
+        return Answer(text: String(decoding: received, as: UTF8.self), error: 0)
+    }
+
+    /// A request already on the wire when the old worker closes the connection (here: sent while it does not read,
+    /// before it closes) is answered by the new generation, on the same connection.
+    @Test func aRequestOnTheWireIsHandedToTheNewGeneration() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch)
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        defer { close(fd) }
+        let reload = baton.client(["reload", "--quiet"])
+        try #require(reload.status == 0, "\(reload.stderr)")
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        // Generation 1's worker stopped reading: this request waits in the socket until it closes the connection.
+        let answer = try exchange(fd, Array("GET /next HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(answer.error == 0 && answer.text.contains("generation 2 "), "\(answer)")
+        #expect(baton.stderr.waitFor("1 handed to the serving generation", timeout: 10) != nil, "\(baton.diagnosis())")
+        // The same connection goes on serving, now through generation 2.
+        let again = try exchange(fd, Array("GET /again HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(again.text.contains("generation 2 "), "\(again)")
+    }
+
+    /// Without the rescue the same request is lost: the worker's close with unread data resets the connection.
+    @Test func withoutTheRescueTheRequestOnTheWireIsReset() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch, extra: ["--no-rescue"])
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        defer { close(fd) }
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        let answer = try exchange(fd, Array("GET /next HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(!answer.text.contains("200 OK"), "\(answer)")
+        #expect(answer.error == ECONNRESET, "\(answer)")
+    }
+
+    /// An idle connection the old worker closes is closed cleanly by baton (FIN, not a reset), as the server meant.
+    @Test func anIdleConnectionIsClosedCleanly() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch)
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        defer { close(fd) }
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        let end = try exchange(fd, [])
+        #expect(end.error == 0 && end.text.isEmpty, "expected a clean EOF: \(end)")
+        #expect(baton.stderr.waitFor("1 closed idle", timeout: 10) != nil, "\(baton.diagnosis())")
+    }
+
+    /// Bytes that do not begin an HTTP/1 request (here a TLS ClientHello's first bytes) are never relayed: the
+    /// connection is reset as the server's close with unread data would have done without baton.
+    @Test func bytesThatAreNotAnHTTPRequestAreNotRelayed() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch)
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        defer { close(fd) }
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        let answer = try exchange(fd, [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
+        #expect(answer.text.isEmpty && answer.error == ECONNRESET, "\(answer)")
+        #expect(baton.stderr.waitFor("1 reset", timeout: 10) != nil, "\(baton.diagnosis())")
+    }
+}

@@ -1,0 +1,7 @@
+// express 4 (Debian's node-express), unmodified: it listens on its own port, which baton serves (bind adoption).
+const express = require('express');
+const generation = process.env.BATON_GENERATION || '?';
+const app = express();
+app.get('/', (req, res) => res.send(`hello from generation ${generation} pid ${process.pid}\n`));
+const server = app.listen(Number(process.env.PORT));
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
