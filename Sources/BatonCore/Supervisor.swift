@@ -1325,8 +1325,10 @@ extension Supervisor {
         case .starting:
             // Not serving yet: the release is not proven, and one failed probe is enough to say so.
             let when =
-                generation.soak == nil
-                ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)"
+                trialState(generation.id) == "canary"
+                ? "in its canary window"
+                : generation.soak == nil
+                    ? "before the generation was ready" : "within --min-ready \(settings.minReady.shortDescription)"
             let reason = "\(who) failed its probe \(when): \(detail)"
             if let reload, reload.target == generation.id {
                 workers[id]?.failure = reason

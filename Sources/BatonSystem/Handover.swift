@@ -161,10 +161,14 @@ public enum Handover {
     /// This process's own fd for the open file behind fd `fd` of the process `process` (close-on-exec).
     ///
     /// The corresponding C function is `pidfd_getfd`.
+    /// EBADF is no bug here: the process may have closed `fd` since baton listed it.
     public static func take(_ fd: Int32, from process: FileDescriptor) throws(SystemError) -> OwnedDescriptor {
-        OwnedDescriptor(
-            FileDescriptor(rawValue: try syscall("pidfd_getfd") { cbaton_pidfd_getfd(process.rawValue, fd) })
-        )
+        while true {
+            let copy = cbaton_pidfd_getfd(process.rawValue, fd)
+            if copy >= 0 { return OwnedDescriptor(FileDescriptor(rawValue: copy)) }
+            if Glibc.errno == EINTR { continue }
+            throw SystemError("pidfd_getfd", Errno(rawValue: Glibc.errno))
+        }
     }
 
     /// Whether this process may take fds from its children: nil if so, else the error that says why not (an old

@@ -23,8 +23,8 @@ struct Baton: ParsableCommand {
             missing or bad value, an app command missing after --, a signal baton signal refuses (KILL, STOP, an \
             unknown name or number). baton reload (with or without --json): 0 ok, the new generation serves (result \
             "ok"); 1 the new generation failed and was rolled back, the old one keeps serving (result "failed"), or no \
-            launcher answers; 75 (EX_TEMPFAIL) nothing was tried because baton is stopping or has not started (result \
-            "refused"): retry later. baton ls exits 0, also when it finds no baton.
+            launcher answers; 75 (EX_TEMPFAIL) nothing was tried because baton is stopping or has not started, a \
+            generation is held, or a --canary or --hold reload met one in progress (result "refused"): retry later. baton ls exits 0, also when it finds no baton.
             """,
         version: BatonVersion.current,
         subcommands: [Run.self, Reload.self, Status.self, SendSignal.self, List.self, Promote.self, Rollback.self]
@@ -301,8 +301,8 @@ extension Baton {
                 + "still drains (generation 6 draining: 12 connections, 24s left); --wait-drained returns only once the "
                 + "old generation is gone. One generation drains at a time: a reload asked for while one drains waits "
                 + "for it, or with --cut-drain kills what is left of it. Exits 0 on success; on failure prints the "
-                + "reason and the failing worker's last stderr lines, and exits 1; exits 75 when baton is stopping or "
-                + "has not started. With --canary, one new worker serves beside the old generation for that long "
+                + "reason and the failing worker's last stderr lines, and exits 1; exits 75 when nothing was tried (baton "
+                + "is stopping or has not started, or a generation is held). With --canary, one new worker serves beside the old generation for that long "
                 + "first, and the reload rolls back if it exits (or a process of it fails, or it misses its watchdog). "
                 + "With --hold, it returns once the new generation serves beside the old one; 'baton promote' or "
                 + "'baton rollback' ends that, and until then another reload is refused. systemctl reload is always a "

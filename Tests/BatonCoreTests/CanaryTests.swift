@@ -257,12 +257,13 @@ struct HoldTests {
         #expect(Set(h.stopped(in: promoted)) == Set(old))
         #expect(promoted.contains(.notifyManager(.reloading)))
         #expect(h.supervisor.serving == 2)
-        #expect(h.finished(in: promoted).isEmpty, "promote returns once the old generation has drained")
-        h.exitStopped(generation: 1)
-        let finished = h.finished(in: h.log).dropFirst()
+        // Like any reload, the promotion finishes once the new generation serves and the old one was told to stop.
+        let finished = h.finished(in: promoted)
         #expect(finished.map(\.ok) == [true] && finished.first?.ids == [RequesterID(7)])
         #expect(finished.first?.message.hasPrefix("generation 2 serving; reload took") == true)
         #expect(h.supervisor.reload == nil && h.supervisor.lastReload?.ok == true)
+        h.exitStopped(generation: 1)
+        #expect(h.supervisor.generations[1] == nil, "the old generation drained and is gone")
         #expect(h.finished(in: h.send(.promoteRequested(RequesterID(8)))).map(\.ok) == [false], "nothing held now")
     }
 
@@ -308,7 +309,7 @@ struct HoldTests {
         h.send(.promoteRequested(RequesterID(7)))
         let second = h.finished(in: h.send(.promoteRequested(RequesterID(8))))
         #expect(second.map(\.ok) == [false])
-        #expect(second.first?.message.contains("generation 2 is already being promoted") == true)
+        #expect(second.first?.message.contains("no generation is held") == true, "the promotion is done")
         let rollback = h.finished(in: h.send(.rollbackRequested(RequesterID(9))))
         #expect(rollback.map(\.ok) == [false] && h.supervisor.serving == 2, "too late to roll back")
     }
@@ -423,5 +424,57 @@ struct CanaryOptionTests {
         }
         #expect(try ControlProtocol.decodeRequest(Array(#"{"command":"promote"}"#.utf8)).command == .promote)
         #expect(try ControlProtocol.decodeRequest(Array(#"{"command":"rollback"}"#.utf8)).command == .rollback)
+    }
+}
+
+@Suite("Supervisor canary reloads with health probes")
+struct CanaryProbeTests {
+    static let health = HealthSettings(probe: .http(path: "/healthz"), interval: .seconds(2), failures: 3)
+
+    /// Generation 1 serving (its workers' probes passed), then a reload to generation 2 with a 5 s canary.
+    func reloading() -> (Harness, Supervisor.Worker) {
+        var h = Harness(SupervisorSettings(workers: 2, readyTimeout: .seconds(10), health: Self.health))
+        h.send(.start)
+        for worker in h.workers(generation: 1) {
+            h.send(.ready(worker.id))
+            h.probe(worker.id, ok: true)
+        }
+        #expect(h.supervisor.serving == 1)
+        h.send(.reloadRequested(RequesterID(1), ReloadOptions(canary: .seconds(5))))
+        let canary = h.workers(generation: 2)[0]
+        h.send(.ready(canary.id))
+        h.probe(canary.id, ok: true)
+        #expect(h.supervisor.trialState(2) == "canary")
+        return (h, canary)
+    }
+
+    @Test func aCanaryWhoseProbeFailsInItsWindowRollsTheReloadBack() {
+        var (h, canary) = reloading()
+        let failed = h.probe(canary.id, ok: false, "probe http:/healthz got 503")
+        let finished = failed.compactMap { action -> String? in
+            if case .reloadFinished(_, false, let message, _, _) = action { message } else { nil }
+        }
+        #expect(
+            finished.first?.contains(
+                "worker 1 (pid \(canary.pid!)) failed its probe in its canary window: probe http:/healthz got 503"
+            )
+                == true,
+            "\(finished)"
+        )
+        #expect(h.stopped(in: failed).contains(canary.id), "the canary is stopped")
+        #expect(h.supervisor.serving == 1, "generation 1 serves on")
+        #expect(h.workers(generation: 2).count == 1, "the rest of generation 2 never started")
+    }
+
+    @Test func aCanaryWhoseProbesPassLetsTheReloadGoOn() {
+        var (h, canary) = reloading()
+        h.probe(canary.id, ok: true)
+        let passed = h.send(.timer(.canary(generation: 2)))
+        #expect(h.spawns(in: passed).map { [$0.generation, $0.slot] } == [[2, 2]], "the rest of generation 2 starts")
+        let rest = h.workers(generation: 2)[1]
+        h.send(.ready(rest.id))
+        let done = h.probe(rest.id, ok: true)
+        #expect(done.contains { if case .reloadFinished(_, true, _, _, _) = $0 { true } else { false } }, "\(done)")
+        #expect(h.supervisor.serving == 2)
     }
 }

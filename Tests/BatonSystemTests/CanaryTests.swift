@@ -92,7 +92,8 @@ extension ChaosTests {
 
         @Test func aCanaryThatStaysUpLetsTheReloadGoOnWithNoFailedRequest() throws {
             let rig = try Rig(workers: 3)
-            let reload = try Client(rig, ["reload", "--canary", "3s"])
+            // --wait-drained: the reload answers once generation 1 is gone, so that what serves after it is checked.
+            let reload = try Client(rig, ["reload", "--canary", "3s", "--wait-drained"])
             #expect(rig.baton.stderr.waitFor("ready; serving beside generation 1 for 3s (--canary)") != nil)
             let during = try generations(rig)
             #expect(during.map(\.state) == ["serving", "canary"], "\(during)")
@@ -107,7 +108,7 @@ extension ChaosTests {
                     "canary worker 1 (pid \(canary)) passed its 3s canary window; starting the other 2"
                 )
             )
-            #expect(result.stdout.contains("generation 2 serving; reload took"), "\(result.stdout)")
+            #expect(result.stdout.contains("generation 2 serving; generation 1 drained in"), "\(result.stdout)")
             let after = try generations(rig)
             #expect(after.map(\.state) == ["serving"] && after.first?.id == 2)
             #expect(after.first?.pids.count == 3 && after.first?.pids.contains(canary) == true)
@@ -116,6 +117,37 @@ extension ChaosTests {
             ChaosTests().report("canary that passes", summary)
             #expect(ChaosTests.count(summary, "failed") == 0)
             #expect(responses(summary, generation: 2) > 0)
+            rig.stop()
+        }
+
+        /// With `--health`: the canary passes its probes, becomes the canary, then fails one in its window (its probe
+        /// socket answers 503 from then on): the reload rolls back with the probe's reason, the canary drains
+        /// gracefully, and no request fails.
+        @Test func aCanaryWhoseProbeFailsInItsWindowRollsBackWithNoFailedRequest() throws {
+            let rig = try Rig(workers: 2, extra: ["--health", "http:/healthz", "--health-interval", "300ms"])
+            rig.behave("health-trigger")
+            let old = try rig.workerPIDs()
+            let reload = try Client(rig, ["reload", "--canary", "20s"])
+            #expect(rig.baton.stderr.waitFor("ready; serving beside generation 1 for 20s") != nil)
+            let canary = try #require(try generations(rig).first { $0.state == "canary" }?.pids.first)
+            #expect(answers(rig, pid: canary), "the canary serves real traffic")
+            rig.scratch.write("behaviour.unhealthy", "\(canary)")
+            let result = reload.finish()
+            #expect(result.status == 1)
+            #expect(
+                result.stderr.contains(
+                    "worker 1 (pid \(canary)) failed its probe in its canary window: probe http:/healthz got 503"
+                ),
+                "\(result.stderr)"
+            )
+            #expect(result.stderr.contains("generation 1 keeps serving"), "\(result.stderr)")
+            #expect(waitForExit(canary, timeout: 30), "the canary drains and exits")
+            #expect(try rig.workerPIDs() == old, "the old generation is untouched")
+            rig.behave("ok")
+            #expect(rig.baton.client(["reload", "--quiet"]).status == 0, "the next reload works")
+            let summary = try rig.finish()
+            ChaosTests().report("canary whose probe fails", summary)
+            #expect(ChaosTests.count(summary, "failed") == 0)
             rig.stop()
         }
 
@@ -212,18 +244,20 @@ extension ChaosTests {
             #expect(rig.baton.client(["status"]).stdout.contains("generation 2  held beside generation 1"))
             #expect(waitForConnections(rig, of: new[0]) > 0, "the held generation takes real traffic")
 
+            // Refused: nothing was tried (exit 75, retry later).
             let refused = rig.baton.client(["reload"])
-            #expect(refused.status == 1)
+            #expect(refused.status == 75)
             #expect(
                 refused.stderr
                     == "baton: reload failed: generation 2 is held: promote or roll back first ('baton promote' or 'baton rollback')"
             )
-            #expect(rig.baton.client(["reload", "--hold"]).status == 1)
+            #expect(rig.baton.client(["reload", "--hold"]).status == 75)
 
             let promoted = rig.baton.client(["promote"])
             #expect(promoted.status == 0, "\(promoted.stderr)")
             #expect(promoted.stdout.hasPrefix("generation 2 serving; reload took"), "\(promoted.stdout)")
-            #expect(old.allSatisfy { !isAlive($0) }, "promote returns once the old generation is gone")
+            // Like any reload, promote returns once the old generation was told to stop; it then drains.
+            #expect(old.allSatisfy { waitForExit($0, timeout: 30) }, "the old generation drains and is gone")
             #expect(try generations(rig).map(\.id) == [2] && (try rig.workerPIDs()) == new)
 
             let again = rig.baton.client(["promote"])
@@ -255,7 +289,7 @@ extension ChaosTests {
             #expect(try rig.workerPIDs() == old, "the old generation serves on, untouched")
             #expect(try generations(rig).map(\.id) == [1])
             #expect(rig.baton.client(["rollback"]).status == 1)
-            #expect(rig.baton.client(["reload", "--quiet"]).status == 0, "reloads work again")
+            #expect(rig.baton.client(["reload", "--quiet", "--wait-drained"]).status == 0, "reloads work again")
             // What a client sends is range-checked by the launcher too.
             for value in ["-1", "99999999999999"] {
                 let reply = exchange(rig, #"{"command":"reload","canaryMilliseconds":"# + value + "}\n")

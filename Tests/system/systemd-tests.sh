@@ -46,6 +46,9 @@
 #   n  metrics: `--metrics 127.0.0.1:9464` added to BATON_OPTIONS in /etc/baton/demo.conf works under
 #      the unit's hardening; after a restart and one reload, GET /metrics shows serving generation 2
 #      and baton_reloads_total{result="ok"} 1
+#   p  --min-ready 5s in BATON_OPTIONS: a release that crashes 2 s after it starts (after it is ready)
+#      makes `systemctl reload` fail, the old generation serves on, and the reload-failed entry
+#      (MESSAGE_ID) says "within --min-ready 5s"; the good release then reloads
 #   o  canary and held reloads: `baton reload --hold` leaves the next generation serving beside the
 #      old one (StatusText says so) and `systemctl reload` is refused meanwhile; `baton promote`
 #      finishes it. With `--canary 3s` in BATON_OPTIONS, a release that crashes 2 s after it
@@ -805,7 +808,31 @@ check_o() { # canary and held reloads
     note "journal, canary passed: $OUT"
 }
 
-all_checks=(a b c d e f g h i j k l m n o)
+check_p() { # a soak window: a release that crashes after it is ready fails systemctl reload
+    local g cur conf=/etc/baton/demo.conf node=/usr/share/baton/examples/node
+    trap 'in_c sh -c "install -m 0644 /opt/test/examples/node/app.js '"$node"'/app.js
+        install -m 0644 /opt/test/systemd/demo.conf '"$conf"'; systemctl restart baton@demo.service" || true' EXIT
+    x sed -i 's/^BATON_OPTIONS=/BATON_OPTIONS=--min-ready 5s /' "$conf"
+    x timeout 90 systemctl restart baton@demo.service
+    until_ok 30 is_active baton@demo.service || fail "not active after the restart"
+    g=$(serving_gen) || fail "not serving after the restart"
+    cur=$(cursor)
+    x install -m 0644 /opt/test/examples/node/app.js "$node/good.js"
+    x install -m 0644 /opt/test/fixtures/late-crash-app.js "$node/app.js"
+    if x timeout 90 systemctl reload baton@demo.service; then fail "systemctl reload exited 0 with a late crash"; fi
+    note "systemctl reload failed as expected: ${OUT//$'\n'/ }"
+    get http://127.0.0.1:8080/
+    [[ $CODE == 200 && $BODY == "hello from generation $g "* ]] ||
+        fail "expected the old generation $g to answer, got $CODE '$BODY'"
+    jafter "$cur" "MESSAGE_ID=$MID_RELOAD_FAILED"
+    [[ $OUT == *"within --min-ready 5s"* ]] ||
+        fail "no reload-failed entry with the soak's reason (MESSAGE_ID=$MID_RELOAD_FAILED): '$OUT'"
+    note "journal, reload failed: $OUT"
+    x install -m 0644 /opt/test/examples/node/app.js "$node/app.js"
+    x timeout 90 systemctl reload baton@demo.service || fail "systemctl reload of the good release failed"
+}
+
+all_checks=(a b c d e f g h i j k l m n o p)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -821,6 +848,7 @@ check_title+=(
     [l]="systemctl reload returns while the old generation drains"
     [m]="health probes: reload fails on a 503 probe, liveness replacement"
     [n]="--metrics in BATON_OPTIONS: GET /metrics under the unit"
+    [p]="--min-ready: a release crashing after it is ready fails the reload"
     [o]="canary and held reloads: hold, refused reload, promote; a canary fails"
 )
 
