@@ -344,6 +344,8 @@ struct MetricsTests {
         #expect(status != nil && status != 0)
         let line =
             "baton: --metrics address 127.0.0.1:\(port) is already in use: stop whatever listens there or choose another --metrics address"
+        // The process has ended; its last line may still be on its way through the pipe.
+        _ = baton.stderr.waitClosed(timeout: 10)
         #expect(baton.stderr.all.contains(line), "\(baton.stderr.text)")
     }
 }
