@@ -270,6 +270,7 @@ struct HealthProbeTests {
             "--ready-timeout", "2s", "--health", "exec:echo $$ >> \(pids); exec sleep 30", "--health-timeout", "300ms",
         ])
         #expect(baton.wait(timeout: 30) == 1, "the first generation cannot start: baton gives up")
+        _ = baton.stderr.waitClosed(timeout: 10)
         #expect(baton.stderr.text.contains("did not finish within 300ms (killed)"), "\(baton.stderr.text)")
         let started = try String(contentsOfFile: pids, encoding: .utf8).split(separator: "\n").compactMap { Int32($0) }
         #expect(!started.isEmpty)
