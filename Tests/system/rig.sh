@@ -317,8 +317,11 @@ cmd_boot() {
         for d in "${cgroups[@]}"; do echo "$BASHPID" >"$d/cgroup.procs"; done
         if [[ -n $unified ]]; then export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=$unified; fi
         export TERM=dumb        # passed on to the container: a log without colour codes
+        # nspawn's own seccomp filter (on top of the units' own) refuses pidfd_getfd always and process_vm_readv without
+        # CAP_SYS_PTRACE (EPERM), which a real host does not do: the connection rescue and --ready listen's look into
+        # poll/select need them. The units under test still drop every capability and keep their SystemCallFilter=.
         exec setsid systemd-nspawn -b -D "$dir" -M "$name" \
-            --register=no --keep-unit --settings=no --console=read-only \
+            --register=no --keep-unit --settings=no --console=read-only --capability=CAP_SYS_PTRACE --system-call-filter=pidfd_getfd \
             --private-network --volatile=overlay --bind="$hostdir:/opt/test"
     ) </dev/null >"$state/nspawn.log" 2>&1 &
     local nspawn=$! leader=""
