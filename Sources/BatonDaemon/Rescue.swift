@@ -534,9 +534,16 @@ final class ConnectionRescue: Sendable {
             relay.unanswered = []
             relay.retries = 0
         }
-        if failed && !relay.answered && !relay.unanswered.isEmpty && relay.retries < 3 && !relay.upstreamRetiring {
-            // Nothing came back: the upstream (a worker that was retiring as baton connected) reset it unread.
-            logger.trace("connection rescue: relay \(id) retries after a reset, \(relay.unanswered.count) bytes")
+        // Nothing came back, and the upstream reset or closed: a worker that was retiring as baton connected accepted
+        // the relay's connection between two looks and closed it (before it read the request, or without answering
+        // it). An idempotent request goes to the next upstream.
+        let unansweredEnd = failed || (relay.upstreamEnded && relay.inToClient == 0)
+        if unansweredEnd && !relay.answered && !relay.unanswered.isEmpty && relay.retries < 3
+            && !relay.upstreamRetiring && HeldConnection.isIdempotentRequest(relay.unanswered)
+        {
+            logger.trace(
+                "connection rescue: relay \(id) retries after its upstream ended, \(relay.unanswered.count) bytes"
+            )
             loop.unregister(upstream)
             relay.upstream?.close()
             relay.upstream = nil

@@ -9,8 +9,16 @@ struct RescueTests {
         var requests: Int
         var ok: Int
         var failed: Int
-        var failures: [String: Int]?
         var final_generations: [String: Int]
+        var reset: Int
+        var eof_idle: Int
+        var eof_new: Int
+        var eof_mid: Int
+        var timeout: Int
+
+        var kinds: String {
+            "reset \(reset), eof_idle \(eof_idle), eof_new \(eof_new), eof_mid \(eof_mid), timeout \(timeout)"
+        }
     }
 
     /// Runs `app` under baton with keep-alive load from 16 clients, `reloads` reloads, each once the new generation has
@@ -100,10 +108,10 @@ struct RescueTests {
     func keepAliveClientsLoseNothing(server: String) throws {
         let (app, environment) = Self.command(server)
         let (summary, stderr) = try keepAliveLoad(app, name: server, environment: environment)
-        #expect(summary.failed == 0, "\(server): \(summary)")
+        #expect(summary.failed == 0, "\(server): \(summary.failed) failed (\(summary.kinds)) \(summary)")
         #expect(summary.final_generations.keys.sorted() == ["9"], "\(server): only the newest generation answers")
         #expect(stderr.contains("handed to the serving generation"), "\(server): baton took connections over")
-        print("rescue \(server): \(summary.requests) requests, \(summary.failed) failed, 8 reloads")
+        print("rescue \(server): \(summary.requests) requests, \(summary.failed) failed (\(summary.kinds)), 8 reloads")
     }
 
     /// The same load against uvicorn with `--no-rescue` does lose requests: what the test above shows is baton's.
