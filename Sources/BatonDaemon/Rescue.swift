@@ -301,7 +301,7 @@ final class ConnectionRescue: Sendable {
             drop(key, &state)
             var bytes: [UInt8] = []
             while !killed {
-                let chunk = Handover.take(fd, count: 65536)
+                let chunk = Handover.receive(fd, count: 65536).bytes
                 if chunk.isEmpty { break }
                 bytes += chunk
             }

@@ -225,13 +225,6 @@ public enum Handover {
         return n > 0 ? Array(buffer[0..<n]) : []
     }
 
-    /// Reads up to `count` bytes without waiting.
-    public static func take(_ fd: FileDescriptor, count: Int) -> [UInt8] {
-        var buffer = [UInt8](repeating: 0, count: count)
-        let n = buffer.withUnsafeMutableBytes { recv(fd.rawValue, $0.baseAddress, count, Int32(MSG_DONTWAIT)) }
-        return n > 0 ? Array(buffer[0..<n]) : []
-    }
-
     /// Receives what is there without waiting, and whether the peer has closed its side.
     public static func receive(_ fd: FileDescriptor, count: Int) -> (bytes: [UInt8], ended: Bool) {
         var buffer = [UInt8](repeating: 0, count: count)
