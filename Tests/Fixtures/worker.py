@@ -239,7 +239,10 @@ try:
         def breaker():
             end = time.time() + 1
             while time.time() < end:
-                socket.socket(fileno=os.dup(3)).shutdown(socket.SHUT_RDWR)
+                try:
+                    socket.socket(fileno=os.dup(3)).shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # ENOTCONN: still broken from the last time, baton has not repaired it yet
                 time.sleep(0.01)
             print("stopped breaking the listener", flush=True)
         threading.Thread(target=breaker, daemon=True).start()
