@@ -24,6 +24,7 @@ from launchers import make_peer
 from load import idle_bench, run_case, scale_bench
 from procs import BENCH, NODE, ROOT, loadavg, log
 from report import plot, render, update_readme
+from servers import render_servers, servers_bench, update_readme_servers
 
 RESULTS = os.path.join(BENCH, "results")
 
@@ -72,6 +73,38 @@ def machine():
             "node": node, "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
+def run_servers(a, data, results, workdir):
+    """The servers scenario (bench/servers.py), into results/servers.json and servers.md and bench/README.md's
+    servers section (not for --quick, --results or --no-readme)."""
+    started, la0 = time.time(), loadavg()
+    sv = servers_bench(a.baton, a.goapp, workdir, a.base_port + 300, a.quick)
+    if sv is None:
+        return
+    m = data["machine"]
+    la1 = loadavg()
+    during = [x for r in sv["runs"] for x in (r["loadavg_before"][0], r["loadavg_after"][0])]
+    out = {"date": data["date"], "baton_commit": data.get("baton_commit"), "quick": a.quick, "machine": m,
+           "loadavg_start": la0, "loadavg_end": la1, "elapsed_s": round(time.time() - started, 1), "servers": sv}
+    busy = max(during + [la0[0]]) > 0.5 * (m["nproc"] or 1)
+    header = (f"{'Quick run' if a.quick else 'Run'} of {out['date']} (baton {out.get('baton_commit', '?')}), "
+              f"{out['elapsed_s']:.0f} s. Machine: {m['nproc']} x {m['cpu']}, kernel {m['kernel']}, node {m['node']}. "
+              f"Load average (1 min) {la0[0]} at the start, {min(during, default=la0[0])}-{max(during, default=la0[0])} "
+              f"during the runs, {la1[0]} at the end" +
+              (": the machine was shared with other work, so latencies are noisy; the failure counts are what to read."
+               if busy else "."))
+    md = render_servers(out, header)
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "servers.json.tmp"), "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(os.path.join(results, "servers.json.tmp"), os.path.join(results, "servers.json"))
+    with open(os.path.join(results, "servers.md"), "w") as f:
+        f.write(md)
+    if not a.quick and not a.no_readme:
+        update_readme_servers(md)
+    print(md)
+    log(f"servers: done in {out['elapsed_s']:.0f} s: {os.path.relpath(os.path.join(results, 'servers.json'), ROOT)}, servers.md")
+
+
 def main():
     results = RESULTS
     if "--render" in sys.argv:  # tables and README again from results/latest.json, without running anything
@@ -87,7 +120,8 @@ def main():
     ap.add_argument("--baton", required=True)
     ap.add_argument("--tinyapp", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle)")
+    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle, servers)")
+    ap.add_argument("--goapp", help="bench/apps/goshutdown, built (bench/run.sh builds it); without it, no Go server")
     ap.add_argument("--base-port", type=int, default=27100)
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, CSVs)")
@@ -109,6 +143,13 @@ def main():
     port = a.base_port
     load_samples = []
     scenarios = plan(a.quick, a.baton, only)
+    if only and not only - {"servers"}:
+        run_servers(a, data, results, workdir)  # only the servers scenario: the others' results stay as they are
+        if a.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return
     for scn in scenarios:
         data["scenarios"].append({k: v for k, v in scn.items() if k != "peers"} | {"peers": scn["peers"]})
         for name in scn["peers"]:
@@ -131,6 +172,8 @@ def main():
         data["scale"] = scale_bench(a.baton, a.tinyapp, workdir, a.base_port + 200, 4 if a.quick else 10, a.quick)
     if not only or "idle" in only:
         data["idle"] = idle_bench(a.baton, a.tinyapp, workdir, a.base_port + 100, 4 if a.quick else 10)
+    if (not a.quick and not only) or (only and "servers" in only):
+        run_servers(a, data, results, workdir)
     data["loadavg_end"] = loadavg()
     data["loadavg_during"] = {"min": min(load_samples, default=None), "max": max(load_samples, default=None),
                               "mean": round(statistics.mean(load_samples), 2) if load_samples else None}
