@@ -92,6 +92,7 @@ def run_servers(a, data, results, workdir):
               f"during the runs, {la1[0]} at the end" +
               (": the machine was shared with other work, so latencies are noisy; the failure counts are what to read."
                if busy else "."))
+    out["header"] = header
     md = render_servers(out, header)
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "servers.json.tmp"), "w") as f:
@@ -115,6 +116,15 @@ def main():
         if data.get("full", not data["quick"]) and "--no-readme" not in sys.argv:
             update_readme(md)
         print(md)
+        sv = os.path.join(results, "servers.json")
+        if os.path.exists(sv):  # the servers scenario's own results, kept apart
+            out = json.load(open(sv))
+            md = render_servers(out, out["header"])
+            with open(os.path.join(results, "servers.md"), "w") as f:
+                f.write(md)
+            if not out["quick"] and "--no-readme" not in sys.argv:
+                update_readme_servers(md)
+            print(md)
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("--baton", required=True)

@@ -309,7 +309,7 @@ def servers_bench(baton, goapp, workdir, base_port, quick=False):
 
 def render_servers(data, header):
     """The table "what a user of each server gets", then every run."""
-    from report import md_table
+    from report import fmt, md_table
     s = data["servers"]
     runs = s["runs"]
     lines = [header, "",
@@ -340,15 +340,16 @@ def render_servers(data, header):
     proxies = [r for r in runs if r["server"] in ("nginx", "haproxy")]
     if proxies:
         lines += ["", md_table(["peer, its own reload", "keep-alive: failed / reloads", "p99 ms"],
-                               [[r["label"], cell(r), r["p99_ms"]] for r in proxies])]
+                               [[r["label"], cell(r), fmt(r["p99_ms"], 1)] for r in proxies])]
     lines += ["", "Every run:", ""]
     lines.append(md_table(
-        ["server", "launcher", "load", "reloads (refused)", "requests", "failed", "by kind", "p50 ms", "p99 ms", "max ms",
-         "rescue: taken / handed on / closed idle / reset"],
+        ["server", "launcher", "load", "reloads (refused)", "requests", "req/s", "failed", "by kind", "p50 ms", "p99 ms",
+         "max ms", "rescue: taken / handed on / closed idle / reset / shut down by the app"],
         [[r["label"], r["launcher"], r["load"], f"{r['reloads']} ({r['reloads_failed']})", r["requests"],
+          fmt(r["requests"] / r["elapsed_s"] if r["elapsed_s"] else None, 0),
           f"**{r['failed']}**" if r["failed"] else "0", ", ".join(f"{k} {v}" for k, v in r["fail_kinds"].items()) or "-",
-          r["p50_ms"], r["p99_ms"], r["max_ms"],
-          "/".join(str(r["rescue_counts"][k]) for k in ("taken", "handed", "closed_idle", "reset")) if r.get("rescue_counts") else "-"]
+          fmt(r["p50_ms"], 1), fmt(r["p99_ms"], 1), fmt(r["max_ms"], 0),
+          " / ".join(str(r["rescue_counts"][k]) for k in ("taken", "handed", "closed_idle", "reset", "shut_down_by_app")) if r.get("rescue_counts") else "-"]
          for r in runs]))
     if s["missing"]:
         lines += ["", "Not installed, not run: " + ", ".join(s["missing"]) + "."]
