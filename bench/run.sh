@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # baton's bench: baton against the alternatives, same run, same machine. See bench/README.md.
-#   bash bench/run.sh            full run (about 9 minutes once baton is built)
+#   bash bench/run.sh            full run (about 14 minutes once baton is built, 5 of them the servers scenario)
 #   bash bench/run.sh --quick    about 2 minutes
-#   bash bench/run.sh --only servers   uvicorn, hypercorn, Go, express, Node under wrk, with and without the rescue (~8 min)
+#   bash bench/run.sh --only servers   uvicorn, hypercorn, Go, express, Node under wrk, with and without the rescue; nginx, HAProxy (about 5 minutes)
 #   extra options go to bench/bench.py: --only node,slow,workers4,idle10k,scale,idle,servers  --keep  --no-readme
 set -euo pipefail
 cd "$(dirname "$0")/.."
