@@ -18,6 +18,11 @@
 // SIGTERM (uvicorn, Node's server.close()) then close none a client has just sent a request on. An app that installs
 // its own handler for that signal replaces the library's; baton then stops it as any other.
 //
+// Rescue: in every process under baton (BATON_GENERATION set: the worker and the processes it starts), accept()
+// remembers the connections it returns, and SIGRTMIN+6 (which baton sends once it holds references to a retiring
+// process's connections) makes shutdown(SHUT_WR) of such a connection a no-op, so that a server that half-closes
+// idle connections as it stops (hypercorn) leaves baton to close them, or to hand a request on the wire on.
+//
 // What it intercepts, and nothing else is exported: bind, listen, accept, accept4, shutdown (an app's shutdown() of
 // a listener must not stop it for everyone), getsockname, fcntl, fcntl64, ioctl, epoll_ctl, unlink, unlinkat (nor
 // may it unlink the path of a unix listener baton serves). It reads
@@ -50,6 +55,10 @@
 #define MAX_REGISTRATIONS 256
 /// The drain signal, as an offset from SIGRTMIN (baton sends the same).
 #define DRAIN_SIGNAL_OFFSET 5
+/// The rescue signal, as an offset from SIGRTMIN: baton now holds this process's connections (its connection rescue).
+#define RESCUE_SIGNAL_OFFSET 6
+/// Accepted connections are remembered for fds below this (one inode each: 256 KiB of zero pages, touched sparsely).
+#define MAX_TRACKED 32768
 
 struct listener {
     int fd;
@@ -89,6 +98,12 @@ static struct registration registrations[MAX_REGISTRATIONS];
 static _Atomic int registrations_used;
 /// Set by the drain signal: adopted sockets accept nothing more.
 static _Atomic int draining;
+/// Set by the rescue signal: a shutdown(SHUT_WR) of a connection this process accepted sends no FIN.
+static _Atomic int rescued;
+/// The inode of the connection accept() gave this process at each fd (0: none), in every process under baton.
+static _Atomic ino_t accepted[MAX_TRACKED];
+/// Whether this process runs under baton (BATON_GENERATION is set): accepted connections are remembered.
+static bool under_baton;
 
 // ---- The next definitions (the C library's, or another preload's) ----
 
@@ -182,8 +197,34 @@ static void drain(int signal) {
     errno = saved;
 }
 
+static void drain(int signal);
+
+/// The rescue signal's handler (async-signal-safe: atomics and epoll_ctl): from here on this process half-closes no
+/// connection it accepted, and, as the drain does, takes no new connection (a connection it accepted between two of
+/// baton's looks, and closed as idle on its stop signal, would be lost).
+static void rescue(int signal) {
+    atomic_store(&rescued, 1);
+    drain(signal);
+}
+
+/// Installs the rescue signal's handler in every process of a worker (a server's own workers too: hypercorn's, a
+/// multiprocessing pool's), unless the process inherited it ignored or caught.
+static void install_rescue(void) {
+    struct sigaction action;
+    if (sigaction(SIGRTMIN + RESCUE_SIGNAL_OFFSET, NULL, &action) != 0 || action.sa_handler != SIG_DFL) return;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = rescue;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGRTMIN + RESCUE_SIGNAL_OFFSET, &action, NULL);
+}
+
 __attribute__((constructor)) static void load(void) {
     for (int i = 0; i < MAX_ADOPTED; i++) atomic_init(&adopted[i].fd, -1);
+    if (getenv("BATON_GENERATION")) {
+        under_baton = true;
+        install_rescue();
+    }
     long pid = parse_number(getenv("LISTEN_PID"), 0x7fffffff);
     long count = parse_number(getenv("LISTEN_FDS"), 4096);
     if (pid == 0 || count == 0 || pid != (long)getpid()) return;
@@ -193,6 +234,34 @@ __attribute__((constructor)) static void load(void) {
     for (int i = 0; i < MAX_REGISTRATIONS; i++) atomic_init(&registrations[i].epoll, -1);
     // Resolved now: the signal handler must not call dlsym.
     (void)real_epoll_ctl();
+}
+
+/// Remembers that `connection` came from accept(), by its inode (the fd number may be reused for something else).
+static int note_accepted(int connection) {
+    if (connection >= 0 && connection < MAX_TRACKED && under_baton) {
+        int saved = errno;
+        struct stat info;
+        atomic_store(&accepted[connection], fstat(connection, &info) == 0 ? info.st_ino : 0);
+        errno = saved;
+    }
+    return connection;
+}
+
+/// Whether `fd` is a listening socket.
+static bool is_listening(int fd) {
+    int saved = errno, accepting = 0;
+    socklen_t size = sizeof accepting;
+    bool listening = getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &size) == 0 && accepting;
+    errno = saved;
+    return listening;
+}
+
+/// Whether `fd` is a TCP connection this process accepted.
+static bool accepted_here(int fd) {
+    if (fd < 0 || fd >= MAX_TRACKED) return false;
+    ino_t inode = atomic_load(&accepted[fd]);
+    struct stat info;
+    return inode != 0 && fstat(fd, &info) == 0 && S_ISSOCK(info.st_mode) && info.st_ino == inode;
 }
 
 /// Installs the drain signal's handler, once, when the first socket is adopted: an app that adopts nothing (one
@@ -391,6 +460,10 @@ EXPORT int shutdown(int fd, int how) {
         atomic_store(&entry->shut, 1);
         return 0;
     }
+    // Once baton holds this process's connections (the rescue signal came), a half-close of one it accepted would
+    // still send the client a FIN (hypercorn does it to every idle connection when it stops): baton closes the
+    // connection itself once no process holds it, with a FIN if the client is idle, or hands it on if a request came.
+    if (how == SHUT_WR && atomic_load(&rescued) && accepted_here(fd)) return 0;
     shutdown_fn next = real_shutdown();
     return CALL_OR_ENOSYS(next, fd, how);
 }
@@ -483,20 +556,36 @@ static int accept_adopted(struct adopted *entry, int fd, struct sockaddr *addres
     }
 }
 
+/// After the rescue signal, a non-blocking listener of the app's own or inherited gives nothing more (the connection
+/// stays queued for the serving generation); a blocking one goes on as before. A short nap: an app whose loop polls
+/// the socket itself would spin on it.
+static bool held_back(int fd) {
+    if (!atomic_load(&rescued) || !is_listening(fd)) return false;
+    fcntl_fn get = real_fcntl();
+    int flags = get ? get(fd, F_GETFL) : 0;
+    if (flags < 0 || !(flags & O_NONBLOCK)) return false;
+    struct timespec nap = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
+    nanosleep(&nap, NULL);
+    errno = EAGAIN;
+    return true;
+}
+
 EXPORT int accept4(int fd, struct sockaddr *address, socklen_t *length, int flags) {
     struct adopted *entry = find(fd, false);
     if (entry && (atomic_load(&entry->nonblocking) || same_file(fd, entry->dev, entry->ino)))
-        return accept_adopted(entry, fd, address, length, flags);
+        return note_accepted(accept_adopted(entry, fd, address, length, flags));
+    if (held_back(fd)) return -1;
     accept4_fn next = real_accept4();
-    return CALL_OR_ENOSYS(next, fd, address, length, flags);
+    return note_accepted(CALL_OR_ENOSYS(next, fd, address, length, flags));
 }
 
 EXPORT int accept(int fd, struct sockaddr *address, socklen_t *length) {
     struct adopted *entry = find(fd, false);
     if (entry && (atomic_load(&entry->nonblocking) || same_file(fd, entry->dev, entry->ino)))
-        return accept_adopted(entry, fd, address, length, 0);
+        return note_accepted(accept_adopted(entry, fd, address, length, 0));
+    if (held_back(fd)) return -1;
     accept_fn next = real_accept();
-    return CALL_OR_ENOSYS(next, fd, address, length);
+    return note_accepted(CALL_OR_ENOSYS(next, fd, address, length));
 }
 
 // ---- The blocking mode as the app sees it ----
@@ -577,9 +666,17 @@ static struct registration *registration_of(int epoll, int fd) {
 
 EXPORT int epoll_ctl(int epoll, int operation, int fd, struct epoll_event *event) {
     epoll_ctl_fn next = real_epoll_ctl();
-    // Only a socket that still is an adopted one (the number may have been reused since).
-    if (atomic_load_explicit(&adopted_used, memory_order_acquire) == 0 || !find(fd, true))
-        return CALL_OR_ENOSYS(next, epoll, operation, fd, event);
+    // Only a socket that still is an adopted one (the number may have been reused since), or, in a process under
+    // baton, a listening socket: the rescue signal takes it out.
+    // A getsockopt() only when a socket is added (MOD and DEL find the registration first).
+    bool adopted_socket = atomic_load_explicit(&adopted_used, memory_order_acquire) > 0 && find(fd, true);
+    if (!adopted_socket) {
+        struct registration *earlier = under_baton ? registration_of(epoll, fd) : NULL;
+        bool listening = under_baton && (operation == EPOLL_CTL_ADD || earlier) && is_listening(fd);
+        // A registration of a listener that was closed since, and whose number is now something else's, ends.
+        if (earlier && !listening) atomic_store(&earlier->epoll, -1);
+        if (!listening) return CALL_OR_ENOSYS(next, epoll, operation, fd, event);
+    }
     pthread_mutex_lock(&adopted_lock);
     struct registration *known = registration_of(epoll, fd);
     int result = 0;

@@ -18,4 +18,6 @@ ${CC:-cc} -shared -fPIC -O2 -g -std=gnu11 -Wall -Wextra -Werror -fvisibility=hid
 chmod 0644 "$tmp"
 # By rename, so that a worker starting meanwhile never preloads half a library.
 mv -f "$tmp" "$out/libbaton-adopt.so"
+# Node's drain (NODE_OPTIONS --require), found beside the library as the package installs it.
+cp -f preload/baton-node.js "$out/.baton-node.js.tmp" && mv -f "$out/.baton-node.js.tmp" "$out/baton-node.js"
 echo "$out/libbaton-adopt.so"

@@ -181,7 +181,7 @@ public struct RunOptions: ParsableArguments {
     @Flag(
         name: .customLong("no-rescue"),
         help:
-            "Do not take over the connections a retiring worker leaves open (by default baton holds them, so that a server's close of an idle keep-alive connection loses no request: one that has arrived is handed to the serving generation)."
+            "Do not take over the connections a retiring worker leaves open (by default baton holds them, so that a server's close of an idle keep-alive connection loses no request: one that has arrived is handed to the serving generation; it also stops a retiring worker's half-closes and accepts through libbaton-adopt.so, and makes Node's server.close() drain through NODE_OPTIONS)."
     )
     public var noRescue = false
 

@@ -40,6 +40,25 @@ public enum AdoptBind {
         return result
     }
 
+    /// Node's drain for the connection rescue (`preload/baton-node.js`), found where the library is.
+    public static let nodeDrainName = "baton-node.js"
+
+    /// The worker environment with `--require=script` added to `NODE_OPTIONS`, after whatever the app already has
+    /// there; unchanged if it is already there. `script` must be preloadable (no space: Node splits on it).
+    public static func environment(_ environment: [String], nodeRequiring script: String) -> [String] {
+        var result = environment
+        let prefix = "NODE_OPTIONS="
+        let option = "--require=" + script
+        guard let index = result.firstIndex(where: { $0.hasPrefix(prefix) }) else {
+            result.append(prefix + option)
+            return result
+        }
+        let existing = result[index].dropFirst(prefix.count)
+        if existing.split(separator: " ").contains(where: { $0 == option }) { return result }
+        result[index] = existing.isEmpty ? prefix + option : prefix + existing + " " + option
+        return result
+    }
+
     /// A listener as the diagnosis names it.
     public struct Listener: Sendable, Equatable {
         public var address: String

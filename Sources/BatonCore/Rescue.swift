@@ -92,8 +92,21 @@ public struct RescueCounts: Sendable, Equatable, Codable {
     public var reset = 0
     /// Left to the server, which shut them down itself.
     public var left = 0
+    /// Relays of earlier rescues whose upstream this worker was, moved on to the serving generation (not in `held`).
+    public var moved = 0
 
     public init() {}
+
+    /// Every count is optional in JSON: a `baton status` of this version reads what an older daemon reports.
+    public init(from decoder: any Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        held = try values.decodeIfPresent(Int.self, forKey: .held) ?? 0
+        relayed = try values.decodeIfPresent(Int.self, forKey: .relayed) ?? 0
+        closed = try values.decodeIfPresent(Int.self, forKey: .closed) ?? 0
+        reset = try values.decodeIfPresent(Int.self, forKey: .reset) ?? 0
+        left = try values.decodeIfPresent(Int.self, forKey: .left) ?? 0
+        moved = try values.decodeIfPresent(Int.self, forKey: .moved) ?? 0
+    }
 
     public static func + (a: RescueCounts, b: RescueCounts) -> RescueCounts {
         var sum = a
@@ -102,6 +115,7 @@ public struct RescueCounts: Sendable, Equatable, Codable {
         sum.closed += b.closed
         sum.reset += b.reset
         sum.left += b.left
+        sum.moved += b.moved
         return sum
     }
 }

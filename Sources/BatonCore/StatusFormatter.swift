@@ -49,7 +49,7 @@ public enum StatusFormatter {
         }
         if let rescued = status.rescued, rescued.held > 0 || (status.relays ?? 0) > 0 {
             out +=
-                "connections taken over from retiring workers: \(rescued.held) (\(rescued.relayed) handed to a serving generation, \(rescued.closed) closed idle, \(rescued.reset) reset, \(rescued.left) shut down by the app); \(status.relays ?? 0) relay(s) running\n"
+                "connections taken over from retiring workers: \(rescued.held) (\(rescued.relayed) handed to a serving generation, \(rescued.closed) closed idle, \(rescued.reset) reset, \(rescued.left) shut down by the app; \(rescued.moved) relay(s) moved on at a later reload); \(status.relays ?? 0) relay(s) running\n"
         }
         // The history in short: the last few reloads, newest first (`--json` has all of them).
         let recent = (status.reloads ?? []).prefix(5)

@@ -12,6 +12,14 @@ public enum BindAdoption {
         }
     }()
 
+    /// Node's drain script (`baton-node.js`) where the library is; nil if it is not there.
+    public static let nodeDrain: String? = {
+        guard let executable = OS.currentExecutable() else { return nil }
+        return AdoptBind.libraryCandidates(executable: executable).lazy.map { library in
+            String(library[..<library.lastIndex(of: "/")!]) + "/" + AdoptBind.nodeDrainName
+        }.first { AdoptBind.isPreloadable($0) && OS.fileExists($0) }
+    }()
+
     /// Why adoption cannot work in this configuration, or nil when it can (or is off).
     public static func unavailable(_ configuration: LaunchConfiguration) -> String? {
         guard configuration.adoptBind, library == nil else { return nil }
@@ -20,10 +28,15 @@ public enum BindAdoption {
             "bind adoption is off: \(AdoptBind.libraryName) is not at \(places.joined(separator: " or ")) (a development build makes it with bash preload/build.sh); apps must use the sockets in LISTEN_FDS"
     }
 
-    /// The worker's environment, with the library preloaded when adoption is on.
+    /// The worker's environment, with the library preloaded when adoption is on, and Node's drain required when the
+    /// connection rescue is on.
     static func workerEnvironment(_ environment: [String], configuration: LaunchConfiguration) -> [String] {
-        guard configuration.adoptBind, let library else { return environment }
-        return AdoptBind.environment(environment, preloading: library)
+        var result = environment
+        if configuration.rescueConnections, let nodeDrain {
+            result = AdoptBind.environment(result, nodeRequiring: nodeDrain)
+        }
+        guard configuration.adoptBind, let library else { return result }
+        return AdoptBind.environment(result, preloading: library)
     }
 
     /// How long a draining worker has to answer the connections it took before its stop signal follows. 250 ms was

@@ -385,9 +385,13 @@ public actor Launcher {
             let started = starter.start(id, generation: generation, slot: slot, events: sink)
             if let workerIO = started.io { io[id] = workerIO }
             return started.events
-        case .stop(_, let pid):
-            if supervisor.phase == .running { rescue.retire(pid) }
-            BindAdoption.stop(pid, signal: configuration.stopSignal)
+        case .stop(let id, let pid):
+            let generation = supervisor.worker(id)?.generation ?? 0
+            if supervisor.phase == .running, let grace = rescue.retire(pid, generation: generation) {
+                OS.signal(pid, configuration.stopSignal, after: grace)
+            } else {
+                BindAdoption.stop(pid, signal: configuration.stopSignal)
+            }
         case .stopGroup(_, let pid):
             OS.kill(-pid, configuration.stopSignal)
         case .kill(_, let pid):

@@ -181,6 +181,7 @@ struct BatonMetrics {
             ("closed", counts.closed, rescuedReported.closed),
             ("reset", counts.reset, rescuedReported.reset),
             ("left", counts.left, rescuedReported.left),
+            ("moved", counts.moved, rescuedReported.moved),
         ]
         for (outcome, now, before) in outcomes {
             let counter = rescued[outcome] ?? make.counter("baton_rescued_connections_total", [("outcome", outcome)])
@@ -275,7 +276,7 @@ private struct Maker {
         "baton_workers": "Workers of each live generation, by state.",
         "baton_generation_connections": "Open connections of each live generation, draining ones included.",
         "baton_rescued_connections_total":
-            "Connections baton took over from retiring workers (held), and what became of them once the worker let go: relayed to the serving generation, closed idle, reset, or left to the app that shut them down.",
+            "Connections baton took over from retiring workers (held), and what became of them once the worker let go: relayed to the serving generation, closed idle, reset, or left to the app that shut them down; moved: relays re-pointed when the worker they led to retired (not in held).",
         "baton_rescue_relays": "Relays of rescued connections to the serving generation running now.",
         "baton_last_reload_timestamp_seconds": "When the last reload finished, in seconds since the epoch.",
         "baton_last_reload_success": "Whether the last reload succeeded (1) or failed (0).",

@@ -29,6 +29,8 @@ final class ConnectionRescue: Sendable {
     static let maximumRelays = 1024
     /// The most bytes a relay keeps to send again to another upstream until the first one answers.
     static let maximumUnanswered = 1 << 20
+    /// `SO_RCVLOWAT` on a held connection of a process that does not load the library (the kernel caps it).
+    static let heldLowWater: Int32 = 1 << 30
 
     let loop: EventLoop
     let logger: Logger
@@ -59,8 +61,14 @@ final class ConnectionRescue: Sendable {
         var counts = RescueCounts()
         /// The worker this process belongs to (itself, or the worker it descends from), for the journal.
         var worker: Int32
+        /// The worker's generation, for the journal.
+        var generation: Int
         /// The tick this watch began at: new connections are looked for every tick at first, then less often.
         var since: Int
+        /// The process does not load `libbaton-adopt.so` (a static binary: Go): the connections baton holds stop
+        /// reading as readable to it, so that it closes them as idle with the next request unread rather than in the
+        /// moment after it read one (Go's `Server.Shutdown`), and baton hands that request on.
+        var holdsReads = false
     }
 
     struct Relay: Sendable {
@@ -87,6 +95,8 @@ final class ConnectionRescue: Sendable {
         var retryable = true
         var retries = 0
         var target: SocketAddress
+        /// When the upstream closed the connection after answering everything, while the client was idle.
+        var upstreamGoneAt: ContinuousClock.Instant?
     }
 
     struct State: Sendable {
@@ -94,6 +104,8 @@ final class ConnectionRescue: Sendable {
         var watches: [Int32: Watch] = [:]
         var relays: [Int: Relay] = [:]
         var upstreamPorts: [UInt16: Int] = [:]
+        /// Relays whose upstream closed while the client was idle: the client's FIN waits for the window.
+        var lingering: Set<Int> = []
         var nextRelay = 1
         var ticks = 0
         var armed = false
@@ -147,18 +159,38 @@ final class ConnectionRescue: Sendable {
 
     // MARK: - Called by the launcher
 
-    /// `pid` is about to get its stop signal: take over the connections it and its descendants hold.
-    func retire(_ pid: Int32) {
-        guard unavailable == nil, !listeners.isEmpty else { return }
+    /// How long the stop signal waits after a worker's connections stopped reading as readable to it
+    /// (``Watch/holdsReads``): a request it read just before is answered first, not closed unanswered as idle.
+    static let heldReadsGrace = Duration.milliseconds(25)
+
+    /// `pid` is about to get its stop signal: take over the connections it and its descendants hold. Returns how
+    /// long the stop signal should wait (nil: send it now).
+    @discardableResult
+    func retire(_ pid: Int32, generation: Int) -> Duration? {
+        guard unavailable == nil, !listeners.isEmpty else { return nil }
         let pids = [pid] + Handover.descendants(of: pid)
         logger.debug("connection rescue: retiring \(pids)")
-        state.withLock { state in
+        return state.withLock { state in
             for process in pids where state.watches[process] == nil {
                 guard let pidfd = try? Handover.openProcess(process) else { continue }
-                state.watches[process] = Watch(process: SharedDescriptor(pidfd), worker: pid, since: state.ticks)
+                state.watches[process] = Watch(
+                    process: SharedDescriptor(pidfd),
+                    worker: pid,
+                    generation: generation,
+                    since: state.ticks
+                )
+                state.watches[process]!.holdsReads = !ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
                 grab(process, &state)
+                // libbaton-adopt.so in the process then turns its half-closes of accepted connections into no-ops.
+                if ProcInspector.catches(process, signal: Signals.rescueHeld),
+                    ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
+                {
+                    _ = OS.signal(Signals.rescueHeld, through: state.watches[process]!.process.descriptor)
+                }
             }
             arm(&state)
+            let worker = state.watches[pid]
+            return worker?.holdsReads == true && (worker?.counts.held ?? 0) > 0 ? Self.heldReadsGrace : nil
         }
     }
 
@@ -221,7 +253,10 @@ final class ConnectionRescue: Sendable {
                 rtt: tcp.rtt,
                 relay: relay
             )
-            state.watches[pid]!.counts.held += 1
+            if relay == nil {
+                state.watches[pid]!.counts.held += 1
+                if watch.holdsReads { Handover.setReceiveLowWater(socket.descriptor, Self.heldLowWater) }
+            }
         }
         state.watches[pid]!.accepting = accepting
         logger.trace(
@@ -257,7 +292,8 @@ final class ConnectionRescue: Sendable {
                 decide(key, now: now, &state)
             }
             finishWatches(&state)
-            if state.held.isEmpty && state.watches.isEmpty, let timer {
+            endLingering(now: now, &state)
+            if state.held.isEmpty && state.watches.isEmpty && state.lingering.isEmpty, let timer {
                 state.armed = false
                 PeriodicTimer.set(timer.descriptor, every: nil)
             }
@@ -307,6 +343,7 @@ final class ConnectionRescue: Sendable {
             }
             held.socket.close()
             if killed || state.relays[relay] == nil {
+                if state.relays[relay] != nil { state.watches[held.pid]?.counts.reset += 1 }
                 finish(relay, reset: true, &state)
             } else {
                 // What the worker read of the last request without answering it (Go's Shutdown can close a connection
@@ -314,9 +351,11 @@ final class ConnectionRescue: Sendable {
                 let unanswered = state.relays[relay]!.unanswered
                 let consumed = unanswered.count - bytes.count
                 if consumed > 0 && !HeldConnection.isIdempotentRequest(unanswered) {
+                    state.watches[held.pid]?.counts.reset += 1
                     finish(relay, reset: true, &state)
                     return
                 }
+                state.watches[held.pid]?.counts.moved += 1
                 state.relays[relay]!.pending = (consumed > 0 ? unanswered : bytes) + state.relays[relay]!.pending
                 state.relays[relay]!.unanswered = []
                 state.relays[relay]!.retryable = true
@@ -365,17 +404,22 @@ final class ConnectionRescue: Sendable {
             state.watches[pid] = nil
             state.totals = state.totals + watch.counts
             let counts = watch.counts
-            guard counts.held > 0 else { continue }
+            guard counts.held > 0 || counts.moved > 0 else { continue }
+            let moved =
+                counts.moved > 0 ? "; \(counts.moved) relay(s) it served moved on to the serving generation" : ""
             logger.info(
-                "took over \(counts.held) connection(s) pid \(pid) left open: \(counts.relayed) handed to the serving generation, \(counts.closed) closed idle, \(counts.reset) reset, \(counts.left) shut down by the app",
+                "took over \(counts.held) connection(s) pid \(pid) of generation \(watch.generation) left open: \(counts.relayed) handed to the serving generation, \(counts.closed) closed idle, \(counts.reset) reset, \(counts.left) shut down by the app\(moved)",
                 metadata: [
                     "baton.event": "connections-rescued",
                     "baton.pid": "\(pid)",
                     "baton.worker_pid": "\(watch.worker)",
+                    "baton.generation": "\(watch.generation)",
                     "baton.rescued": "\(counts.held)",
                     "baton.relayed": "\(counts.relayed)",
                     "baton.closed_idle": "\(counts.closed)",
                     "baton.reset": "\(counts.reset)",
+                    "baton.shut_down_by_app": "\(counts.left)",
+                    "baton.relays_moved": "\(counts.moved)",
                 ]
             )
         }
@@ -388,6 +432,7 @@ final class ConnectionRescue: Sendable {
         let id = state.nextRelay
         state.nextRelay += 1
         Handover.setNonBlocking(held.socket.descriptor)
+        Handover.setReceiveLowWater(held.socket.descriptor, 1)
         do {
             try loop.registerEdges(held.socket.descriptor, writable: true) { [weak self] in self?.relayEvent(id) }
         } catch {
@@ -416,7 +461,17 @@ final class ConnectionRescue: Sendable {
                 finish(id, reset: false, &state)
                 return
             }
+            if !waiting && relay.upstreamGoneAt != nil {
+                // Between requests with no upstream: a client that closes ends the relay.
+                let tcp = Handover.tcpState(client)
+                if tcp == nil || tcp?.state == Handover.closeWait {
+                    state.relays[id] = relay
+                    finish(id, reset: false, &state)
+                }
+                return
+            }
             if waiting || relay.clientEnded {
+                relay.upstreamGoneAt = nil
                 guard let socket = try? Handover.connect(to: relay.target) else {
                     state.relays[id] = relay
                     finish(id, reset: true, &state)
@@ -578,6 +633,31 @@ final class ConnectionRescue: Sendable {
                 relay = state.relays[id] ?? relay
                 return
             }
+            if !relay.shutClient && !relay.clientEnded && relay.retryable && relay.unanswered.isEmpty {
+                // The upstream closed the connection between requests (its worker retiring, or its idle timeout),
+                // having answered everything it was sent. As with a connection a retiring worker lets go of: what
+                // the client sent since goes to the generation serving now, or what it sends within the window;
+                // otherwise the client gets the FIN the upstream meant.
+                let waiting = !relay.pending.isEmpty || relay.inToUpstream > 0 || Handover.unreadBytes(client) > 0
+                logger.trace(
+                    "connection rescue: relay \(id): upstream closed between requests, client waiting \(waiting)"
+                )
+                loop.unregister(upstream)
+                relay.upstream?.close()
+                relay.upstream = nil
+                if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
+                relay.upstreamPort = nil
+                relay.upstreamGoneAt = .now
+                if waiting {
+                    state.relays[id] = relay
+                    pump(id, &state)
+                    relay = state.relays[id] ?? relay
+                } else {
+                    state.lingering.insert(id)
+                    arm(&state)
+                }
+                return
+            }
             if !relay.shutClient {
                 logger.trace("connection rescue: relay \(id): upstream closed, answered \(relay.answered)")
                 Handover.shutdownWrite(client)
@@ -587,6 +667,27 @@ final class ConnectionRescue: Sendable {
         if relay.shutClient && relay.shutUpstream && relay.upstreamEnded && relay.clientEnded {
             state.relays[id] = relay
             finish(id, reset: false, &state)
+        }
+    }
+
+    /// Relays whose upstream closed between requests and whose client sent nothing within the window: the client gets
+    /// its FIN, and the relay ends when the client closes.
+    private func endLingering(now: ContinuousClock.Instant, _ state: inout State) {
+        for id in state.lingering {
+            guard let relay = state.relays[id], let since = relay.upstreamGoneAt, relay.upstream == nil else {
+                state.lingering.remove(id)
+                continue
+            }
+            let rtt = Handover.tcpState(relay.client.descriptor)?.rtt ?? .zero
+            guard now - since >= HeldConnection.window(rtt: rtt) else { continue }
+            state.lingering.remove(id)
+            if Handover.unreadBytes(relay.client.descriptor) > 0 {
+                pump(id, &state)
+                continue
+            }
+            Handover.shutdownWrite(relay.client.descriptor)
+            state.relays[id]!.shutClient = true
+            pump(id, &state)
         }
     }
 

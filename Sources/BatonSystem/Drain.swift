@@ -1,12 +1,22 @@
 internal import CBatonSystem
 internal import Glibc
+public import SystemPackage
 
 extension Signals {
     /// The signal `libbaton-adopt.so` drains on: SIGRTMIN+5.
     public static var adoptDrain: Int32 { __libc_current_sigrtmin() + 5 }
+    /// The signal that tells `libbaton-adopt.so` baton holds the process's connections: SIGRTMIN+6.
+    public static var rescueHeld: Int32 { __libc_current_sigrtmin() + 6 }
 }
 
 extension OS {
+    /// Sends `signal` to the process `pidfd` refers to; false when it could not (the process has ended).
+    ///
+    /// The corresponding C function is `pidfd_send_signal`.
+    public static func signal(_ signal: Int32, through pidfd: FileDescriptor) -> Bool {
+        cbaton_pidfd_send_signal(pidfd.rawValue, signal) == 0
+    }
+
     /// Sends `signal` to process `pid` after `delay`, through a pidfd (close-on-exec) opened now: if the process has
     /// ended by then, nothing is sent, even when its pid has been reused. Where pidfds are unavailable (an old kernel,
     /// a seccomp filter), by pid.

@@ -304,6 +304,14 @@ public enum Handover {
         _ = setsockopt(fd.rawValue, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
     }
 
+    /// Sets how many bytes must be queued before the socket reads as readable to poll and epoll (`SO_RCVLOWAT`; the
+    /// kernel caps it at half the largest receive buffer). A large value keeps a process that waits for readability
+    /// from reading what arrives; a non-blocking read still gets what is queued.
+    public static func setReceiveLowWater(_ fd: FileDescriptor, _ bytes: Int32) {
+        var value = bytes
+        _ = setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     public static func setNonBlocking(_ fd: FileDescriptor) {
         let flags = fcntl(fd.rawValue, F_GETFL)
         if flags >= 0 { _ = fcntl(fd.rawValue, F_SETFL, flags | O_NONBLOCK) }

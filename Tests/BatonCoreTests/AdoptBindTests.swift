@@ -46,6 +46,19 @@ struct AdoptBindCoreTests {
         )
     }
 
+    @Test func nodesDrainIsRequiredAfterTheAppsOwnNodeOptions() {
+        let script = "/usr/lib/baton/baton-node.js"
+        #expect(AdoptBind.environment(["A=1"], nodeRequiring: script) == ["A=1", "NODE_OPTIONS=--require=" + script])
+        #expect(
+            AdoptBind.environment(["NODE_OPTIONS=--max-old-space-size=256"], nodeRequiring: script) == [
+                "NODE_OPTIONS=--max-old-space-size=256 --require=" + script
+            ]
+        )
+        #expect(AdoptBind.environment(["NODE_OPTIONS="], nodeRequiring: script) == ["NODE_OPTIONS=--require=" + script])
+        let already = ["NODE_OPTIONS=--require=\(script) --inspect"]
+        #expect(AdoptBind.environment(already, nodeRequiring: script) == already)
+    }
+
     @Test func theDiagnosisNamesTheListenerTheAppCollidedWith() {
         let listeners = [
             AdoptBind.Listener(address: "127.0.0.1:8000", port: 8000),

@@ -2,6 +2,8 @@
 const express = require('express');
 const generation = process.env.BATON_GENERATION || '?';
 const app = express();
-app.get('/', (req, res) => res.send(`hello from generation ${generation} pid ${process.pid}\n`));
+// GET /?sleep=MS answers after MS milliseconds.
+app.get('/', (req, res) => setTimeout(() => res.send(`hello from generation ${generation} pid ${process.pid}\n`),
+  Math.min(Number(req.query.sleep) || 0, 10000)));
 const server = app.listen(Number(process.env.PORT));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
