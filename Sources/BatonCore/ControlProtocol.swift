@@ -1,5 +1,3 @@
-internal import FoundationEssentials
-
 /// The control protocol between `baton reload`/`baton status` and the running launcher: one JSON object per
 /// line over a unix stream socket. A client sends one request; the launcher answers with zero or more
 /// `progress` lines and one final line (`result`, `status` or `error`).
@@ -122,7 +120,7 @@ public enum ControlProtocol {
     public static func decodeRequest(_ line: [UInt8]) throws(BatonError) -> Request {
         guard line.count <= maximumRequestSize else { throw tooLarge(line.count) }
         do {
-            return try JSONDecoder().decode(Request.self, from: Data(line))
+            return try JSON.decode(Request.self, from: line)
         } catch {
             throw BatonError(
                 .control,
@@ -140,13 +138,11 @@ public enum ControlProtocol {
     }
 
     public static func encode(_ value: some Encodable) -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        guard let data = try? encoder.encode(value) else { return Array("{\"kind\":\"error\"}\n".utf8) }
-        return Array(data) + [UInt8(ascii: "\n")]
+        guard let data = try? JSON.encode(value) else { return Array("{\"kind\":\"error\"}\n".utf8) }
+        return data + [UInt8(ascii: "\n")]
     }
 
     public static func decodeReply(_ line: [UInt8]) -> Reply? {
-        try? JSONDecoder().decode(Reply.self, from: Data(line))
+        try? JSON.decode(Reply.self, from: line)
     }
 }

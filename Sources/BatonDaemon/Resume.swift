@@ -1,6 +1,5 @@
 public import BatonCore
 public import BatonSystem
-internal import FoundationEssentials
 import SystemPackage
 
 /// What a launcher hands to the binary it re-executes in place: the supervisor's state and the fds it keeps.
@@ -40,7 +39,7 @@ public struct ResumeState: Codable, Sendable {
         guard let text = OS.environment(variable) else { return nil }
         OS.unsetEnvironment(variable)
         do {
-            return try JSONDecoder().decode(ResumeState.self, from: Data(text.utf8))
+            return try JSON.decode(ResumeState.self, from: text.utf8)
         } catch {
             throw BatonError(.internalError, "cannot resume after re-execution: \(error)")
         }
@@ -59,7 +58,7 @@ public struct ResumeState: Codable, Sendable {
     }
 
     func encoded() -> String? {
-        guard let data = try? JSONEncoder().encode(self) else { return nil }
+        guard let data = try? JSON.encode(self) else { return nil }
         return String(decoding: data, as: UTF8.self)
     }
 
