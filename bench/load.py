@@ -12,6 +12,7 @@ import sys
 import time
 
 from launchers import Baton
+from memory import breakdown as memory_breakdown
 from procs import BENCH, LOADGEN, Sampler, Spawned, kill_pids, loadavg, log, pct, proc_stat, smaps_rollup
 
 FAIL_KINDS = ["non2xx", "refused", "reset", "eof_idle", "eof_new", "eof_mid", "timeout", "other"]
@@ -505,7 +506,8 @@ def idle_bench(baton, tiny, workdir, base_port, window):
                      "voluntary_switches_per_s": round(vol / window, 2),
                      "involuntary_switches_per_s": round(invol / window, 2),
                      "watchdog_pings_per_s": round(pings / window, 2) if sock else 0,
-                     "cpu_ms": round(c1[0] - c0[0], 1), "rss_kib": c1[1], "smaps": smaps_rollup(proc.pid)}
+                     "cpu_ms": round(c1[0] - c0[0], 1), "rss_kib": c1[1], "smaps": smaps_rollup(proc.pid),
+                     "memory": memory_breakdown(proc.pid)}
         stop_tiny(proc, ctl)
         log(f"idle ({mode}): {out[mode]['wakeups_per_s']} wakeups/s over {window}s, "
             f"{out[mode]['watchdog_pings_per_s']} pings/s, {out[mode]['threads']} threads, RSS {out[mode]['rss_kib']} KiB")

@@ -41,9 +41,10 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10100 ]; then
   echo "bench: ulimit -n is $(ulimit -n); the 10 000-connection scenario needs more" >&2
 fi
 
-# baton's release build in a scratch path of its own (the tests and other builds keep theirs).
-echo "bench: swift build -c release --scratch-path .build-bench --product baton" >&2
-swift build -c release --scratch-path .build-bench --product baton >&2
+# baton's release build as the package builds it (static runtime, its link layout), in a scratch path of its own
+# (the tests and other builds keep theirs).
+echo "bench: bash packaging/release-build.sh .build-bench" >&2
+bash packaging/release-build.sh .build-bench >&2
 baton=$PWD/.build-bench/release/baton
 # The bind-adoption library beside it (express listens on its own port; baton serves it through adoption).
 bash preload/build.sh .build-bench/release >/dev/null
