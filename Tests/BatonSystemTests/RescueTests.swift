@@ -87,9 +87,11 @@ struct RescueTests {
         return (summary, baton.stderr.text)
     }
 
-    /// The servers of issue 13 that this machine has (the test command installs them all: scripts/deps.sh).
-    static var servers: [String] {
-        var names = ["uvicorn", "hypercorn", "node http + server.close()", "gunicorn -k gthread", "examples/python"]
+    /// The servers of issue 13 that this machine has (the test command installs them all: scripts/deps.sh), in two
+    /// suites that run beside each other: the Python ones here, Node's and Go's in ``RescueNodeGoTests``.
+    static let pythonServers = ["uvicorn", "hypercorn", "gunicorn -k gthread", "examples/python"]
+    static var nodeAndGoServers: [String] {
+        var names = ["node http + server.close()"]
         if FileManager.default.fileExists(atPath: "/usr/share/nodejs/express") { names.append("express") }
         if Paths.which("go") != nil && FileManager.default.fileExists(atPath: goSystemd) { names.append("go net/http") }
         return names
@@ -145,7 +147,7 @@ struct RescueTests {
     /// With it: none, over 20 reloads of 4 workers, with keep-alive and new-connection clients and slow requests.
     @Test(
         "keep-alive and new-connection clients of an unmodified server lose nothing across 20 reloads of 4 workers",
-        arguments: RescueTests.servers
+        arguments: RescueTests.pythonServers
     )
     func clientsOfAnUnmodifiedServerLoseNothing(server: String) throws {
         let (app, environment, options) = try Self.command(server)
@@ -295,5 +297,17 @@ struct RescueTests {
         let answer = try exchange(fd, [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
         #expect(answer.text.isEmpty && answer.error == ECONNRESET, "\(answer)")
         #expect(baton.stderr.waitFor("1 reset", timeout: 10) != nil, "\(baton.diagnosis())")
+    }
+}
+
+/// ``RescueTests/clientsOfAnUnmodifiedServerLoseNothing(server:)`` for Node's and Go's servers, beside the Python ones.
+@Suite("connection rescue: Node and Go servers", .serialized, .timeLimit(.minutes(10)))
+struct RescueNodeGoTests {
+    @Test(
+        "keep-alive and new-connection clients of an unmodified server lose nothing across 20 reloads of 4 workers",
+        arguments: RescueTests.nodeAndGoServers
+    )
+    func clientsOfAnUnmodifiedServerLoseNothing(server: String) throws {
+        try RescueTests().clientsOfAnUnmodifiedServerLoseNothing(server: server)
     }
 }
