@@ -65,9 +65,10 @@ final class ConnectionRescue: Sendable {
         var generation: Int
         /// The tick this watch began at: new connections are looked for every tick at first, then less often.
         var since: Int
-        /// The process does not load `libbaton-adopt.so` (a static binary: Go): the connections baton holds stop
-        /// reading as readable to it, so that it closes them as idle with the next request unread rather than in the
-        /// moment after it read one (Go's `Server.Shutdown`), and baton hands that request on.
+        /// The process waits for its connections through epoll or poll (no thread of it blocks reading one): the
+        /// connections baton holds stop reading as readable to it, so that it closes them as idle with the next
+        /// request unread rather than in the moment after it read one (Go's `Server.Shutdown`, hypercorn), and
+        /// baton hands that request on.
         var holdsReads = false
     }
 
@@ -179,8 +180,14 @@ final class ConnectionRescue: Sendable {
                     generation: generation,
                     since: state.ticks
                 )
-                state.watches[process]!.holdsReads = !ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
                 grab(process, &state)
+                let workerFds = Set(state.held.values.lazy.filter { $0.pid == process }.map(\.workerFd))
+                if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
+                    state.watches[process]!.holdsReads = true
+                    for held in state.held.values where held.pid == process && held.relay == nil {
+                        Handover.setReceiveLowWater(held.socket.descriptor, Self.heldLowWater)
+                    }
+                }
                 // libbaton-adopt.so in the process then turns its half-closes of accepted connections into no-ops.
                 if ProcInspector.catches(process, signal: Signals.rescueHeld),
                     ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)

@@ -87,6 +87,26 @@ extension ProcInspector {
         return tids.map { ($0, readFileOrError("/proc/\(pid)/task/\($0)/syscall")) }
     }
 
+    /// Whether a thread of process `pid` waits in a read of one of `fds` (`read`, `readv`, `recvfrom`, `recvmsg`): a
+    /// server that reads its connections with blocking calls, one thread each, rather than through epoll or poll.
+    public static func blockedReading(_ pid: Int32, anyOf fds: Set<Int32>) -> Bool {
+        #if arch(x86_64)
+        let reads: Set<Int> = [0, 19, 45, 47]
+        #elseif arch(arm64)
+        let reads: Set<Int> = [63, 65, 207, 212]
+        #else
+        let reads: Set<Int> = []
+        #endif
+        return threadSyscalls(of: pid).contains { thread in
+            guard case .success(let line) = thread.syscall else { return false }
+            let fields = line.split(separator: " ")
+            guard fields.count >= 2, let number = Int(fields[0]), reads.contains(number),
+                let fd = Int32(fields[1].dropFirst(2), radix: 16)
+            else { return false }
+            return fds.contains(fd)
+        }
+    }
+
     /// `count` bytes (at most 1 MiB) at `address` in process `pid`'s memory; fewer if the range ends in unmapped
     /// memory. The corresponding C function is `process_vm_readv`.
     public static func readMemory(of pid: Int32, at address: UInt64, count: Int) -> Result<[UInt8], SystemError> {
