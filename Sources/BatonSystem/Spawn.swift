@@ -227,7 +227,6 @@ private final class PreparedSpawn {
         request.pointee.groups = UnsafePointer(groups.baseAddress)
         request.pointee.group_count = Int32(spawn.groups.count)
         request.pointee.attributes = UnsafePointer(attributes)
-        request.pointee.want_pidfd = 0
     }
 
     deinit {
@@ -240,7 +239,6 @@ private final class PreparedSpawn {
     /// What came of the spawn, once it has returned.
     func outcome() -> Result<Int32, SpawnError> {
         let done = request.pointee
-        if done.pidfd >= 0 { _ = close(done.pidfd) }
         if done.pid > 0 && done.error == 0 { return .success(done.pid) }
         if done.failed_in_child != 0 {
             // The child has exited (127) and is reaped as usual.

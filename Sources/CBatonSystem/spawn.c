@@ -10,12 +10,14 @@
 #define _GNU_SOURCE
 #include "CBatonSystem.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -24,10 +26,6 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
 
 _Static_assert(sizeof(int) == 4, "fds travel as 32-bit ints");
 _Static_assert(CBATON_O_PATH == O_PATH, "O_PATH as the kernel defines it");
@@ -181,10 +179,34 @@ static void unmap_child_stack(void *base) {
     if (base != NULL) munmap(base, CHILD_STACK_SIZE + GUARD_SIZE);
 }
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CBATON_TSAN 1
+#endif
+#endif
+
+typedef int (*clone_function)(int (*)(void *), void *, int, void *, ...);
+
+/// glibc's clone. ThreadSanitizer intercepts `clone` and treats it as a fork, resetting its own state in the child,
+/// which with CLONE_VM is baton's state: under it, the next `clone` after the interceptor's is called instead.
+static clone_function real_clone(void) {
+#ifdef CBATON_TSAN
+    static _Atomic(clone_function) found;
+    clone_function function = atomic_load(&found);
+    if (function == NULL) {
+        function = (clone_function)dlsym(RTLD_NEXT, "clone");
+        if (function == NULL) function = clone;
+        atomic_store(&found, function);
+    }
+    return function;
+#else
+    return clone;
+#endif
+}
+
 /// One spawn on the calling thread, which waits until the child has exec'd or exited.
 static void spawn_one(cbaton_spawn_request *r, void *stack) {
     r->pid = -1;
-    r->pidfd = -1;
     r->error = 0;
     r->failed_in_child = 0;
     if (r->listener_count < 0 || r->listener_count > CBATON_MAX_LISTENERS) {
@@ -201,15 +223,10 @@ static void spawn_one(cbaton_spawn_request *r, void *stack) {
     unsigned long all = ~0UL;
     unsigned long old = 0;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, KERNEL_SIGSET_SIZE);
-    int flags = CLONE_VM | CLONE_VFORK | SIGCHLD;
-    int pidfd = -1;
-    char *top = (char *)stack + GUARD_SIZE + CHILD_STACK_SIZE;
-    pid_t pid = clone(child_main, top, flags | (r->want_pidfd ? CLONE_PIDFD : 0), r, &pidfd);
-    if (pid < 0 && errno == EINVAL && r->want_pidfd) {
-        // A kernel before 5.2: no CLONE_PIDFD.
-        pidfd = -1;
-        pid = clone(child_main, top, flags, r, NULL);
-    }
+    // Exit signal SIGCHLD: the child is reaped like any other. (A pidfd, CLONE_PIDFD, would add nothing to
+    // pidfd_open here: a child's pid cannot be reused before baton reaps it.)
+    clone_function spawn_clone = real_clone();
+    pid_t pid = spawn_clone(child_main, (char *)stack + GUARD_SIZE + CHILD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, r);
     int error = errno;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, KERNEL_SIGSET_SIZE);
     free(r->scratch);
@@ -219,7 +236,6 @@ static void spawn_one(cbaton_spawn_request *r, void *stack) {
         return;
     }
     r->pid = pid;
-    r->pidfd = pidfd;
     // r->error and r->failed_in_child were set by the child if it failed.
 }
 
@@ -227,7 +243,6 @@ int cbaton_spawn(cbaton_spawn_request *request) {
     void *stack = map_child_stack();
     if (stack == NULL) {
         request->pid = -1;
-        request->pidfd = -1;
         request->error = errno;
         request->failed_in_child = 0;
         return -1;
@@ -237,9 +252,14 @@ int cbaton_spawn(cbaton_spawn_request *request) {
     return request->pid;
 }
 
+/// How many spawns run on threads of their own right now: up to CBATON_SPAWN_THREADS; past that a spawn runs on the
+/// thread that starts it (which then has nothing better to do than wait for an exec).
+static atomic_int threads_in_use;
+
 static void *spawn_thread(void *argument) {
     cbaton_spawn_request *r = argument;
     (void)cbaton_spawn(r);
+    atomic_fetch_sub(&threads_in_use, 1);
     return NULL;
 }
 
@@ -247,21 +267,24 @@ void cbaton_spawn_start(cbaton_spawn_request *request) {
     request->pid = -1;
     request->error = 0;
     request->threaded = 0;
-    pthread_attr_t attributes;
-    if (pthread_attr_init(&attributes) != 0) {
+    if (atomic_fetch_add(&threads_in_use, 1) >= CBATON_SPAWN_THREADS) {
+        atomic_fetch_sub(&threads_in_use, 1);
         (void)cbaton_spawn(request);
         return;
     }
+    pthread_attr_t attributes;
+    int have_attributes = pthread_attr_init(&attributes) == 0;
     // The thread only calls clone and waits: a small stack will do (sanitizers need more than the call itself).
-    (void)pthread_attr_setstacksize(&attributes, 256 * 1024);
+    if (have_attributes) (void)pthread_attr_setstacksize(&attributes, 256 * 1024);
     pthread_t thread;
-    if (pthread_create(&thread, &attributes, spawn_thread, request) == 0) {
+    if (pthread_create(&thread, have_attributes ? &attributes : NULL, spawn_thread, request) == 0) {
         request->thread = thread;
         request->threaded = 1;
     } else {
+        atomic_fetch_sub(&threads_in_use, 1);
         (void)cbaton_spawn(request);  // no thread to spare: here, at once
     }
-    pthread_attr_destroy(&attributes);
+    if (have_attributes) pthread_attr_destroy(&attributes);
 }
 
 int cbaton_spawn_finish(cbaton_spawn_request *request) {

@@ -70,15 +70,11 @@ typedef struct {
     /// The process-level attributes baton started with, which the child takes instead of those of the thread that
     /// spawned it (nice and the scheduling policy are per thread on Linux): used when `attributes` is not NULL.
     const cbaton_process_attributes *attributes;
-    /// Whether to ask the kernel for a pidfd of the child (CLONE_PIDFD; none on a kernel before 5.2).
-    int want_pidfd;
 
     /// Set by the spawn: the child's pid, or -1 if no child was created.
     pid_t pid;
-    /// The child's pidfd (close-on-exec), or -1.
-    int pidfd;
-    /// 0, or the errno of the call that failed: in the child (set-up or execve: the child has exited with 127 and
-    /// is left to be reaped) when `failed_in_child` is 1, in baton (the clone) otherwise.
+    /// 0, or the errno of the call that failed: in the child (set-up or execve: the child exits with 127 and is left
+    /// to be reaped) when `failed_in_child` is 1, in baton (the clone) otherwise.
     int error;
     int failed_in_child;
     /// The child's scratch space, allocated and freed by the spawn.
@@ -92,8 +88,11 @@ typedef struct {
 /// failed: its pid (see `request->error` for a child that failed), or -1 (see `request->error`).
 int cbaton_spawn(cbaton_spawn_request *request);
 
+/// The most spawns `cbaton_spawn_start` runs on threads of their own at a time.
+#define CBATON_SPAWN_THREADS 16
+
 /// Starts `cbaton_spawn(request)` on a thread of its own and returns at once, so that several spawns do not wait
-/// for each other's exec (at once on this thread if no thread can be created). `request` and everything it points
+/// for each other's exec (at once on this thread if CBATON_SPAWN_THREADS are busy or no thread can be created). `request` and everything it points
 /// to must stay valid until `cbaton_spawn_finish`.
 void cbaton_spawn_start(cbaton_spawn_request *request);
 
