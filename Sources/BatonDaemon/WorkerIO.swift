@@ -232,16 +232,6 @@ struct WorkerStarter: Sendable {
         return environment
     }
 
-    /// Starts worker `id`. Every fd made on the way is owned, so each failure path closes them all.
-    func start(
-        _ id: WorkerID,
-        generation: Int,
-        slot: Int,
-        events sink: AsyncStream<DaemonEvent>.Continuation
-    ) -> (io: WorkerIO?, events: [SupervisorEvent]) {
-        finish(begin(id, generation: generation, slot: slot, events: sink))
-    }
-
     /// What ``begin(_:generation:slot:events:)`` did: failed at once, or started a spawn to ``finish(_:)``.
     enum Begun {
         case done(WorkerID, io: WorkerIO?, events: [SupervisorEvent])
@@ -256,7 +246,8 @@ struct WorkerStarter: Sendable {
     }
 
     /// Sets worker `id` up and starts its spawn on a thread of its own (``Spawner/start(_:)``), so that the spawns of
-    /// a generation do not wait for each other's exec; ``finish(_:)`` waits for it.
+    /// a generation do not wait for each other's exec; ``finish(_:)`` waits for it. Every fd made on the way is owned,
+    /// so each failure path closes them all.
     func begin(
         _ id: WorkerID,
         generation: Int,
