@@ -194,6 +194,7 @@ private final class PreparedSpawn {
     let listeners: UnsafeMutableBufferPointer<Int32>
     let groups: UnsafeMutableBufferPointer<gid_t>
     let attributes: UnsafeMutablePointer<cbaton_process_attributes>
+    let scratch: UnsafeMutableBufferPointer<Int32>
     let request: UnsafeMutablePointer<cbaton_spawn_request>
 
     init(_ spawn: SpawnRequest) {
@@ -210,6 +211,8 @@ private final class PreparedSpawn {
         _ = groups.initialize(from: spawn.groups.map { gid_t($0) } + [0])
         attributes = .allocate(capacity: 1)
         attributes.initialize(to: ProcessAttributes.starting)
+        scratch = .allocate(capacity: spawn.listeners.count + 4)
+        _ = scratch.initialize(repeating: -1)
         request = .allocate(capacity: 1)
         request.initialize(to: cbaton_spawn_request())
         request.pointee.path = UnsafePointer(path.pointer(0))
@@ -227,12 +230,14 @@ private final class PreparedSpawn {
         request.pointee.groups = UnsafePointer(groups.baseAddress)
         request.pointee.group_count = Int32(spawn.groups.count)
         request.pointee.attributes = UnsafePointer(attributes)
+        request.pointee.scratch = scratch.baseAddress
     }
 
     deinit {
         listeners.deallocate()
         groups.deallocate()
         attributes.deallocate()
+        scratch.deallocate()
         request.deallocate()
     }
 

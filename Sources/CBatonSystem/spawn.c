@@ -18,7 +18,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -213,9 +212,8 @@ static void spawn_one(cbaton_spawn_request *r, void *stack) {
         r->error = EINVAL;
         return;
     }
-    r->scratch = malloc(sizeof(int) * (size_t)(r->listener_count + 4));
     if (r->scratch == NULL) {
-        r->error = ENOMEM;
+        r->error = EINVAL;
         return;
     }
     // Every signal blocked, glibc's own (SIGCANCEL, SIGSETXID) included, which pthread_sigmask would leave: a handler
@@ -229,8 +227,6 @@ static void spawn_one(cbaton_spawn_request *r, void *stack) {
     pid_t pid = spawn_clone(child_main, (char *)stack + GUARD_SIZE + CHILD_STACK_SIZE, CLONE_VM | CLONE_VFORK | SIGCHLD, r);
     int error = errno;
     syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, KERNEL_SIGSET_SIZE);
-    free(r->scratch);
-    r->scratch = NULL;
     if (pid < 0) {
         r->error = error;
         return;
@@ -263,33 +259,46 @@ static void *spawn_thread(void *argument) {
     return NULL;
 }
 
+/// A spawn thread's stack, mapped here and unmapped after the join: glibc would keep a stack of its own making in its
+/// cache, and its touched pages in baton's RSS.
+#define THREAD_STACK_SIZE (256 * 1024)
+
 void cbaton_spawn_start(cbaton_spawn_request *request) {
     request->pid = -1;
     request->error = 0;
     request->threaded = 0;
+    request->thread_stack = NULL;
     if (atomic_fetch_add(&threads_in_use, 1) >= CBATON_SPAWN_THREADS) {
         atomic_fetch_sub(&threads_in_use, 1);
         (void)cbaton_spawn(request);
         return;
     }
-    pthread_attr_t attributes;
-    int have_attributes = pthread_attr_init(&attributes) == 0;
     // The thread only calls clone and waits: a small stack will do (sanitizers need more than the call itself).
-    if (have_attributes) (void)pthread_attr_setstacksize(&attributes, 256 * 1024);
+    void *stack = mmap(NULL, THREAD_STACK_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    pthread_attr_t attributes;
     pthread_t thread;
-    if (pthread_create(&thread, have_attributes ? &attributes : NULL, spawn_thread, request) == 0) {
-        request->thread = thread;
-        request->threaded = 1;
-    } else {
-        atomic_fetch_sub(&threads_in_use, 1);
-        (void)cbaton_spawn(request);  // no thread to spare: here, at once
+    int started = stack != MAP_FAILED && pthread_attr_init(&attributes) == 0;
+    if (started) {
+        started = pthread_attr_setstack(&attributes, stack, THREAD_STACK_SIZE) == 0 &&
+                  pthread_create(&thread, &attributes, spawn_thread, request) == 0;
+        pthread_attr_destroy(&attributes);
     }
-    if (have_attributes) pthread_attr_destroy(&attributes);
+    if (started) {
+        request->thread = thread;
+        request->thread_stack = stack;
+        request->threaded = 1;
+        return;
+    }
+    if (stack != MAP_FAILED) munmap(stack, THREAD_STACK_SIZE);
+    atomic_fetch_sub(&threads_in_use, 1);
+    (void)cbaton_spawn(request);  // no thread to spare: here, at once
 }
 
 int cbaton_spawn_finish(cbaton_spawn_request *request) {
     if (request->threaded) {
         pthread_join(request->thread, NULL);
+        munmap(request->thread_stack, THREAD_STACK_SIZE);
+        request->thread_stack = NULL;
         request->threaded = 0;
     }
     return request->pid;

@@ -77,10 +77,12 @@ typedef struct {
     /// to be reaped) when `failed_in_child` is 1, in baton (the clone) otherwise.
     int error;
     int failed_in_child;
-    /// The child's scratch space, allocated and freed by the spawn.
+    /// Room for listener_count + 4 fds, the child's scratch space (prepared by the caller, so that a spawn thread
+    /// does not malloc: glibc would give each one an arena of its own, which baton's RSS keeps).
     int *scratch;
-    /// The thread `cbaton_spawn_start` spawns from, when `threaded` is 1.
+    /// The thread `cbaton_spawn_start` spawns from, and its stack, when `threaded` is 1.
     pthread_t thread;
+    void *thread_stack;
     int threaded;
 } cbaton_spawn_request;
 
