@@ -3,10 +3,11 @@
 // A worker is created the way glibc's posix_spawn creates one: clone(CLONE_VM | CLONE_VFORK) on a stack of its own,
 // so that the cost does not grow with baton's page tables (fork copies them). The child shares baton's memory
 // until it execs, and the thread that spawned it waits until then. So the child side only reads what the parent
-// prepared, writes nothing but its own stack, its request's scratch and error slot and the LISTEN_PID digits, and
-// makes raw system calls: no malloc, no locks, no stdio, no Swift, no glibc wrapper that does more than the call
-// (glibc's setresuid would signal baton's threads to change their credentials too; sanitizers intercept dup2 and
-// close). Signals are blocked around the clone, so that none of baton's handlers runs in the child.
+// prepared, writes nothing but its own stack, its request's scratch and error slot, the LISTEN_PID digits and errno
+// (the spawning thread's, which is suspended meanwhile and reads the error slot instead), and makes raw system
+// calls: no malloc, no locks, no stdio, no Swift, no glibc wrapper that does more than the call (glibc's setresuid
+// would signal baton's threads to change their credentials too; sanitizers intercept dup2 and close). Signals are
+// blocked around the clone, so that none of baton's handlers runs in the child.
 #define _GNU_SOURCE
 #include "CBatonSystem.h"
 
