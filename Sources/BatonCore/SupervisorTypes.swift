@@ -200,12 +200,16 @@ public enum EventOrder {
     /// order, and the events its actions caused (a worker spawned, a spawn that failed, an exec-mode worker that is
     /// ready) are handled after it, first caused first. Performing an action never re-enters the state machine.
     ///
+    /// `settle` runs after each action list and returns the events the list's actions caused but left to it (the
+    /// launcher waits there for the spawns the list started side by side).
+    ///
     /// Returns every action performed.
     @discardableResult
     public static func run(
         _ event: SupervisorEvent,
         handle: (SupervisorEvent) -> [SupervisorAction],
-        perform: (SupervisorAction) -> [SupervisorEvent]
+        perform: (SupervisorAction) -> [SupervisorEvent],
+        settle: () -> [SupervisorEvent] = { [] }
     ) -> [SupervisorAction] {
         var performed: [SupervisorAction] = []
         var queue = [event]
@@ -214,6 +218,7 @@ public enum EventOrder {
             let actions = handle(queue[next])
             next += 1
             for action in actions { queue += perform(action) }
+            queue += settle()
             performed += actions
         }
         return performed

@@ -54,6 +54,8 @@ public actor Launcher {
     var metricsServer: MetricsServer?
     var metricsFile: FileIdentity?
     var io: [WorkerID: WorkerIO] = [:]
+    /// The spawns the current action list started, in order, until ``finishSpawns()``.
+    var startingWorkers: [WorkerStarter.Begun] = []
     /// When each generation started, in clock ticks since boot, to tell which one a process that wiped its environment
     /// belongs to.
     var generationStarts: [Int: UInt64] = [:]
@@ -314,7 +316,12 @@ public actor Launcher {
 
     /// Hands `event` to the Supervisor and performs its actions, then those of the events they caused, in order.
     private func process(_ event: SupervisorEvent) {
-        EventOrder.run(event, handle: { supervisor.handle($0, now: .now) }, perform: { perform($0) })
+        EventOrder.run(
+            event,
+            handle: { supervisor.handle($0, now: .now) },
+            perform: { perform($0) },
+            settle: { finishSpawns() }
+        )
     }
 
     private func reapChildren() {
@@ -351,6 +358,18 @@ public actor Launcher {
         }
     }
 
+    /// Waits for the spawns the last action list started, and returns what they caused, in the order they started.
+    private func finishSpawns() -> [SupervisorEvent] {
+        var events: [SupervisorEvent] = []
+        for begun in startingWorkers {
+            let (workerIO, caused) = starter.finish(begun)
+            if let workerIO { io[begun.id] = workerIO }
+            events += caused
+        }
+        startingWorkers = []
+        return events
+    }
+
     private func deliver(_ message: NotifyMessage, from worker: WorkerID) {
         let dropped = inbox.takeDropped()
         if dropped > 0, ignoredNotifications.admit(now: .now).log {
@@ -382,9 +401,8 @@ public actor Launcher {
         case .spawn(let id, let generation, let slot):
             owners = [:]
             metrics?.workerStarted(generation: generation, slot: slot, restarts: supervisor.worker(id)?.restarts ?? 0)
-            let started = starter.start(id, generation: generation, slot: slot, events: sink)
-            if let workerIO = started.io { io[id] = workerIO }
-            return started.events
+            // The spawns of one action list run side by side; finishSpawns() waits for them after the list.
+            startingWorkers.append(starter.begin(id, generation: generation, slot: slot, events: sink))
         case .stop(let id, let pid):
             let generation = supervisor.worker(id)?.generation ?? 0
             if supervisor.phase == .running, let grace = rescue.retire(pid, generation: generation) {

@@ -2,6 +2,43 @@ import BatonCore
 import BatonSystem
 import SystemPackage
 
+/// A worker whose spawn has started (``WorkerStarter/begin(_:generation:slot:events:)``): its I/O, and the write ends
+/// the child takes, which stay open in baton until the spawn is over.
+final class StartingWorker {
+    let id: WorkerID
+    let io: WorkerIO
+    let spawn: PendingSpawn
+    let sink: AsyncStream<DaemonEvent>.Continuation
+    private var standardOutput: OwnedDescriptor?
+    private var standardError: OwnedDescriptor?
+    private var notifyWrite: OwnedDescriptor?
+
+    init(
+        id: WorkerID,
+        io: WorkerIO,
+        spawn: PendingSpawn,
+        sink: AsyncStream<DaemonEvent>.Continuation,
+        standardOutput: consuming OwnedDescriptor,
+        standardError: consuming OwnedDescriptor,
+        notifyWrite: consuming OwnedDescriptor?
+    ) {
+        self.id = id
+        self.io = io
+        self.spawn = spawn
+        self.sink = sink
+        self.standardOutput = .some(standardOutput)
+        self.standardError = .some(standardError)
+        self.notifyWrite = notifyWrite
+    }
+
+    /// Closes baton's copies of the worker's output and notify pipes' write ends, once the child has its own.
+    func closeWriteEnds() {
+        standardOutput.take()?.close()
+        standardError.take()?.close()
+        notifyWrite.take()?.close()
+    }
+}
+
 /// How a worker's output is labelled: the prefix of its lines on baton's own streams and its journal fields, built
 /// once per worker.
 struct WorkerLabel: Sendable {
@@ -195,29 +232,42 @@ struct WorkerStarter: Sendable {
         return environment
     }
 
-    /// Starts worker `id`. Every fd made on the way is owned, so each failure path closes them all.
-    func start(
-        _ id: WorkerID,
-        generation: Int,
-        slot: Int,
-        events sink: AsyncStream<DaemonEvent>.Continuation
-    ) -> (io: WorkerIO?, events: [SupervisorEvent]) {
-        do throws(SystemError) {
-            let started = try startWithPipes(id, generation: generation, slot: slot, events: sink)
-            if started.io == nil { health?.workerGone(id) }
-            return started
-        } catch {
-            health?.workerGone(id)
-            return (nil, [.spawnFailed(id, reason: "cannot set up the worker: \(error)")])
+    /// What ``begin(_:generation:slot:events:)`` did: failed at once, or started a spawn to ``finish(_:)``.
+    enum Begun {
+        case done(WorkerID, io: WorkerIO?, events: [SupervisorEvent])
+        case starting(StartingWorker)
+
+        var id: WorkerID {
+            switch self {
+            case .done(let id, _, _): id
+            case .starting(let starting): starting.id
+            }
         }
     }
 
-    private func startWithPipes(
+    /// Sets worker `id` up and starts its spawn on a thread of its own (``Spawner/start(_:)``), so that the spawns of
+    /// a generation do not wait for each other's exec; ``finish(_:)`` waits for it. Every fd made on the way is owned,
+    /// so each failure path closes them all.
+    func begin(
         _ id: WorkerID,
         generation: Int,
         slot: Int,
         events sink: AsyncStream<DaemonEvent>.Continuation
-    ) throws(SystemError) -> (io: WorkerIO?, events: [SupervisorEvent]) {
+    ) -> Begun {
+        do throws(SystemError) {
+            return try beginWithPipes(id, generation: generation, slot: slot, events: sink)
+        } catch {
+            health?.workerGone(id)
+            return .done(id, io: nil, events: [.spawnFailed(id, reason: "cannot set up the worker: \(error)")])
+        }
+    }
+
+    private func beginWithPipes(
+        _ id: WorkerID,
+        generation: Int,
+        slot: Int,
+        events sink: AsyncStream<DaemonEvent>.Continuation
+    ) throws(SystemError) -> Begun {
         let label = WorkerLabel(name: configuration.name, generation: generation, slot: slot)
         let output = try OwnedPipe(nonBlockingRead: true)
         let errors = try OwnedPipe(nonBlockingRead: true)
@@ -254,7 +304,13 @@ struct WorkerStarter: Sendable {
             throw error
         }
 
-        let probeSocket = try health?.openSocket(for: id, generation: generation)
+        let probeSocket: (fd: FileDescriptor, address: String)?
+        do throws(SystemError) {
+            probeSocket = try health?.openSocket(for: id, generation: generation)
+        } catch {
+            _ = io.finish()
+            throw error
+        }
         var request = SpawnRequest(
             executable: executable,
             arguments: configuration.command,
@@ -268,20 +324,44 @@ struct WorkerStarter: Sendable {
             groupID: configuration.workerUser?.gid
         )
         request.groups = configuration.workerUser?.groups ?? []
+        return .starting(
+            StartingWorker(
+                id: id,
+                io: io,
+                spawn: Spawner.start(request),
+                sink: sink,
+                standardOutput: standardOutput,
+                standardError: standardError,
+                notifyWrite: notifyWrite.take()
+            )
+        )
+    }
+
+    /// Waits for a spawn ``begin(_:generation:slot:events:)`` started; returns the worker's I/O and what happened.
+    func finish(_ begun: Begun) -> (io: WorkerIO?, events: [SupervisorEvent]) {
+        let starting: StartingWorker
+        switch begun {
+        case .done(_, let io, let events): return (io, events)
+        case .starting(let started): starting = started
+        }
+        let id = starting.id
+        let outcome = starting.spawn.wait()
+        // The write ends (standardOutput, standardError, notifyWrite) close now: only the worker keeps them.
+        starting.closeWriteEnds()
         let pid: Int32
-        do {
-            pid = try Spawner.spawn(request)
-        } catch {
-            _ = io.finish()
+        switch outcome {
+        case .success(let spawned): pid = spawned
+        case .failure(let error):
+            _ = starting.io.finish()
+            health?.workerGone(id)
             return (nil, [.spawnFailed(id, reason: error.description)])
         }
-        // The write ends (standardOutput, standardError, notifyWrite) close here: only the worker keeps them.
-        stdoutPipe.workerPID = pid
-        stderrPipe.workerPID = pid
-        var started = io
+        starting.io.stdout.workerPID = pid
+        starting.io.stderr.workerPID = pid
+        var started = starting.io
         switch configuration.readyMode {
         case .listen:
-            started.readiness = watchListening(id, pid: pid, events: sink)
+            started.readiness = watchListening(id, pid: pid, events: starting.sink)
             return (started, [.spawned(id, pid: pid)])
         case .exec:
             return (started, [.spawned(id, pid: pid), .ready(id)])

@@ -10,7 +10,7 @@ public struct SpawnRequest: Sendable {
     public var arguments: [String]
     /// The environment, without `LISTEN_PID` (the child fills that in with its own pid).
     public var environment: [String]
-    /// The listeners, in order: they arrive at fds 3, 4, ... over an SCM_RIGHTS channel.
+    /// The listeners, in order: the child has them at fds 3, 4, ...
     public var listeners: [FileDescriptor]
     /// Whether to export `LISTEN_PID=<the child's pid>`.
     public var setListenPID: Bool
@@ -55,9 +55,9 @@ public struct SpawnRequest: Sendable {
 /// Why a spawn failed.
 public struct SpawnError: Error, CustomStringConvertible, Sendable {
     public enum Code: Sendable, Equatable {
-        /// `fork` or a setup call in baton failed.
+        /// The `clone` in baton failed.
         case setup
-        /// The child could not exec the app; `errno` says why.
+        /// The child could not set itself up or exec the app; `errno` says why.
         case exec
         /// More listeners than a worker can receive (``Spawner/maximumListeners``).
         case tooManyListeners
@@ -126,127 +126,166 @@ public enum Spawner {
     /// The most listeners one worker can receive.
     public static let maximumListeners = Int(CBATON_MAX_LISTENERS)
 
-    /// Starts a worker: forks, sends the listeners to the child over a SEQPACKET channel with SCM_RIGHTS,
-    /// and waits until the child has exec'd (the channel closes) or reports why it could not.
+    /// Starts a worker, the way `posix_spawn` does: `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own (no copy of
+    /// baton's page tables), and returns once the child has exec'd, or throws why it could not.
     ///
-    /// The child lays the listeners out at 3, 4, ..., closes every other fd, resets its signal mask and
-    /// dispositions, moves into a process group of its own, takes baton's starting nice value, scheduling policy
-    /// and resource limits (``ProcessAttributes``) and fills in `LISTEN_PID` with its pid.
+    /// The child lays the standard streams out at 0, 1, 2 and the listeners at 3, 4, ... (from its copy of baton's
+    /// fd table), closes every other fd, resets its signal mask and dispositions, moves into a process group of its
+    /// own, takes baton's starting nice value, scheduling policy and resource limits (``ProcessAttributes``) and
+    /// fills in `LISTEN_PID` with its pid. A failure in the child comes back as its errno.
     ///
-    /// The corresponding C functions are `socketpair`, `fork`, `sendmsg` and `execve`.
+    /// The corresponding C functions are `clone` and `execve`.
     public static func spawn(_ request: SpawnRequest) throws(SpawnError) -> Int32 {
-        func setupError(_ error: SystemError) -> SpawnError {
-            SpawnError(code: .setup, executable: request.executable, underlying: error)
-        }
         guard request.listeners.count <= maximumListeners else {
             throw SpawnError(code: .tooManyListeners, executable: request.executable, underlying: nil)
         }
-        var pair: [Int32] = [-1, -1]
-        do {
-            try syscall("socketpair") {
-                pair.withUnsafeMutableBufferPointer {
-                    socketpair(
-                        AF_UNIX,
-                        Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
-                        0,
-                        $0.baseAddress!
-                    )
-                }
-            }
-        } catch {
-            throw setupError(error)
-        }
-        let parentEnd = OwnedDescriptor(raw: pair[0])
-        let childEnd = OwnedDescriptor(raw: pair[1])
+        let prepared = PreparedSpawn(request)
+        _ = cbaton_spawn(prepared.request)
+        return try prepared.outcome().get()
+    }
 
-        // Everything the child touches is allocated here, before fork.
-        let listenPIDSlot = "LISTEN_PID=" + String(repeating: "0", count: 20)
-        let environment = request.setListenPID ? request.environment + [listenPIDSlot] : request.environment
-        let argv = CStringArray(request.arguments)
-        let envp = CStringArray(environment)
-        let path = CStringArray([request.executable])
-        let groups = request.groups.map { gid_t($0) }
-        var attributes = ProcessAttributes.starting
-
-        let pid: Int32 = argv.withPointers { argvPointer in
-            envp.withPointers { envpPointer in
-                path.withPointers { pathPointer in
-                    groups.withUnsafeBufferPointer { groupPointer in
-                        withUnsafePointer(to: &attributes) { attributesPointer in
-                            var spawnRequest = cbaton_spawn_request()
-                            spawnRequest.attributes = attributesPointer
-                            spawnRequest.groups = groupPointer.baseAddress
-                            spawnRequest.group_count = Int32(groups.count)
-                            spawnRequest.path = UnsafePointer(pathPointer[0])
-                            spawnRequest.argv = UnsafePointer(argvPointer)
-                            spawnRequest.envp = UnsafePointer(envpPointer)
-                            spawnRequest.listen_pid_slot =
-                                request.setListenPID ? envpPointer[environment.count - 1] : nil
-                            spawnRequest.channel_fd = pair[1]
-                            spawnRequest.listener_count = Int32(request.listeners.count)
-                            spawnRequest.extra_fd = request.extra?.rawValue ?? -1
-                            spawnRequest.stdin_fd = request.standardInput.rawValue
-                            spawnRequest.stdout_fd = request.standardOutput.rawValue
-                            spawnRequest.stderr_fd = request.standardError.rawValue
-                            spawnRequest.uid = request.userID.map { Int64($0) } ?? -1
-                            spawnRequest.gid = request.groupID.map { Int64($0) } ?? -1
-                            return cbaton_spawn(&spawnRequest)
-                        }
-                    }
-                }
-            }
-        }
-        let forkErrno = Glibc.errno
-        childEnd.close()  // only the child keeps its end
-        guard pid > 0 else { throw setupError(SystemError("fork", Errno(rawValue: forkErrno))) }
-
-        // Hand over the listeners in batches the kernel accepts.
-        var offset = 0
-        let raw = request.listeners.map(\.rawValue)
-        repeat {
-            let batch = Array(raw[offset..<min(raw.count, offset + Int(CBATON_FDS_PER_MESSAGE))])
-            let sent = batch.withUnsafeBufferPointer {
-                cbaton_send_fds(parentEnd.descriptor.rawValue, $0.baseAddress, Int32(batch.count))
-            }
-            if sent < 0 {
-                let code = Glibc.errno
-                // The child died before taking them; its exit is reaped as usual.
-                if code != EPIPE && code != ECONNRESET {
-                    Glibc.kill(pid, SIGKILL)
-                    throw setupError(SystemError("sendmsg(SCM_RIGHTS)", Errno(rawValue: code)))
-                }
-                break
-            }
-            offset += batch.count
-        } while offset < raw.count
-
-        // The channel closes at exec (EOF); before that, a failing child writes its errno.
-        var reported: Int32 = 0
-        let n = try? syscall("read") { read(parentEnd.descriptor.rawValue, &reported, MemoryLayout<Int32>.size) }
-        if let n, n == MemoryLayout<Int32>.size {
-            throw SpawnError(
-                code: .exec,
-                executable: request.executable,
-                underlying: SystemError("execve", Errno(rawValue: reported))
+    /// Starts a worker like ``spawn(_:)``, but from a thread of its own, and returns at once: several spawns started
+    /// one after the other do not wait for each other's exec. ``PendingSpawn/wait()`` tells what came of it; until
+    /// then the fds in `request` must stay open.
+    ///
+    /// The corresponding C functions are `pthread_create`, `clone` and `execve`.
+    public static func start(_ request: SpawnRequest) -> PendingSpawn {
+        guard request.listeners.count <= maximumListeners else {
+            return PendingSpawn(
+                failed: SpawnError(code: .tooManyListeners, executable: request.executable, underlying: nil)
             )
         }
-        return pid
+        let prepared = PreparedSpawn(request)
+        cbaton_spawn_start(prepared.request)
+        return PendingSpawn(prepared)
+    }
+}
+
+/// A spawn ``Spawner/start(_:)`` started.
+public final class PendingSpawn {
+    private var prepared: PreparedSpawn?
+    private var result: Result<Int32, SpawnError>?
+
+    fileprivate init(_ prepared: PreparedSpawn) { self.prepared = prepared }
+    fileprivate init(failed: SpawnError) { result = .failure(failed) }
+
+    /// Waits until the child has exec'd or failed: its pid, or why it did not start.
+    ///
+    /// The corresponding C function is `pthread_join`.
+    public func wait() -> Result<Int32, SpawnError> {
+        if let result { return result }
+        let spawned = prepared!
+        _ = cbaton_spawn_finish(spawned.request)
+        let outcome = spawned.outcome()
+        prepared = nil
+        result = outcome
+        return outcome
+    }
+
+    deinit { _ = wait() }
+}
+
+/// Everything the child side of one spawn reads, allocated before the clone and kept until it has exec'd.
+private final class PreparedSpawn {
+    let executable: String
+    let argv: CStringArray
+    let envp: CStringArray
+    let path: CStringArray
+    let listeners: UnsafeMutableBufferPointer<Int32>
+    let groups: UnsafeMutableBufferPointer<gid_t>
+    let attributes: UnsafeMutablePointer<cbaton_process_attributes>
+    let scratch: UnsafeMutableBufferPointer<Int32>
+    let request: UnsafeMutablePointer<cbaton_spawn_request>
+
+    init(_ spawn: SpawnRequest) {
+        executable = spawn.executable
+        let environment =
+            spawn.setListenPID
+            ? spawn.environment + ["LISTEN_PID=" + String(repeating: "0", count: 20)] : spawn.environment
+        argv = CStringArray(spawn.arguments)
+        envp = CStringArray(environment)
+        path = CStringArray([spawn.executable])
+        listeners = .allocate(capacity: spawn.listeners.count + 1)
+        _ = listeners.initialize(from: spawn.listeners.map(\.rawValue) + [-1])
+        groups = .allocate(capacity: spawn.groups.count + 1)
+        _ = groups.initialize(from: spawn.groups.map { gid_t($0) } + [0])
+        attributes = .allocate(capacity: 1)
+        attributes.initialize(to: ProcessAttributes.starting)
+        scratch = .allocate(capacity: spawn.listeners.count + 4)
+        _ = scratch.initialize(repeating: -1)
+        request = .allocate(capacity: 1)
+        request.initialize(to: cbaton_spawn_request())
+        request.pointee.path = UnsafePointer(path.pointer(0))
+        request.pointee.argv = UnsafePointer(argv.base)
+        request.pointee.envp = UnsafePointer(envp.base)
+        request.pointee.listen_pid_slot = spawn.setListenPID ? envp.pointer(environment.count - 1) : nil
+        request.pointee.listeners = UnsafePointer(listeners.baseAddress)
+        request.pointee.listener_count = Int32(spawn.listeners.count)
+        request.pointee.extra_fd = spawn.extra?.rawValue ?? -1
+        request.pointee.stdin_fd = spawn.standardInput.rawValue
+        request.pointee.stdout_fd = spawn.standardOutput.rawValue
+        request.pointee.stderr_fd = spawn.standardError.rawValue
+        request.pointee.uid = spawn.userID.map { Int64($0) } ?? -1
+        request.pointee.gid = spawn.groupID.map { Int64($0) } ?? -1
+        request.pointee.groups = UnsafePointer(groups.baseAddress)
+        request.pointee.group_count = Int32(spawn.groups.count)
+        request.pointee.attributes = UnsafePointer(attributes)
+        request.pointee.scratch = scratch.baseAddress
+    }
+
+    deinit {
+        listeners.deallocate()
+        groups.deallocate()
+        attributes.deallocate()
+        scratch.deallocate()
+        request.deallocate()
+    }
+
+    /// What came of the spawn, once it has returned.
+    func outcome() -> Result<Int32, SpawnError> {
+        let done = request.pointee
+        if done.pid > 0 && done.error == 0 { return .success(done.pid) }
+        if done.failed_in_child != 0 {
+            // The child has exited (127) and is reaped as usual.
+            return .failure(
+                SpawnError(
+                    code: .exec,
+                    executable: executable,
+                    underlying: SystemError("execve", Errno(rawValue: done.error))
+                )
+            )
+        }
+        return .failure(
+            SpawnError(
+                code: .setup,
+                executable: executable,
+                underlying: SystemError("clone", Errno(rawValue: done.error))
+            )
+        )
     }
 }
 
 /// A NULL-terminated array of C strings that lives as long as the value.
 final class CStringArray {
     private var storage: [UnsafeMutablePointer<CChar>?]
+    /// The array itself, allocated once: its address stays valid as long as the value.
+    let base: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
 
     init(_ strings: [String]) {
         storage = strings.map { strdup($0) } + [nil]
+        base = .allocate(capacity: storage.count)
+        base.initialize(from: storage, count: storage.count)
     }
 
     deinit {
         for pointer in storage { free(pointer) }
+        base.deallocate()
     }
 
+    /// The `index`th string.
+    func pointer(_ index: Int) -> UnsafeMutablePointer<CChar>? { storage[index] }
+
     func withPointers<T>(_ body: (UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> T) -> T {
-        storage.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
+        body(base)
     }
 }

@@ -1,7 +1,8 @@
-// The C side of baton's system layer: what Swift cannot do safely (the child side of a fork) and
+// The C side of baton's system layer: what Swift cannot do safely (the child side of a spawn) and
 // what it cannot name (the CMSG_* macros). Every symbol is prefixed with `cbaton_`.
 #pragma once
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -14,8 +15,6 @@
 
 /// The most listeners one worker can receive.
 #define CBATON_MAX_LISTENERS 1024
-/// The most fds the kernel accepts in one SCM_RIGHTS message is 253; baton sends batches of this size.
-#define CBATON_FDS_PER_MESSAGE 250
 
 /// `O_PATH` (which Glibc's module does not export without _GNU_SOURCE): an fd that names a file without opening it.
 static const int CBATON_O_PATH = 010000000;
@@ -47,21 +46,20 @@ void cbaton_read_attributes(cbaton_process_attributes *out);
 /// async-signal-safe. Returns 0, or the errno of the first call that failed (the others are still made).
 int cbaton_apply_attributes(const cbaton_process_attributes *attributes);
 
-/// What the child side of a spawn needs. Everything is prepared by the parent before `fork`,
-/// because the child may only make async-signal-safe calls.
+/// What the child side of a spawn needs, and what came of it. Everything the child reads is prepared by the parent
+/// before the clone, because the child may only make raw system calls (it shares baton's memory until it execs).
 typedef struct {
     const char *path;
     char *const *argv;
     char *const *envp;
     /// A buffer inside `envp` that begins with `LISTEN_PID=` and has room for 20 more digits, or NULL.
     char *listen_pid_slot;
-    /// The child's end of the SEQPACKET channel: it receives the listeners via SCM_RIGHTS and
-    /// reports an exec failure back as an errno.
-    int channel_fd;
-    /// How many listeners the child receives on the channel; they end up at fds 3 ..< 3 + count.
+    /// The listeners (fds of baton's), placed at fds 3 ..< 3 + listener_count in the child.
+    const int *listeners;
     int listener_count;
     /// An fd placed right after the listeners (at 3 + listener_count), or -1.
     int extra_fd;
+    /// The child's standard streams; -1 leaves that one as it is in baton.
     int stdin_fd, stdout_fd, stderr_fd;
     /// Whether to drop privileges to uid/gid before exec; -1 keeps them.
     int64_t uid, gid;
@@ -70,18 +68,38 @@ typedef struct {
     const gid_t *groups;
     int group_count;
     /// The process-level attributes baton started with, which the child takes instead of those of the thread that
-    /// forked it (nice and the scheduling policy are per thread on Linux): used when `attributes` is not NULL.
+    /// spawned it (nice and the scheduling policy are per thread on Linux): used when `attributes` is not NULL.
     const cbaton_process_attributes *attributes;
+
+    /// Set by the spawn: the child's pid, or -1 if no child was created.
+    pid_t pid;
+    /// 0, or the errno of the call that failed: in the child (set-up or execve: the child exits with 127 and is left
+    /// to be reaped) when `failed_in_child` is 1, in baton (the clone) otherwise.
+    int error;
+    int failed_in_child;
+    /// Room for listener_count + 4 fds, the child's scratch space (prepared by the caller, so that a spawn thread
+    /// does not malloc: glibc would give each one an arena of its own, which baton's RSS keeps).
+    int *scratch;
+    /// The thread `cbaton_spawn_start` spawns from, and its stack, when `threaded` is 1.
+    pthread_t thread;
+    void *thread_stack;
+    int threaded;
 } cbaton_spawn_request;
 
+/// Starts a worker with clone(CLONE_VM | CLONE_VFORK) on a stack of its own, and returns once it has exec'd or
+/// failed: its pid (see `request->error` for a child that failed), or -1 (see `request->error`).
+int cbaton_spawn(cbaton_spawn_request *request);
 
+/// The most spawns `cbaton_spawn_start` runs on threads of their own at a time.
+#define CBATON_SPAWN_THREADS 16
 
-/// Forks a worker. Returns the child's pid, or -1 with errno set. The child never returns.
-pid_t cbaton_spawn(const cbaton_spawn_request *request);
+/// Starts `cbaton_spawn(request)` on a thread of its own and returns at once, so that several spawns do not wait
+/// for each other's exec (at once on this thread if CBATON_SPAWN_THREADS are busy or no thread can be created). `request` and everything it points
+/// to must stay valid until `cbaton_spawn_finish`.
+void cbaton_spawn_start(cbaton_spawn_request *request);
 
-/// Sends `count` fds over `socket` in one SCM_RIGHTS message with a one-byte payload.
-/// Returns what `sendmsg` returns.
-ssize_t cbaton_send_fds(int socket, const int *fds, int count);
+/// Waits for a spawn `cbaton_spawn_start` started; returns what `cbaton_spawn` would have.
+int cbaton_spawn_finish(cbaton_spawn_request *request);
 
 /// Receives one datagram with its sender's credentials (SCM_CREDENTIALS).
 /// Any fds that arrive with it are closed at once. `*truncated` is set when the datagram was larger
