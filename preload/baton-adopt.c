@@ -23,7 +23,8 @@
 // process's connections) makes shutdown(SHUT_WR) of such a connection a no-op, so that a server that half-closes
 // idle connections as it stops (hypercorn) leaves baton to close them, or to hand a request on the wire on.
 //
-// What it intercepts, and nothing else is exported: bind, listen, accept, accept4, shutdown (an app's shutdown() of
+// What it intercepts, and nothing else is exported: bind, listen, accept, accept4, recv, recvfrom, recvmsg, read,
+// poll, ppoll (a held-back half-close reads as ended), shutdown (an app's shutdown() of
 // a listener must not stop it for everyone), getsockname, fcntl, fcntl64, ioctl, epoll_ctl, unlink, unlinkat (nor
 // may it unlink the path of a unix listener baton serves). It reads
 // only the environment and the inherited fds; it opens no file and resolves no path.
@@ -104,6 +105,10 @@ static _Atomic int rescued;
 static _Atomic ino_t accepted[MAX_TRACKED];
 /// Whether this process runs under baton (BATON_GENERATION is set): accepted connections are remembered.
 static bool under_baton;
+/// The inode of an accepted connection whose half-close this process asked for after the rescue signal (0: none):
+/// it reads as ended to the process, as if the client had answered the FIN.
+static _Atomic ino_t half_closed[MAX_TRACKED];
+static _Atomic int any_half_closed;
 
 // ---- The next definitions (the C library's, or another preload's) ----
 
@@ -129,6 +134,12 @@ typedef int (*ioctl_fn)(int, unsigned long, ...);
 typedef int (*epoll_ctl_fn)(int, int, int, struct epoll_event *);
 typedef int (*unlink_fn)(const char *);
 typedef int (*unlinkat_fn)(int, const char *, int);
+typedef ssize_t (*recv_fn)(int, void *, size_t, int);
+typedef ssize_t (*recvfrom_fn)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+typedef ssize_t (*recvmsg_fn)(int, struct msghdr *, int);
+typedef ssize_t (*read_fn)(int, void *, size_t);
+typedef int (*poll_fn)(struct pollfd *, nfds_t, int);
+typedef int (*ppoll_fn)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 REAL(bind, bind_fn)
 REAL(listen, listen_fn)
 REAL(accept, accept_fn)
@@ -141,6 +152,12 @@ REAL(ioctl, ioctl_fn)
 REAL(epoll_ctl, epoll_ctl_fn)
 REAL(unlink, unlink_fn)
 REAL(unlinkat, unlinkat_fn)
+REAL(recv, recv_fn)
+REAL(recvfrom, recvfrom_fn)
+REAL(recvmsg, recvmsg_fn)
+REAL(read, read_fn)
+REAL(poll, poll_fn)
+REAL(ppoll, ppoll_fn)
 
 /// The function or, if dlsym found none, a stand-in that fails with ENOSYS.
 #define CALL_OR_ENOSYS(function, ...) ((function) ? (function)(__VA_ARGS__) : (errno = ENOSYS, -1))
@@ -463,9 +480,90 @@ EXPORT int shutdown(int fd, int how) {
     // Once baton holds this process's connections (the rescue signal came), a half-close of one it accepted would
     // still send the client a FIN (hypercorn does it to every idle connection when it stops): baton closes the
     // connection itself once no process holds it, with a FIN if the client is idle, or hands it on if a request came.
-    if (how == SHUT_WR && atomic_load(&rescued) && accepted_here(fd)) return 0;
+    // A server that lingers after its half-close, reading until the client closes (gunicorn's RFC 9112 close), reads
+    // EOF at once instead: it closes without waiting, and without reading (and dropping) the client's next request.
+    if (how == SHUT_WR && atomic_load(&rescued) && accepted_here(fd)) {
+        struct stat info;
+        if (fd < MAX_TRACKED && fstat(fd, &info) == 0) {
+            atomic_store(&half_closed[fd], info.st_ino);
+            atomic_store(&any_half_closed, 1);
+        }
+        return 0;
+    }
     shutdown_fn next = real_shutdown();
     return CALL_OR_ENOSYS(next, fd, how);
+}
+
+/// Whether `fd` is a connection whose half-close was held back (it reads as ended).
+static bool half_closed_here(int fd) {
+    if (!atomic_load_explicit(&any_half_closed, memory_order_relaxed) || fd < 0 || fd >= MAX_TRACKED) return false;
+    ino_t inode = atomic_load(&half_closed[fd]);
+    if (inode == 0) return false;
+    int saved = errno;
+    struct stat info;
+    bool same = fstat(fd, &info) == 0 && info.st_ino == inode;
+    errno = saved;
+    return same;
+}
+
+EXPORT ssize_t recv(int fd, void *buffer, size_t length, int flags) {
+    if (half_closed_here(fd)) return 0;
+    recv_fn next = real_recv();
+    return CALL_OR_ENOSYS(next, fd, buffer, length, flags);
+}
+
+EXPORT ssize_t recvfrom(int fd, void *buffer, size_t length, int flags, struct sockaddr *address,
+                        socklen_t *address_length) {
+    if (half_closed_here(fd)) return 0;
+    recvfrom_fn next = real_recvfrom();
+    return CALL_OR_ENOSYS(next, fd, buffer, length, flags, address, address_length);
+}
+
+EXPORT ssize_t recvmsg(int fd, struct msghdr *message, int flags) {
+    if (half_closed_here(fd)) return 0;
+    recvmsg_fn next = real_recvmsg();
+    return CALL_OR_ENOSYS(next, fd, message, flags);
+}
+
+EXPORT ssize_t read(int fd, void *buffer, size_t length) {
+    if (half_closed_here(fd)) return 0;
+    read_fn next = real_read();
+    return CALL_OR_ENOSYS(next, fd, buffer, length);
+}
+
+/// poll() and ppoll() report such a connection readable at once (and the others as they are, without waiting).
+static int poll_half_closed(struct pollfd *fds, nfds_t count) {
+    int marked = 0;
+    for (nfds_t i = 0; i < count; i++)
+        if (half_closed_here(fds[i].fd)) marked++;
+    if (marked == 0) return -1;
+    poll_fn next = real_poll();
+    int ready = CALL_OR_ENOSYS(next, fds, count, 0);
+    if (ready < 0) return ready;
+    ready = 0;
+    for (nfds_t i = 0; i < count; i++) {
+        if (half_closed_here(fds[i].fd)) fds[i].revents |= (short)(fds[i].events & (POLLIN | POLLRDNORM | POLLRDHUP));
+        if (fds[i].revents) ready++;
+    }
+    return ready;
+}
+
+EXPORT int poll(struct pollfd *fds, nfds_t count, int timeout) {
+    if (atomic_load_explicit(&any_half_closed, memory_order_relaxed) && fds) {
+        int ready = poll_half_closed(fds, count);
+        if (ready >= 0) return ready;
+    }
+    poll_fn next = real_poll();
+    return CALL_OR_ENOSYS(next, fds, count, timeout);
+}
+
+EXPORT int ppoll(struct pollfd *fds, nfds_t count, const struct timespec *timeout, const sigset_t *mask) {
+    if (atomic_load_explicit(&any_half_closed, memory_order_relaxed) && fds) {
+        int ready = poll_half_closed(fds, count);
+        if (ready >= 0) return ready;
+    }
+    ppoll_fn next = real_ppoll();
+    return CALL_OR_ENOSYS(next, fds, count, timeout, mask);
 }
 
 // ---- Addresses in the family the app's socket has ----

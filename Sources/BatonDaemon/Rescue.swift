@@ -29,8 +29,12 @@ final class ConnectionRescue: Sendable {
     static let maximumRelays = 1024
     /// The most bytes a relay keeps to send again to another upstream until the first one answers.
     static let maximumUnanswered = 1 << 20
-    /// `SO_RCVLOWAT` on a held connection of a process that does not load the library (the kernel caps it).
+    /// `SO_RCVLOWAT` on a held connection of a process that waits for it through epoll or poll (the kernel caps it).
     static let heldLowWater: Int32 = 1 << 30
+    /// How long (in 5 ms ticks) held connections stay unreadable to their process: long enough for a server that
+    /// closes its idle connections on the stop signal to have done so; a server that goes on serving keep-alive
+    /// connections while it stops (gunicorn's gthread worker) then reads them again, its clients 100 ms later.
+    static let heldReadsTicks = 20
 
     let loop: EventLoop
     let logger: Logger
@@ -185,7 +189,7 @@ final class ConnectionRescue: Sendable {
                 if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
                     state.watches[process]!.holdsReads = true
                     for held in state.held.values where held.pid == process && held.relay == nil {
-                        Handover.setReceiveLowWater(held.socket.descriptor, Self.heldLowWater)
+                        Self.holdReads(held.socket.descriptor)
                     }
                 }
                 // libbaton-adopt.so in the process then turns its half-closes of accepted connections into no-ops.
@@ -262,7 +266,7 @@ final class ConnectionRescue: Sendable {
             )
             if relay == nil {
                 state.watches[pid]!.counts.held += 1
-                if watch.holdsReads { Handover.setReceiveLowWater(socket.descriptor, Self.heldLowWater) }
+                if watch.holdsReads { Self.holdReads(socket.descriptor) }
             }
         }
         state.watches[pid]!.accepting = accepting
@@ -285,6 +289,7 @@ final class ConnectionRescue: Sendable {
                 // every 50 ms.
                 let age = state.ticks - watch.since
                 if watch.accepting && (age < 20 || age % 10 == 0) { grab(pid, &state) }
+                if watch.holdsReads && age >= Self.heldReadsTicks { releaseReads(pid, &state) }
             }
             let checkOwners = state.ticks % 4 == 0
             for key in Array(state.held.keys) {
@@ -429,6 +434,27 @@ final class ConnectionRescue: Sendable {
                     "baton.relays_moved": "\(counts.moved)",
                 ]
             )
+        }
+    }
+
+    /// Makes a held connection unreadable to its process, if the process reads it without blocking: a blocking read
+    /// (a thread per connection, or gunicorn's gthread workers, which make a connection blocking while a thread
+    /// serves it) would wait for that many bytes.
+    private static func holdReads(_ fd: FileDescriptor) {
+        if Handover.isNonBlocking(fd) { Handover.setReceiveLowWater(fd, heldLowWater) }
+    }
+
+    /// Held connections of `pid` read as readable to it again (``heldReadsTicks``).
+    private func releaseReads(_ pid: Int32, _ state: inout State) {
+        state.watches[pid]!.holdsReads = false
+        for held in state.held.values where held.pid == pid && held.relay == nil && held.releasedAt == nil {
+            Handover.setReceiveLowWater(held.socket.descriptor, 1)
+        }
+        // A thread that made one of them blocking meanwhile (gunicorn's gthread serves a connection so) and reads it
+        // waits for as many bytes as the low-water mark said when it began: the rescue signal, which the library
+        // catches with SA_RESTART, restarts that read with the mark as it is now.
+        if ProcInspector.catches(pid, signal: Signals.rescueHeld) {
+            Handover.signalThreads(of: pid, Signals.rescueHeld)
         }
     }
 

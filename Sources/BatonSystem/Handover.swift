@@ -312,6 +312,21 @@ public enum Handover {
         _ = setsockopt(fd.rawValue, SOL_SOCKET, SO_RCVLOWAT, &value, socklen_t(MemoryLayout<Int32>.size))
     }
 
+    /// Whether the open file description `fd` refers to is in non-blocking mode (which the process that shares it
+    /// set: a blocking read of it would wait for `SO_RCVLOWAT` bytes).
+    public static func isNonBlocking(_ fd: FileDescriptor) -> Bool {
+        let flags = fcntl(fd.rawValue, F_GETFL)
+        return flags >= 0 && flags & O_NONBLOCK != 0
+    }
+
+    /// Sends `signal` to every thread of process `pid` (`tgkill`), so that each one's blocking call is interrupted
+    /// (and restarted, for a handler installed with `SA_RESTART`).
+    public static func signalThreads(of pid: Int32, _ signal: Int32) {
+        for thread in ProcInspector.threadSyscalls(of: pid) {
+            _ = cbaton_tgkill(pid, thread.tid, signal)
+        }
+    }
+
     public static func setNonBlocking(_ fd: FileDescriptor) {
         let flags = fcntl(fd.rawValue, F_GETFL)
         if flags >= 0 { _ = fcntl(fd.rawValue, F_SETFL, flags | O_NONBLOCK) }

@@ -428,6 +428,7 @@ int cbaton_apply_attributes(const cbaton_process_attributes *a) {
 }
 
 int cbaton_pidfd_send_signal(int pidfd, int signal) { return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0); }
+int cbaton_tgkill(int pid, int tid, int signal) { return (int)syscall(SYS_tgkill, pid, tid, signal); }
 
 ssize_t cbaton_process_vm_read(pid_t pid, void *local, size_t count, uint64_t remote) {
     struct iovec local_range = {.iov_base = local, .iov_len = count};

@@ -131,6 +131,8 @@ int cbaton_pidfd_open(pid_t pid);
 
 /// `pidfd_send_signal(pidfd, signal, NULL, 0)`: signals the process the pidfd names, never a later one with its pid.
 int cbaton_pidfd_send_signal(int pidfd, int signal);
+/// Sends `signal` to thread `tid` of process `pid`.
+int cbaton_tgkill(int pid, int tid, int signal);
 
 /// `process_vm_readv` of one range: `count` bytes at `remote` in process `pid` into `local` (the C library's
 /// declaration needs _GNU_SOURCE). The bytes read, or -1 with errno.
