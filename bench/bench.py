@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from launchers import make_peer
-from load import idle_bench, run_case, scale_bench
+from load import idle_bench, readiness_bench, run_case, scale_bench
 from procs import BENCH, NODE, ROOT, loadavg, log
 from report import plot, render, update_readme
 
@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--baton", required=True)
     ap.add_argument("--tinyapp", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle)")
+    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle, readiness)")
     ap.add_argument("--base-port", type=int, default=27100)
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, CSVs)")
@@ -131,6 +131,9 @@ def main():
         data["scale"] = scale_bench(a.baton, a.tinyapp, workdir, a.base_port + 200, 4 if a.quick else 10, a.quick)
     if not only or "idle" in only:
         data["idle"] = idle_bench(a.baton, a.tinyapp, workdir, a.base_port + 100, 4 if a.quick else 10)
+    if not only or "readiness" in only:
+        data["readiness"] = readiness_bench(a.baton, a.tinyapp, workdir, a.base_port + 150,
+                                            [100] if a.quick else [100, 200], 6 if a.quick else 8)
     data["loadavg_end"] = loadavg()
     data["loadavg_during"] = {"min": min(load_samples, default=None), "max": max(load_samples, default=None),
                               "mean": round(statistics.mean(load_samples), 2) if load_samples else None}
