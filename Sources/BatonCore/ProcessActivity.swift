@@ -13,25 +13,46 @@ public struct ProcessActivity: Sendable, Equatable {
         self.switches = switches
     }
 
-    /// From the text of `/proc/PID/status`; nil if a field is missing (a process that is gone reads empty).
+    /// From the text of `/proc/PID/status`; nil if a field is missing (a process that is gone reads empty). Read
+    /// byte by byte: a check of a starting worker that has not run costs this and one read.
     public init?(status text: String) {
-        var state: Character?
-        var threads: Int?
+        var state: UInt8?
+        var threads: UInt64?
         var voluntary: UInt64?
         var involuntary: UInt64?
-        for line in text.split(separator: "\n") {
-            guard let colon = line.firstIndex(of: ":") else { continue }
-            let value = line[line.index(after: colon)...].drop { $0 == " " || $0 == "\t" }
-            switch line[..<colon] {
-            case "State": state = value.first
-            case "Threads": threads = Int(value)
-            case "voluntary_ctxt_switches": voluntary = UInt64(value)
-            case "nonvoluntary_ctxt_switches": involuntary = UInt64(value)
-            default: continue
+        let bytes = Array(text.utf8)
+        var start = 0
+        while start < bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+            let line = bytes[start..<end]
+            start = end + 1
+            guard let colon = line.firstIndex(of: UInt8(ascii: ":")) else { continue }
+            let key = line[line.startIndex..<colon]
+            let value = line[(colon + 1)...].drop { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+            if key.elementsEqual("State".utf8) {
+                state = value.first
+            } else if key.elementsEqual("Threads".utf8) {
+                threads = Self.number(value)
+            } else if key.elementsEqual("voluntary_ctxt_switches".utf8) {
+                voluntary = Self.number(value)
+            } else if key.elementsEqual("nonvoluntary_ctxt_switches".utf8) {
+                involuntary = Self.number(value)
             }
         }
         guard let state, let threads, let voluntary, let involuntary else { return nil }
-        self.init(state: state, threads: threads, switches: voluntary &+ involuntary)
+        self.init(state: Character(Unicode.Scalar(state)), threads: Int(threads), switches: voluntary &+ involuntary)
+    }
+
+    /// The decimal number `digits` spell, or nil (none, or another character).
+    private static func number(_ digits: ArraySlice<UInt8>) -> UInt64? {
+        guard !digits.isEmpty, digits.count <= 19 else { return nil }
+        var result: UInt64 = 0
+        for digit in digits {
+            guard digit >= UInt8(ascii: "0") && digit <= UInt8(ascii: "9") else { return nil }
+            result = result * 10 + UInt64(digit - UInt8(ascii: "0"))
+        }
+        return result
     }
 
     /// Whether a later look that reads the same proves the process has not run in between: one thread, and not

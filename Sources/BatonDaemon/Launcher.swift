@@ -142,12 +142,17 @@ public actor Launcher {
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
-        rescue = ConnectionRescue(
-            loop: loop,
-            listeners: listeners,
-            enabled: configuration.rescueConnections,
-            logger: logger
-        )
+        // The rescue's /proc scans and relays run on a loop (a thread) of their own, beside the launcher's.
+        do throws(SystemError) {
+            rescue = ConnectionRescue(
+                loop: try EventLoop(),
+                listeners: listeners,
+                enabled: configuration.rescueConnections,
+                logger: logger
+            )
+        } catch {
+            throw BatonError(.internalError, "cannot start", underlying: error)
+        }
     }
 
     /// Runs until every generation has been retired; returns the process exit code.

@@ -1,12 +1,13 @@
 import BatonCore
 import BatonSystem
 
-/// The `--ready listen` checks of starting workers, on a thread of their own (an ``EventLoop`` whose timers pace
+/// The `--ready listen` checks of starting workers, on a thread of their own (an ``EventLoop`` whose one timer paces
 /// them), so that reading `/proc` never holds up the launcher's loop.
 ///
 /// Each starting worker is looked at 5 ms after it started, then more rarely (the delay doubles, up to 100 ms for
 /// its first 2 seconds, then up to 500 ms), until it accepts or stops being watched (it became ready another way,
-/// exited, or missed its ready timeout); a look at a worker whose processes have not run since the previous one
+/// exited, or missed its ready timeout). One sweep looks at every worker due within a quarter of its delay, so that
+/// many starting workers share a wakeup; a look at a worker whose processes have not run since the previous one
 /// reads one file per process (``ListenReadiness/isAccepting(pid:listenerInodes:previous:)``). The cost is that of
 /// the workers that start, and nothing runs while none does.
 final class ReadinessWatch: Sendable {
@@ -14,12 +15,18 @@ final class ReadinessWatch: Sendable {
         var pid: Int32
         var started: ContinuousClock.Instant
         var delay: Duration
+        var due: ContinuousClock.Instant
+        var previous: [Int32: ProcessActivity] = [:]
+    }
+
+    private struct State: Sendable {
+        var watches: [WorkerID: Watch] = [:]
         var timer: EventLoop.Timer?
-        var previous: [Int32: ProcessActivity]
+        var armedFor: ContinuousClock.Instant?
     }
 
     private let loop: EventLoop
-    private let watches = Locked<[WorkerID: Watch]>([:])
+    private let state = Locked(State())
     private let listenerInodes: Set<UInt64>
     private let sink: AsyncStream<DaemonEvent>.Continuation
 
@@ -36,37 +43,61 @@ final class ReadinessWatch: Sendable {
     }
 
     /// How many workers are watched now.
-    var count: Int { watches.withLock { $0.count } }
+    var count: Int { state.withLock { $0.watches.count } }
 
     /// Starts watching worker `id` (process `pid`): `.detectedReady(id)` once it accepts on a listener.
     func watch(_ id: WorkerID, pid: Int32) {
         loop.start()
-        watches.withLock { watches in
-            let timer = loop.schedule(after: Self.firstDelay) { [weak self] in self?.look(id) }
-            watches[id] = Watch(pid: pid, started: .now, delay: Self.firstDelay, timer: timer, previous: [:])
+        let now = ContinuousClock.now
+        state.withLock { state in
+            state.watches[id] = Watch(pid: pid, started: now, delay: Self.firstDelay, due: now + Self.firstDelay)
+            arm(&state)
         }
     }
 
-    /// Stops watching worker `id`.
+    /// Stops watching worker `id`; with none left, the timer too.
     func stop(_ id: WorkerID) {
-        guard let watch = watches.withLock({ $0.removeValue(forKey: id) }) else { return }
-        watch.timer.map(loop.cancel)
+        state.withLock { state in
+            guard state.watches.removeValue(forKey: id) != nil else { return }
+            arm(&state)
+        }
     }
 
-    private func look(_ id: WorkerID) {
-        guard var watch = watches.withLock({ $0[id] }) else { return }
-        if ListenReadiness.isAccepting(pid: watch.pid, listenerInodes: listenerInodes, previous: &watch.previous) {
-            guard watches.withLock({ $0.removeValue(forKey: id) }) != nil else { return }
-            sink.yield(.detectedReady(id))
-            return
+    /// Sets the one timer for the earliest look due (none: no timer).
+    private func arm(_ state: inout State) {
+        let earliest = state.watches.values.lazy.map(\.due).min()
+        guard earliest != state.armedFor else { return }
+        state.timer.map(loop.cancel)
+        state.armedFor = earliest
+        state.timer = earliest.map { loop.schedule(at: $0) { [weak self] in self?.sweep() } }
+    }
+
+    private func sweep() {
+        let now = ContinuousClock.now
+        let due = state.withLock { state in
+            state.timer = nil
+            state.armedFor = nil
+            return state.watches.filter { $0.value.due <= now + $0.value.delay / 4 }
         }
-        let ceiling = ContinuousClock.now - watch.started < Self.youth ? Self.youngDelay : Self.oldDelay
-        watch.delay = min(watch.delay * 2, ceiling)
-        watches.withLock { watches in
-            // Stopped meanwhile: not looked at again.
-            guard watches[id] != nil else { return }
-            watch.timer = loop.schedule(after: watch.delay) { [weak self] in self?.look(id) }
-            watches[id] = watch
+        var ready: [WorkerID] = []
+        var looked: [WorkerID: Watch] = [:]
+        for (id, var watch) in due {
+            if ListenReadiness.isAccepting(pid: watch.pid, listenerInodes: listenerInodes, previous: &watch.previous) {
+                ready.append(id)
+                continue
+            }
+            let ceiling = now - watch.started < Self.youth ? Self.youngDelay : Self.oldDelay
+            watch.delay = min(watch.delay * 2, ceiling)
+            watch.due = now + watch.delay
+            looked[id] = watch
         }
+        let detected = state.withLock { state in
+            // A worker stopped meanwhile is not looked at again, nor reported.
+            let detected = ready.filter { state.watches.removeValue(forKey: $0) != nil }
+            for (id, watch) in looked where state.watches[id] != nil { state.watches[id] = watch }
+            arm(&state)
+            return detected
+        }
+        for id in detected.sorted() { sink.yield(.detectedReady(id)) }
     }
 }

@@ -65,6 +65,7 @@ extension EventLoop: SerialExecutor, TaskExecutor {
         timers.withLock { timers in
             timers.next += 1
             timers.entries[timers.next] = LoopTimers.Entry(deadline: deadline, period: period, handler: handler)
+            timers.deadlines[timers.next] = deadline
             rearm(&timers)
             return Timer(id: timers.next)
         }
@@ -84,6 +85,7 @@ extension EventLoop: SerialExecutor, TaskExecutor {
     public func cancel(_ timer: Timer) {
         timers.withLock { timers in
             guard timers.entries.removeValue(forKey: timer.id) != nil else { return }
+            timers.deadlines[timer.id] = nil
             rearm(&timers)
         }
     }
@@ -98,8 +100,7 @@ extension EventLoop: SerialExecutor, TaskExecutor {
         let now = ContinuousClock.now
         let due = timers.withLock { timers in
             timers.armed = nil
-            return timers.entries.filter { $0.value.deadline <= now }.sorted { $0.value.deadline < $1.value.deadline }
-                .map(\.key)
+            return timers.deadlines.filter { $0.value <= now }.sorted { $0.value < $1.value }.map(\.key)
         }
         for id in due {
             // Each looked up again: an earlier handler may have cancelled it.
@@ -108,8 +109,10 @@ extension EventLoop: SerialExecutor, TaskExecutor {
                 if let period = entry.period {
                     entry.deadline = max(entry.deadline + period, now)
                     timers.entries[id] = entry
+                    timers.deadlines[id] = entry.deadline
                 } else {
                     timers.entries[id] = nil
+                    timers.deadlines[id] = nil
                 }
                 return entry.handler
             }
@@ -120,7 +123,7 @@ extension EventLoop: SerialExecutor, TaskExecutor {
 
     /// Arms the timerfd for the earliest deadline, or disarms it; only when that changed.
     private func rearm(_ timers: inout LoopTimers) {
-        let earliest = timers.entries.values.map(\.deadline).min()
+        let earliest = timers.deadlines.values.min()
         guard earliest != timers.armed else { return }
         timers.armed = earliest
         var spec = itimerspec()
@@ -142,6 +145,8 @@ struct LoopTimers: Sendable {
     }
 
     var entries: [Int: Entry] = [:]
+    /// Each entry's deadline, apart: what the earliest is found from.
+    var deadlines: [Int: ContinuousClock.Instant] = [:]
     var next = 0
     /// The deadline the timerfd is armed for (nil: disarmed).
     var armed: ContinuousClock.Instant?
