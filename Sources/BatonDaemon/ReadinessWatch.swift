@@ -5,8 +5,9 @@ import BatonSystem
 /// them), so that reading `/proc` never holds up the launcher's loop.
 ///
 /// Each starting worker is looked at 5 ms after it started, then more rarely (the delay doubles, up to 100 ms for
-/// its first 2 seconds, then up to 500 ms), until it accepts or stops being watched (it became ready another way,
-/// exited, or missed its ready timeout). One sweep looks at every worker due within a quarter of its delay, so that
+/// its first 2 seconds, then up to 2.5 ms times the number of workers watched, between 100 and 500 ms: at most
+/// about 400 looks a second up to 200 starting workers), until it accepts or stops being watched (it became ready
+/// another way, exited, or missed its ready timeout). One sweep looks at every worker due within a quarter of its delay, so that
 /// many starting workers share a wakeup; a look at a worker whose processes have not run since the previous one
 /// reads one file per process (``ListenReadiness/isAccepting(pid:listenerInodes:previous:)``). The cost is that of
 /// the workers that start, and nothing runs while none does.
@@ -31,10 +32,14 @@ final class ReadinessWatch: Sendable {
     private let sink: AsyncStream<DaemonEvent>.Continuation
 
     static let firstDelay = Duration.milliseconds(5)
-    /// The longest delay between two looks while a worker is young, and after.
+    /// The longest delay between two looks while a worker is young, and after (``oldDelay(watching:)``).
     static let youngDelay = Duration.milliseconds(100)
     static let youth = Duration.seconds(2)
-    static let oldDelay = Duration.milliseconds(500)
+
+    /// The longest delay between two looks at a worker past its youth, while `count` workers are watched.
+    static func oldDelay(watching count: Int) -> Duration {
+        min(max(.microseconds(2500) * count, youngDelay), .milliseconds(500))
+    }
 
     init(listenerInodes: Set<UInt64>, sink: AsyncStream<DaemonEvent>.Continuation) throws(SystemError) {
         loop = try EventLoop()
@@ -74,10 +79,10 @@ final class ReadinessWatch: Sendable {
 
     private func sweep() {
         let now = ContinuousClock.now
-        let due = state.withLock { state in
+        let (due, watched) = state.withLock { state in
             state.timer = nil
             state.armedFor = nil
-            return state.watches.filter { $0.value.due <= now + $0.value.delay / 4 }
+            return (state.watches.filter { $0.value.due <= now + $0.value.delay / 4 }, state.watches.count)
         }
         var ready: [WorkerID] = []
         var looked: [WorkerID: Watch] = [:]
@@ -86,7 +91,7 @@ final class ReadinessWatch: Sendable {
                 ready.append(id)
                 continue
             }
-            let ceiling = now - watch.started < Self.youth ? Self.youngDelay : Self.oldDelay
+            let ceiling = now - watch.started < Self.youth ? Self.youngDelay : Self.oldDelay(watching: watched)
             watch.delay = min(watch.delay * 2, ceiling)
             watch.due = now + watch.delay
             looked[id] = watch

@@ -186,8 +186,8 @@ struct IdleTests {
     }
 
     @Test func workersThatAreNotReadyYetAreLookedAtRarelyAndNotAtAllOnceReady() throws {
-        // 20 workers that sleep 7 s before they select() on the listener: --ready listen backs off to a look every
-        // 500 ms a worker, one file read while a worker has not run; the old watch looked every 100 ms.
+        // 20 workers that sleep 7 s before they select() on the listener: --ready listen looks at them in sweeps, each
+        // one timer's wakeup, every 100 ms at most; the old watch slept 100 ms in a task a worker.
         let scratch = Scratch()
         let app = scratch.file("late.py")
         scratch.write(
@@ -220,8 +220,8 @@ struct IdleTests {
         #expect(spawned == workers)
         Thread.sleep(forTimeInterval: 2.5)
         let (runs, waiting, detail) = wakeups(of: baton.pid, over: 2)
-        // At most 2 looks a second a worker (80 in 2 s), fewer where their timers come due together; every 100 ms
-        // would be 400. (Woken, not run: a loaded machine preempts a thread that reads /proc more often.)
+        // About 10 sweeps a second (20 in 2 s); a wakeup a worker every 100 ms would be 400. (Woken, not run: a
+        // loaded machine preempts a thread that reads /proc more often.)
         #expect(
             waiting < 160,
             "baton's threads woke \(waiting) times (\(runs) runs) in 2 s for \(workers) waiting workers: \(detail)"
