@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from launchers import make_peer
-from load import idle_bench, run_case, scale_bench
+from load import idle_bench, readiness_bench, run_case, scale_bench
 from procs import BENCH, NODE, ROOT, loadavg, log
 from report import plot, render, update_readme
 from servers import render_servers, servers_bench, update_readme_servers
@@ -130,7 +130,7 @@ def main():
     ap.add_argument("--baton", required=True)
     ap.add_argument("--tinyapp", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle, servers)")
+    ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle, readiness, servers)")
     ap.add_argument("--goapp", help="bench/apps/goshutdown, built (bench/run.sh builds it); without it, no Go server")
     ap.add_argument("--base-port", type=int, default=27100)
     ap.add_argument("--no-readme", action="store_true")
@@ -182,6 +182,9 @@ def main():
         data["scale"] = scale_bench(a.baton, a.tinyapp, workdir, a.base_port + 200, 4 if a.quick else 10, a.quick)
     if not only or "idle" in only:
         data["idle"] = idle_bench(a.baton, a.tinyapp, workdir, a.base_port + 100, 4 if a.quick else 10)
+    if not only or "readiness" in only:
+        data["readiness"] = readiness_bench(a.baton, a.tinyapp, workdir, a.base_port + 150,
+                                            [100] if a.quick else [100, 200], 6 if a.quick else 8)
     if (not a.quick and not only) or (only and "servers" in only):
         run_servers(a, data, results, workdir)
     data["loadavg_end"] = loadavg()

@@ -512,3 +512,45 @@ def idle_bench(baton, tiny, workdir, base_port, window):
         log(f"idle ({mode}): {out[mode]['wakeups_per_s']} wakeups/s over {window}s, "
             f"{out[mode]['watchdog_pings_per_s']} pings/s, {out[mode]['threads']} threads, RSS {out[mode]['rss_kib']} KiB")
     return out
+
+
+def readiness_bench(baton, tiny, workdir, base_port, counts, delay):
+    """baton's CPU while `--ready listen` waits for workers that are not ready yet: one generation of N tinyapps
+    that sleep `delay` s (TINYAPP_DELAY_MS) before they put the listener into their epoll set. CPU is baton's
+    utime+stime over the middle of the wait (from 2 s after baton started, every worker spawned by then, to 0.5 s
+    before the delay ends); then how long after the delay the generation was serving (when baton saw the last
+    worker accept, to the 20 ms of the status poll)."""
+    rows = []
+    for n in counts:
+        tag = f"ready{n}"
+        control = os.path.join(workdir, f"{tag}.sock")
+        argv = [baton, "run", "--name", tag, "--control", control, "--workers", str(n), "--ready", "listen",
+                "--ready-timeout", f"{delay + 60}s", "--listen", f"127.0.0.1:{base_port}", "--", tiny]
+        env = dict(os.environ, TINYAPP_DELAY_MS=str(int(delay * 1000)))
+        t0 = time.monotonic()
+        proc = Spawned(argv, env, os.path.join(workdir, f"{tag}.log"))
+        ctl = Control(control)
+        time.sleep(2.0)
+        c0, w0 = proc_stat(proc.pid), time.monotonic()
+        time.sleep(max(0.5, t0 + delay - 0.5 - time.monotonic()))
+        c1, w1 = proc_stat(proc.pid), time.monotonic()
+        served = None
+        while time.monotonic() < t0 + delay + 60 and proc.alive():
+            try:
+                r, _ = ctl.request("status")
+                if any(g["state"] == "serving" for g in r["status"]["generations"]):
+                    served = time.monotonic()
+                    break
+            except (OSError, RuntimeError, KeyError):
+                pass
+            time.sleep(0.02)
+        early = served is not None and served < w1
+        pct_core = round((c1[0] - c0[0]) / ((w1 - w0) * 1000) * 100, 2) if c0 and c1 else None
+        rows.append({"workers": n, "delay_s": delay, "window_s": round(w1 - w0, 2),
+                     "cpu_ms": round(c1[0] - c0[0], 1) if c0 and c1 else None, "cpu_pct_of_core": pct_core,
+                     "ready_after_delay_ms": round((served - (t0 + delay)) * 1000) if served else None,
+                     "ready_before_window_end": early})
+        stop_tiny(proc, ctl)
+        log(f"readiness: {n} workers not ready for {delay}s: baton {pct_core}% of a core over {w1 - w0:.1f}s; "
+            f"serving {rows[-1]['ready_after_delay_ms']} ms after the delay")
+    return rows

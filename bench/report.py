@@ -89,6 +89,13 @@ def report(data):
                                 v["watchdog_pings_per_s"], v["cpu_ms"], round(v["rss_kib"] / 1024, 1),
                                 round(v["smaps"].get("Pss", 0) / 1024, 1)] for m, v in data["idle"].items()]))
         lines += memory_tables(data["idle"].get("plain", {}).get("memory"))
+    if data.get("readiness"):
+        lines.append("\n**`--ready listen` while workers are not ready yet** (one generation of tinyapps that sleep "
+                     "before they touch the listener; baton's CPU over the middle of the wait)\n")
+        lines.append(md_table(["workers", "not ready for s", "window s", "baton CPU ms", "% of a core",
+                               "serving ms after the delay"],
+                              [[r["workers"], r["delay_s"], r["window_s"], r["cpu_ms"], r["cpu_pct_of_core"],
+                                r["ready_after_delay_ms"]] for r in data["readiness"]]))
     return "\n".join(lines)
 
 

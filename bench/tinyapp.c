@@ -3,7 +3,8 @@
  * Takes the listeners at fds 3 .. 3+LISTEN_FDS-1, puts them into one epoll instance (so `--ready listen` sees it),
  * writes "READY=1\n" to BATON_NOTIFY_FD at once (`--ready fd`), and answers every connection with a fixed
  * HTTP response and a close. SIGTERM keeps its default action: the process dies at once, so the drain costs
- * nothing. Its startup is an exec plus a few syscalls: what is left of a reload is baton's (and the kernel's). */
+ * nothing. Its startup is an exec plus a few syscalls: what is left of a reload is baton's (and the kernel's).
+ * TINYAPP_DELAY_MS=N sleeps N ms first, before it touches the listeners (a worker that is not ready yet). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,6 +16,8 @@
 #include <unistd.h>
 
 int main(void) {
+    const char *delay = getenv("TINYAPP_DELAY_MS"); /* the readiness scenario: not accepting yet for this long */
+    if (delay) usleep((useconds_t)atoi(delay) * 1000);
     const char *n = getenv("LISTEN_FDS");
     int nfds = n ? atoi(n) : 0;
     int ep = epoll_create1(EPOLL_CLOEXEC);

@@ -46,11 +46,11 @@ public enum BindAdoption {
     /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
     /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
     /// after ``drainGrace``; otherwise `signal` at once.
-    static func stop(_ pid: Int32, signal: Int32) {
+    static func stop(_ pid: Int32, signal: Int32, loop: EventLoop) {
         if ProcInspector.catches(pid, signal: Signals.adoptDrain),
             ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), OS.kill(pid, Signals.adoptDrain)
         {
-            OS.signal(pid, signal, after: drainGrace)
+            OS.signal(pid, signal, after: drainGrace, on: loop)
         } else {
             OS.kill(pid, signal)
         }

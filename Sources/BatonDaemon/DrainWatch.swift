@@ -38,18 +38,9 @@ extension Launcher {
             // A first count at once: `STATUS=` and `baton status` show connections from the start of the drain.
             countDrainingConnections()
             let sink = self.sink
-            drainWatch = Task {
-                while !Task.isCancelled {
-                    do {
-                        try await Task.sleep(for: .seconds(1))
-                    } catch {
-                        return
-                    }
-                    sink.yield(.drainTick)
-                }
-            }
+            drainWatch = loop.schedule(after: .seconds(1), repeating: .seconds(1)) { sink.yield(.drainTick) }
         } else if !draining, let watch = drainWatch {
-            watch.cancel()
+            loop.cancel(watch)
             drainWatch = nil
         }
     }

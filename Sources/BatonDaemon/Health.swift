@@ -33,7 +33,7 @@ final class HealthChecks: Sendable {
     struct ExecProbe: Sendable {
         var worker: WorkerID
         var output: FileDescriptor
-        var deadline: Task<Void, Never>
+        var deadline: EventLoop.Timer
         var timedOut: Bool
     }
 
@@ -163,8 +163,7 @@ final class HealthChecks: Sendable {
                 return report(id, ok: false, "\(name): \(error)")
             }
             let timeout = settings.timeout
-            let deadline = Task { [weak self] in
-                guard (try? await Task.sleep(for: timeout)) != nil else { return }
+            let deadline = loop.schedule(after: timeout) { [weak self] in
                 self?.state.withLock { $0.execs[child]?.timedOut = true }
                 _ = OS.kill(-child, Signals.kill)
                 _ = OS.kill(child, Signals.kill)
@@ -181,7 +180,7 @@ final class HealthChecks: Sendable {
     /// An exec probe's process ended (`pid`, reaped by the launcher): its result. Returns false for any other pid.
     func execExited(_ pid: Int32, reason: ExitReason) -> Bool {
         guard let probe = state.withLock({ $0.execs.removeValue(forKey: pid) }) else { return false }
-        probe.deadline.cancel()
+        loop.cancel(probe.deadline)
         // What it left in its process group goes with it.
         _ = OS.kill(-pid, Signals.kill)
         var bytes: [UInt8] = []

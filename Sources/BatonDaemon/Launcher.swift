@@ -69,9 +69,9 @@ public actor Launcher {
     var owners: [Int32: WorkerID?] = [:]
     /// What workers left behind, and when those told to stop are killed.
     var leftovers = Leftovers()
-    var leftoverCheck: Task<Void, Never>?
+    var leftoverCheck: EventLoop.Timer?
     /// Counts the connections of stopping workers once a second while any stops (``watchDrains()``).
-    var drainWatch: Task<Void, Never>?
+    var drainWatch: EventLoop.Timer?
     /// What each reload requester's answer is about (``SupervisorAction/reloadOutcome(_:generation:reason:)``).
     var outcomes: [RequesterID: (generation: Int, reason: String?)] = [:]
     /// Each worker's CPU time at the previous status report (`baton status`'s percentages).
@@ -79,7 +79,7 @@ public actor Launcher {
     /// Takes over the connections retiring workers leave open.
     let rescue: ConnectionRescue
 
-    private var timers: [TimerID: (token: Int, task: Task<Void, Never>)] = [:]
+    private var timers: [TimerID: (token: Int, timer: EventLoop.Timer)] = [:]
     private var timerToken = 0
     private var requesters: [RequesterID: ControlClient] = [:]
     private var nextRequester = 1
@@ -91,6 +91,13 @@ public actor Launcher {
     /// The binary to re-execute on SIGUSR2 (the path, so that an upgraded file is picked up).
     let executablePath: String
     var reexecRequested = false
+
+    /// The launcher runs on its event loop's thread (`LoopExecutor.swift`).
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { loop.asUnownedSerialExecutor() }
+
+    /// The executor to start ``run()``'s task on (`Task(executorPreference:)`), so that nothing of it runs on Swift
+    /// concurrency's global pool.
+    public nonisolated var executor: any TaskExecutor { loop }
 
     /// Prepares a launcher over sockets that are already bound. Nothing runs until ``run()``.
     public init(
@@ -130,17 +137,24 @@ public actor Launcher {
                 journal: journal,
                 inbox: inbox,
                 loop: loop,
-                health: health
+                health: health,
+                readiness: configuration.readyMode == .listen
+                    ? try ReadinessWatch(listenerInodes: inodes, sink: sink) : nil
             )
         } catch {
             throw BatonError(.internalError, "cannot start", underlying: error)
         }
-        rescue = ConnectionRescue(
-            loop: loop,
-            listeners: listeners,
-            enabled: configuration.rescueConnections,
-            logger: logger
-        )
+        // The rescue's /proc scans and relays run on a loop (a thread) of their own, beside the launcher's.
+        do throws(SystemError) {
+            rescue = ConnectionRescue(
+                loop: try EventLoop(),
+                listeners: listeners,
+                enabled: configuration.rescueConnections,
+                logger: logger
+            )
+        } catch {
+            throw BatonError(.internalError, "cannot start", underlying: error)
+        }
     }
 
     /// Runs until every generation has been retired; returns the process exit code.
@@ -406,9 +420,9 @@ public actor Launcher {
         case .stop(let id, let pid):
             let generation = supervisor.worker(id)?.generation ?? 0
             if supervisor.phase == .running, let grace = rescue.retire(pid, generation: generation) {
-                OS.signal(pid, configuration.stopSignal, after: grace)
+                OS.signal(pid, configuration.stopSignal, after: grace, on: loop)
             } else {
-                BindAdoption.stop(pid, signal: configuration.stopSignal)
+                BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop)
             }
         case .stopGroup(_, let pid):
             OS.kill(-pid, configuration.stopSignal)
@@ -418,7 +432,7 @@ public actor Launcher {
         case .schedule(let id, let delay):
             schedule(id, after: delay)
         case .cancel(let id):
-            timers.removeValue(forKey: id)?.task.cancel()
+            if let timer = timers.removeValue(forKey: id)?.timer { loop.cancel(timer) }
         case .progress(let ids, let message):
             for id in ids { requesters[id]?.send(.progress(message)) }
         case .reloadOutcome(let ids, let generation, let reason):
@@ -481,18 +495,11 @@ public actor Launcher {
     }
 
     private func schedule(_ id: TimerID, after delay: Duration) {
-        timers.removeValue(forKey: id)?.task.cancel()
+        if let timer = timers.removeValue(forKey: id)?.timer { loop.cancel(timer) }
         timerToken += 1
         let token = timerToken
         let sink = self.sink
-        let deadline = ContinuousClock.now + delay
-        let task = Task {
-            do {
-                try await Task.sleep(until: deadline, clock: .continuous)
-                sink.yield(.timer(id, token: token))
-            } catch {}
-        }
-        timers[id] = (token, task)
+        timers[id] = (token, loop.schedule(after: delay) { sink.yield(.timer(id, token: token)) })
     }
 
     // MARK: - Status and teardown
@@ -515,9 +522,9 @@ public actor Launcher {
 
     private func cleanUp() {
         killEveryWorker()
-        for (_, timer) in timers { timer.task.cancel() }
-        leftoverCheck?.cancel()
-        drainWatch?.cancel()
+        for (_, timer) in timers { loop.cancel(timer.timer) }
+        leftoverCheck.map(loop.cancel)
+        drainWatch.map(loop.cancel)
         timers = [:]
         for (_, client) in requesters {
             client.send(.error("baton is exiting"))

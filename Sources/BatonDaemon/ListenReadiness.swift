@@ -12,8 +12,29 @@ import SystemPackage
 enum ListenReadiness {
     /// Whether worker `pid` or one of its descendants accepts on a socket whose inode is in `listenerInodes`.
     static func isAccepting(pid: Int32, listenerInodes: Set<UInt64>) -> Bool {
+        var previous: [Int32: ProcessActivity] = [:]
+        return isAccepting(pid: pid, listenerInodes: listenerInodes, previous: &previous)
+    }
+
+    /// The same, given what the previous look found of each process of the tree (`/proc/PID/status`, read before
+    /// looking at it), and updated: when none of them has run since (each single-threaded, not running, its switch
+    /// count unchanged), nothing can have changed, and the answer is that look's (no) at the cost of one read each.
+    static func isAccepting(pid: Int32, listenerInodes: Set<UInt64>, previous: inout [Int32: ProcessActivity]) -> Bool {
         guard let table = SyscallTable.current else { return false }
+        if !previous.isEmpty,
+            previous.allSatisfy({ process, before in
+                before.provesIdle && activity(of: process) == before
+            })
+        {
+            return false
+        }
+        var seen: [Int32: ProcessActivity] = [:]
+        defer { previous = seen }
         return ProcInspector.anyInTree(of: pid) { process in
+            // Read before the look, so that a later equal reading proves nothing ran after what the look saw.
+            let before = activity(of: process)
+            // A process that cannot be read proves nothing: the next look is a full one.
+            seen[process] = before ?? ProcessActivity(state: "R", threads: 0, switches: 0)
             guard case .success(let fds) = ProcInspector.listenerDescriptors(of: process, inodes: listenerInodes),
                 !fds.listeners.isEmpty
             else { return false }
@@ -29,6 +50,10 @@ enum ListenReadiness {
                     ?? false
             }
         }
+    }
+
+    private static func activity(of process: Int32) -> ProcessActivity? {
+        ProcessActivity(status: ProcInspector.readFile("/proc/\(process)/status"))
     }
 
     /// Why worker `pid` has not become ready under `--ready listen`, seen now (at its ready timeout): what baton

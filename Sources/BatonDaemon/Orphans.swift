@@ -96,15 +96,10 @@ extension Launcher {
             }
         }
         // Look again when the first stop timeout ends (as if a child had exited: that is when this runs).
-        leftoverCheck?.cancel()
+        leftoverCheck.map(loop.cancel)
         leftoverCheck = leftovers.nextDeadline.map { deadline in
             let sink = self.sink
-            return Task {
-                do {
-                    try await Task.sleep(until: deadline, clock: .continuous)
-                    sink.yield(.signal(Signals.child))
-                } catch {}
-            }
+            return loop.schedule(at: deadline) { sink.yield(.signal(Signals.child)) }
         }
     }
 

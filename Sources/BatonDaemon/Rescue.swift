@@ -15,8 +15,9 @@ import SystemPackage
 /// A relayed connection's upstream is itself a connection of a later worker: when that one retires, baton takes its
 /// end over the same way and, once it lets go, connects the relay to the generation serving then.
 ///
-/// Everything here runs on the event loop's thread, except ``retire(_:)`` and ``exited(_:killed:)``, which the
-/// launcher calls; fds are closed only on the loop's thread, after they are unregistered.
+/// Everything here runs on the thread of the rescue's own event loop (not the launcher's), except ``retire(_:)`` and
+/// ``exited(_:killed:)``, which the launcher calls; fds are closed only on the loop's thread, after they are
+/// unregistered.
 final class ConnectionRescue: Sendable {
     struct Listener: Sendable {
         var inode: UInt64
@@ -153,6 +154,8 @@ final class ConnectionRescue: Sendable {
         } catch {
             logger.warning("connection rescue: \(error)")
         }
+        // Its own thread, which sleeps until the rescue has something to do.
+        loop.start()
     }
 
     var listenerInodes: Set<UInt64> { Set(listeners.map(\.inode)) }

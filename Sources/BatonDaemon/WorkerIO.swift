@@ -176,11 +176,12 @@ struct WorkerIO: Sendable {
     var stdout: OutputPipe
     var stderr: OutputPipe
     var notify: NotifyPipe?
-    var readiness: Task<Void, Never>?
+    /// The `--ready listen` watch, and the worker it watches.
+    var readiness: (watch: ReadinessWatch, worker: WorkerID)?
 
     /// Stops watching, after forwarding what is left; returns the stderr tail.
     func finish() -> [String] {
-        readiness?.cancel()
+        readiness.map { $0.watch.stop($0.worker) }
         _ = stdout.tail()
         let tail = stderr.tail()
         stdout.close()
@@ -206,6 +207,8 @@ struct WorkerStarter: Sendable {
     let loop: EventLoop
     /// Probe sockets (`--health`): each worker gets one more listener, its own, named `health`.
     var health: HealthChecks? = nil
+    /// The `--ready listen` checks (nil in another mode).
+    var readiness: ReadinessWatch? = nil
 
     /// The environment of worker `slot` of `generation` (`LISTEN_PID` is filled in by the child), with the address of
     /// its probe socket, if it has one (the last listener).
@@ -361,7 +364,10 @@ struct WorkerStarter: Sendable {
         var started = starting.io
         switch configuration.readyMode {
         case .listen:
-            started.readiness = watchListening(id, pid: pid, events: starting.sink)
+            if let readiness {
+                readiness.watch(id, pid: pid)
+                started.readiness = (readiness, id)
+            }
             return (started, [.spawned(id, pid: pid)])
         case .exec:
             return (started, [.spawned(id, pid: pid), .ready(id)])
@@ -404,26 +410,5 @@ struct WorkerStarter: Sendable {
             io.notify = reader
         }
         return io
-    }
-
-    /// Zero-configuration readiness: looks in `/proc` until the worker accepts on a listener, more rarely as
-    /// time passes (5 ms, doubling up to 100 ms). The ready timeout bounds it.
-    private func watchListening(
-        _ id: WorkerID,
-        pid: Int32,
-        events sink: AsyncStream<DaemonEvent>.Continuation
-    ) -> Task<Void, Never> {
-        let inodes = listenerInodes
-        return Task.detached {
-            var delay = Duration.milliseconds(5)
-            while !Task.isCancelled {
-                if ListenReadiness.isAccepting(pid: pid, listenerInodes: inodes) {
-                    sink.yield(.detectedReady(id))
-                    return
-                }
-                try? await Task.sleep(for: delay)
-                delay = min(delay * 2, .milliseconds(100))
-            }
-        }
     }
 }

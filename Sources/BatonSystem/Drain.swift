@@ -19,14 +19,13 @@ extension OS {
 
     /// Sends `signal` to process `pid` after `delay`, through a pidfd (close-on-exec) opened now: if the process has
     /// ended by then, nothing is sent, even when its pid has been reused. Where pidfds are unavailable (an old kernel,
-    /// a seccomp filter), by pid.
+    /// a seccomp filter), by pid. The wait is a timer of `loop`.
     ///
     /// The corresponding C functions are `pidfd_open`, `pidfd_send_signal` and `kill`.
-    public static func signal(_ pid: Int32, _ signal: Int32, after delay: Duration) {
+    public static func signal(_ pid: Int32, _ signal: Int32, after delay: Duration, on loop: EventLoop) {
         let fd = cbaton_pidfd_open(pid)
         if fd < 0 && Glibc.errno == ESRCH { return }
-        Task.detached {
-            try? await Task.sleep(for: delay)
+        loop.schedule(after: delay) {
             if fd >= 0 {
                 let sent = cbaton_pidfd_send_signal(fd, signal) == 0 || Glibc.errno == ESRCH
                 _ = close(fd)

@@ -2,7 +2,9 @@ internal import CBatonSystem
 internal import Glibc
 public import SystemPackage
 
-/// One thread that waits in `epoll_wait` and runs a handler when a registered fd becomes readable.
+/// One thread that waits in `epoll_wait` and runs a handler when a registered fd becomes readable, a timer when it
+/// is due (``schedule(at:repeating:_:)``, all on one timerfd), and the Swift jobs enqueued on it as an executor
+/// (`LoopExecutor.swift`): the launcher actor runs here, so that nothing wakes baton while nothing happens.
 ///
 /// Handlers run on the loop's thread, one at a time. They read without blocking and hand what they read to
 /// the daemon through an `AsyncStream`. An fd is closed only by its own handler (or after it is
@@ -11,25 +13,42 @@ public final class EventLoop: Sendable {
     public typealias Handler = @Sendable () -> Void
 
     private let epoll: Int32
-    private let wake: Int32
+    let wake: Int32
+    let timer: Int32
     private let handlers = Locked<[Int32: Handler]>([:])
+    let timers = Locked(LoopTimers())
+    let jobs = Locked<[UnownedJob]>([])
+    /// The loop's thread, once started.
+    let thread = Locked<pthread_t?>(nil)
 
     public init() throws(SystemError) {
         epoll = try syscall("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
         wake = try syscall("eventfd") { eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK)) }
+        timer = try syscall("timerfd_create") { timerfd_create(CLOCK_MONOTONIC, Int32(TFD_CLOEXEC | TFD_NONBLOCK)) }
         try add(wake)
+        try add(timer)
     }
 
     deinit {
         _ = close(epoll)
         _ = close(wake)
+        _ = close(timer)
     }
 
-    /// Starts the loop's thread.
+    /// Starts the loop's thread, once (later calls do nothing; enqueueing a job starts it too).
     ///
     /// The corresponding C function is `pthread_create`.
     public func start() {
-        Threads.detach { self.run() }
+        let first = thread.withLock { current in
+            guard current == nil else { return false }
+            current = pthread_t()
+            return true
+        }
+        guard first else { return }
+        Threads.detach {
+            self.thread.withLock { $0 = pthread_self() }
+            self.run()
+        }
     }
 
     /// Calls `handler` on the loop's thread whenever `fd` is readable or hung up.
@@ -105,6 +124,7 @@ public final class EventLoop: Sendable {
     private func run() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
+            runJobs()
             let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, -1) }
             if n < 0 {
                 if Glibc.errno == EINTR { continue }
@@ -115,6 +135,10 @@ public final class EventLoop: Sendable {
                 if fd == wake {
                     var value: UInt64 = 0
                     _ = Glibc.read(wake, &value, 8)
+                    continue
+                }
+                if fd == timer {
+                    fireTimers()
                     continue
                 }
                 // Look the handler up for every event: an earlier handler in this batch may have removed it.

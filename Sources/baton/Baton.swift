@@ -209,7 +209,10 @@ extension Baton {
             } catch {
                 throw fail(error)
             }
-            let result = blockingAwait { () async throws(BatonError) -> Int32 in try await launcher.run() }
+            // On the launcher's own event loop: no thread of Swift concurrency's pool ever starts.
+            let result = blockingAwait(on: launcher.executor) { () async throws(BatonError) -> Int32 in
+                try await launcher.run()
+            }
             OutputWriter.shared.flush(timeout: .seconds(2))
             switch result {
             case .success(let code):
@@ -522,11 +525,14 @@ func connect(_ path: String) throws(ExitCode) -> ControlConnection {
     }
 }
 
-/// Runs async work from synchronous code and waits for it on the calling thread.
-func blockingAwait<T: Sendable, E: Error>(_ body: @escaping @Sendable () async throws(E) -> T) -> Result<T, E> {
+/// Runs async work from synchronous code and waits for it on the calling thread; on `executor` if given.
+func blockingAwait<T: Sendable, E: Error>(
+    on executor: (any TaskExecutor)? = nil,
+    _ body: @escaping @Sendable () async throws(E) -> T
+) -> Result<T, E> {
     let box = ResultBox<T, E>()
     let done = DispatchSemaphore(value: 0)
-    Task {
+    Task(executorPreference: executor) {
         do throws(E) {
             box.result = .success(try await body())
         } catch {

@@ -337,7 +337,7 @@ struct LauncherTests {
         // Generation 1 retires: its worker's daemon goes with it, and generation 2's stays.
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(daemon), "the daemon of generation 1's worker was killed")
-        #expect(baton.stderr.text.contains("left behind by worker 1 of generation 1"))
+        #expect(baton.stderr.waitFor("left behind by worker 1 of generation 1") != nil)
         let second = try #require(WorkerReport.all(in: reports).first { $0.env["BATON_GENERATION"] == "2" })
         let secondDaemon = try daemonPID(of: second.pid, in: reports)
         #expect(isAlive(secondDaemon))
@@ -364,7 +364,7 @@ struct LauncherTests {
         scratch.write("behaviour", "ok")
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(daemon), "the daemon of generation 1's worker went with its generation")
-        #expect(baton.stderr.text.contains("stopping pid \(daemon), left behind by a worker of generation 1"))
+        #expect(baton.stderr.waitFor("stopping pid \(daemon), left behind by a worker of generation 1") != nil)
         #expect(baton.stop() == 0)
     }
 
@@ -378,7 +378,7 @@ struct LauncherTests {
         // Generation 2, the one it claims, serves; generation 1, its own, retires: so does it.
         #expect(baton.client(["reload"]).status == 0)
         #expect(waitForExit(daemon), "the daemon went with generation 1, whatever its environment says")
-        #expect(baton.stderr.text.contains("it claims generation 2, which started after it"))
+        #expect(baton.stderr.waitFor("it claims generation 2, which started after it") != nil)
         #expect(baton.stop() == 0)
     }
 
@@ -390,7 +390,7 @@ struct LauncherTests {
         kill(first.pid, SIGKILL)
         #expect(baton.stderr.waitFor("is back") != nil, "worker 1 of generation 1 was replaced")
         #expect(waitForExit(daemon), "the crashed worker's daemon was killed")
-        #expect(baton.stderr.text.contains("stopping pid \(daemon), left behind by worker 1 of generation 1"))
+        #expect(baton.stderr.waitFor("stopping pid \(daemon), left behind by worker 1 of generation 1") != nil)
         let replacement = try #require(WorkerReport.all(in: reports).first { $0.pid != first.pid })
         let replacementDaemon = try daemonPID(of: replacement.pid, in: reports)
         #expect(isAlive(replacementDaemon), "the replacement's own daemon stays")
