@@ -131,7 +131,7 @@ def main():
     ap.add_argument("--tinyapp", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated scenario keys (node, slow, workers4, idle10k, scale, idle, readiness, servers)")
-    ap.add_argument("--goapp", help="bench/apps/goshutdown, built (bench/run.sh builds it); without it, no Go server")
+    ap.add_argument("--goapp", help="Tests/Fixtures/rescue/goapp.go, built (bench/run.sh builds it); without it, no Go server")
     ap.add_argument("--base-port", type=int, default=27100)
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, CSVs)")

@@ -58,8 +58,8 @@ trap 'rm -rf "$(dirname "$tiny")"' EXIT
 cc -O2 -o "$tiny" bench/tinyapp.c
 goapp=$(dirname "$tiny")/goshutdown
 if command -v go >/dev/null; then
-  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$PWD/.build-bench/go-cache go build -o "$goapp" bench/apps/goshutdown/main.go ||
-    echo "bench: could not build bench/apps/goshutdown; the servers scenario goes on without Go" >&2
+  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$PWD/.build-bench/go-cache go build -o "$goapp" Tests/Fixtures/rescue/goapp.go ||
+    echo "bench: could not build Tests/Fixtures/rescue/goapp.go; the servers scenario goes on without Go" >&2
 fi
 
 "$py" bench/bench.py --baton "$baton" --tinyapp "$tiny" --goapp "$goapp" "$@"

@@ -2,7 +2,7 @@
 under a real keep-alive client (wrk) and under a new connection per request (tools/loadgen.py --mode newconn), a
 reload every ~1.5 s. Also nginx's and HAProxy's own reloads under the same keep-alive load, as peers.
 
-Each server is run the way its own documentation shows (Tests/Fixtures/rescue/, bench/apps/goshutdown): it closes
+Each server is run the way its own documentation shows (Tests/Fixtures/rescue/): it closes
 its idle keep-alive connections when it stops. Results go to results/servers.json and servers.md, and (unless
 --results or --no-readme) into bench/README.md between the servers markers; the other scenarios' results stay."""
 import json

@@ -419,11 +419,8 @@ public actor Launcher {
             startingWorkers.append(starter.begin(id, generation: generation, slot: slot, events: sink))
         case .stop(let id, let pid):
             let generation = supervisor.worker(id)?.generation ?? 0
-            if supervisor.phase == .running, let grace = rescue.retire(pid, generation: generation) {
-                OS.signal(pid, configuration.stopSignal, after: grace, on: loop)
-            } else {
-                BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop)
-            }
+            let grace = supervisor.phase == .running ? rescue.retire(pid, generation: generation) : nil
+            BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, delay: grace)
         case .stopGroup(_, let pid):
             OS.kill(-pid, configuration.stopSignal)
         case .kill(_, let pid):

@@ -75,6 +75,8 @@ final class ConnectionRescue: Sendable {
         /// request unread rather than in the moment after it read one (Go's `Server.Shutdown`, hypercorn), and
         /// baton hands that request on.
         var holdsReads = false
+        /// How many of its connections baton made unreadable to it.
+        var lowered = 0
     }
 
     struct Relay: Sendable {
@@ -169,7 +171,10 @@ final class ConnectionRescue: Sendable {
 
     /// How long the stop signal waits after a worker's connections stopped reading as readable to it
     /// (``Watch/holdsReads``): a request it read just before is answered first, not closed unanswered as idle.
-    static let heldReadsGrace = Duration.milliseconds(25)
+    /// It also keeps the stop signal clear of ``Signals/rescueHeld``: a stop signal that arrives while another
+    /// signal is still pending in the process can be handed to another thread than the main one, and Python then
+    /// never leaves a blocking accept() on its main thread (seen: 5 of 20 such pairs hung).
+    static let heldReadsGrace = Duration.milliseconds(50)
 
     /// `pid` is about to get its stop signal: take over the connections it and its descendants hold. Returns how
     /// long the stop signal should wait (nil: send it now).
@@ -179,6 +184,7 @@ final class ConnectionRescue: Sendable {
         let pids = [pid] + Handover.descendants(of: pid)
         logger.debug("connection rescue: retiring \(pids)")
         return state.withLock { state in
+            var signalledWorker = false
             for process in pids where state.watches[process] == nil {
                 guard let pidfd = try? Handover.openProcess(process) else { continue }
                 state.watches[process] = Watch(
@@ -192,19 +198,26 @@ final class ConnectionRescue: Sendable {
                 if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
                     state.watches[process]!.holdsReads = true
                     for held in state.held.values where held.pid == process && held.relay == nil {
-                        Self.holdReads(held.socket.descriptor)
+                        if Self.holdReads(held.socket.descriptor) { state.watches[process]!.lowered += 1 }
                     }
                 }
                 // libbaton-adopt.so in the process then turns its half-closes of accepted connections into no-ops.
-                if ProcInspector.catches(process, signal: Signals.rescueHeld),
+                // Only to a process whose connections baton holds: the stop signal then waits for it.
+                if !workerFds.isEmpty, ProcInspector.catches(process, signal: Signals.rescueHeld),
                     ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
                 {
-                    _ = OS.signal(Signals.rescueHeld, through: state.watches[process]!.process.descriptor)
+                    Handover.signalOneThread(
+                        of: process,
+                        through: state.watches[process]!.process.descriptor,
+                        Signals.rescueHeld
+                    )
+                    if process == pid { signalledWorker = true }
                 }
             }
             arm(&state)
             let worker = state.watches[pid]
-            return worker?.holdsReads == true && (worker?.counts.held ?? 0) > 0 ? Self.heldReadsGrace : nil
+            let heldReads = worker?.holdsReads == true && (worker?.lowered ?? 0) > 0
+            return heldReads || signalledWorker ? Self.heldReadsGrace : nil
         }
     }
 
@@ -269,7 +282,7 @@ final class ConnectionRescue: Sendable {
             )
             if relay == nil {
                 state.watches[pid]!.counts.held += 1
-                if watch.holdsReads { Self.holdReads(socket.descriptor) }
+                if watch.holdsReads, Self.holdReads(socket.descriptor) { state.watches[pid]!.lowered += 1 }
             }
         }
         state.watches[pid]!.accepting = accepting
@@ -443,8 +456,11 @@ final class ConnectionRescue: Sendable {
     /// Makes a held connection unreadable to its process, if the process reads it without blocking: a blocking read
     /// (a thread per connection, or gunicorn's gthread workers, which make a connection blocking while a thread
     /// serves it) would wait for that many bytes.
-    private static func holdReads(_ fd: FileDescriptor) {
-        if Handover.isNonBlocking(fd) { Handover.setReceiveLowWater(fd, heldLowWater) }
+    @discardableResult
+    private static func holdReads(_ fd: FileDescriptor) -> Bool {
+        guard Handover.isNonBlocking(fd) else { return false }
+        Handover.setReceiveLowWater(fd, heldLowWater)
+        return true
     }
 
     /// Held connections of `pid` read as readable to it again (``heldReadsTicks``).
@@ -456,7 +472,7 @@ final class ConnectionRescue: Sendable {
         // A thread that made one of them blocking meanwhile (gunicorn's gthread serves a connection so) and reads it
         // waits for as many bytes as the low-water mark said when it began: the rescue signal, which the library
         // catches with SA_RESTART, restarts that read with the mark as it is now.
-        if ProcInspector.catches(pid, signal: Signals.rescueHeld) {
+        if state.watches[pid]!.lowered > 0, ProcInspector.catches(pid, signal: Signals.rescueHeld) {
             Handover.signalThreads(of: pid, Signals.rescueHeld)
         }
     }

@@ -319,12 +319,26 @@ public enum Handover {
         return flags >= 0 && flags & O_NONBLOCK != 0
     }
 
-    /// Sends `signal` to every thread of process `pid` (`tgkill`), so that each one's blocking call is interrupted
-    /// (and restarted, for a handler installed with `SA_RESTART`).
+    /// Sends `signal` to every thread of process `pid` but its main thread (`tgkill`), so that each one's blocking
+    /// call is interrupted (and restarted, for a handler installed with `SA_RESTART`). Never the main thread: while a
+    /// signal is pending there, the kernel hands a stop signal that arrives meanwhile to another thread, and a
+    /// runtime that handles it on the main thread only (Python) would not see it while the main thread's blocking
+    /// accept() restarts.
     public static func signalThreads(of pid: Int32, _ signal: Int32) {
-        for thread in ProcInspector.threadSyscalls(of: pid) {
+        for thread in ProcInspector.threadSyscalls(of: pid) where thread.tid != pid {
             _ = cbaton_tgkill(pid, thread.tid, signal)
         }
+    }
+
+    /// Sends `signal` to one thread of process `pid` other than its main thread, or to the process when it has no
+    /// other (see ``signalThreads(of:_:)``); `pidfd` refers to the process.
+    public static func signalOneThread(of pid: Int32, through pidfd: FileDescriptor, _ signal: Int32) {
+        if let other = ProcInspector.threadSyscalls(of: pid).last(where: { $0.tid != pid }),
+            cbaton_tgkill(pid, other.tid, signal) == 0
+        {
+            return
+        }
+        _ = OS.signal(signal, through: pidfd)
     }
 
     public static func setNonBlocking(_ fd: FileDescriptor) {
