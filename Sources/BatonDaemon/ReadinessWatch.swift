@@ -74,7 +74,9 @@ final class ReadinessWatch: Sendable {
         guard earliest != state.armedFor else { return }
         state.timer.map(loop.cancel)
         state.armedFor = earliest
-        state.timer = earliest.map { loop.schedule(at: $0) { [weak self] in self?.sweep() } }
+        // Held strongly until it fires or is cancelled (no watch left): a weak reference's side table outlived the
+        // watch at exit under LeakSanitizer when a timer was still set.
+        state.timer = earliest.map { loop.schedule(at: $0) { self.sweep() } }
     }
 
     private func sweep() {
