@@ -147,7 +147,10 @@ def main():
             "machine": machine(), "loadavg_start": loadavg(), "runs": [], "scenarios": []}
     try:
         gits = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        data["baton_commit"] = gits
+        # Uncommitted changes to what is built (the figures then belong to the commit that adds them).
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "Sources", "preload", "Package.swift"],
+                               capture_output=True, text=True).stdout.strip()
+        data["baton_commit"] = gits + (" with uncommitted changes" if dirty else "")
     except OSError:
         pass
     port = a.base_port

@@ -45,11 +45,13 @@ public enum BindAdoption {
 
     /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
     /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
-    /// after ``drainGrace``; otherwise `signal` at once.
+    /// after ``drainGrace``; otherwise `signal` at once. A Go program (which cgo links dynamically, so the preload
+    /// loads) makes its own system calls: the library cannot drain it, and Go's runtime catches every signal.
     /// `delay`, when given, is the least the stop signal waits (the connection rescue's).
     static func stop(_ pid: Int32, signal: Int32, loop: EventLoop, delay: Duration? = nil) {
         if ProcInspector.catches(pid, signal: Signals.adoptDrain),
-            ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), OS.kill(pid, Signals.adoptDrain)
+            ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), !ProcInspector.isGoProgram(pid),
+            OS.kill(pid, Signals.adoptDrain)
         {
             OS.signal(pid, signal, after: max(drainGrace, delay ?? .zero), on: loop)
         } else if let delay {

@@ -419,8 +419,14 @@ public actor Launcher {
             startingWorkers.append(starter.begin(id, generation: generation, slot: slot, events: sink))
         case .stop(let id, let pid):
             let generation = supervisor.worker(id)?.generation ?? 0
-            let grace = supervisor.phase == .running ? rescue.retire(pid, generation: generation) : nil
-            BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, delay: grace)
+            let timing =
+                supervisor.phase == .running
+                ? rescue.retire(pid, generation: generation, signal: configuration.stopSignal) : .now
+            switch timing {
+            case .now: BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop)
+            case .after(let grace): BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, delay: grace)
+            case .whenSettled: break
+            }
         case .stopGroup(_, let pid):
             OS.kill(-pid, configuration.stopSignal)
         case .kill(_, let pid):

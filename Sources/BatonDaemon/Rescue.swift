@@ -52,6 +52,8 @@ final class ConnectionRescue: Sendable {
         var inode: UInt64
         var target: SocketAddress
         var rtt: Duration
+        /// The tick baton took it at.
+        var since: Int
         var releasedAt: ContinuousClock.Instant?
         /// The relay whose upstream this is the server's end of.
         var relay: Int?
@@ -77,6 +79,15 @@ final class ConnectionRescue: Sendable {
         var holdsReads = false
         /// How many of its connections baton made unreadable to it.
         var lowered = 0
+        /// `libbaton-adopt.so` does not serve it (not loaded, or a Go program, which makes its own system calls):
+        /// the server ends of relays it serves are held unreadable too (what it never read goes to the next
+        /// upstream), and baton sends its stop signal once its connections have settled.
+        var withoutLibrary = false
+        /// The stop signal baton sends itself once the process's connections have settled (``settled(_:_:)``), and
+        /// the tick by which it goes anyway.
+        var pendingStop: (signal: Int32, deadline: Int)?
+        /// The tick its stop signal went, when baton sent it.
+        var signalledAt: Int?
     }
 
     struct Relay: Sendable {
@@ -175,15 +186,27 @@ final class ConnectionRescue: Sendable {
     /// signal is still pending in the process can be handed to another thread than the main one, and Python then
     /// never leaves a blocking accept() on its main thread (seen: 5 of 20 such pairs hung).
     static let signalledGrace = Duration.milliseconds(50)
-    /// Without the signal (a process without the library: Go), 25 ms: a longer wait measured worse with Go (3 read
-    /// errors in 12 reloads against 1 in 20, `wrk`), its connections frozen meanwhile.
-    static let heldReadsGrace = Duration.milliseconds(25)
+    /// Without the signal (a process without the library: Go), baton sends the stop signal itself once every
+    /// connection it holds of the process has settled (``settled(_:_:)``), 10 ms at the earliest and
+    /// ``settleTicks`` at the latest.
+    static let settleTicks = 40
+    /// Settled: nothing sent for this long, and nothing received either unless it is still unread (the kernel counts
+    /// both in jiffies, 4 ms at HZ=250).
+    static let settledAfter = Duration.milliseconds(8)
 
-    /// `pid` is about to get its stop signal: take over the connections it and its descendants hold. Returns how
-    /// long the stop signal should wait (nil: send it now).
+    /// When the stop signal of a retiring worker goes.
+    enum StopSignal: Equatable {
+        case now
+        case after(Duration)
+        /// The rescue sends it (``settled(_:_:)``).
+        case whenSettled
+    }
+
+    /// `pid` is about to get its stop signal, `signal`: take over the connections it and its descendants hold.
+    /// Returns when the stop signal should go.
     @discardableResult
-    func retire(_ pid: Int32, generation: Int) -> Duration? {
-        guard unavailable == nil, !listeners.isEmpty else { return nil }
+    func retire(_ pid: Int32, generation: Int, signal: Int32) -> StopSignal {
+        guard unavailable == nil, !listeners.isEmpty else { return .now }
         let pids = [pid] + Handover.descendants(of: pid)
         logger.debug("connection rescue: retiring \(pids)")
         return state.withLock { state in
@@ -196,19 +219,21 @@ final class ConnectionRescue: Sendable {
                     generation: generation,
                     since: state.ticks
                 )
+                let withLibrary =
+                    ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
+                    && !ProcInspector.isGoProgram(process)
+                state.watches[process]!.withoutLibrary = !withLibrary
                 grab(process, &state)
                 let workerFds = Set(state.held.values.lazy.filter { $0.pid == process }.map(\.workerFd))
                 if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
                     state.watches[process]!.holdsReads = true
-                    for held in state.held.values where held.pid == process && held.relay == nil {
+                    for held in state.held.values where held.pid == process && (held.relay == nil || !withLibrary) {
                         if Self.holdReads(held.socket.descriptor) { state.watches[process]!.lowered += 1 }
                     }
                 }
                 // libbaton-adopt.so in the process then turns its half-closes of accepted connections into no-ops.
                 // Only to a process whose connections baton holds: the stop signal then waits for it.
-                if !workerFds.isEmpty, ProcInspector.catches(process, signal: Signals.rescueHeld),
-                    ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
-                {
+                if !workerFds.isEmpty, withLibrary, ProcInspector.catches(process, signal: Signals.rescueHeld) {
                     Handover.signalOneThread(
                         of: process,
                         through: state.watches[process]!.process.descriptor,
@@ -219,9 +244,15 @@ final class ConnectionRescue: Sendable {
             }
             arm(&state)
             let worker = state.watches[pid]
-            let heldReads = worker?.holdsReads == true && (worker?.lowered ?? 0) > 0
-            if signalledWorker { return Self.signalledGrace }
-            return heldReads ? Self.heldReadsGrace : nil
+            if signalledWorker { return .after(Self.signalledGrace) }
+            guard worker?.holdsReads == true && (worker?.lowered ?? 0) > 0, worker?.withoutLibrary == true else {
+                return .now
+            }
+            // Go's `Server.Shutdown` closes a connection it sees idle, and it is seen idle for a moment after it read
+            // the next request: a stop signal in that moment loses the request. Once nothing moved for a while, no
+            // connection is in that moment, and with reads held none enters it.
+            state.watches[pid]!.pendingStop = (signal, state.ticks + Self.settleTicks)
+            return .whenSettled
         }
     }
 
@@ -282,11 +313,12 @@ final class ConnectionRescue: Sendable {
                 inode: inode,
                 target: listener.address.reachable(),
                 rtt: tcp.rtt,
+                since: state.ticks,
                 relay: relay
             )
-            if relay == nil {
-                state.watches[pid]!.counts.held += 1
-                if watch.holdsReads, Self.holdReads(socket.descriptor) { state.watches[pid]!.lowered += 1 }
+            if relay == nil { state.watches[pid]!.counts.held += 1 }
+            if watch.holdsReads && (relay == nil || watch.withoutLibrary), Self.holdReads(socket.descriptor) {
+                state.watches[pid]!.lowered += 1
             }
         }
         state.watches[pid]!.accepting = accepting
@@ -309,7 +341,16 @@ final class ConnectionRescue: Sendable {
                 // every 50 ms.
                 let age = state.ticks - watch.since
                 if watch.accepting && (age < 20 || age % 10 == 0) { grab(pid, &state) }
-                if watch.holdsReads && age >= Self.heldReadsTicks { releaseReads(pid, &state) }
+                if let stop = watch.pendingStop, age >= 2, state.ticks >= stop.deadline || settled(pid, state) {
+                    logger.trace("connection rescue: stop signal to pid \(pid) after \(age * 5) ms")
+                    state.watches[pid]!.pendingStop = nil
+                    state.watches[pid]!.signalledAt = state.ticks
+                    _ = OS.signal(stop.signal, through: watch.process.descriptor)
+                }
+                let heldFor = state.ticks - (state.watches[pid]!.signalledAt ?? watch.since)
+                if watch.holdsReads && state.watches[pid]!.pendingStop == nil && heldFor >= Self.heldReadsTicks {
+                    releaseReads(pid, &state)
+                }
             }
             let checkOwners = state.ticks % 4 == 0
             for key in Array(state.held.keys) {
@@ -457,6 +498,23 @@ final class ConnectionRescue: Sendable {
         }
     }
 
+    /// Whether no connection baton holds of `pid` can be in the moment between its server reading a request and
+    /// calling it active: every one has sent nothing for ``settledAfter``, and received nothing either unless what it
+    /// received is still unread (its server waits in epoll, which a held connection no longer wakes), and was taken
+    /// over at least two ticks ago.
+    private func settled(_ pid: Int32, _ state: State) -> Bool {
+        for held in state.held.values where held.pid == pid && held.releasedAt == nil {
+            guard let tcp = Handover.tcpState(held.socket.descriptor), tcp.state == Handover.established else {
+                continue
+            }
+            if state.ticks - held.since < 2 || tcp.sinceSent < Self.settledAfter { return false }
+            if tcp.sinceReceived < Self.settledAfter && Handover.unreadBytes(held.socket.descriptor) == 0 {
+                return false
+            }
+        }
+        return true
+    }
+
     /// Makes a held connection unreadable to its process, if the process reads it without blocking: a blocking read
     /// (a thread per connection, or gunicorn's gthread workers, which make a connection blocking while a thread
     /// serves it) would wait for that many bytes.
@@ -470,7 +528,9 @@ final class ConnectionRescue: Sendable {
     /// Held connections of `pid` read as readable to it again (``heldReadsTicks``).
     private func releaseReads(_ pid: Int32, _ state: inout State) {
         state.watches[pid]!.holdsReads = false
-        for held in state.held.values where held.pid == pid && held.relay == nil && held.releasedAt == nil {
+        let withoutLibrary = state.watches[pid]!.withoutLibrary
+        for held in state.held.values
+        where held.pid == pid && (held.relay == nil || withoutLibrary) && held.releasedAt == nil {
             Handover.setReceiveLowWater(held.socket.descriptor, 1)
         }
         // A thread that made one of them blocking meanwhile (gunicorn's gthread serves a connection so) and reads it
@@ -655,11 +715,7 @@ final class ConnectionRescue: Sendable {
             logger.trace(
                 "connection rescue: relay \(id) retries after its upstream ended, \(relay.unanswered.count) bytes"
             )
-            loop.unregister(upstream)
-            relay.upstream?.close()
-            relay.upstream = nil
-            if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
-            relay.upstreamPort = nil
+            dropUpstream(&relay, &state)
             relay.pending = relay.unanswered + relay.pending
             relay.unanswered = []
             relay.retries += 1
@@ -678,11 +734,7 @@ final class ConnectionRescue: Sendable {
             if relay.upstreamRetiring {
                 // The retired worker's end has closed and everything it sent is on its way: connect to the generation
                 // serving now when the client has something to send.
-                loop.unregister(upstream)
-                relay.upstream?.close()
-                relay.upstream = nil
-                if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
-                relay.upstreamPort = nil
+                dropUpstream(&relay, &state)
                 relay.upstreamRetiring = false
                 state.relays[id] = relay
                 pump(id, &state)
@@ -698,11 +750,7 @@ final class ConnectionRescue: Sendable {
                 logger.trace(
                     "connection rescue: relay \(id): upstream closed between requests, client waiting \(waiting)"
                 )
-                loop.unregister(upstream)
-                relay.upstream?.close()
-                relay.upstream = nil
-                if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
-                relay.upstreamPort = nil
+                dropUpstream(&relay, &state)
                 relay.upstreamGoneAt = .now
                 if waiting {
                     state.relays[id] = relay
@@ -724,6 +772,17 @@ final class ConnectionRescue: Sendable {
             state.relays[id] = relay
             finish(id, reset: false, &state)
         }
+    }
+
+    /// Closes a relay's upstream connection, to connect another when the client has something to send.
+    private func dropUpstream(_ relay: inout Relay, _ state: inout State) {
+        if let upstream = relay.upstream {
+            loop.unregister(upstream.descriptor)
+            upstream.close()
+        }
+        relay.upstream = nil
+        if let port = relay.upstreamPort { state.upstreamPorts[port] = nil }
+        relay.upstreamPort = nil
     }
 
     /// Relays whose upstream closed between requests and whose client sent nothing within the window: the client gets

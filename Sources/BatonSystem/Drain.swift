@@ -50,6 +50,18 @@ extension ProcInspector {
         return false
     }
 
+    /// Whether process `pid` runs a Go program (``ProgramKind/isGo(read:)``, on `/proc/PID/exe`).
+    public static func isGoProgram(_ pid: Int32) -> Bool {
+        let fd = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return ProgramKind.isGo { offset, count in
+            var bytes = [UInt8](repeating: 0, count: count)
+            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+            return n > 0 ? Array(bytes[0..<n]) : []
+        }
+    }
+
     /// Whether process `pid` has a file of that name mapped (`/proc/PID/maps`), such as a preloaded library.
     public static func hasMapped(_ pid: Int32, fileNamed name: String) -> Bool {
         readFile("/proc/\(pid)/maps").split(separator: "\n").contains { line in

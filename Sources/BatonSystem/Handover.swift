@@ -200,12 +200,17 @@ public enum Handover {
         return SocketAddress(bytes: bytes)
     }
 
-    /// TCP_INFO's state (1 ESTABLISHED, 8 CLOSE_WAIT, ...) and round-trip time, or nil for a socket that is not TCP.
-    public static func tcpState(_ fd: FileDescriptor) -> (state: UInt8, rtt: Duration)? {
+    /// TCP_INFO's state (1 ESTABLISHED, 8 CLOSE_WAIT, ...), round-trip time, and how long ago data was last sent and
+    /// last received (the kernel counts those in jiffies: 4 ms steps at HZ=250), or nil for a socket that is not TCP.
+    public static func tcpState(
+        _ fd: FileDescriptor
+    ) -> (state: UInt8, rtt: Duration, sinceSent: Duration, sinceReceived: Duration)? {
         var state: UInt8 = 0
         var rtt: UInt32 = 0
-        guard cbaton_tcp_state(fd.rawValue, &state, &rtt) == 0 else { return nil }
-        return (state, .microseconds(Int64(rtt)))
+        var sent: UInt32 = 0
+        var received: UInt32 = 0
+        guard cbaton_tcp_state(fd.rawValue, &state, &rtt, &sent, &received) == 0 else { return nil }
+        return (state, .microseconds(Int64(rtt)), .milliseconds(Int64(sent)), .milliseconds(Int64(received)))
     }
 
     public static let established: UInt8 = 1
@@ -325,16 +330,15 @@ public enum Handover {
     /// runtime that handles it on the main thread only (Python) would not see it while the main thread's blocking
     /// accept() restarts.
     public static func signalThreads(of pid: Int32, _ signal: Int32) {
-        for thread in ProcInspector.threadSyscalls(of: pid) where thread.tid != pid {
-            _ = cbaton_tgkill(pid, thread.tid, signal)
+        for tid in ProcInspector.threads(of: pid) where tid != pid {
+            _ = cbaton_tgkill(pid, tid, signal)
         }
     }
 
     /// Sends `signal` to one thread of process `pid` other than its main thread, or to the process when it has no
     /// other (see ``signalThreads(of:_:)``); `pidfd` refers to the process.
     public static func signalOneThread(of pid: Int32, through pidfd: FileDescriptor, _ signal: Int32) {
-        if let other = ProcInspector.threadSyscalls(of: pid).last(where: { $0.tid != pid }),
-            cbaton_tgkill(pid, other.tid, signal) == 0
+        if let other = ProcInspector.threads(of: pid).last(where: { $0 != pid }), cbaton_tgkill(pid, other, signal) == 0
         {
             return
         }

@@ -74,6 +74,11 @@ extension ProcInspector {
     /// The threads of process `pid`, the main thread first, each with its `/proc/PID/task/TID/syscall` line or the
     /// error that kept baton from reading it (EPERM or EACCES without the right to ptrace the worker).
     public static func threadSyscalls(of pid: Int32) -> [(tid: Int32, syscall: Result<String, SystemError>)] {
+        threads(of: pid).map { ($0, readFileOrError("/proc/\(pid)/task/\($0)/syscall")) }
+    }
+
+    /// The thread ids of process `pid` (`/proc/PID/task`), its main thread first.
+    public static func threads(of pid: Int32) -> [Int32] {
         var tids: [Int32] = []
         guard let directory = opendir("/proc/\(pid)/task") else { return [] }
         while let entry = readdir(directory) {
@@ -84,7 +89,7 @@ extension ProcInspector {
         }
         closedir(directory)
         tids.sort { ($0 == pid ? 0 : 1, $0) < ($1 == pid ? 0 : 1, $1) }
-        return tids.map { ($0, readFileOrError("/proc/\(pid)/task/\($0)/syscall")) }
+        return tids
     }
 
     /// Whether a thread of process `pid` waits in a read of one of `fds` (`read`, `readv`, `recvfrom`, `recvmsg`): a

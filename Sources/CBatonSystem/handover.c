@@ -28,11 +28,14 @@ int cbaton_unread_bytes(int socket) {
     return count;
 }
 
-int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds) {
+int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds, uint32_t *since_sent_milliseconds,
+                     uint32_t *since_received_milliseconds) {
     struct tcp_info info;
     socklen_t length = sizeof info;
     if (getsockopt(socket, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return -1;
     *state = info.tcpi_state;
     *rtt_microseconds = info.tcpi_rtt;
+    *since_sent_milliseconds = info.tcpi_last_data_sent;
+    *since_received_milliseconds = info.tcpi_last_data_recv;
     return 0;
 }

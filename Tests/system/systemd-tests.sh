@@ -832,7 +832,29 @@ check_p() { # a soak window: a release that crashes after it is ready fails syst
     x timeout 90 systemctl reload baton@demo.service || fail "systemctl reload of the good release failed"
 }
 
-all_checks=(a b c d e f g h i j k l m n o p)
+check_q() { # a seccomp filter without pidfd_getfd: the rescue is off, said once at start; reloads still serve
+    local g cur n dropin=/run/systemd/system/baton@demo.service.d
+    trap 'in_c sh -c "rm -f '"$dropin"'/no-getfd.conf; systemctl daemon-reload;
+        systemctl restart baton@demo.service" || true' EXIT
+    x mkdir -p "$dropin"
+    x sh -c "printf '[Service]\nSystemCallFilter=~pidfd_getfd\n' >$dropin/no-getfd.conf"
+    x systemctl daemon-reload
+    cur=$(cursor)
+    x timeout 90 systemctl restart baton@demo.service
+    until_ok 30 is_active baton@demo.service || fail "not active after the restart"
+    g=$(serving_gen) || fail "not serving after the restart"
+    x timeout 90 systemctl reload baton@demo.service || fail "systemctl reload failed with the rescue off"
+    answers_gen $((g + 1)) || fail "generation $((g + 1)) does not answer after the reload"
+    x journalctl --no-pager -o cat --after-cursor "$cur" -u baton@demo.service
+    n=$(grep -c 'connection rescue is off' <<<"$OUT" || true)
+    ((n == 1)) || fail "'connection rescue is off' said $n times, expected once"
+    grep -q 'connection rescue is off: not permitted here' <<<"$OUT" ||
+        fail "no reason given: $(grep -m1 'connection rescue is off' <<<"$OUT")"
+    ! grep -q 'took over' <<<"$OUT" || fail "connections were taken over with pidfd_getfd filtered out"
+    note "$(grep -m1 'connection rescue is off' <<<"$OUT")"
+}
+
+all_checks=(a b c d e f g h i j k l m n o p q)
 check_title+=(
     [a]="socket activation starts generation 1, STATUS= shown"
     [b]="systemctl reload: next generation answers right after"
@@ -850,6 +872,7 @@ check_title+=(
     [n]="--metrics in BATON_OPTIONS: GET /metrics under the unit"
     [p]="--min-ready: a release crashing after it is ready fails the reload"
     [o]="canary and held reloads: hold, refused reload, promote; a canary fails"
+    [q]="SystemCallFilter=~pidfd_getfd: rescue off, said once; reloads serve"
 )
 
 # After a "Bad system call" (SIGSYS from SystemCallFilter=) in the journal: the kernel's

@@ -150,4 +150,5 @@ int cbaton_unread_bytes(int socket);
 
 /// A TCP socket's state (`tcpi_state`: 1 ESTABLISHED, 8 CLOSE_WAIT, ...) and smoothed round-trip time in
 /// microseconds, from TCP_INFO. Returns 0, or -1 with errno.
-int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds);
+int cbaton_tcp_state(int socket, uint8_t *state, uint32_t *rtt_microseconds, uint32_t *since_sent_milliseconds,
+                     uint32_t *since_received_milliseconds);
