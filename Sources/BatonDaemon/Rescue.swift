@@ -92,6 +92,8 @@ final class ConnectionRescue: Sendable {
 
     struct Relay: Sendable {
         var client: SharedDescriptor
+        /// The client connection's socket inode.
+        var clientInode: UInt64
         var upstream: SharedDescriptor?
         var upstreamPort: UInt16?
         var connected = false
@@ -129,6 +131,8 @@ final class ConnectionRescue: Sendable {
         var ticks = 0
         var armed = false
         var totals = RescueCounts()
+        /// The last answer of ``unheldConnections(_:)`` and when it was asked.
+        var unheldAnswer: (at: ContinuousClock.Instant, any: Bool)?
     }
 
     init(loop: EventLoop, listeners: [ListeningSocket], enabled: Bool, logger: Logger) {
@@ -172,6 +176,11 @@ final class ConnectionRescue: Sendable {
     }
 
     var listenerInodes: Set<UInt64> { Set(listeners.map(\.inode)) }
+    /// The ports of baton's listeners, when every one of them is TCP.
+    var tcpPorts: Set<UInt16>? {
+        let ports = listeners.compactMap(\.address.port)
+        return ports.count == listeners.count ? Set(ports) : nil
+    }
 
     /// What happened to the connections taken over since baton started, and how many relays run now.
     func counts() -> (RescueCounts, relays: Int) {
@@ -190,6 +199,9 @@ final class ConnectionRescue: Sendable {
     /// connection it holds of the process has settled (``settled(_:_:)``), 10 ms at the earliest and
     /// ``settleTicks`` at the latest.
     static let settleTicks = 40
+    /// A process the library is loaded in that does not catch ``Signals/rescueHeld``: its stop signal waits this long
+    /// after its connections stopped reading as readable to it.
+    static let heldReadsGrace = Duration.milliseconds(25)
     /// Settled: nothing sent for this long, and nothing received either unless it is still unread (the kernel counts
     /// both in jiffies, 4 ms at HZ=250).
     static let settledAfter = Duration.milliseconds(8)
@@ -219,12 +231,13 @@ final class ConnectionRescue: Sendable {
                     generation: generation,
                     since: state.ticks
                 )
-                let withLibrary =
-                    ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
-                    && !ProcInspector.isGoProgram(process)
-                state.watches[process]!.withoutLibrary = !withLibrary
                 grab(process, &state)
                 let workerFds = Set(state.held.values.lazy.filter { $0.pid == process }.map(\.workerFd))
+                // Read only for a process baton holds connections of (the rest decides nothing then).
+                let withLibrary =
+                    !workerFds.isEmpty && ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
+                    && !ProcInspector.isGoProgram(process)
+                state.watches[process]!.withoutLibrary = !withLibrary
                 if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
                     state.watches[process]!.holdsReads = true
                     for held in state.held.values where held.pid == process && (held.relay == nil || !withLibrary) {
@@ -245,9 +258,9 @@ final class ConnectionRescue: Sendable {
             arm(&state)
             let worker = state.watches[pid]
             if signalledWorker { return .after(Self.signalledGrace) }
-            guard worker?.holdsReads == true && (worker?.lowered ?? 0) > 0, worker?.withoutLibrary == true else {
-                return .now
-            }
+            guard worker?.holdsReads == true && (worker?.lowered ?? 0) > 0 else { return .now }
+            // The library is loaded but does not catch its signal (the app reset it): as before it had one.
+            guard worker?.withoutLibrary == true else { return .after(Self.heldReadsGrace) }
             // Go's `Server.Shutdown` closes a connection it sees idle, and it is seen idle for a moment after it read
             // the next request: a stop signal in that moment loses the request. Once nothing moved for a while, no
             // connection is in that moment, and with reads held none enters it.
@@ -276,7 +289,7 @@ final class ConnectionRescue: Sendable {
 
     /// Takes over `pid`'s connections on baton's listeners that baton does not hold yet.
     private func grab(_ pid: Int32, _ state: inout State) {
-        guard let watch = state.watches[pid] else { return }
+        guard let watch = state.watches[pid], unheldConnections(&state) else { return }
         let inodes = listenerInodes
         let sockets = Handover.sockets(of: pid)
         let heldInodes = Set(state.held.values.lazy.filter { $0.pid == pid }.map(\.inode))
@@ -325,6 +338,22 @@ final class ConnectionRescue: Sendable {
         logger.trace(
             "connection rescue: pid \(pid): \(sockets.count) socket(s), holds \(state.held.count), accepting \(accepting)"
         )
+    }
+
+    /// Whether the kernel lists a connection on baton's TCP listeners that baton does not hold (nor relays): if it
+    /// lists none, no process has one to take over, and its `/proc/PID/fd` (257 fds for a worker of 256 listeners,
+    /// and the dentries the kernel makes for them) need not be read. One sock_diag dump, kept for 2 ms (a generation's
+    /// workers are retired in one go); true when it cannot be known (a unix listener, no sock_diag).
+    private func unheldConnections(_ state: inout State) -> Bool {
+        guard let ports = tcpPorts else { return true }
+        let now = ContinuousClock.now
+        if let answer = state.unheldAnswer, now - answer.at < .milliseconds(2) { return answer.any }
+        guard let entries = Connections.sockDiag() else { return true }
+        let known = Set(state.held.values.map(\.inode)).union(state.relays.values.map(\.clientInode))
+        // An inode of 0 is a connection no process has accepted yet.
+        let any = entries.contains { $0.inode != 0 && ports.contains($0.localPort) && !known.contains($0.inode) }
+        state.unheldAnswer = (now, any)
+        return any
     }
 
     private func tick() {
@@ -554,7 +583,13 @@ final class ConnectionRescue: Sendable {
         } catch {
             return false
         }
-        var relay = Relay(client: held.socket, toUpstream: toUpstream, toClient: toClient, target: held.target)
+        var relay = Relay(
+            client: held.socket,
+            clientInode: held.inode,
+            toUpstream: toUpstream,
+            toClient: toClient,
+            target: held.target
+        )
         relay.pending = HeldConnection.missingStart(of: Handover.peek(held.socket.descriptor, count: 16)) ?? []
         state.relays[id] = relay
         pump(id, &state)

@@ -107,22 +107,20 @@ public enum Handover {
         case failed(Errno)
     }
 
-    /// The fds of `pid` that are sockets, with their inodes (`/proc/PID/fd`).
+    /// The fds of `pid` that are sockets, with their inodes (`/proc/PID/fd`; a worker of 256 listeners has as many
+    /// to look at, each time baton looks for the connections it accepted).
+    ///
+    /// The corresponding C function is `fstatat`.
     public static func sockets(of pid: Int32) -> [(fd: Int32, inode: UInt64)] {
-        guard let directory = opendir("/proc/\(pid)/fd") else { return [] }
-        defer { closedir(directory) }
-        var result: [(fd: Int32, inode: UInt64)] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard let fd = Int32(name) else { continue }
-            let target = ProcInspector.readLink("/proc/\(pid)/fd/\(fd)")
-            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) {
-                result.append((fd, inode))
-            }
+        var capacity = 512
+        while true {
+            var fds = [Int32](repeating: 0, count: capacity)
+            var inodes = [UInt64](repeating: 0, count: capacity)
+            let count = cbaton_socket_fds(pid, &fds, &inodes, Int32(capacity))
+            guard count >= 0 else { return [] }
+            if Int(count) <= capacity { return (0..<Int(count)).map { (fds[$0], inodes[$0]) } }
+            capacity = Int(count) + 64
         }
-        return result
     }
 
     /// The descendants of `pid` (children first), at most 255.
@@ -148,7 +146,7 @@ public enum Handover {
 
     /// Whether fd `fd` of `pid` is still the socket `inode`.
     public static func holds(pid: Int32, fd: Int32, inode: UInt64) -> Bool {
-        ProcInspector.readLink("/proc/\(pid)/fd/\(fd)") == "socket:[\(inode)]"
+        cbaton_socket_inode(pid, fd) == inode
     }
 
     /// A pidfd for `pid`, close-on-exec.

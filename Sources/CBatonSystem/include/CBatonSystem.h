@@ -141,6 +141,11 @@ ssize_t cbaton_process_vm_read(pid_t pid, void *local, size_t count, uint64_t re
 /// `pidfd_getfd(pidfd, fd, 0)`: a new fd of this process (close-on-exec) for the open file that fd `fd` of the
 /// process `pidfd` names. -1 with errno.
 int cbaton_pidfd_getfd(int pidfd, int fd);
+/// The fds of process `pid` that are sockets, and their inodes (`/proc/PID/fd`, one fstatat each): how many there
+/// are (more than `capacity` if the arrays were too short; only `capacity` of them filled), or -1.
+int cbaton_socket_fds(int pid, int *fds, uint64_t *inodes, int capacity);
+/// The inode of the socket that fd `fd` of process `pid` is, or 0 if it is not open or not a socket.
+uint64_t cbaton_socket_inode(int pid, int fd);
 
 /// `splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK)`. What `splice` returns.
 ssize_t cbaton_splice(int from, int to, size_t length);
