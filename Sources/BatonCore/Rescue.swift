@@ -23,6 +23,7 @@ public enum HeldConnection {
     ///   - clientClosed: the client sent FIN (CLOSE_WAIT) and nothing is left to read.
     ///   - unread: bytes waiting to be read; `firstBytes` the first of them.
     ///   - idleFor: how long ago the worker let go of it.
+    ///   - quietBefore: how long nothing had moved on it either way when the worker let go of it.
     ///   - ownerKilled: the worker was killed (SIGKILL at the stop timeout), so a response may be half-written.
     public static func verdict(
         established: Bool,
@@ -30,6 +31,7 @@ public enum HeldConnection {
         unread: Int,
         firstBytes: [UInt8],
         idleFor: Duration,
+        quietBefore: Duration = .zero,
         window: Duration,
         ownerKilled: Bool
     ) -> Verdict {
@@ -38,8 +40,15 @@ public enum HeldConnection {
             return !ownerKilled && missingStart(of: firstBytes) != nil ? .relay : .reset
         }
         if clientClosed || ownerKilled { return .close }
+        // A connection idle for a second or more before the server closed it has no request on its way more than
+        // any other moment: its client gets the FIN at once, as without baton. Held for the window, a client that
+        // looked at it meanwhile (found it open) and sends later would meet the FIN as its request goes out.
+        if quietBefore >= longIdle { return .close }
         return idleFor >= window ? .close : .wait
     }
+
+    /// How long a connection must have been quiet before its worker let go of it to be closed without a window.
+    public static let longIdle = Duration.seconds(1)
 
     /// Whether `bytes` begin an HTTP/1 request: a method token (upper-case letters) and a space, such as `GET `.
     /// A shorter prefix of one counts too (the rest is on its way).

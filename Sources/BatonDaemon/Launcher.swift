@@ -330,6 +330,7 @@ public actor Launcher {
 
     /// Hands `event` to the Supervisor and performs its actions, then those of the events they caused, in order.
     private func process(_ event: SupervisorEvent) {
+        rescue.beginTurn()
         EventOrder.run(
             event,
             handle: { supervisor.handle($0, now: .now) },

@@ -131,8 +131,10 @@ final class ConnectionRescue: Sendable {
         var ticks = 0
         var armed = false
         var totals = RescueCounts()
-        /// The last answer of ``unheldConnections(_:)`` and when it was asked.
-        var unheldAnswer: (at: ContinuousClock.Instant, any: Bool)?
+        /// The last answer of ``unheldConnections(_:inTurn:)``, when and in which launcher turn it was asked.
+        var unheldAnswer: (at: ContinuousClock.Instant, turn: Int, any: Bool)?
+        /// Counts the launcher's events (``beginTurn()``): the workers one event stops are retired in one turn.
+        var turn = 0
     }
 
     init(loop: EventLoop, listeners: [ListeningSocket], enabled: Bool, logger: Logger) {
@@ -231,7 +233,7 @@ final class ConnectionRescue: Sendable {
                     generation: generation,
                     since: state.ticks
                 )
-                grab(process, &state)
+                grab(process, &state, inTurn: true)
                 let workerFds = Set(state.held.values.lazy.filter { $0.pid == process }.map(\.workerFd))
                 // Read only for a process baton holds connections of (the rest decides nothing then).
                 let withLibrary =
@@ -269,6 +271,12 @@ final class ConnectionRescue: Sendable {
         }
     }
 
+    /// The launcher begins handling an event: what ``retire(_:generation:signal:)`` learnt of the kernel's
+    /// connections in the previous one is not reused.
+    func beginTurn() {
+        state.withLock { $0.turn += 1 }
+    }
+
     /// `pid` has exited (and was reaped): every connection it held is now baton's alone.
     func exited(_ pid: Int32, killed: Bool) {
         state.withLock { state in
@@ -288,8 +296,8 @@ final class ConnectionRescue: Sendable {
     }
 
     /// Takes over `pid`'s connections on baton's listeners that baton does not hold yet.
-    private func grab(_ pid: Int32, _ state: inout State) {
-        guard let watch = state.watches[pid], unheldConnections(&state) else { return }
+    private func grab(_ pid: Int32, _ state: inout State, inTurn: Bool = false) {
+        guard let watch = state.watches[pid], unheldConnections(&state, inTurn: inTurn) else { return }
         let inodes = listenerInodes
         let sockets = Handover.sockets(of: pid)
         let heldInodes = Set(state.held.values.lazy.filter { $0.pid == pid }.map(\.inode))
@@ -342,17 +350,24 @@ final class ConnectionRescue: Sendable {
 
     /// Whether the kernel lists a connection on baton's TCP listeners that baton does not hold (nor relays): if it
     /// lists none, no process has one to take over, and its `/proc/PID/fd` (257 fds for a worker of 256 listeners,
-    /// and the dentries the kernel makes for them) need not be read. One sock_diag dump, kept for 2 ms (a generation's
-    /// workers are retired in one go); true when it cannot be known (a unix listener, no sock_diag).
-    private func unheldConnections(_ state: inout State) -> Bool {
+    /// and the dentries the kernel makes for them) need not be read. One sock_diag dump (1.6 ms with 14 000 sockets in
+    /// TIME_WAIT), kept for the rest of the launcher's turn when `inTurn` (the workers one event stops), else 2 ms
+    /// (the rescue's ticks; `/proc/net/tcp` where sock_diag is not allowed, as in baton's unit); true when it
+    /// cannot be known (a unix listener, neither list readable).
+    private func unheldConnections(_ state: inout State, inTurn: Bool = false) -> Bool {
         guard let ports = tcpPorts else { return true }
         let now = ContinuousClock.now
-        if let answer = state.unheldAnswer, now - answer.at < .milliseconds(2) { return answer.any }
-        guard let entries = Connections.sockDiag() else { return true }
+        if let answer = state.unheldAnswer,
+            inTurn
+                ? answer.turn == state.turn && now - answer.at < .milliseconds(100) : now - answer.at < .milliseconds(2)
+        {
+            return answer.any
+        }
+        guard let entries = Connections.listed() else { return true }
         let known = Set(state.held.values.map(\.inode)).union(state.relays.values.map(\.clientInode))
         // An inode of 0 is a connection no process has accepted yet.
         let any = entries.contains { $0.inode != 0 && ports.contains($0.localPort) && !known.contains($0.inode) }
-        state.unheldAnswer = (now, any)
+        state.unheldAnswer = (now, state.turn, any)
         return any
     }
 
@@ -422,12 +437,14 @@ final class ConnectionRescue: Sendable {
         let tcp = Handover.tcpState(fd)
         let unread = Handover.unreadBytes(fd)
         let killed = state.watches[held.pid]?.killed ?? false
+        let idleFor = now - releasedAt
         let verdict = HeldConnection.verdict(
             established: tcp?.state == Handover.established || tcp?.state == Handover.closeWait,
             clientClosed: tcp?.state == Handover.closeWait,
             unread: unread,
             firstBytes: unread > 0 ? Handover.peek(fd, count: 16) : [],
-            idleFor: now - releasedAt,
+            idleFor: idleFor,
+            quietBefore: tcp.map { min($0.sinceSent, $0.sinceReceived) - idleFor } ?? .zero,
             window: HeldConnection.window(rtt: held.rtt),
             ownerKilled: killed
         )

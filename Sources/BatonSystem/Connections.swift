@@ -248,6 +248,16 @@ public enum Connections {
 
     // MARK: - /proc/net/tcp
 
+    /// The kernel's list as ``established()`` reads it, but nil when neither sock_diag nor `/proc/net/tcp` could be
+    /// read (a hardened unit without `AF_NETLINK` reads the file; an empty list then means no connection).
+    public static func listed() -> [Entry]? {
+        if let entries = sockDiag() { return entries }
+        let text = ProcInspector.readFile("/proc/net/tcp")
+        guard text.contains("local_address") else { return nil }
+        return text.split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
+            + ProcInspector.readFile("/proc/net/tcp6").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
+    }
+
     /// Both families' connections from `/proc/net/tcp` and `/proc/net/tcp6`.
     public static func procNet() -> [Entry] {
         ProcInspector.readFile("/proc/net/tcp").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)

@@ -47,6 +47,38 @@ struct HeldConnectionTests {
         #expect(verdict(ownerKilled: true) == .close)
     }
 
+    @Test func aConnectionQuietForASecondBeforeItsServerLetGoIsClosedAtOnce() {
+        func quiet(_ before: Duration, idleFor: Duration = .zero) -> HeldConnection.Verdict {
+            HeldConnection.verdict(
+                established: true,
+                clientClosed: false,
+                unread: 0,
+                firstBytes: [],
+                idleFor: idleFor,
+                quietBefore: before,
+                window: HeldConnection.window(rtt: .zero),
+                ownerKilled: false
+            )
+        }
+        #expect(quiet(.seconds(1)) == .close)
+        #expect(quiet(.seconds(30)) == .close)
+        #expect(quiet(.milliseconds(999)) == .wait)
+        #expect(quiet(.milliseconds(5), idleFor: .milliseconds(100)) == .wait)
+        // What arrived is relayed however long it was quiet before.
+        #expect(
+            HeldConnection.verdict(
+                established: true,
+                clientClosed: false,
+                unread: 16,
+                firstBytes: Array("GET / HTTP/1.1\r\n".utf8),
+                idleFor: .zero,
+                quietBefore: .seconds(5),
+                window: .milliseconds(250),
+                ownerKilled: false
+            ) == .relay
+        )
+    }
+
     @Test func aConnectionTheServerShutDownIsLeftAlone() {
         #expect(verdict(established: false, bytes: "GET / HTTP/1.1\r\n") == .leave)
         #expect(verdict(established: false) == .leave)
