@@ -43,15 +43,19 @@ public enum BindAdoption {
     /// not always enough on a loaded 2-core machine (WEBrick, 2 of 10 344 requests reset in a sanitizer stage).
     static let drainGrace = Duration.seconds(1)
 
+    /// Whether `libbaton-adopt.so` serves process `pid`: it is loaded there, and the program calls the C library's
+    /// socket functions. A Go program (which cgo links dynamically, so the preload loads) makes its own system calls:
+    /// the library sees none of them, and Go's runtime catches every signal, so `SigCgt:` cannot tell.
+    static func libraryServes(_ pid: Int32) -> Bool {
+        ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName) && !ProcInspector.isGoProgram(pid)
+    }
+
     /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
     /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
-    /// after ``drainGrace``; otherwise `signal` at once. A Go program (which cgo links dynamically, so the preload
-    /// loads) makes its own system calls: the library cannot drain it, and Go's runtime catches every signal.
+    /// after ``drainGrace``; otherwise `signal` at once (``libraryServes(_:)``).
     /// `delay`, when given, is the least the stop signal waits (the connection rescue's).
     static func stop(_ pid: Int32, signal: Int32, loop: EventLoop, delay: Duration? = nil) {
-        if ProcInspector.catches(pid, signal: Signals.adoptDrain),
-            ProcInspector.hasMapped(pid, fileNamed: AdoptBind.libraryName), !ProcInspector.isGoProgram(pid),
-            OS.kill(pid, Signals.adoptDrain)
+        if ProcInspector.catches(pid, signal: Signals.adoptDrain), libraryServes(pid), OS.kill(pid, Signals.adoptDrain)
         {
             OS.signal(pid, signal, after: max(drainGrace, delay ?? .zero), on: loop)
         } else if let delay {

@@ -240,9 +240,7 @@ final class ConnectionRescue: Sendable {
                 grab(process, &state, inTurn: true)
                 let workerFds = Set(state.held.values.lazy.filter { $0.pid == process }.map(\.workerFd))
                 // Read only for a process baton holds connections of (the rest decides nothing then).
-                let withLibrary =
-                    !workerFds.isEmpty && ProcInspector.hasMapped(process, fileNamed: AdoptBind.libraryName)
-                    && !ProcInspector.isGoProgram(process)
+                let withLibrary = !workerFds.isEmpty && BindAdoption.libraryServes(process)
                 state.watches[process]!.withoutLibrary = !withLibrary
                 if !workerFds.isEmpty && !ProcInspector.blockedReading(process, anyOf: workerFds) {
                     state.watches[process]!.holdsReads = true

@@ -73,18 +73,7 @@ public enum Connections {
 
     /// The inodes of the sockets in `/proc/PID/fd`.
     static func socketInodes(of pid: Int32) -> Set<UInt64> {
-        var result = Set<UInt64>()
-        guard let directory = opendir("/proc/\(pid)/fd") else { return result }
-        defer { closedir(directory) }
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard Int(name) != nil else { continue }
-            let target = ProcInspector.readLink("/proc/\(pid)/fd/\(name)")
-            if target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) { result.insert(inode) }
-        }
-        return result
+        Set(Handover.sockets(of: pid).map(\.inode))
     }
 
     // MARK: - sock_diag
@@ -251,21 +240,22 @@ public enum Connections {
     /// The kernel's list as ``established()`` reads it, but nil when neither sock_diag nor `/proc/net/tcp` could be
     /// read (a hardened unit without `AF_NETLINK` reads the file; an empty list then means no connection).
     public static func listed() -> [Entry]? {
-        if let entries = sockDiag() { return entries }
+        sockDiag() ?? readProcNet()
+    }
+
+    /// Both families' connections from `/proc/net/tcp` and `/proc/net/tcp6`.
+    public static func procNet() -> [Entry] {
+        readProcNet() ?? []
+    }
+
+    /// nil when `/proc/net/tcp` cannot be read (`/proc/net/tcp6` is missing without IPv6).
+    static func readProcNet() -> [Entry]? {
         let text = ProcInspector.readFile("/proc/net/tcp")
         guard text.contains("local_address") else { return nil }
         return text.split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
             + ProcInspector.readFile("/proc/net/tcp6").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
     }
 
-    /// Both families' connections from `/proc/net/tcp` and `/proc/net/tcp6`.
-    public static func procNet() -> [Entry] {
-        ProcInspector.readFile("/proc/net/tcp").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
-            + ProcInspector.readFile("/proc/net/tcp6").split(separator: "\n").dropFirst().compactMap(parseProcNetLine)
-    }
-
-    /// One line of `/proc/net/tcp*`: `sl local_address rem_address st ... uid timeout inode`, where the addresses
-    /// are `HEX:PORT` and `st` is the state in hex (01 ESTABLISHED, 08 CLOSE_WAIT).
     static func parseProcNetLine(_ line: Substring) -> Entry? {
         let fields = line.split(separator: " ", omittingEmptySubsequences: true)
         guard fields.count > 9, let state = UInt32(fields[3], radix: 16), state < 32, states & (1 << state) != 0,
