@@ -204,7 +204,7 @@ struct FloodTests {
 }
 
 /// A worker that breaks the listener every worker shares.
-@Suite("listener integrity", .serialized, .timeLimit(.minutes(2)))
+@Suite("listener integrity", .serialized, .timeLimit(.minutes(5)))
 struct ListenerIntegrityTests {
     let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
 

@@ -46,7 +46,7 @@ func wakeups(of pid: Int32, over window: TimeInterval) -> (total: UInt64, sleeps
 }
 
 /// The event loop as the launcher's executor, and its timers.
-@Suite("the event loop's executor and timers", .timeLimit(.minutes(1)))
+@Suite("the event loop's executor and timers", .timeLimit(.minutes(5)))
 struct LoopExecutorTests {
     actor OnLoop {
         let loop: EventLoop
@@ -119,7 +119,7 @@ struct LoopExecutorTests {
 @Suite(
     "baton idle",
     .serialized,
-    .timeLimit(.minutes(2)),
+    .timeLimit(.minutes(5)),
     .disabled(if: Sanitizers.active, "a sanitizer's runtime has threads of its own that wake")
 )
 struct IdleTests {

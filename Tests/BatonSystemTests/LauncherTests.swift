@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// `baton run` with real worker processes and real sockets.
-@Suite("baton run, with real processes", .serialized, .timeLimit(.minutes(2)))
+@Suite("baton run, with real processes", .serialized, .timeLimit(.minutes(5)))
 struct LauncherTests {
     func worker(_ extra: [String] = []) -> [String] { extra + ["--", "python3", Paths.worker] }
 
@@ -411,7 +411,7 @@ struct LauncherTests {
 }
 
 /// The control socket and the errors users see.
-@Suite("control socket and errors", .serialized, .timeLimit(.minutes(1)))
+@Suite("control socket and errors", .serialized, .timeLimit(.minutes(5)))
 struct ControlAndErrorTests {
     @Test func theControlSocketIsPrivateAndSurvivesBadRequests() async throws {
         let scratch = Scratch()

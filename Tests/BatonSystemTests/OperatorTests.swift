@@ -10,7 +10,7 @@ import Glibc
 
 /// `baton signal`, `baton ls`, the workers' figures in `baton status`, and an oversized request, with real launchers
 /// and workers.
-@Suite("operator commands, with real processes", .serialized, .timeLimit(.minutes(2)))
+@Suite("operator commands, with real processes", .serialized, .timeLimit(.minutes(5)))
 struct OperatorTests {
     /// The signals each worker recorded (REPORT_DIR/PID.signals), in order.
     func recorded(_ pid: Int32, in reports: String) -> [String] {

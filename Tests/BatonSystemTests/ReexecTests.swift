@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// baton re-executes an upgraded binary in place: same pid, same listeners, same running generation.
-@Suite("re-execution in place", .serialized, .timeLimit(.minutes(1)))
+@Suite("re-execution in place", .serialized, .timeLimit(.minutes(5)))
 struct ReexecTests {
     /// Installs a copy of baton the way dpkg does: a new file renamed over the old one.
     func install(_ source: String, at path: String) throws {

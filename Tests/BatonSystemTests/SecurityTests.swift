@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// What another user or a misbehaving worker can do to baton: nothing.
-@Suite("security", .serialized, .timeLimit(.minutes(1)))
+@Suite("security", .serialized, .timeLimit(.minutes(5)))
 struct SecurityTests {
     /// Debian's own interpreter, which every user can run (unlike one under /root).
     let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"

@@ -9,7 +9,7 @@ import Glibc
 
 /// `Spawner` itself, with real children: what a child gets (its fds, its own pid in `LISTEN_PID`), what a failed
 /// exec reports, and spawns started side by side.
-@Suite("spawning workers", .timeLimit(.minutes(1)))
+@Suite("spawning workers", .timeLimit(.minutes(5)))
 struct SpawnTests {
     /// What `/bin/sh` reports about itself: its pid and `LISTEN_PID`, then its fds (`ls -l /proc/$$/fd` lists the
     /// shell's, not those of `ls`, which is not its last command, so runs in a child; no pipeline or substitution,
