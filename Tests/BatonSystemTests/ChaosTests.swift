@@ -27,7 +27,7 @@ struct ChaosTests {
             port = Rig.nextPort()
             scratch.write("behaviour", "ok")
             baton = try BatonRun(
-                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "3s"]
+                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "10s"]
                     + extra
                     + ["--", node, Paths.packageRoot.appendingPathComponent("Tests/Fixtures/chaos-app.js").path],
                 scratch: scratch,
@@ -306,7 +306,7 @@ struct ChaosTests {
             _ = errors.waitClosed(timeout: 5)
             Issue.record("a reload exited \(client.terminationStatus): \(errors.text)\n\(rig.baton.diagnosis())")
         }
-        // A broken release, and more reloads while its rollback runs (the ready timeout is 3 s).
+        // A broken release, and more reloads while its rollback runs (the ready timeout is 10 s).
         rig.behave("hang")
         let failing = Process()
         failing.executableURL = URL(fileURLWithPath: Paths.baton)
