@@ -22,12 +22,16 @@ struct ChaosTests {
         let load = Process()
         let loadLog: LineCollector
 
-        init(workers: Int, extra: [String] = [], clients: Int = 16) throws {
+        /// `readyTimeout`: 10 s by default, which a Node worker meets on a loaded machine (3 s did not in CI).
+        init(workers: Int, extra: [String] = [], clients: Int = 16, readyTimeout: String = "10s") throws {
             let node = try #require(Paths.which("node") ?? Paths.which("nodejs"))
             port = Rig.nextPort()
             scratch.write("behaviour", "ok")
             baton = try BatonRun(
-                ["--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout", "10s"]
+                [
+                    "--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", "fd", "--ready-timeout",
+                    readyTimeout,
+                ]
                     + extra
                     + ["--", node, Paths.packageRoot.appendingPathComponent("Tests/Fixtures/chaos-app.js").path],
                 scratch: scratch,

@@ -113,7 +113,7 @@ struct HealthProbeTests {
     /// A release whose probe socket answers 503: its workers say they are ready, the probe says otherwise, the reload
     /// fails with the probe's result at the ready timeout and generation 1 serves throughout.
     @Test func aReleaseWhoseProbeFailsIsNeverPromotedUnderLoad() throws {
-        let rig = try Rig(workers: 2, extra: ["--health", "http:/healthz"])
+        let rig = try Rig(workers: 2, extra: ["--health", "http:/healthz"], readyTimeout: "3s")
         rig.behave("health-503")
         let failed = rig.baton.client(["reload"])
         #expect(failed.status == 1)
