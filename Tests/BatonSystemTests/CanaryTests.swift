@@ -55,7 +55,8 @@ extension ChaosTests {
             (summary["generations"] as? [String: Any])?["\(generation)"] as? Int ?? 0
         }
 
-        /// Waits (at most 30 s: a loaded machine serves the load slowly) until `pid` holds a connection of the load: it takes its share of the traffic.
+        /// Waits (at most 30 s: a loaded machine serves the load slowly) until `pid` holds a connection of the load: it
+        /// takes its share of the traffic.
         func waitForConnections(_ rig: Rig, of pid: Int32) -> Int {
             let deadline = Date().addingTimeInterval(30)
             while rig.connections(of: pid) == 0 && Date() < deadline { usleep(5_000) }

@@ -114,14 +114,6 @@ struct ChaosTests {
 
     static func count(_ summary: [String: Any], _ key: String) -> Int { summary[key] as? Int ?? 0 }
 
-    /// A process's state letter in /proc/PID/stat ("T" once stopped).
-    static func state(of pid: Int32) -> String? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        return stat[stat.index(after: close)...].split(separator: " ").first.map(String.init)
-    }
-
     func report(_ name: String, _ summary: [String: Any], _ extra: String = "") {
         let kinds = ["refused", "reset", "eof_idle", "eof_new", "eof_mid", "timeout", "non2xx"]
             .map { "\($0) \(Self.count(summary, $0))" }.joined(separator: ", ")
@@ -140,7 +132,7 @@ struct ChaosTests {
             // Stopped first, so that it accepts no connection between the count and the kill.
             kill(victim, SIGSTOP)
             let stopBy = Date().addingTimeInterval(2)
-            while Self.state(of: victim) != "T" && Date() < stopBy { usleep(1000) }
+            while statField(victim, 3) != "T" && Date() < stopBy { usleep(1000) }
             inFlight += rig.connections(of: victim)
             kill(victim, SIGKILL)
             // The replacement is ready again before the next kill (the event: baton logs it).

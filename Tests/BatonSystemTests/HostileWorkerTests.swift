@@ -199,15 +199,6 @@ struct HostileWorkerTests {
 
     // MARK: - What a worker inherits
 
-    /// Fields of /proc/PID/stat after the command name, 1-based as proc(5) numbers them.
-    func statField(_ pid: Int32, _ number: Int) -> String? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
-        return number >= 3 && number - 3 < fields.count ? String(fields[number - 3]) : nil
-    }
-
     /// A limit's soft and hard value from /proc/PID/limits, such as `Max open files`.
     func limit(_ pid: Int32, _ name: String) -> (soft: String, hard: String)? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/limits", encoding: .utf8),

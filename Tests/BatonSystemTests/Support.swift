@@ -398,3 +398,12 @@ func connectUnix(_ path: String, nonBlocking: Bool = false) -> Int32? {
     }
     return fd
 }
+
+/// Fields of /proc/PID/stat after the command name, 1-based as proc(5) numbers them.
+func statField(_ pid: Int32, _ number: Int) -> String? {
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+        let close = stat.lastIndex(of: ")")
+    else { return nil }
+    let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
+    return number >= 3 && number - 3 < fields.count ? String(fields[number - 3]) : nil
+}
