@@ -39,7 +39,7 @@ stage() {
     local n
     n=$(sed -E 's/.*Test run with ([0-9]+) test.*/\1/' <<<"$counts")
     if [ "$status" = 0 ]; then p=$n f=0; else
-      f=$(grep -aE '^✘ Test .* failed after' "$log/$name" | grep -vc 'with [0-9]* test cases' || true)
+      f=$(grep -aE '^✘ Test .* failed after' "$log/$name" | grep -avE 'with [0-9]* test cases|^✘ Test run with' | grep -ac . || true)
       [ "$f" -gt 0 ] || f=1
       p=$(( n > f ? n - f : 0 ))
     fi
@@ -83,6 +83,11 @@ deb=$(ls -t out/baton_*_*.deb 2>/dev/null | head -1)
 stage systemd env BATON_BIN=.build-deb/release/baton bash Tests/system/systemd-tests.sh
 stage upgrade env ${deb:+BATON_DEB=$deb} bash Tests/system/upgrade-tests.sh
 
+# What failed, named again at the end (CI shows only the tail): each failed stage's failing tests and issues.
+for name in "${failures[@]}"; do
+  echo "--- $name: what failed"
+  grep -aE '^(✘ |not ok )' "$log/$name" | grep -av 'with [0-9]* test cases' | cut -c1-400 | head -40
+done
 [ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"
 echo "tests: $passed passed, $failed failed"
 [ "$failed" = 0 ] && [ ${#failures[@]} -eq 0 ]
