@@ -632,9 +632,10 @@ final class ConnectionRescue: Sendable {
                 return
             }
             if !waiting && relay.upstreamGoneAt != nil {
-                // Between requests with no upstream: a client that closes ends the relay.
-                let tcp = Handover.tcpState(client)
-                if tcp == nil || tcp?.state == Handover.closeWait {
+                // Between requests with no upstream: a client that closes ends the relay, whether its FIN came first
+                // (CLOSE_WAIT) or after the one baton sent it once the window passed (then the socket is closed, not in
+                // CLOSE_WAIT: asking for the state alone left such relays, and their fds, forever).
+                if Handover.peerClosed(client) {
                     state.relays[id] = relay
                     finish(id, reset: false, &state)
                 }

@@ -228,6 +228,14 @@ public enum Handover {
         return n > 0 ? Array(buffer[0..<n]) : []
     }
 
+    /// Whether the peer has closed its side (or reset the connection) and nothing waits to be read before that: a
+    /// peek of one byte sees the end.
+    public static func peerClosed(_ fd: FileDescriptor) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd.rawValue, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+        return n == 0 || (n < 0 && Glibc.errno != EAGAIN && Glibc.errno != EINTR)
+    }
+
     /// Receives what is there without waiting, and whether the peer has closed its side.
     public static func receive(_ fd: FileDescriptor, count: Int) -> (bytes: [UInt8], ended: Bool) {
         var buffer = [UInt8](repeating: 0, count: count)

@@ -365,13 +365,6 @@ struct ChaosTests {
         rig.stop()
     }
 
-    /// How many relays of rescued connections the launcher runs now (`baton status --json`).
-    func relays(_ baton: BatonRun) -> Int {
-        let text = baton.client(["status", "--json"]).stdout
-        let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
-        return object?["relays"] as? Int ?? 0
-    }
-
     @Test func noFdOrMemoryGrowthAcrossManyReloads() throws {
         let rig = try Rig(workers: 1, clients: 4)
         // Measured with nothing draining (--wait-drained; the reloads between return as soon as they serve) and, the
@@ -388,8 +381,8 @@ struct ChaosTests {
         }
         let summary = try rig.finish()
         let deadline = Date().addingTimeInterval(10)
-        while relays(rig.baton) > 0 && Date() < deadline { usleep(20_000) }
-        #expect(relays(rig.baton) == 0, "the relays end with their clients' connections")
+        while rig.baton.relays() > 0 && Date() < deadline { usleep(20_000) }
+        #expect(rig.baton.relays() == 0, "the relays end with their clients' connections")
         let fdsAfter = ProcInspectorCount.openFDs(rig.baton.pid)
         let rssAfter = ProcInspectorCount.rssKiB(rig.baton.pid)
         report("\(reloads) reloads", summary, ", fds \(fdsBefore) -> \(fdsAfter), RSS \(rssBefore) -> \(rssAfter) KiB")

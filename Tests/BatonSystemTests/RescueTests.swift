@@ -262,6 +262,34 @@ struct RescueTests {
         #expect(again.text.contains("generation 2 "), "\(again)")
     }
 
+    /// A relayed connection whose new upstream closes it between requests (a keep-alive timeout; here the fixture's
+    /// GET /bye) gets its FIN once the window passes; when the client then closes its side too, the relay ends and
+    /// gives back its fds (it waited for a CLOSE_WAIT that a socket closed from both sides never shows: the chaos
+    /// suite's fd count found one such relay left after 60 reloads).
+    @Test func aRelayWhoseUpstreamClosedBetweenRequestsEndsWhenItsClientCloses() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch)
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        var open = true
+        defer { if open { close(fd) } }
+        let fdsBefore = ProcInspectorCount.openFDs(baton.pid)
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        let answer = try exchange(fd, Array("GET /bye HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(answer.error == 0 && answer.text.contains("generation 2 "), "\(answer)")
+        let end = try exchange(fd, [])
+        #expect(end.error == 0 && end.text.isEmpty, "the FIN generation 2 meant: \(end)")
+        #expect(baton.relays() == 1, "the relay waits for the client's own close")
+        close(fd)
+        open = false
+        // No event tells a client that baton closed its end: ask until the relay is gone (10 s at most).
+        let deadline = Date().addingTimeInterval(10)
+        while baton.relays() > 0 && Date() < deadline { usleep(20_000) }
+        #expect(baton.relays() == 0, "the relay ended with its client's close")
+        #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
+    }
+
     /// Without the rescue the same request is lost: the worker's close with unread data resets the connection.
     @Test func withoutTheRescueTheRequestOnTheWireIsReset() throws {
         let scratch = Scratch()

@@ -407,3 +407,12 @@ func statField(_ pid: Int32, _ number: Int) -> String? {
     let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
     return number >= 3 && number - 3 < fields.count ? String(fields[number - 3]) : nil
 }
+
+extension BatonRun {
+    /// How many relays of rescued connections the launcher runs now (`baton status --json`).
+    func relays() -> Int {
+        let text = client(["status", "--json"]).stdout
+        let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        return object?["relays"] as? Int ?? 0
+    }
+}

@@ -1,5 +1,6 @@
 """A keep-alive HTTP server on fd 3 that, on SIGTERM, stops accepting, waits LAZY_CLOSE_MS without reading, then
-closes every connection it has and exits: what a server's idle close does to a request already on its way."""
+closes every connection it has and exits: what a server's idle close does to a request already on its way. A
+connection whose request is GET /bye is closed once answered, as a keep-alive timeout would close it."""
 import os, selectors, signal, socket, sys, time
 
 generation = os.environ.get("BATON_GENERATION", "?")
@@ -43,6 +44,11 @@ while not stopping:
             continue
         body = f"hello from generation {generation} pid {os.getpid()}\n".encode()
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        if data.startswith(b"GET /bye "):
+            # Answered, then closed between requests, as a server's keep-alive timeout does.
+            selector.unregister(conn)
+            connections.discard(conn)
+            conn.close()
 selector.unregister(listener)
 listener.close()
 print(f"closing {len(connections)} connection(s) in {wait}s", flush=True)
