@@ -631,43 +631,43 @@ final class ConnectionRescue: Sendable {
                 finish(id, reset: false, &state)
                 return
             }
-            if !waiting && relay.upstreamGoneAt != nil {
-                // Between requests with no upstream: a client that closes ends the relay, whether its FIN came first
-                // (CLOSE_WAIT) or after the one baton sent it once the window passed (then the socket is closed, not in
-                // CLOSE_WAIT: asking for the state alone left such relays, and their fds, forever).
+            if !waiting {
+                // Between requests with no upstream (it closed the connection, or its worker retired): a client that
+                // closes ends the relay, whether its FIN came first (CLOSE_WAIT) or after the one baton sent it once
+                // the window passed (then the socket is closed, not in CLOSE_WAIT: asking for the state alone left
+                // such relays, and their fds, forever; so did not asking at all after a retirement).
                 if Handover.peerClosed(client) {
                     state.relays[id] = relay
                     finish(id, reset: false, &state)
                 }
                 return
             }
-            if waiting || relay.clientEnded {
-                relay.upstreamGoneAt = nil
-                guard let socket = try? Handover.connect(to: relay.target) else {
-                    state.relays[id] = relay
-                    finish(id, reset: true, &state)
-                    return
-                }
-                let upstream = SharedDescriptor(socket)
-                do {
-                    try loop.registerEdges(upstream.descriptor, writable: true) { [weak self] in self?.relayEvent(id) }
-                } catch {
-                    state.relays[id] = relay
-                    finish(id, reset: true, &state)
-                    return
-                }
-                logger.trace(
-                    "connection rescue: relay \(id) connects, \(relay.pending.count) pending, \(relay.inToUpstream) piped"
-                )
-                relay.upstream = upstream
-                relay.retryable = true
-                relay.connected = false
-                relay.upstreamEnded = false
-                relay.shutUpstream = false
-                if let port = Handover.localAddress(upstream.descriptor)?.port {
-                    relay.upstreamPort = port
-                    state.upstreamPorts[port] = id
-                }
+            // Something to send: connect an upstream.
+            relay.upstreamGoneAt = nil
+            guard let socket = try? Handover.connect(to: relay.target) else {
+                state.relays[id] = relay
+                finish(id, reset: true, &state)
+                return
+            }
+            let upstream = SharedDescriptor(socket)
+            do {
+                try loop.registerEdges(upstream.descriptor, writable: true) { [weak self] in self?.relayEvent(id) }
+            } catch {
+                state.relays[id] = relay
+                finish(id, reset: true, &state)
+                return
+            }
+            logger.trace(
+                "connection rescue: relay \(id) connects, \(relay.pending.count) pending, \(relay.inToUpstream) piped"
+            )
+            relay.upstream = upstream
+            relay.retryable = true
+            relay.connected = false
+            relay.upstreamEnded = false
+            relay.shutUpstream = false
+            if let port = Handover.localAddress(upstream.descriptor)?.port {
+                relay.upstreamPort = port
+                state.upstreamPorts[port] = id
             }
         }
         guard let upstream = relay.upstream?.descriptor else { return }

@@ -290,6 +290,36 @@ struct RescueTests {
         #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
     }
 
+    /// A relay whose upstream's worker retires while its client is idle waits, with no upstream, for the client's
+    /// next request; a client that closes instead ends it, and the relay gives back its fds.
+    @Test func anIdleRelayWhoseUpstreamRetiredEndsWhenItsClientCloses() throws {
+        let scratch = Scratch()
+        let (baton, port) = try lazyServer(scratch)
+        defer { _ = baton.stop() }
+        let fd = try connection(port)
+        var open = true
+        defer { if open { close(fd) } }
+        let fdsBefore = ProcInspectorCount.openFDs(baton.pid)
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        let answer = try exchange(fd, Array("GET /next HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(answer.error == 0 && answer.text.contains("generation 2 "), "\(answer)")
+        // Generation 2 retires: it closes the relay's upstream, whose end baton takes over and lets go of.
+        try #require(baton.client(["reload", "--quiet"]).status == 0)
+        #expect(
+            baton.stderr.waitFor("1 relay(s) it served moved on to the serving generation", timeout: 15) != nil,
+            "\(baton.diagnosis())"
+        )
+        #expect(baton.relays() == 1, "the relay waits for the client's next request")
+        close(fd)
+        open = false
+        // No event tells a client that baton closed its end: ask until the relay is gone (10 s at most).
+        let deadline = Date().addingTimeInterval(10)
+        while baton.relays() > 0 && Date() < deadline { usleep(20_000) }
+        #expect(baton.relays() == 0, "the relay ended with its client's close")
+        #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
+    }
+
     /// Without the rescue the same request is lost: the worker's close with unread data resets the connection.
     @Test func withoutTheRescueTheRequestOnTheWireIsReset() throws {
         let scratch = Scratch()
