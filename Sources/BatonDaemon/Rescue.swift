@@ -59,8 +59,9 @@ final class ConnectionRescue: Sendable {
         /// The tick baton took it at.
         var since: Int
         var releasedAt: ContinuousClock.Instant?
-        /// The relay whose upstream this is the server's end of.
+        /// The relay whose upstream this is the server's end of, and that upstream's port on baton's side.
         var relay: Int?
+        var relayPort: UInt16?
     }
 
     struct Watch: Sendable {
@@ -317,8 +318,10 @@ final class ConnectionRescue: Sendable {
                 let listener = listeners.first(where: { local.arrived(through: $0.address) })
             else { continue }
             var relay: Int?
+            var relayPort: UInt16?
             if let peer = Handover.peerAddress(socket.descriptor), peer.isLoopback, let port = peer.port {
                 relay = state.upstreamPorts[port]
+                relayPort = relay == nil ? nil : port
             }
             let key = socket.descriptor.rawValue
             logger.trace(
@@ -337,7 +340,8 @@ final class ConnectionRescue: Sendable {
                 target: listener.address.reachable(),
                 rtt: tcp.rtt,
                 since: state.ticks,
-                relay: relay
+                relay: relay,
+                relayPort: relayPort
             )
             if relay == nil { state.watches[pid]!.counts.held += 1 }
             if watch.holdsReads && (relay == nil || watch.withoutLibrary), Self.holdReads(socket.descriptor) {
@@ -463,6 +467,10 @@ final class ConnectionRescue: Sendable {
                 bytes += chunk
             }
             held.socket.close()
+            if state.relays[relay] != nil && state.relays[relay]!.upstreamPort != held.relayPort {
+                // The relay let go of this upstream meanwhile (and may have another now): nothing of it is left here.
+                return
+            }
             if killed || state.relays[relay] == nil {
                 if state.relays[relay] != nil { state.watches[held.pid]?.counts.reset += 1 }
                 finish(relay, reset: true, &state)
