@@ -467,7 +467,7 @@ final class ConnectionRescue: Sendable {
                 bytes += chunk
             }
             held.socket.close()
-            if state.relays[relay] != nil && state.relays[relay]!.upstreamPort != held.relayPort {
+            if let current = state.relays[relay], current.upstreamPort != held.relayPort {
                 // The relay let go of this upstream meanwhile (and may have another now): nothing of it is left here.
                 return
             }

@@ -262,6 +262,13 @@ struct RescueTests {
         #expect(again.text.contains("generation 2 "), "\(again)")
     }
 
+    /// Closes the client's end of a relayed connection and expects the relay to end with it and give back its fds.
+    func expectRelayEnds(_ baton: BatonRun, closing fd: Int32, fdsBefore: Int) {
+        close(fd)
+        #expect(baton.relaysEnd() == 0, "the relay ended with its client's close")
+        #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
+    }
+
     /// A relayed connection whose new upstream closes it between requests (a keep-alive timeout; here the fixture's
     /// GET /bye) gets its FIN once the window passes; when the client then closes its side too, the relay ends and
     /// gives back its fds (it waited for a CLOSE_WAIT that a socket closed from both sides never shows: the chaos
@@ -281,13 +288,8 @@ struct RescueTests {
         let end = try exchange(fd, [])
         #expect(end.error == 0 && end.text.isEmpty, "the FIN generation 2 meant: \(end)")
         #expect(baton.relays() == 1, "the relay waits for the client's own close")
-        close(fd)
         open = false
-        // No event tells a client that baton closed its end: ask until the relay is gone (10 s at most).
-        let deadline = Date().addingTimeInterval(10)
-        while baton.relays() > 0 && Date() < deadline { usleep(20_000) }
-        #expect(baton.relays() == 0, "the relay ended with its client's close")
-        #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
+        expectRelayEnds(baton, closing: fd, fdsBefore: fdsBefore)
     }
 
     /// A relay whose upstream's worker retires while its client is idle waits, with no upstream, for the client's
@@ -311,13 +313,8 @@ struct RescueTests {
             "\(baton.diagnosis())"
         )
         #expect(baton.relays() == 1, "the relay waits for the client's next request")
-        close(fd)
         open = false
-        // No event tells a client that baton closed its end: ask until the relay is gone (10 s at most).
-        let deadline = Date().addingTimeInterval(10)
-        while baton.relays() > 0 && Date() < deadline { usleep(20_000) }
-        #expect(baton.relays() == 0, "the relay ended with its client's close")
-        #expect(ProcInspectorCount.openFDs(baton.pid) == fdsBefore, "and gave back its fds")
+        expectRelayEnds(baton, closing: fd, fdsBefore: fdsBefore)
     }
 
     /// Without the rescue the same request is lost: the worker's close with unread data resets the connection.

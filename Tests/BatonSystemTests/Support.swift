@@ -415,4 +415,12 @@ extension BatonRun {
         let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
         return object?["relays"] as? Int ?? 0
     }
+
+    /// Asks until no relay runs (10 s at most: no event tells a client that baton closed its end of a relay) and
+    /// returns how many still do.
+    func relaysEnd() -> Int {
+        let deadline = Date().addingTimeInterval(10)
+        while relays() > 0 && Date() < deadline { usleep(20_000) }
+        return relays()
+    }
 }
