@@ -38,10 +38,10 @@ if [ ! -x "$binary" ] || [ -n "$(find Sources/BatonCore Sources/BatonCommandLine
     Sources/BatonCore/*.swift Sources/BatonCommandLine/*.swift Fuzz/Targets/Fuzz.swift \
     "$modules/ArgumentParser.o" "$modules/ArgumentParserToolInfo.o" -o "$binary"
 fi
-status=0
-ok=0
-for target in "${targets[@]}"; do
-  corpus="Fuzz/corpus/$target"
+# Each target is one single-threaded libFuzzer process: they run at once (two cores here), each printing its
+# result when all are done, in the order given.
+fuzz_one() {
+  local target=$1 corpus="Fuzz/corpus/$1" work dirs start execs
   mkdir -p "$corpus"
   work=$(mktemp -d)
   # The short form explores from the committed corpus without changing it.
@@ -51,11 +51,23 @@ for target in "${targets[@]}"; do
       -print_final_stats=1 "${dirs[@]}" >"$work/log" 2>&1; then
     execs=$(grep -o 'number_of_executed_units: *[0-9]*' "$work/log" | grep -o '[0-9]*$')
     echo "fuzz $target: $execs executions, 0 crashes, $(( $(date +%s) - start ))s, corpus $(ls "$corpus" | wc -l) inputs"
-    ok=$((ok + 1))
+    rm -rf "$work"
   else
-    echo "fuzz $target: CRASH (input in Fuzz/crashes/)"; tail -30 "$work/log"; status=1
+    echo "fuzz $target: CRASH (input in Fuzz/crashes/)"; tail -30 "$work/log"; rm -rf "$work"; return 1
   fi
-  rm -rf "$work"
+}
+results=$(mktemp -d)
+pids=()
+for target in "${targets[@]}"; do
+  fuzz_one "$target" >"$results/$target" 2>&1 &
+  pids+=($!)
 done
+status=0
+ok=0
+for i in "${!targets[@]}"; do
+  if wait "${pids[i]}"; then ok=$((ok + 1)); else status=1; fi
+  cat "$results/${targets[i]}"
+done
+rm -rf "$results"
 echo "fuzz: $ok passed, $((${#targets[@]} - ok)) failed"
 exit $status

@@ -51,17 +51,68 @@ stage() {
   echo "=== $name: exit $status, $p passed, $f failed, $((SECONDS - start))s"
 }
 
+# The Swift tests run as several test processes at once (SWIFT_SHARDS, default 3), each with a share of the
+# suites and ports of its own (BATON_TEST_PORTS): the tests mostly wait for the processes and clients they start,
+# and one test process runs only as many tests at a time as the machine has cores (Swift's concurrency pool), so
+# that one process alone left a core idle half of the time. Every test is in exactly one share: the last is
+# "none of the others". The test binary is run directly (`swift test` locks the scratch path for one at a time).
+shares=(
+  'BatonSystemTests\.(ChaosTests|AdoptBindTests|ListenerIntegrityTests|IdleTests|HostileWorkerTests|ReexecTests)/'
+  'BatonSystemTests\.(RescueTests/clientsOfAnUnmodifiedPython|OperatorTests/|ControlAndErrorTests/|FloodTests/|SecurityTests/|MetricsTests/|SpawnTests/)'
+)
+# swift_counts LOG STATUS: "PASSED FAILED" from Swift Testing's closing line in LOG and the run's exit STATUS.
+swift_counts() {
+  local line n f
+  line=$(grep -aE 'Test run with [0-9]+ tests? .*(passed|failed)' "$1" | tail -1)
+  [ -n "$line" ] || { echo "0 1"; return; }
+  n=$(sed -E 's/.*Test run with ([0-9]+) test.*/\1/' <<<"$line")
+  if [ "$2" = 0 ]; then echo "$n 0"; return; fi
+  f=$(grep -aE '^✘ Test .* failed after' "$1" | grep -avE 'with [0-9]* test cases|^✘ Test run with' | grep -ac . || true)
+  [ "$f" -gt 0 ] || f=1
+  echo "$(( n > f ? n - f : 0 )) $f"
+}
+# swift_shares BIN_DIR ARG...: the tests of BIN_DIR's test bundle in shares at once, with ARGs (--skip ...); prints
+# each share's output when it ends and a closing line "swift: N passed, M failed"; fails if any share failed.
+swift_shares() {
+  local bin=$1 k count=${SWIFT_SHARDS:-3} pids=() p f passed=0 failed=0 rc=0 status
+  shift
+  local dir; dir=$(mktemp -d)
+  for ((k = 0; k < count; k++)); do
+    local select=()
+    if ((k < count - 1)); then select=(--filter "${shares[k]}"); else
+      local j; for ((j = 0; j < count - 1; j++)); do select+=(--skip "${shares[j]}"); done
+    fi
+    NO_COLOR=1 BATON_TEST_PORTS=$((20000 + k * 3000))-$((22999 + k * 3000)) \
+      "$bin/batonPackageTests.xctest" --testing-library swift-testing "${select[@]}" "$@" >"$dir/$k" 2>&1 &
+    pids+=($!)
+  done
+  for ((k = 0; k < count; k++)); do
+    wait "${pids[k]}"; status=$?
+    echo "--- swift tests, share $((k + 1)) of $count: exit $status"
+    cat "$dir/$k"
+    read -r p f < <(swift_counts "$dir/$k" "$status")
+    passed=$((passed + p)) failed=$((failed + f))
+    [ "$status" = 0 ] || rc=1
+  done
+  rm -rf "$dir"
+  echo "swift: $passed passed, $failed failed"
+  return "$rc"
+}
+(( ${SWIFT_SHARDS:-3} >= 1 && ${SWIFT_SHARDS:-3} <= ${#shares[@]} + 1 )) ||
+  { echo "SWIFT_SHARDS=${SWIFT_SHARDS}: give 1 to $((${#shares[@]} + 1))"; exit 64; }
+
 # The bind-adoption library goes beside the baton under test, which looks for it next to its executable.
 swift_tests() {
   swift build --build-tests && bash preload/build.sh "$(swift build --show-bin-path)" >/dev/null &&
-    swift test --skip-build --disable-xctest
+    swift_shares "$(swift build --show-bin-path)"
 }
 sanitized() {
-  local sanitizer=$1
+  local sanitizer=$1 bin
   # Leaks are checked in every baton process the tests start (and reported as a failure), not in the runner.
   swift build --build-tests --sanitize="$sanitizer" --scratch-path ".build-$2" &&
-    bash preload/build.sh "$(swift build --show-bin-path --scratch-path ".build-$2")" >/dev/null &&
-    BATON_TEST_SANITIZER=$sanitizer ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 swift test --skip-build --disable-xctest --sanitize="$sanitizer" --scratch-path ".build-$2" --skip EndToEndTests --skip ChaosTests
+    bin=$(swift build --show-bin-path --scratch-path ".build-$2") && bash preload/build.sh "$bin" >/dev/null &&
+    BATON_TEST_SANITIZER=$sanitizer ASAN_OPTIONS=detect_leaks=0 BATON_TEST_CHILD_ASAN_OPTIONS=detect_leaks=1:exitcode=23 \
+      swift_shares "$bin" --skip EndToEndTests --skip ChaosTests
 }
 
 # Every Swift file is formatted as `swift format -i -r Sources Tests Fuzz/Targets Package.swift` leaves it.

@@ -20,7 +20,9 @@ first); each client finishes its current request. If the file holds a
 generation number G, each client first goes on until a response of its own
 came from generation G (for at most 10 s more), so that "every client's last
 response came from G" is a check, not a race. Then the JSON summary is
-written to --json and a one-line summary to stderr. Exit status is 0 unless the
+written to --json and a one-line summary to stderr. The first complete 2xx
+response prints "loadgen: first response" on stderr (once), which tests wait for
+before what the load must run across. Exit status is 0 unless the
 tool could not run at all: the caller asserts on the JSON.
 
   python3 tools/loadgen.py --url http://127.0.0.1:8080/ --clients 16 \\
@@ -136,6 +138,21 @@ def classify(exc, conn):
     return "other"
 
 
+FIRST = threading.Event()
+FIRST_LOCK = threading.Lock()
+
+
+def first_response():
+    """Says "loadgen: first response" on stderr once, when the first 2xx response is complete: a test waits for
+    that line to know the load is running before it starts what the load should be running across."""
+    if FIRST.is_set():
+        return
+    with FIRST_LOCK:
+        if not FIRST.is_set():
+            FIRST.set()
+            print("loadgen: first response", file=sys.stderr, flush=True)
+
+
 class Client(threading.Thread):
     def __init__(self, idx, keepalive, args, target, stop):
         super().__init__(daemon=True)
@@ -183,6 +200,7 @@ class Client(threading.Thread):
                 conn.used = True
                 if 200 <= status < 300:
                     outcome = "ok"
+                    first_response()
                 else:
                     outcome = "non2xx"
                     self.by_status[status] = self.by_status.get(status, 0) + 1

@@ -1,5 +1,7 @@
-/// baton's version, shown by `baton --version` and `baton status`. Keep it equal to the version in
-/// packaging/debian/changelog.
+import BatonSystem
+
+/// baton's version, shown by `baton --version` and `baton status`. It is the record in
+/// Sources/CBatonSystem/version.c, which keeps it equal to the version in packaging/debian/changelog.
 public enum BatonVersion {
-    public static let current = "0.1.0"
+    public static let current = BuildVersion.current
 }

@@ -38,7 +38,7 @@ struct AdoptBindTests {
         var final_generations: [String: Int]
     }
 
-    static let basePort = 28000 + Int(getpid() % 1000) * 4
+    static let basePort = TestPorts.consecutive(4)
 
     /// Runs `app` under baton on `listen` with a new connection per request, performs `reloads` reloads, and
     /// checks that no request failed and that only the newest generation answers afterwards; returns baton's stderr.

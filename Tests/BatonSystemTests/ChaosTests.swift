@@ -14,6 +14,17 @@ private let chaosLong = ProcessInfo.processInfo.environment["BATON_CHAOS_LONG"] 
 struct ChaosTests {
     static let long = chaosLong
 
+    /// Starts the load client `load` and waits for its first response: what a test does next happens under load.
+    /// Returns the client's stderr.
+    static func startLoad(_ load: Process) throws -> LineCollector {
+        let pipe = Pipe()
+        load.standardError = pipe
+        try load.run()
+        let log = LineCollector(pipe.fileHandleForReading)
+        #expect(log.waitFor("loadgen: first response", timeout: 30) != nil, "the load client got a response")
+        return log
+    }
+
     /// baton running the Node app on a TCP port, with the load client running against it.
     final class Rig {
         let scratch = Scratch()
@@ -44,25 +55,14 @@ struct ChaosTests {
                 "--slow-every", "10", "--slow-ms", "200", "--until-file", scratch.file("stop"), "--duration", "600",
                 "--json", scratch.file("load.json"),
             ]
-            let pipe = Pipe()
-            load.standardError = pipe
-            try load.run()
-            loadLog = LineCollector(pipe.fileHandleForReading)
+            loadLog = try ChaosTests.startLoad(load)
         }
 
         func behave(_ behaviour: String) { scratch.write("behaviour", behaviour) }
 
-        private static let lock = NSLock()
-        nonisolated(unsafe) private static var lastPort = 28000 + Int(getpid() % 500) * 8
-
         /// A port of its own for each rig (below the kernel's ephemeral range, where the load client's sockets live),
         /// so that one scenario's leftovers cannot disturb the next.
-        static func nextPort() -> Int {
-            lock.lock()
-            defer { lock.unlock() }
-            lastPort += 1
-            return lastPort
-        }
+        static func nextPort() -> Int { TestPorts.next() }
 
         /// Stops the load and returns its summary.
         func finish() throws -> [String: Any] {
@@ -146,7 +146,6 @@ struct ChaosTests {
         #expect(Self.count(summary, "refused") == 0, "the shared accept queue never refuses")
         #expect(Self.count(summary, "non2xx") == 0 && Self.count(summary, "timeout") == 0)
         #expect(Self.count(summary, "failed") <= inFlight, "only requests in flight on a killed worker fail")
-        #expect(Self.count(summary, "ok") > 100)
         #expect(Set(rig.survivors()).isSuperset(of: try rig.workerPIDs()), "the orphan check sees live workers")
         rig.stop()
     }
@@ -227,7 +226,6 @@ struct ChaosTests {
         let summary = try rig.finish()
         report("release failing within --min-ready (\(behaviour))", summary)
         #expect(Self.count(summary, "failed") == 0)
-        #expect(Self.count(summary, "ok") > 100)
         rig.stop()
     }
 
@@ -263,7 +261,7 @@ struct ChaosTests {
             Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "4", "--mode", "mixed",
             "--until-file", scratch.file("stop"), "--duration", "600", "--json", scratch.file("load.json"),
         ]
-        try load.run()
+        let loadLog = try Self.startLoad(load)
 
         release("broken")
         let failed = baton.client(["reload"])
@@ -277,11 +275,11 @@ struct ChaosTests {
 
         scratch.write("stop", "")
         load.waitUntilExit()
+        _ = loadLog.waitClosed()
         let data = try #require(FileManager.default.contents(atPath: scratch.file("load.json")))
         let summary = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
         report("gunicorn release failing at import", summary)
         #expect(Self.count(summary, "failed") == 0)
-        #expect(Self.count(summary, "ok") > 100)
         #expect(baton.stop() == 0)
     }
 

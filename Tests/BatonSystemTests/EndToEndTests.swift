@@ -34,7 +34,7 @@ struct EndToEndTests {
         throws -> (LoadSummary, String)
     {
         let scratch = Scratch()
-        let port = 25000 + Int(getpid() % 3000)
+        let port = TestPorts.next()
         let baton = try BatonRun(
             [
                 "--listen", "127.0.0.1:\(port)", "--workers", "\(workers)", "--ready", ready, "--strategy", strategy,

@@ -180,11 +180,12 @@ struct IdleTests {
         let pingsBefore = pings.withLock { $0 }
         let (total, sleeps, detail) = wakeups(of: baton.pid, over: 4)
         let pinged = pings.withLock { $0 } - pingsBefore
-        // A ping a second, each one wakeup of the loop's thread (a run more when the reader preempts it); the
-        // dispatch monitor alone would add 4 more.
+        // A ping a second, each one wakeup of the loop's thread, which may go to sleep once more within it when the
+        // machine is busy (the test command runs three test processes at once: a lock another thread of baton holds
+        // while it is preempted); the dispatch monitor alone would add a wakeup a second beyond that (13 for 4 pings).
         #expect(pinged >= 2, "the watchdog pings go on: \(pinged)")
         #expect(
-            sleeps <= UInt64(pinged) + 1,
+            sleeps <= 2 * UInt64(pinged) + 1,
             "baton's threads woke \(sleeps) times (\(total) runs) in 4 s for \(pinged) pings: \(detail)"
         )
         #expect(baton.stop() == 0)

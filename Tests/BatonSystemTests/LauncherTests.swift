@@ -468,7 +468,7 @@ struct ControlAndErrorTests {
 
     @Test func tcpListenersOnIPv4AndIPv6() throws {
         let scratch = Scratch()
-        let port = 20000 + Int(getpid() % 5000)
+        let port = TestPorts.next()
         let baton = try BatonRun(
             ["--listen", "127.0.0.1:\(port)", "--listen", "v6=[::1]:\(port)", "--", "python3", Paths.worker],
             scratch: scratch

@@ -424,3 +424,59 @@ extension BatonRun {
         return relays()
     }
 }
+
+/// TCP ports for the tests' listeners, below the kernel's ephemeral range (where the load clients' sockets live).
+/// Each test process hands out ports from a range of its own, `$BATON_TEST_PORTS` ("FIRST-LAST": scripts/test.sh
+/// gives each of the processes it runs at once its own) or a range that depends on the pid, in turn, skipping a
+/// port that something else holds, so that one scenario's leftovers cannot disturb the next.
+enum TestPorts {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var last: Int = range.lowerBound - 1
+
+    static let range: ClosedRange<Int> = {
+        if let text = ProcessInfo.processInfo.environment["BATON_TEST_PORTS"] {
+            let bounds = text.split(separator: "-").compactMap { Int($0) }
+            precondition(
+                bounds.count == 2 && 1024 < bounds[0] && bounds[0] + 16 <= bounds[1] && bounds[1] < 32768,
+                "BATON_TEST_PORTS='\(text)': give FIRST-LAST, at least 16 ports between 1025 and 32767"
+            )
+            return bounds[0]...bounds[1]
+        }
+        let first = 20000 + Int(getpid() % 400) * 30
+        return first...(first + 2999)
+    }()
+
+    /// The next free port.
+    static func next() -> Int { consecutive(1) }
+
+    /// The first of `count` consecutive free ports.
+    static func consecutive(_ count: Int) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        for _ in 0..<range.count {
+            var first = last + 1
+            if first + count - 1 > range.upperBound { first = range.lowerBound }
+            last = first + count - 1
+            if (first...last).allSatisfy(isFree) { return first }
+        }
+        preconditionFailure("no \(count) free consecutive ports in \(range)")
+    }
+
+    /// Whether a listener could bind 127.0.0.1:port now.
+    private static func isFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return true }
+        defer { close(fd) }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = in_addr_t(UInt32(0x7f00_0001).bigEndian)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+}

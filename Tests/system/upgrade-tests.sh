@@ -7,8 +7,8 @@
 #
 # On the host: builds out/baton_*.deb (packaging/build-deb.sh) if it is missing or older than
 # Sources/, systemd/ or packaging/debian/; the next version of baton (0.1.0 -> 0.1.1, for
-# checks h and i) into out/upgrade/ if it is missing or older than that .deb (in a copy of
-# the repo kept in UPG_NEXT_CACHE: about 8 minutes the first time, 20 s after a change); and
+# checks h and i) from that .deb, without building again: its binary with the version record
+# rewritten (tools/set-version.py), its control file, changelog and md5sums to match; and
 # the example package myapp (examples/debian-app/) in versions 1.0, 1.1 and a broken 1.2 into
 # out/debian-app/ when they are older than their sources; lints them (lintian, when
 # installed). Then, in each container (the suites at once),
@@ -34,8 +34,8 @@
 #      while a connection is starting the service: the postinst waits for the start (which
 #      read 1.0's files) and then reloads, so 1.1 serves (a reload requested while the
 #      service is activating merges into the start job and never runs); then purge
-#   h  upgrade baton itself (to the next version, built from these sources with the version
-#      bumped) under load, with myapp 1.1 serving (installed again after g's purge): apt
+#   h  upgrade baton itself (to the next version: the package under test with the version
+#      raised, so another binary file that reports another version) under load, with myapp 1.1 serving (installed again after g's purge): apt
 #      succeeds; the launcher re-executes the new /usr/bin/baton in place (the journal's
 #      reexecuted event, MESSAGE_ID=...e652); 0 failed requests; same MainPID, NRestarts and
 #      workers; `baton status` shows the new version and the same pid; a reload still works
@@ -58,10 +58,7 @@
 #   RIG_PARALLEL   1 (default): the suites run at once; 0: one after another
 #   CHECKS         only these checks, e.g. "a b" (default: all; later checks need earlier ones)
 #   BATON_DEB      use this baton .deb, never build one
-#   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is (nor the
-#                  next one, out/upgrade/baton_NEXT_ARCH.deb, for checks h and i)
-#   UPG_NEXT_CACHE where the next baton is built: a persistent copy of the repo with its own
-#                  scratch paths (about 300 MB), default /var/cache/baton-upgrade
+#   UPG_BUILD      0: never (re)build baton's .deb, use the one in out/ as it is
 
 # shellcheck disable=SC2016  # single-quoted $...: dpkg-query fields and scripts run inside
 set -uo pipefail
@@ -71,7 +68,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 all_checks=(a b c d e f g h i)
 read -r -a checks <<<"${CHECKS:-${all_checks[*]}}"
 myapp_out=$repo/out/debian-app
-next_cache=${UPG_NEXT_CACHE:-/var/cache/baton-upgrade}
 port=8080
 check_strict=0      # a failed assertion does not end the check: the next ones need what it goes on to do
 REEXEC_ID=$(mid 'baton: .* re-executed its upgraded binary in place$')
@@ -520,87 +516,41 @@ build_baton() {
     echo "# baton: built $baton_deb in $(secs $(($(now_ms) - t0)))s"
 }
 
-# The next baton (checks h and i): the same sources with the version one higher (0.1.0 ->
-# 0.1.1), built in a copy of the repo kept in $next_cache/src/baton. The copy is persistent
-# and updated file by file (only what differs), so that its own scratch paths (.build-static,
-# .build) stay incremental; they are only ever used there, with debian/rules' flags. Rebuilt
-# only when the baton .deb under test is newer than out/upgrade/baton_NEXT_ARCH.deb.
+# The next baton (checks h and i): the package under test with the version one higher (0.1.0 ->
+# 0.1.1). The code is the same; the binary is another file that reports another version, which
+# is what an upgrade of baton replaces. Its version record is rewritten in place
+# (tools/set-version.py, the way VersionTests checks), then the control file's Version, a new
+# changelog entry and the md5sums follow, and dpkg-deb packs it again: a second build of baton
+# would cost minutes for the same bytes.
 
 # next_version V: V with its last number one higher.
 next_version() { [[ $1 =~ ^(.*[^0-9])?([0-9]+)$ ]] && echo "${BASH_REMATCH[1]}$((BASH_REMATCH[2] + 1))"; }
 
-# tree_list DIR: "path<TAB>size<TAB>mtime<TAB>link target" of DIR's files, without what is
-# not source (.git, scratch paths, out/, the debian/ symlink and debian/rules' products).
-tree_list() {
-    (cd "$1" && find . \( -name .git -o -name '.build*' -o -name __pycache__ -o -path ./out -o -path ./debian \
-        -o -path ./packaging/debian/baton -o -path ./packaging/debian/generated -o -path ./packaging/debian/.debhelper \
-        -o -path ./packaging/debian/files -o -path './packaging/debian/*.substvars' \
-        -o -path ./packaging/debian/debhelper-build-stamp -o -path './packaging/debian/*.log' \) -prune \
-        -o ! -type d -printf '%P\t%s\t%T@\t%l\n') | sort
-}
-
-# sync_tree SRC DST EXCEPT...: make DST's source files SRC's, copying only the files that
-# differ (size, mtime, link) and deleting those SRC does not have; EXCEPT: paths left alone.
-sync_tree() {
-    local src=$1 dst=$2 f; shift 2
-    local -x LC_ALL=C
-    printf '%s\n' "$@" >"$work/tree.except"
-    mkdir -p "$dst"
-    tree_list "$src" | awk -F'\t' 'NR == FNR { skip[$0]; next } !($1 in skip)' "$work/tree.except" - >"$work/tree.src"
-    tree_list "$dst" | awk -F'\t' 'NR == FNR { skip[$0]; next } !($1 in skip)' "$work/tree.except" - >"$work/tree.dst"
-    comm -13 <(cut -f1 "$work/tree.src" | sort) <(cut -f1 "$work/tree.dst" | sort) |
-        while IFS= read -r f; do rm -f "$dst/$f"; done
-    comm -23 "$work/tree.src" "$work/tree.dst" | cut -f1 | while IFS= read -r f; do
-        mkdir -p "$(dirname "$dst/$f")" &&
-            cp -P --preserve=mode,timestamps --remove-destination "$src/$f" "$dst/$f" || return 1
-    done
-}
-
-# put FILE: stdin into FILE, unless FILE already holds exactly that (its mtime unchanged).
-put() { local new; new=$(cat; echo x); [[ -f $1 && "$(cat "$1"; echo x)" == "$new" ]] || printf '%s' "${new%x}" >"$1"; }
-
 build_next_baton() {
-    local version arch src=$next_cache/src/baton t0 log=$work/build-next.log built
+    local version arch dir=$work/next-deb log=$work/build-next.log changes sums
     if ! version=$(dpkg-deb -f "$baton_deb" Version) || ! next=$(next_version "$version"); then
         echo "# baton next: cannot tell the version of $baton_deb"; return 1
     fi
     arch=$(dpkg --print-architecture)
-    next_deb=$repo/out/upgrade/baton_${next}_${arch}.deb
-    if [[ -f $next_deb ]] && { [[ ${UPG_BUILD:-1} == 0 ]] || ! [[ $baton_deb -nt $next_deb ]]; }; then
-        echo "# baton $next: using $next_deb"
-        return 0
+    next_deb=$work/baton_${next}_${arch}.deb
+    changes=$dir/usr/share/doc/baton/changelog.Debian.gz
+    rm -rf "$dir"
+    if ! { dpkg-deb -R "$baton_deb" "$dir" &&
+        python3 "$repo/tools/set-version.py" "$dir/usr/bin/baton" "$version" "$next" &&
+        sed -i "s/^Version: .*/Version: $next/" "$dir/DEBIAN/control" &&
+        { printf 'baton (%s) unstable; urgency=medium\n\n' "$next"
+          printf '  * Made by Tests/system/upgrade-tests.sh: %s with the version raised.\n\n' "$version"
+          zcat "$changes" | grep -m1 '^ -- '; echo; zcat "$changes"; } | gzip -9n >"$changes.new" &&
+        mv "$changes.new" "$changes" &&
+        sums=$(cd "$dir" && md5sum usr/bin/baton usr/share/doc/baton/changelog.Debian.gz) &&
+        awk 'NR == FNR { sum[$2] = $0; next } ($2 in sum) { print sum[$2]; next } { print }' \
+            <(echo "$sums") "$dir/DEBIAN/md5sums" >"$dir/DEBIAN/md5sums.new" &&
+        mv "$dir/DEBIAN/md5sums.new" "$dir/DEBIAN/md5sums" &&
+        dpkg-deb --root-owner-group -Zgzip -z1 -b "$dir" "$next_deb" &&
+        [[ $(dpkg-deb -f "$next_deb" Version) == "$next" ]]; } >"$log" 2>&1; then
+        echo "# baton $next: cannot make it from $baton_deb:"; tail -n 30 "$log"; return 1
     fi
-    [[ ${UPG_BUILD:-1} == 0 ]] && { echo "# baton $next: UPG_BUILD=0 but no $next_deb"; return 1; }
-    mkdir -p "$repo/out/upgrade" "$src"
-    exec 7>"$repo/out/upgrade/.build.lock"
-    flock 7
-    if [[ -f $next_deb ]] && ! [[ $baton_deb -nt $next_deb ]]; then
-        echo "# baton $next: using $next_deb (just built by someone else)"
-        exec 7>&-
-        return 0
-    fi
-    [[ -d $src/.build-static ]] && built="incremental, in $src" || built="from scratch, in $src"
-    t0=$(now_ms)
-    local vfile=Sources/BatonDaemon/Version.swift cfile=packaging/debian/changelog
-    if ! grep -q "current = \"$version\"" "$repo/$vfile" ||
-        [[ $(dpkg-parsechangelog -l "$repo/$cfile" -S Version) != "$version" ]]; then
-        echo "# baton $next: $vfile or $cfile does not say $version (the version of $baton_deb)"
-        exec 7>&-; return 1
-    fi
-    sync_tree "$repo" "$src" "$vfile" "$cfile" || { echo "# baton $next: cannot copy $repo to $src"; exec 7>&-; return 1; }
-    sed "s/current = \"$version\"/current = \"$next\"/" "$repo/$vfile" | put "$src/$vfile"
-    { printf 'baton (%s) unstable; urgency=medium\n\n' "$next"
-      printf '  * Built by Tests/system/upgrade-tests.sh: %s with the version bumped.\n\n' "$version"
-      grep -m1 '^ -- ' "$repo/$cfile"; echo; cat "$repo/$cfile"; } | put "$src/$cfile"
-    if ! (cd "$src" && bash packaging/build-deb.sh) >"$log" 2>&1 ||
-        [[ $(dpkg-deb -f "$src/out/baton_${next}_${arch}.deb" Version 2>/dev/null) != "$next" ]]; then
-        echo "# baton $next: packaging/build-deb.sh failed in $src:"; tail -n 30 "$log"
-        exec 7>&-; return 1
-    fi
-    cp "$src/out/baton_${next}_${arch}.deb" "$repo/out/upgrade/.baton.deb.tmp" &&
-        mv "$repo/out/upgrade/.baton.deb.tmp" "$next_deb"
-    exec 7>&-
-    echo "# baton $next: built $next_deb in $(secs $(($(now_ms) - t0)))s ($built)"
+    echo "# baton $next: $next_deb, from $baton_deb with the version raised"
 }
 
 build_myapp() {

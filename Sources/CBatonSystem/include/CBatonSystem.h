@@ -23,6 +23,12 @@ static const int CBATON_O_PATH = 010000000;
 int cbaton_sigrtmin(void);
 int cbaton_sigrtmax(void);
 
+/// The size of the version record in the `.baton_version` section (see version.c).
+#define CBATON_VERSION_RECORD 64
+
+/// baton's version ("0.1.0"), read from its record.
+const char *cbaton_version(void);
+
 /// How many resource limits baton saves and restores (RLIMIT_CPU .. RLIMIT_RTTIME).
 #define CBATON_RLIMITS 16
 
