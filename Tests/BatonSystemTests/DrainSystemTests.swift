@@ -10,15 +10,21 @@ import Glibc
 /// kernel; `--wait-drained`, `--cut-drain`; the reload history; `baton reload --json` (issue 15, points 2 to 4).
 @Suite("Drains, with real processes", .serialized)
 struct DrainSystemTests {
-    /// A request that sleeps `milliseconds` in the worker, sent on a thread of its own; `wait()` returns its response.
+    /// A request that the worker holds until `release()` (it waits on a FIFO), sent on a thread of its own; `wait()`
+    /// returns its response. It stays in flight however long a reload takes on a busy machine.
     final class SlowRequest: @unchecked Sendable {
         private let done = DispatchSemaphore(value: 0)
         private var result: Result<HTTP.Response, any Error> = .failure(POSIXError(.ETIMEDOUT))
+        let fifo: String
+        /// What the worker prints when it has the request.
+        var handling: String { "handling /?hold=\(fifo)" }
 
-        init(port: Int?, unix path: String, milliseconds: Int) {
+        init(port: Int?, unix path: String, scratch: Scratch) {
+            fifo = scratch.file("hold-\(UUID().uuidString.prefix(8))")
+            precondition(mkfifo(fifo, 0o600) == 0, "mkfifo \(fifo)")
             Thread { [self] in
                 do {
-                    let target = "/?sleep=\(milliseconds)"
+                    let target = "/?hold=\(fifo)"
                     result = .success(
                         try port.map { try HTTP.get(host: "127.0.0.1", port: $0, target) }
                             ?? HTTP.get(unix: path, target)
@@ -28,6 +34,12 @@ struct DrainSystemTests {
                 }
                 done.signal()
             }.start()
+        }
+
+        /// Lets the worker answer: opens the FIFO's other end (once the worker has it open) and closes it.
+        func release() {
+            let fd = open(fifo, O_WRONLY)
+            if fd >= 0 { close(fd) }
         }
 
         func wait(timeout: TimeInterval = 30) -> Result<HTTP.Response, any Error>? {
@@ -71,8 +83,8 @@ struct DrainSystemTests {
         let (scratch, baton, port) = try launch(tcp: listener == "tcp", ["--stop-timeout", "20s"])
         let old = pids(generation(1, in: try status(baton)))
         #expect(old.count == 1)
-        let slow = SlowRequest(port: port, unix: scratch.file("s.sock"), milliseconds: 4000)
-        #expect(baton.stdout.waitFor("handling /?sleep=4000") != nil, "the slow request reached the worker")
+        let slow = SlowRequest(port: port, unix: scratch.file("s.sock"), scratch: scratch)
+        #expect(baton.stdout.waitFor(slow.handling) != nil, "the slow request reached the worker")
 
         let reload = baton.client(["reload"])
         #expect(reload.status == 0, "\(reload.stderr)")
@@ -93,6 +105,7 @@ struct DrainSystemTests {
         #expect(table.contains("generation 1  draining  1 connection, "), "\(table)")
 
         // The old generation answers its request, then exits by itself: one journal event for the drain.
+        slow.release()
         let response = try #require(slow.wait(), "the slow request finished")
         #expect(try response.get().status == 200)
         #expect(try response.get().body.hasPrefix("generation 1"))
@@ -109,8 +122,13 @@ struct DrainSystemTests {
     @Test func waitDrainedReturnsOnlyOnceTheOldGenerationIsGone() throws {
         let (scratch, baton, _) = try launch(tcp: false)
         let old = pids(generation(1, in: try status(baton)))
-        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), milliseconds: 2000)
-        #expect(baton.stdout.waitFor("handling /?sleep=2000") != nil)
+        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), scratch: scratch)
+        #expect(baton.stdout.waitFor(slow.handling) != nil)
+        // The request is let go once generation 2 serves: the reload cannot have returned before it is answered.
+        Thread {
+            _ = baton.stderr.waitFor("reload to generation 2 succeeded", timeout: 60)
+            slow.release()
+        }.start()
         let reload = baton.client(["reload", "--wait-drained"])
         #expect(reload.status == 0, "\(reload.stderr)")
         #expect(reload.stdout.contains("generation 2 serving; generation 1 drained in"), "\(reload.stdout)")
@@ -123,8 +141,8 @@ struct DrainSystemTests {
 
     @Test func aSecondReloadWaitsForTheDrainAndCutDrainProceeds() throws {
         let (scratch, baton, _) = try launch(tcp: false)
-        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), milliseconds: 8000)
-        #expect(baton.stdout.waitFor("handling /?sleep=8000") != nil)
+        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), scratch: scratch)
+        #expect(baton.stdout.waitFor(slow.handling) != nil)
         #expect(baton.client(["reload"]).status == 0)
         let first = try #require(baton.stderr.waitFor("reload requested"))
 
@@ -199,8 +217,8 @@ struct DrainSystemTests {
 
     @Test func reloadJSONIsOneObjectWithAnExitStatusPerResult() throws {
         let (scratch, baton, _) = try launch(tcp: false, ["--stop-timeout", "15s"], behaviour: "ok")
-        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), milliseconds: 3000)
-        #expect(baton.stdout.waitFor("handling /?sleep=3000") != nil)
+        let slow = SlowRequest(port: nil, unix: scratch.file("s.sock"), scratch: scratch)
+        #expect(baton.stdout.waitFor(slow.handling) != nil)
         let ok = baton.client(["reload", "--json"])
         #expect(ok.status == 0)
         #expect(ok.stdout.split(separator: "\n").count == 1, "one line, no progress: \(ok.stdout)")
@@ -211,6 +229,7 @@ struct DrainSystemTests {
         #expect(good.draining.first?.generation == 1)
         #expect(good.draining.first?.connections == 1)
         #expect((good.draining.first?.secondsLeft ?? 0) <= 15)
+        slow.release()
         _ = slow.wait()
 
         scratch.write("behaviour", "crash")

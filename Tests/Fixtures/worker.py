@@ -157,6 +157,11 @@ def handle(conn, name=""):
         if "sleep=" in path:
             print(f"handling {path}", flush=True)
             time.sleep(int(path.split("sleep=")[1].split("&")[0]) / 1000)
+        if "hold=" in path:
+            # Answers once the test lets it: it opens the FIFO named and closes its end (no timing involved).
+            print(f"handling {path}", flush=True)
+            with open(path.split("hold=")[1].split("&")[0], "rb") as fifo:
+                fifo.read()
         body = f"generation {generation} worker {worker} pid {os.getpid()}\n".encode()
         if name == "health" and unhealthy():
             conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: "
