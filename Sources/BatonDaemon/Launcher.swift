@@ -254,6 +254,9 @@ public actor Launcher {
                 countDrainingConnections()
                 client.send(ControlProtocol.Reply(kind: .status, ok: true, status: statusReportWithUsage()))
                 client.close()
+                // An answer's code (the report, its JSON) need not stay resident either (not so for the metrics
+                // endpoint, which a scraper asks every few seconds).
+                OS.releaseCodePages()
             case .reload:
                 let options: ReloadOptions
                 do throws(BatonError) {
@@ -320,6 +323,10 @@ public actor Launcher {
         }
     }
 
+    /// Set by what ends a start, a reload or a rollback: baton then lets go of its code pages (``OS/releaseCodePages()``)
+    /// once the event is handled. A `status` answer does so too.
+    private var releaseCodePages = false
+
     /// Registers a client that waits for the outcome of a reload, promote or rollback.
     private func newRequester(_ client: ControlClient) -> RequesterID {
         let requester = RequesterID(nextRequester)
@@ -337,6 +344,11 @@ public actor Launcher {
             perform: { perform($0) },
             settle: { finishSpawns() }
         )
+        // Once everything the event caused is done (replies sent, lines logged), not in the middle of it.
+        if releaseCodePages {
+            releaseCodePages = false
+            OS.releaseCodePages()
+        }
     }
 
     private func reapChildren() {
@@ -467,7 +479,11 @@ public actor Launcher {
             case .generationStarted:
                 if let id = event.generation { generationStarts[id] = OS.ticksSinceBoot() }
                 checkListeners()
-            case .generationReady, .generationRetired, .generationFailed: checkListeners()
+            case .generationReady: checkListeners()
+            case .generationRetired, .generationFailed:
+                checkListeners()
+                // A reload or a rollback has run: its code need not stay resident.
+                releaseCodePages = true
             default: break
             }
         case .notifyManager(let notification):
@@ -484,6 +500,8 @@ public actor Launcher {
         switch notification {
         case .ready:
             Systemd.notify("READY=1\nSTATUS=\(statusLine)")
+            // Started (or reloaded): the code that parsed, bound and spawned need not stay resident.
+            releaseCodePages = true
         case .reloading:
             Systemd.notify("RELOADING=1\nMONOTONIC_USEC=\(OS.monotonicMicroseconds())")
         case .stopping:

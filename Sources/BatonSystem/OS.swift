@@ -64,6 +64,16 @@ public enum OS {
         return UInt64(ts.tv_sec) * hz + UInt64(ts.tv_nsec) * hz / 1_000_000_000
     }
 
+    /// Takes the pages of the code baton has run (its own, libc's, libsystemd's, ...) out of its resident set, once
+    /// they have done their work (after start, a reload, a rollback, a status answer): the kernel maps up to 64 KiB
+    /// around each page run, so that most of the code stays resident although an idle baton runs almost none of it.
+    /// The pages stay in the page cache and come back at a minor fault. Returns false if the kernel refused any
+    /// (nothing is lost either way).
+    ///
+    /// The corresponding C function is `madvise(MADV_DONTNEED)` on each loaded object's text segment.
+    @discardableResult
+    public static func releaseCodePages() -> Bool { cbaton_release_code_pages() == 0 }
+
     /// Wall-clock time in seconds since the epoch.
     ///
     /// The corresponding C function is `clock_gettime`.

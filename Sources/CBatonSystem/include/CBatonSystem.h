@@ -23,6 +23,12 @@ static const int CBATON_O_PATH = 010000000;
 int cbaton_sigrtmin(void);
 int cbaton_sigrtmax(void);
 
+/// Takes the pages of the code baton has run out of its resident set: MADV_DONTNEED on the text segment of each
+/// loaded object (baton, libc, libsystemd, ...; not the vDSO, not an object with text relocations). They stay in the
+/// page cache and come back when run. Returns how many segments the kernel refused (0: all released), or -1 with
+/// errno ENOENT if none was released.
+int cbaton_release_code_pages(void);
+
 /// The size of the version record in the `.baton_version` section (see version.c).
 #define CBATON_VERSION_RECORD 64
 
