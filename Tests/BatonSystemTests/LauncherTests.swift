@@ -182,6 +182,8 @@ struct LauncherTests {
         for client in clients { client.waitUntilExit() }
         let statuses = clients.map(\.terminationStatus)
         #expect(statuses == Array(repeating: 0, count: 12), "every requester hears of a successful reload")
+        // A reload returns once its generation serves; generation 2 may still be draining (its workers exiting).
+        #expect(baton.stderr.waitFor("generation 2 drained in") != nil, "\(baton.diagnosis())")
         let status = baton.client(["status", "--json"]).stdout
         let report = try #require(try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])
         let generations = try #require(report["generations"] as? [[String: Any]])
