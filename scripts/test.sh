@@ -20,8 +20,8 @@ failures=()
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
-# Runs one stage, echoing its output, and adds its counts from a closing "N passed, M failed" line, or from
-# Swift Testing's "Test run with N tests ... passed|failed" line.
+# Runs one stage, echoing its output, and adds its counts from a closing "N passed, M failed" line (the Swift
+# stages print theirs from each share's Swift Testing summary: swift_shares).
 stage() {
   local name=$1
   shift
@@ -35,14 +35,6 @@ stage() {
   if [ -n "$counts" ]; then
     p=$(sed -E 's/^([a-z]+: )?([0-9]+) passed.*/\2/' <<<"$counts")
     f=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$counts")
-  elif counts=$(grep -aE 'Test run with [0-9]+ tests? .*(passed|failed)' "$log/$name" | tail -1) && [ -n "$counts" ]; then
-    local n
-    n=$(sed -E 's/.*Test run with ([0-9]+) test.*/\1/' <<<"$counts")
-    if [ "$status" = 0 ]; then p=$n f=0; else
-      f=$(grep -aE '^✘ Test .* failed after' "$log/$name" | grep -avE 'with [0-9]* test cases|^✘ Test run with' | grep -ac . || true)
-      [ "$f" -gt 0 ] || f=1
-      p=$(( n > f ? n - f : 0 ))
-    fi
   elif [ "$status" = 0 ]; then p=1 f=0; else p=0 f=1; fi
   if [ "$status" != 0 ] && [ "$f" = 0 ]; then f=1; fi
   passed=$((passed + p))

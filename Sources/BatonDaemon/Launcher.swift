@@ -199,6 +199,11 @@ public actor Launcher {
         for await event in events {
             handle(event)
             watchDrains()
+            // Once everything the event caused is done (replies sent, lines logged), not in the middle of it.
+            if releaseCodePages {
+                releaseCodePages = false
+                OS.releaseCodePages()
+            }
             if reexecRequested && supervisor.isQuiet && exitCode == nil { reexecute() }
             if exitCode != nil { break }
         }
@@ -256,7 +261,7 @@ public actor Launcher {
                 client.close()
                 // An answer's code (the report, its JSON) need not stay resident either (not so for the metrics
                 // endpoint, which a scraper asks every few seconds).
-                OS.releaseCodePages()
+                releaseCodePages = true
             case .reload:
                 let options: ReloadOptions
                 do throws(BatonError) {
@@ -323,8 +328,8 @@ public actor Launcher {
         }
     }
 
-    /// Set by what ends a start, a reload or a rollback: baton then lets go of its code pages (``OS/releaseCodePages()``)
-    /// once the event is handled. A `status` answer does so too.
+    /// Set by what ends a start, a reload, a rollback or a `status` answer: baton then lets go of its code pages
+    /// (``OS/releaseCodePages()``) once the event is handled.
     private var releaseCodePages = false
 
     /// Registers a client that waits for the outcome of a reload, promote or rollback.
@@ -344,11 +349,6 @@ public actor Launcher {
             perform: { perform($0) },
             settle: { finishSpawns() }
         )
-        // Once everything the event caused is done (replies sent, lines logged), not in the middle of it.
-        if releaseCodePages {
-            releaseCodePages = false
-            OS.releaseCodePages()
-        }
     }
 
     private func reapChildren() {

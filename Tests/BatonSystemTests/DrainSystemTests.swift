@@ -10,11 +10,13 @@ import Glibc
 /// kernel; `--wait-drained`, `--cut-drain`; the reload history; `baton reload --json` (issue 15, points 2 to 4).
 @Suite("Drains, with real processes", .serialized)
 struct DrainSystemTests {
-    /// A request that the worker holds until `release()` (it waits on a FIFO), sent on a thread of its own; `wait()`
-    /// returns its response. It stays in flight however long a reload takes on a busy machine.
+    /// A request that the worker holds until `release()` (it reads a FIFO whose one writer is this object), sent on a
+    /// thread of its own; `wait()` returns its response. It stays in flight however long a reload takes on a busy
+    /// machine.
     final class SlowRequest: @unchecked Sendable {
         private let done = DispatchSemaphore(value: 0)
         private var result: Result<HTTP.Response, any Error> = .failure(POSIXError(.ETIMEDOUT))
+        private let writer = Locked<Int32>(-1)
         let fifo: String
         /// What the worker prints when it has the request.
         var handling: String { "handling /?hold=\(fifo)" }
@@ -22,6 +24,10 @@ struct DrainSystemTests {
         init(port: Int?, unix path: String, scratch: Scratch) {
             fifo = scratch.file("hold-\(UUID().uuidString.prefix(8))")
             precondition(mkfifo(fifo, 0o600) == 0, "mkfifo \(fifo)")
+            // O_RDWR opens a FIFO at once; close-on-exec, so that no process the test starts holds the write end too.
+            let fd = open(fifo, O_RDWR | O_CLOEXEC)
+            precondition(fd >= 0, "open \(fifo)")
+            writer.withLock { $0 = fd }
             Thread { [self] in
                 do {
                     let target = "/?hold=\(fifo)"
@@ -36,10 +42,14 @@ struct DrainSystemTests {
             }.start()
         }
 
-        /// Lets the worker answer: opens the FIFO's other end (once the worker has it open) and closes it.
+        deinit { release() }
+
+        /// Lets the worker answer: the FIFO's only writer closes, and the worker's read of it ends.
         func release() {
-            let fd = open(fifo, O_WRONLY)
-            if fd >= 0 { close(fd) }
+            writer.withLock {
+                if $0 >= 0 { close($0) }
+                $0 = -1
+            }
         }
 
         func wait(timeout: TimeInterval = 30) -> Result<HTTP.Response, any Error>? {

@@ -222,8 +222,10 @@ struct HostileWorkerTests {
         // The first generation, then a reload's and a respawn's: each spawned from whatever thread runs the actor.
         // (--wait-drained: only generation 2's workers are alive below.)
         #expect(baton.client(["reload", "--wait-drained"]).status == 0)
-        let reports2 = WorkerReport.all(in: reports)
-        let victim = try #require(reports2.map(\.pid).max())
+        // A serving worker of generation 2 (not the newest pid: pids wrap at pid_max, 32768 here).
+        let victim = try #require(
+            WorkerReport.all(in: reports).first { $0.env["BATON_GENERATION"] == "2" && isAlive($0.pid) }?.pid
+        )
         kill(victim, SIGKILL)
         #expect(baton.stderr.waitFor("is back", timeout: 120) != nil)
         let workers = WorkerReport.all(in: reports).map(\.pid).filter(isAlive)

@@ -1,4 +1,4 @@
-import BatonDaemon
+import BatonSystem
 import Foundation
 import Testing
 
