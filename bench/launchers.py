@@ -47,6 +47,10 @@ class Peer:
     def monitored_pid(self):
         return None
 
+    def wait_retired(self, timeout=60):
+        """Returns once the workers a reload replaced have exited. The peers' reload() ends then already; baton's
+        ends once the new generation serves, and the old one drains after it."""
+
 
 class Bare(Peer):
     reloads = False
@@ -85,6 +89,15 @@ class Baton(Peer):
                 raise RuntimeError(f"baton exited (see {self.proc.logpath})")
             time.sleep(0.05)
         raise RuntimeError("baton did not start serving")
+
+    def wait_retired(self, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = self.status() or {}
+            if st.get("generations") and not any(g["state"] == "draining" for g in st["generations"]):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("baton: the old generation did not retire")
 
     def reload(self):
         t0 = time.time()

@@ -111,6 +111,11 @@ def run_case(scn, peer, port, workdir):
             next_at = max(w["end"] + scn["gap"], w["start"] + scn["period"])
     busy = []  # the holder checking its connections: a burst of its own, neither quiet time nor a reload
     if holder:
+        # The holder checks its connections once the reload is over for every launcher, the old workers gone (baton's
+        # reload returns before its old generation has drained): a FIN on its way as the holder looks would count a
+        # request lost to the launcher that is still draining.
+        if peer.reloads:
+            peer.wait_retired()
         time.sleep(1.0 if peer.reloads else scn["warmup"] + 2)
         t_check = time.time()
         open(case.path("holder.check"), "w").close()
@@ -262,21 +267,24 @@ def baton_figures(peer, case, windows, sampler, rss_before_reload, smaps):
         startup = sum(r["ready"] - r["origin"] for r in new) if peer.strategy == "rolling" else max(r["ready"] - r["origin"] for r in new)
         last_old = next((r for r in old if r["worker"] == case.workers), old[-1]) if peer.strategy == "rolling" else None
         drain = (last_old["exit"] - last_old["sigterm"]) if last_old else max(r["exit"] - r["sigterm"] for r in old)
+        # The reply comes once the new generation serves and the old one has its stop signal: the old
+        # generation's drain and reaping come after it and are not part of the reload's time.
         sp = {"total_ms": total, "app_startup_ms": round(startup, 1), "app_drain_ms": round(drain, 1),
-              "rest_ms": round(total - startup - drain, 1)}
-        if peer.strategy != "rolling" and None not in (t_req, t_start, t_seen, t_reaped, t_done):
+              "rest_ms": round(total - startup, 1)}
+        if peer.strategy != "rolling" and None not in (t_req, t_start, t_seen, t_done):
             # baton's own moments: request -> spawn; the app's READY -> baton acts on it (log line);
-            # baton acts -> SIGTERM arrives in the old app; old app's last breath reaped -> reload done
+            # baton acts -> the reload's reply (log line). Beside them: baton acts -> SIGTERM arrives in the
+            # old app, and the old app's last breath -> reaped (both after the reply can be sent).
             sp.update(baton_request_to_spawn_ms=ms(t_req, t_start), exec_to_node_start_ms=ms(t_start, origin),
-                      baton_ready_seen_ms=ms(ready, t_seen), baton_sigterm_ms=ms(t_seen, sigterm),
+                      baton_ready_seen_ms=ms(ready, t_seen), baton_seen_to_done_ms=ms(t_seen, t_done),
                       ready_to_sigterm_ms=ms(ready, sigterm),
-                      node_exit_to_reaped_ms=ms(exit_, t_reaped), baton_reaped_to_done_ms=ms(t_reaped, t_done))
+                      node_exit_to_reaped_ms=ms(exit_, t_reaped))
             sp["baton_own_ms"] = round(sum(sp[k] for k in ("baton_request_to_spawn_ms", "baton_ready_seen_ms",
-                                                            "baton_sigterm_ms", "baton_reaped_to_done_ms")), 2)
+                                                            "baton_seen_to_done_ms")), 2)
         splits.append(sp)
     out["reload_split"] = splits
     for key in ("rest_ms", "app_startup_ms", "app_drain_ms", "baton_own_ms", "exec_to_node_start_ms", "node_exit_to_reaped_ms",
-                "ready_to_sigterm_ms", "baton_request_to_spawn_ms", "baton_reaped_to_done_ms"):
+                "ready_to_sigterm_ms", "baton_request_to_spawn_ms", "baton_ready_seen_ms", "baton_seen_to_done_ms"):
         vals = [s_[key] for s_ in splits if s_.get(key) is not None]
         if vals:
             out[key + "_median"] = round(statistics.median(vals), 2)

@@ -9,7 +9,8 @@
 #   package     baton's .deb (packaging/build-deb.sh) and lintian; its binary is the one the next stages install
 #   systemd     a real systemd (Debian 12 and 13 in systemd-nspawn): socket activation, reloads, watchdog, fd store
 #   upgrade     Debian packages: apt upgrades of an app and of baton itself under load
-# STAGES="swift fuzz" runs only those.
+# They run in the order format, swift, package, then systemd and upgrade in the background beside fuzz, tsan and
+# asan (the container stages leave most of the machine idle). STAGES="swift fuzz" runs only those.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh || exit 1
@@ -20,6 +21,13 @@ failures=()
 log=$(mktemp -d)
 trap 'rm -rf "$log"' EXIT
 
+# busy_ticks: the machine's busy time so far, in clock ticks (/proc/stat: all but idle and iowait), every process
+# counted, also those in containers, which a stage's own rusage does not see.
+busy_ticks() {
+  local _ user nice system idle iowait irq softirq steal
+  read -r _ user nice system idle iowait irq softirq steal _ </proc/stat
+  echo $((user + nice + system + irq + softirq + steal))
+}
 # Runs one stage, echoing its output, and adds its counts from a closing "N passed, M failed" line (the Swift
 # stages print theirs from each share's Swift Testing summary: swift_shares).
 stage() {
@@ -27,7 +35,8 @@ stage() {
   shift
   case " $STAGES " in *" $name "*) ;; *) return 0 ;; esac
   echo "=== $name: $*"
-  local start=$SECONDS
+  local start=$SECONDS busy0
+  busy0=$(busy_ticks)
   "$@" 2>&1 | tee "$log/$name"
   local status=${PIPESTATUS[0]}
   local counts p f
@@ -40,7 +49,12 @@ stage() {
   passed=$((passed + p))
   failed=$((failed + f))
   [ "$status" = 0 ] || failures+=("$name")
-  echo "=== $name: exit $status, $p passed, $f failed, $((SECONDS - start))s"
+  local hz wall=$((SECONDS - start)) busy
+  hz=$(getconf CLK_TCK)
+  busy=$((($(busy_ticks) - busy0) / hz))
+  # How much of the machine the stage kept busy (every process on it, CPU seconds against wall seconds): less than
+  # the machine's cores is waiting.
+  echo "=== $name: exit $status, $p passed, $f failed, ${wall}s (cpu ${busy}s, $((wall > 0 ? busy * 100 / wall : 0))% of a core)"
 }
 
 # The Swift tests run as several test processes at once (SWIFT_SHARDS, default 3), each with a share of the
@@ -109,27 +123,54 @@ sanitized() {
 
 # Every Swift file is formatted as `swift format -i -r Sources Tests Fuzz/Targets Package.swift` leaves it.
 format_lint() { swift format lint --strict --parallel -r Sources Tests Fuzz/Targets Package.swift; }
-stage format format_lint
-stage swift swift_tests
-stage fuzz bash Fuzz/run.sh
-stage tsan sanitized thread tsan
-stage asan sanitized address asan
 package() {
   local deb
   deb=$(bash packaging/build-deb.sh) || return 1
   bash scripts/deps.sh lintian:lintian
   lintian --fail-on error,warning "$deb"
 }
+# The container stages keep the machine less than half busy (booting, waiting on their units: about 0.8 of a core),
+# so they run beside the next stages, one after the other in a background job whose output is shown, and whose
+# counts are added, when it has ended (join_background). Every stage's "cpu" figure is the whole machine's, so the
+# figures of stages that overlap include each other's.
+containers() {
+  # Build once: the container stages install the binary and the package built by the package stage.
+  local deb
+  deb=$(ls -t out/baton_*_*.deb 2>/dev/null | head -1)
+  stage systemd env BATON_BIN=.build-deb/release/baton bash Tests/system/systemd-tests.sh
+  stage upgrade env ${deb:+BATON_DEB=$deb} bash Tests/system/upgrade-tests.sh
+}
+background=
+in_background() {
+  ( passed=0 failed=0 failures=(); "$@"; echo "$passed $failed ${failures[*]}" >"$log/background.counts" ) \
+    >"$log/background.out" 2>&1 &
+  background=$!
+}
+join_background() {
+  [ -n "$background" ] || return 0
+  wait "$background"
+  echo "=== in the background since the package stage:"
+  cat "$log/background.out"
+  local p=0 f=1 names=background
+  [ -s "$log/background.counts" ] && read -r p f names <"$log/background.counts"
+  passed=$((passed + p)) failed=$((failed + f))
+  local name
+  for name in $names; do failures+=("$name"); done
+}
+
+stage format format_lint
+stage swift swift_tests
 stage package package
-# Build once: the container stages install the binary and the package built above.
-deb=$(ls -t out/baton_*_*.deb 2>/dev/null | head -1)
-stage systemd env BATON_BIN=.build-deb/release/baton bash Tests/system/systemd-tests.sh
-stage upgrade env ${deb:+BATON_DEB=$deb} bash Tests/system/upgrade-tests.sh
+in_background containers
+stage fuzz bash Fuzz/run.sh
+stage tsan sanitized thread tsan
+stage asan sanitized address asan
+join_background
 
 # What failed, named again at the end (CI shows only the tail): each failed stage's failing tests and issues.
 for name in "${failures[@]}"; do
   echo "--- $name: what failed"
-  grep -aE '^(✘ |not ok )' "$log/$name" | grep -av 'with [0-9]* test cases' | cut -c1-400 | head -40
+  grep -saE '^(✘ |not ok )' "$log/$name" | grep -av 'with [0-9]* test cases' | cut -c1-400 | head -40
 done
 [ ${#failures[@]} -eq 0 ] || echo "failed stages: ${failures[*]}"
 echo "tests: $passed passed, $failed failed"

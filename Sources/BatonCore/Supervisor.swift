@@ -342,7 +342,7 @@ public struct Supervisor: Sendable {
         case .stop:
             beginStop(now: now, actions: &actions)
         }
-        if phase != .exited { actions.append(.notifyManager(.status(statusLine))) }
+        if phase != .exited { actions.append(.notifyManager(.status)) }
         return actions
     }
 

@@ -144,7 +144,9 @@ public enum ManagerNotification: Sendable, Equatable {
     case ready
     case reloading
     case stopping
-    case status(String)
+    /// The state ``Supervisor/statusLine`` describes may have changed: the launcher builds the line (its own, which
+    /// adds the listeners') only when a manager listens for `STATUS=`, not for every event of every worker.
+    case status
     /// `EXTEND_TIMEOUT_USEC=`: a start, reload or stop that is going well needs this much more time.
     case extendTimeout(Duration)
 }

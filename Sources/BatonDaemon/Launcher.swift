@@ -187,7 +187,7 @@ public actor Launcher {
                 ),
                 name: configuration.name
             )
-            notifyManager(.status(statusLine))
+            notifyManager(.status)
             // The adopted workers' probes go on, through the probe sockets the previous binary handed over.
             for worker in supervisor.liveWorkers where health?.socket(of: worker.id) != nil {
                 process(.timer(.probe(worker.id)))
@@ -507,6 +507,7 @@ public actor Launcher {
         case .stopping:
             Systemd.notify("STOPPING=1")
         case .status:
+            guard Systemd.managerListens else { return }
             let line = statusLine
             guard line != lastStatusLine else { return }
             lastStatusLine = line

@@ -151,7 +151,7 @@ extension Launcher {
                 name: configuration.name
             )
         }
-        notifyManager(.status(statusLine))
+        notifyManager(.status)
     }
 
     /// The `STATUS=` line: the Supervisor's, after any listener that refuses connections.

@@ -369,7 +369,7 @@ final class ConnectionRescue: Sendable {
         {
             return answer.any
         }
-        guard let entries = Connections.listed() else { return true }
+        guard let entries = Connections.listed(families: Set(listeners.map(\.address.family))) else { return true }
         let known = Set(state.held.values.map(\.inode)).union(state.relays.values.map(\.clientInode))
         // An inode of 0 is a connection no process has accepted yet.
         let any = entries.contains { $0.inode != 0 && ports.contains($0.localPort) && !known.contains($0.inode) }

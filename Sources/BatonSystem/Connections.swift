@@ -81,10 +81,13 @@ public enum Connections {
     /// `TCP_ESTABLISHED` and `TCP_CLOSE_WAIT` (include/net/tcp_states.h).
     static let states: UInt32 = (1 << 1) | (1 << 8)
 
-    /// Both families' connections from sock_diag, or nil when it cannot be asked.
+    /// The connections of `families` (`AF_INET`, `AF_INET6`; nil: both) from sock_diag, or nil when it cannot be asked. A
+    /// connection has the family of the listener that accepted it, so listeners of one family need one dump: each
+    /// dump walks the kernel's whole table of TCP connections, shared by both families (262 144 buckets here), empty
+    /// or not.
     ///
     /// The corresponding C calls are `socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG)`, `send` and `recv`.
-    public static func sockDiag() -> [Entry]? {
+    public static func sockDiag(families: Set<Int32>? = nil) -> [Entry]? {
         let fd = socket(AF_NETLINK, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 4)  // NETLINK_SOCK_DIAG
         guard fd >= 0 else { return nil }
         defer { close(fd) }
@@ -92,7 +95,8 @@ public enum Connections {
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var result: [Entry] = []
-        for (sequence, family) in [(1, UInt8(AF_INET)), (2, UInt8(AF_INET6))] {
+        for (sequence, family) in [(1, UInt8(AF_INET)), (2, UInt8(AF_INET6))]
+        where families?.contains(Int32(family)) ?? true {
             guard let entries = dump(fd, family: family, sequence: UInt32(sequence)) else { return nil }
             result += entries
         }
@@ -239,8 +243,8 @@ public enum Connections {
 
     /// The kernel's list as ``established()`` reads it, but nil when neither sock_diag nor `/proc/net/tcp` could be
     /// read (a hardened unit without `AF_NETLINK` reads the file; an empty list then means no connection).
-    public static func listed() -> [Entry]? {
-        sockDiag() ?? readProcNet()
+    public static func listed(families: Set<Int32>? = nil) -> [Entry]? {
+        sockDiag(families: families) ?? readProcNet()
     }
 
     /// Both families' connections from `/proc/net/tcp` and `/proc/net/tcp6`.

@@ -40,6 +40,9 @@ public enum Systemd {
         sd_is_socket(fd.rawValue, AF_UNSPEC, Int32(SOCK_STREAM.rawValue), 1) > 0
     }
 
+    /// Whether a service manager listens for state changes (`NOTIFY_SOCKET` is set; baton leaves it set).
+    public static var managerListens: Bool { getenv("NOTIFY_SOCKET") != nil }
+
     /// Sends a state change to the service manager when `NOTIFY_SOCKET` is set; returns whether it was sent.
     ///
     /// The corresponding C function is `sd_notify`.

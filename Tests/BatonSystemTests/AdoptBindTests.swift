@@ -1,4 +1,5 @@
 import BatonCore
+import BatonSystem
 import Foundation
 import Testing
 
@@ -38,7 +39,8 @@ struct AdoptBindTests {
         var final_generations: [String: Int]
     }
 
-    static let basePort = TestPorts.consecutive(4)
+    /// basePort ... basePort + 4: theSemanticsOfTheSocketCalls binds basePort + 4 (its PORT + 1) as "another port".
+    static let basePort = TestPorts.consecutive(5)
 
     /// Runs `app` under baton on `listen` with a new connection per request, performs `reloads` reloads, and
     /// checks that no request failed and that only the newest generation answers afterwards; returns baton's stderr.
@@ -458,7 +460,10 @@ struct AdoptBindTests {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("SigCgt:") } ?? ""
         let mask = UInt64(line.dropFirst("SigCgt:".count).trimmingCharacters(in: .whitespaces), radix: 16) ?? 0
-        return mask & (1 << UInt64(__libc_current_sigrtmin() + 5 - 1)) != 0
+        let caught = mask & (1 << UInt64(__libc_current_sigrtmin() + 5 - 1)) != 0
+        // baton's own reading of the mask (on the bytes) says the same.
+        #expect(ProcInspector.catches(pid, signal: __libc_current_sigrtmin() + 5) == caught)
+        return caught
     }
 
     @Test func onlyAWorkerThatAdoptedASocketIsDrainedBeforeItsStopSignal() throws {

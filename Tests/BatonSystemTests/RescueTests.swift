@@ -213,16 +213,30 @@ struct RescueTests {
         return (baton, port)
     }
 
-    /// A raw keep-alive connection that has had one answer from generation 1.
-    func connection(_ port: Int) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+    /// A raw keep-alive connection (to 127.0.0.1, or to `host` "::1") that has had one answer from generation 1.
+    func connection(_ port: Int, host: String = "127.0.0.1") throws -> Int32 {
+        let v6 = host.contains(":")
+        let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let connected: Int32
+        if v6 {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            try #require(inet_pton(AF_INET6, host, &address.sin6_addr) == 1)
+            connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size))
+                }
+            }
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr(host)
+            connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Foundation.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
         }
         try #require(connected == 0)
@@ -274,6 +288,33 @@ struct RescueTests {
         // The same connection goes on serving, now through generation 2.
         let again = try exchange(fd, Array("GET /again HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
         #expect(again.text.contains("generation 2 "), "\(again)")
+    }
+
+    /// With 16 listeners or more, baton first asks the kernel (sock_diag, only for the families of its listeners)
+    /// whether any connection on them is not held yet before it reads a retiring worker's fds: a worker of 17
+    /// IPv4 or 17 IPv6 listeners still has its connection taken over, and its request on the wire answered.
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func aWorkerOfManyListenersHasItsConnectionTakenOver(host: String) throws {
+        let scratch = Scratch()
+        let first = TestPorts.consecutive(17)
+        let listen = (first..<first + 17).flatMap {
+            ["--listen", host.contains(":") ? "[\(host)]:\($0)" : "\(host):\($0)"]
+        }
+        let baton = try BatonRun(
+            listen + ["--stop-timeout", "10s", "--", "python3", Paths.fixtures + "/rescue/lazyclose.py"],
+            scratch: scratch
+        )
+        defer { _ = baton.stop() }
+        try #require(baton.stderr.waitFor("generation 1 ready", timeout: 30) != nil, "\(baton.diagnosis())")
+        // lazyclose.py serves the first listener (fd 3); the other 16 only make the worker one of many listeners.
+        let fd = try connection(first, host: host)
+        defer { close(fd) }
+        let reload = baton.client(["reload", "--quiet"])
+        try #require(reload.status == 0, "\(reload.stderr)")
+        try #require(baton.stdout.waitFor("closing 1 connection(s)", timeout: 10) != nil, "\(baton.diagnosis())")
+        let answer = try exchange(fd, Array("GET /next HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(answer.error == 0 && answer.text.contains("generation 2 "), "\(answer)")
+        #expect(baton.stderr.waitFor("1 handed to the serving generation", timeout: 10) != nil, "\(baton.diagnosis())")
     }
 
     /// Closes the client's end of a relayed connection and expects the relay to end with it and give back its fds.
