@@ -59,6 +59,18 @@ public struct Supervisor: Sendable {
         public var cutShort = false
         /// Requesters of the reload that retired it who asked to be answered once it is gone (`--wait-drained`).
         public var drainWait: DrainWait?
+        /// Requesters of the reload it failed, answered once its workers are gone: a worker told to stop may still
+        /// accept a connection or two before it handles the signal, so "the old generation keeps serving" is only
+        /// said once it is the only one that does.
+        public var failWait: FailWait?
+    }
+
+    /// The answer to the requesters of a failed reload, given once the failed generation's workers have exited.
+    public struct FailWait: Sendable {
+        public var requesters: [RequesterID]
+        public var message: String
+        public var duration: Duration
+        public var failedWorker: FailedWorker?
     }
 
     /// `baton reload --wait-drained` requesters, answered when the generation their reload retired is gone.
@@ -646,6 +658,7 @@ public struct Supervisor: Sendable {
             drainEnded(generation, now: now, actions: &actions)
         case .failed:
             generations[id] = nil
+            if let wait = generation.failWait { answerFailWait(wait, actions: &actions) }
             if let heldRollback, heldRollback.generation == id {
                 self.heldRollback = nil
                 actions.append(
@@ -863,7 +876,14 @@ public struct Supervisor: Sendable {
         lastReload = Outcome(ok: ok, generation: reload.target, duration: duration, reason: reason, finishedAt: now)
         history.insert(lastReload!, at: 0)
         if history.count > ReloadHistory.limit { history.removeLast(history.count - ReloadHistory.limit) }
-        actions.append(.reloadOutcome(reload.requesters, generation: reload.target, reason: reason))
+        actions.append(
+            .reloadOutcome(
+                reload.requesters,
+                generation: reload.target,
+                reason: reason,
+                failedWorker: ok ? nil : failedWorker
+            )
+        )
         if ok {
             actions.append(
                 .log(
@@ -890,15 +910,24 @@ public struct Supervisor: Sendable {
             actions.append(
                 .log(LifecycleEvent(.reloadFailed, text, generation: reload.target, duration: duration, reason: reason))
             )
-            actions.append(
-                .reloadFinished(
-                    reload.requesters,
-                    ok: false,
-                    message: text,
-                    duration: duration,
-                    failedWorker: failedWorker
-                )
+            let wait = FailWait(
+                requesters: reload.requesters,
+                message: text,
+                duration: duration,
+                failedWorker: failedWorker
             )
+            if let target = generations[reload.target], target.state == .failed, !target.workers.isEmpty {
+                // Answered once the failed generation is gone (``retireIfDrained(_:now:actions:)``).
+                actions.append(
+                    .progress(
+                        reload.requesters,
+                        "reload failed: \(reason ?? "unknown"); waiting for the \(target.workers.count) worker(s) of generation \(reload.target) to stop"
+                    )
+                )
+                generations[reload.target]?.failWait = wait
+            } else {
+                answerFailWait(wait, actions: &actions)
+            }
         }
         actions.append(.notifyManager(.ready))
         startFollowUp(announcing: followUp ?? [], now: now, actions: &actions)
@@ -1258,9 +1287,27 @@ public struct Supervisor: Sendable {
         }
     }
 
+    /// The answer to a failed reload's requesters (its `.reloadOutcome` went out when it failed).
+    private func answerFailWait(_ wait: FailWait, actions: inout [SupervisorAction]) {
+        actions.append(
+            .reloadFinished(
+                wait.requesters,
+                ok: false,
+                message: wait.message,
+                duration: wait.duration,
+                failedWorker: wait.failedWorker
+            )
+        )
+    }
+
     /// `--wait-drained` requesters whose drain will not end as a drain (baton stops): their reload did succeed.
+    /// Requesters of a failed reload still waiting for its generation to stop hear the failure now.
     private mutating func answerDrainWaiters(because why: String, actions: inout [SupervisorAction]) {
         for generation in orderedGenerations {
+            if let wait = generation.failWait {
+                generations[generation.id]?.failWait = nil
+                answerFailWait(wait, actions: &actions)
+            }
             guard let wait = generation.drainWait else { continue }
             generations[generation.id]?.drainWait = nil
             waitsDrained.subtract(wait.requesters)

@@ -117,8 +117,9 @@ public enum SupervisorAction: Sendable, Equatable {
     case progress([RequesterID], String)
     /// The final answer to reload requesters; `failedWorker` names the worker whose stderr explains it.
     case reloadFinished([RequesterID], ok: Bool, message: String, duration: Duration, failedWorker: FailedWorker?)
-    /// Which generation the `.reloadFinished` that follows (for the same requesters) is about, and why it failed.
-    case reloadOutcome([RequesterID], generation: Int, reason: String?)
+    /// Which generation the `.reloadFinished` that follows (for the same requesters) is about, and why it failed;
+    /// `failedWorker` names the worker whose stderr explains it, read now (the answer may come once it has exited).
+    case reloadOutcome([RequesterID], generation: Int, reason: String?, failedWorker: FailedWorker? = nil)
     case log(LifecycleEvent)
     case notifyManager(ManagerNotification)
     /// Exit the process with this code; every worker is gone.

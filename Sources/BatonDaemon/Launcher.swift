@@ -73,7 +73,7 @@ public actor Launcher {
     /// Counts the connections of stopping workers once a second while any stops (``watchDrains()``).
     var drainWatch: EventLoop.Timer?
     /// What each reload requester's answer is about (``SupervisorAction/reloadOutcome(_:generation:reason:)``).
-    var outcomes: [RequesterID: (generation: Int, reason: String?)] = [:]
+    var outcomes: [RequesterID: (generation: Int, reason: String?, stderr: [String]?)] = [:]
     /// Each worker's CPU time at the previous status report (`baton status`'s percentages).
     var cpuSamples = CPUSamples()
     /// Takes over the connections retiring workers leave open.
@@ -451,10 +451,13 @@ public actor Launcher {
             if let timer = timers.removeValue(forKey: id)?.timer { loop.cancel(timer) }
         case .progress(let ids, let message):
             for id in ids { requesters[id]?.send(.progress(message)) }
-        case .reloadOutcome(let ids, let generation, let reason):
-            for id in ids { outcomes[id] = (generation, reason) }
+        case .reloadOutcome(let ids, let generation, let reason, let failed):
+            // The failing worker's last stderr lines, read now: a failed reload is answered once its generation has
+            // exited, and a worker's pipe goes with it.
+            let stderr = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() }
+            for id in ids { outcomes[id] = (generation, reason, stderr) }
         case .reloadFinished(let ids, let ok, let message, let duration, let failed):
-            let stderr = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() } ?? []
+            let current = failed.flatMap { $0.stderr ?? io[$0.id]?.stderr.tail() } ?? []
             let draining = ok && !ids.isEmpty ? drainingNow() : []
             for id in ids {
                 let outcome = outcomes.removeValue(forKey: id)
@@ -464,7 +467,7 @@ public actor Launcher {
                     message: message,
                     ok: ok,
                     durationMilliseconds: duration.milliseconds,
-                    stderr: ok ? nil : stderr
+                    stderr: ok ? nil : (outcome?.stderr.flatMap { $0.isEmpty ? nil : $0 } ?? current)
                 )
                 reply.generation = outcome?.generation
                 reply.reason = outcome?.reason ?? (ok ? nil : message)

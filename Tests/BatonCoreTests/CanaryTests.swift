@@ -135,7 +135,7 @@ struct CanaryTests {
         h.advance(.seconds(2))
         let failed = h.send(.descendantExited(canary.id, pid: 79, .signaled("SEGV")))
         #expect(
-            h.finished(in: failed).first?.message.contains(
+            h.failureAnswer(after: failed, generation: 2).first?.message.contains(
                 "process 79 of canary worker 1 (pid \(canary.pid!)) exited with signal SEGV after 2s of its 5s canary window"
             ) == true
         )
@@ -451,9 +451,7 @@ struct CanaryProbeTests {
     @Test func aCanaryWhoseProbeFailsInItsWindowRollsTheReloadBack() {
         var (h, canary) = reloading()
         let failed = h.probe(canary.id, ok: false, "probe http:/healthz got 503")
-        let finished = failed.compactMap { action -> String? in
-            if case .reloadFinished(_, false, let message, _, _) = action { message } else { nil }
-        }
+        let finished = h.failureAnswer(after: failed, generation: 2).filter { !$0.ok }.map(\.message)
         #expect(
             finished.first?.contains(
                 "worker 1 (pid \(canary.pid!)) failed its probe in its canary window: probe http:/healthz got 503"

@@ -111,7 +111,7 @@ struct HealthTests {
         h.send(.ready(new.id))
         h.probe(new.id, ok: false, "connection refused on health socket 127.0.0.1:40123")
         let timeout = h.send(.timer(.readyTimeout(new.id)))
-        let finished = h.finished(in: timeout)
+        let finished = h.failureAnswer(after: timeout, generation: 2)
         #expect(finished.map(\.ok) == [false])
         #expect(finished.first?.message.contains("connection refused on health socket 127.0.0.1:40123") == true)
         #expect(h.supervisor.serving == 1)
@@ -125,7 +125,7 @@ struct HealthTests {
         h.send(.ready(new[0].id))
         h.probe(new[0].id, ok: true)
         let failed = h.probe(new[0].id, ok: false, "probe http:/healthz got 500")
-        let finished = h.finished(in: failed)
+        let finished = h.failureAnswer(after: failed, generation: 2)
         #expect(finished.map(\.ok) == [false])
         #expect(
             finished.first?.message.contains(
@@ -147,7 +147,7 @@ struct HealthTests {
         let worker = h.workers(generation: 2)[1]
         let failed = h.probe(worker.id, ok: false, "probe http:/healthz got 503")
         #expect(failed.contains(.cancel(.soak(generation: 2))))
-        let finished = h.finished(in: failed)
+        let finished = h.failureAnswer(after: failed, generation: 2)
         #expect(finished.map(\.ok) == [false])
         #expect(
             finished.first?.message.contains("failed its probe within --min-ready 5s: probe http:/healthz got 503")

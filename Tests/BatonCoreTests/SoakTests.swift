@@ -76,7 +76,7 @@ struct SoakTests {
         let old = h.workers(generation: 1).map(\.id)
         let crashed = h.workers(generation: 2)[1]
         let exit = h.send(.exited(crashed.id, .exited(3)))
-        let finished = h.finished(in: exit)
+        let finished = h.failureAnswer(after: exit, generation: 2)
         #expect(finished.map(\.ok) == [false])
         #expect(
             finished.first?.message.contains(
@@ -146,7 +146,7 @@ struct SoakTests {
         // Slot 2's new worker soaks; slot 1's new worker crashes: slot 1 of generation 1 comes back.
         h.send(.ready(h.workers(generation: 2)[1].id))
         let crash = h.send(.exited(first.id, .exited(1)))
-        #expect(h.finished(in: crash).first?.message.contains("within --min-ready 5s") == true)
+        #expect(h.failureAnswer(after: crash, generation: 2).first?.message.contains("within --min-ready 5s") == true)
         #expect(h.spawns(in: crash).map { [$0.generation, $0.slot] } == [[1, 1]])
         #expect(!h.stopped(in: h.log).contains(old[1].id))
         #expect(h.supervisor.serving == 1)
@@ -200,9 +200,9 @@ struct SoakDescendantTests {
         let clean = h.send(.descendantExited(worker.id, pid: 78, .exited(0)))
         #expect(h.finished(in: clean).isEmpty, "a clean exit of a helper is no failure")
         let failed = h.send(.descendantExited(worker.id, pid: 79, .signaled("SEGV")))
-        #expect(h.finished(in: failed).map(\.ok) == [false])
+        #expect(h.failureAnswer(after: failed, generation: 2).map(\.ok) == [false])
         #expect(
-            h.finished(in: failed).first?.message.contains(
+            h.failureAnswer(after: failed, generation: 2).first?.message.contains(
                 "process 79 of worker 1 (pid \(worker.pid!)) exited with signal SEGV within --min-ready 5s"
             ) == true
         )

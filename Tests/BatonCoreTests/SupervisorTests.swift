@@ -77,6 +77,20 @@ struct Harness {
     }
 
     /// Exits every worker of `generation` that was asked to stop or kill.
+    /// The answer to a failed reload, given once the failed generation's workers are gone: they exit here on a copy
+    /// of the harness (this one is left as it was), and the answer is looked for in `actions` and in their exits.
+    func failureAnswer(
+        after actions: [SupervisorAction],
+        generation: Int
+    ) -> [(ids: [RequesterID], ok: Bool, message: String)] {
+        var copy = self
+        var all = actions
+        for worker in copy.workers(generation: generation) where worker.state == .stopping {
+            all += copy.send(.exited(worker.id, .signaled("TERM")))
+        }
+        return finished(in: all)
+    }
+
     mutating func exitStopped(generation: Int) {
         for worker in workers(generation: generation) where worker.state == .stopping {
             send(.exited(worker.id, .signaled("TERM")))
@@ -156,7 +170,7 @@ struct SupervisorTests {
         #expect(h.stopped(in: crashed) == [newWorkers[0].id], "the rest of the new generation is asked to stop")
         #expect(!h.killed(in: crashed).contains(newWorkers[0].id), "not SIGKILLed: it may be answering requests")
         #expect(!h.killed(in: crashed).contains { before.contains($0) }, "the old generation is not touched")
-        let result = h.finished(in: crashed)
+        let result = h.failureAnswer(after: crashed, generation: 2)
         #expect(result.map(\.ok) == [false])
         #expect(result.first?.message.contains("exit 3") == true)
         #expect(h.supervisor.serving == 1)
@@ -175,7 +189,10 @@ struct SupervisorTests {
         #expect(h.stopped(in: fired) == [slow.id], "a worker slow to say it is ready may be accepting already")
         #expect(h.killed(in: fired).isEmpty)
         #expect(fired.contains(.schedule(.stopTimeout(slow.id), after: SupervisorSettings().stopTimeout)))
-        #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s") == true)
+        #expect(
+            h.failureAnswer(after: fired, generation: 2).first?.message.contains("did not become ready within 2s")
+                == true
+        )
         #expect(h.supervisor.serving == 1)
     }
 
@@ -242,7 +259,7 @@ struct SupervisorTests {
         h.send(.ready(h.workers(generation: 2)[0].id))  // slot 1 replaced, old slot 1 retiring
         let second = h.workers(generation: 2).first { $0.slot == 2 }!
         let failed = h.send(.exited(second.id, .exited(1)))
-        #expect(h.finished(in: failed).map(\.ok) == [false])
+        #expect(h.failureAnswer(after: failed, generation: 2).map(\.ok) == [false])
         #expect(h.spawns(in: failed).map { "\($0.generation).\($0.slot)" } == ["1.1"])
         #expect(h.supervisor.serving == 1)
     }
@@ -302,7 +319,11 @@ struct SupervisorTests {
         let hanging = h.workers(generation: 3)[0]
         h.send(.explained(hanging.id, why))
         let fired = h.send(.timer(.readyTimeout(hanging.id)))
-        #expect(h.finished(in: fired).first?.message.contains("did not become ready within 2s: " + why) == true)
+        #expect(
+            h.failureAnswer(after: fired, generation: 3).first?.message.contains(
+                "did not become ready within 2s: " + why
+            ) == true
+        )
         // Said once, not again when the killed worker's exit comes in.
         let gone = h.send(.exited(hanging.id, .signaled("KILL")))
         let lines = gone.compactMap { if case .log(let event) = $0 { event.message } else { nil } }
@@ -357,16 +378,61 @@ struct SupervisorTests {
         )
         #expect(crashed.contains(.schedule(.stopTimeout(new[0].id), after: .seconds(7))))
         #expect(crashed.contains(.schedule(.stopTimeout(new[1].id), after: .seconds(7))))
-        #expect(h.finished(in: crashed).map(\.ok) == [false], "the reload fails at once; the workers drain behind it")
+        #expect(h.supervisor.lastReload?.ok == false, "the reload has failed at once")
+        #expect(h.logged(.reloadFailed, in: crashed))
+        #expect(crashed.contains(.notifyManager(.ready)))
+        #expect(
+            h.finished(in: crashed).isEmpty,
+            "its requester hears it once generation 2 is gone: a worker told to stop may still accept a connection"
+        )
         #expect(h.supervisor.statusLine.contains("generation 2 failed, stopping (2)"))
         // One drains and exits; the other ignores the signal and is killed when its stop timeout fires.
-        h.send(.exited(new[0].id, .exited(0)))
+        #expect(h.finished(in: h.send(.exited(new[0].id, .exited(0)))).isEmpty)
         let fired = h.send(.timer(.stopTimeout(new[1].id)))
         #expect(h.killed(in: fired) == [new[1].id])
-        h.send(.exited(new[1].id, .signaled("KILL")))
+        let gone = h.send(.exited(new[1].id, .signaled("KILL")))
+        #expect(h.finished(in: gone).map(\.ids) == [[RequesterID(1)]])
+        #expect(h.finished(in: gone).first?.message.contains("generation 1 keeps serving") == true)
         #expect(h.supervisor.generations[2] == nil, "the failed generation is gone once its workers are")
         #expect(h.supervisor.serving == 1)
         #expect(h.workers(generation: 1).count == 3 && h.workers(generation: 1).allSatisfy { $0.state == .ready })
+    }
+
+    @Test func aFailedReloadStillWaitingForItsGenerationIsAnsweredOnceWhenBatonStops() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(4)))
+        let new = h.workers(generation: 2)
+        h.send(.ready(new[0].id))
+        let crashed = h.send(.exited(new[1].id, .exited(1)))
+        #expect(h.finished(in: crashed).isEmpty)
+        let stop = h.send(.stop)
+        let answer = h.finished(in: stop)
+        #expect(answer.map(\.ids) == [[RequesterID(4)]])
+        #expect(answer.map(\.ok) == [false])
+        #expect(answer.first?.message.contains("worker 2 (pid \(new[1].pid!)) exited with exit 1") == true)
+        var later: [SupervisorAction] = []
+        for worker in h.supervisor.liveWorkers { later += h.send(.exited(worker.id, .signaled("TERM"))) }
+        #expect(h.finished(in: later).isEmpty, "answered once")
+        #expect(later.contains(.exit(0)))
+    }
+
+    @Test func aReloadRequestedWhileAFailedGenerationStopsStartsAtOnce() {
+        var h = Harness(SupervisorSettings(workers: 2))
+        h.send(.start)
+        h.readyAll(generation: 1)
+        h.send(.reloadRequested(RequesterID(1)))
+        let new = h.workers(generation: 2)
+        h.send(.ready(new[0].id))
+        h.send(.exited(new[1].id, .exited(1)))
+        let again = h.send(.reloadRequested(RequesterID(2)))
+        #expect(h.spawns(in: again).map(\.generation) == [3, 3])
+        let promoted = h.readyAllReturning(generation: 3)
+        #expect(h.finished(in: promoted).map(\.ids) == [[RequesterID(2)]])
+        let gone = h.send(.exited(new[0].id, .signaled("TERM")))
+        #expect(h.finished(in: gone).map(\.ids) == [[RequesterID(1)]])
+        #expect(h.finished(in: gone).map(\.ok) == [false])
     }
 
     @Test func aFailedRollingReloadStopsTheNewReadyWorkerGracefully() {
