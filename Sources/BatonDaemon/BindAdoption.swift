@@ -1,5 +1,5 @@
 public import BatonCore
-public import BatonSystem
+internal import BatonSystem
 
 /// Bind adoption on the launcher's side: where `libbaton-adopt.so` is, the workers' `LD_PRELOAD`, and the
 /// one-line diagnosis when a worker bound baton's address itself.

@@ -1,5 +1,5 @@
-public import BatonCore
-public import BatonSystem
+internal import BatonCore
+internal import BatonSystem
 import Logging
 import SystemPackage
 

@@ -1,6 +1,6 @@
 internal import CBatonSystem
 internal import Glibc
-public import SystemPackage
+internal import SystemPackage
 
 /// This process and the operating system around it: ids, environment, signals to other processes, files, users.
 ///

@@ -212,7 +212,7 @@ private final class PreparedSpawn {
         attributes = .allocate(capacity: 1)
         attributes.initialize(to: ProcessAttributes.starting)
         scratch = .allocate(capacity: spawn.listeners.count + 4)
-        _ = scratch.initialize(repeating: -1)
+        scratch.initialize(repeating: -1)
         request = .allocate(capacity: 1)
         request.initialize(to: cbaton_spawn_request())
         request.pointee.path = UnsafePointer(path.pointer(0))

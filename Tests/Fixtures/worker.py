@@ -177,9 +177,22 @@ def handle(conn, name=""):
 class Stop(Exception):
     pass
 
+# Set while the main thread accepts on the first listener and hands the connection to its thread: an exception raised
+# there by the SIGTERM handler could land between accept() and the hand-off and drop that connection unanswered.
+accepting = [False]
+kept = []
+
 def on_term(signum, frame):
     stopping.set()
-    raise Stop()
+    if not accepting[0]:
+        raise Stop()
+    # Inside accept: the first listener's fd now names a socket that does not listen, so a blocked accept, retried
+    # once this handler returns, fails at once and the loop ends; a connection accepted already is handed off as
+    # usual. The listener itself stays open in this worker (at another fd), as it would have.
+    kept.append(os.dup(listeners[0].fileno()))
+    dead = socket.socket()
+    os.dup2(dead.fileno(), listeners[0].fileno(), inheritable=False)
+    dead.close()
 
 if behaviour != "ignore-term":
     signal.signal(signal.SIGTERM, on_term)
@@ -263,14 +276,24 @@ try:
         listeners[0].listen(1)
         print("listen(fd, 1)", flush=True)
     def serve(listener, name=""):
+        # Only the main thread runs the SIGTERM handler, and only it says where it is.
+        main = threading.current_thread() is threading.main_thread()
         while not stopping.is_set():
             try:
-                conn, _ = listener.accept()
-            except OSError:
-                # The listener was shut down (by a worker); baton makes it listen again.
-                time.sleep(0.01)
-                continue
-            threading.Thread(target=handle, args=(conn, name), daemon=True).start()
+                if main:
+                    accepting[0] = True
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    # The listener was shut down (by a worker); baton makes it listen again. (Or SIGTERM: see on_term.)
+                    if stopping.is_set():
+                        break
+                    time.sleep(0.01)
+                    continue
+                threading.Thread(target=handle, args=(conn, name), daemon=True).start()
+            finally:
+                if main:
+                    accepting[0] = False
     # The first listener is served by the main thread (blocked in accept, which baton can see), the others by
     # threads of their own.
     for index, extra in enumerate(listeners[1:], 1):
