@@ -93,6 +93,9 @@ final class ConnectionRescue: Sendable {
         var pendingStop: (signal: Int32, deadline: Int)?
         /// The tick its stop signal went, when baton sent it.
         var signalledAt: Int?
+        /// Its fds that were baton's listeners when last looked at: what tells whether it still accepts once baton
+        /// holds all the connections it can (``maximumHeld``) and looks at nothing else.
+        var listenerFds: [Int32: UInt64] = [:]
     }
 
     struct Relay: Sendable {
@@ -301,13 +304,24 @@ final class ConnectionRescue: Sendable {
     /// Takes over `pid`'s connections on baton's listeners that baton does not hold yet.
     private func grab(_ pid: Int32, _ state: inout State, inTurn: Bool = false) {
         guard let watch = state.watches[pid], unheldConnections(&state, inTurn: inTurn) else { return }
+        if state.held.count >= Self.maximumHeld && !watch.listenerFds.isEmpty {
+            // Nothing more can be taken: only whether it still holds a listener (its thousands of fds unread).
+            let accepting = watch.listenerFds.contains { Handover.holds(pid: pid, fd: $0.key, inode: $0.value) }
+            state.watches[pid]!.accepting = accepting
+            logger.trace("connection rescue: pid \(pid): holds \(state.held.count) (the most), accepting \(accepting)")
+            return
+        }
         let inodes = listenerInodes
+        // Every fd is looked at again, those of connections baton holds too: the process may have closed one and
+        // accepted a new connection at its number since.
         let sockets = Handover.sockets(of: pid)
         let heldInodes = Set(state.held.values.lazy.filter { $0.pid == pid }.map(\.inode))
         var accepting = false
+        var listenerFds: [Int32: UInt64] = [:]
         for (fd, inode) in sockets {
             if inodes.contains(inode) {
                 accepting = true
+                listenerFds[fd] = inode
                 continue
             }
             guard !heldInodes.contains(inode), state.held.count < Self.maximumHeld else { continue }
@@ -349,6 +363,7 @@ final class ConnectionRescue: Sendable {
             }
         }
         state.watches[pid]!.accepting = accepting
+        state.watches[pid]!.listenerFds = listenerFds
         logger.trace(
             "connection rescue: pid \(pid): \(sockets.count) socket(s), holds \(state.held.count), accepting \(accepting)"
         )

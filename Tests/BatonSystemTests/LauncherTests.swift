@@ -283,7 +283,8 @@ struct LauncherTests {
     @Test func rollingReplacesFourWorkersOneAtATime() throws {
         let (_, _, baton) = try launch(["--workers", "4", "--strategy", "rolling"])
         #expect(baton.stderr.waitFor("generation 1 ready") != nil)
-        let reload = baton.client(["reload"])
+        // Answered once generation 1 is gone (its last worker may still stop when generation 2 serves).
+        let reload = baton.client(["reload", "--wait-drained"])
         #expect(reload.status == 0, "\(reload.stderr)")
         let steps = reload.stdout.split(separator: "\n").filter { $0.contains("retiring its predecessor") }
         #expect(
