@@ -916,7 +916,7 @@ public struct Supervisor: Sendable {
                 duration: duration,
                 failedWorker: failedWorker
             )
-            if let target = generations[reload.target], target.state == .failed, !target.workers.isEmpty {
+            if let target = generations[reload.target], !target.workers.isEmpty {
                 // Answered once the failed generation is gone (``retireIfDrained(_:now:actions:)``).
                 actions.append(
                     .progress(

@@ -467,7 +467,7 @@ public actor Launcher {
                     message: message,
                     ok: ok,
                     durationMilliseconds: duration.milliseconds,
-                    stderr: ok ? nil : (outcome?.stderr.flatMap { $0.isEmpty ? nil : $0 } ?? current)
+                    stderr: ok ? nil : (outcome?.stderr ?? current)
                 )
                 reply.generation = outcome?.generation
                 reply.reason = outcome?.reason ?? (ok ? nil : message)

@@ -303,7 +303,7 @@ final class ConnectionRescue: Sendable {
 
     /// Takes over `pid`'s connections on baton's listeners that baton does not hold yet.
     private func grab(_ pid: Int32, _ state: inout State, inTurn: Bool = false) {
-        guard let watch = state.watches[pid], unheldConnections(&state, inTurn: inTurn) else { return }
+        guard let watch = state.watches[pid] else { return }
         if state.held.count >= Self.maximumHeld && !watch.listenerFds.isEmpty {
             // Nothing more can be taken: only whether it still holds a listener (its thousands of fds unread).
             let accepting = watch.listenerFds.contains { Handover.holds(pid: pid, fd: $0.key, inode: $0.value) }
@@ -311,6 +311,7 @@ final class ConnectionRescue: Sendable {
             logger.trace("connection rescue: pid \(pid): holds \(state.held.count) (the most), accepting \(accepting)")
             return
         }
+        guard unheldConnections(&state, inTurn: inTurn) else { return }
         let inodes = listenerInodes
         // Every fd is looked at again, those of connections baton holds too: the process may have closed one and
         // accepted a new connection at its number since.

@@ -398,14 +398,23 @@ struct SupervisorTests {
         #expect(h.workers(generation: 1).count == 3 && h.workers(generation: 1).allSatisfy { $0.state == .ready })
     }
 
-    @Test func aFailedReloadStillWaitingForItsGenerationIsAnsweredOnceWhenBatonStops() {
+    /// Generation 1 of 2 workers serves; a reload by `requester` fails when new worker 2 exits with 1 while new
+    /// worker 1 (ready) is still stopping.
+    private func failedWhileAWorkerStops(
+        requester: RequesterID
+    ) -> (h: Harness, new: [Supervisor.Worker], crashed: [SupervisorAction]) {
         var h = Harness(SupervisorSettings(workers: 2))
         h.send(.start)
         h.readyAll(generation: 1)
-        h.send(.reloadRequested(RequesterID(4)))
+        h.send(.reloadRequested(requester))
         let new = h.workers(generation: 2)
         h.send(.ready(new[0].id))
         let crashed = h.send(.exited(new[1].id, .exited(1)))
+        return (h, new, crashed)
+    }
+
+    @Test func aFailedReloadStillWaitingForItsGenerationIsAnsweredOnceWhenBatonStops() {
+        var (h, new, crashed) = failedWhileAWorkerStops(requester: RequesterID(4))
         #expect(h.finished(in: crashed).isEmpty)
         let stop = h.send(.stop)
         let answer = h.finished(in: stop)
@@ -419,13 +428,7 @@ struct SupervisorTests {
     }
 
     @Test func aReloadRequestedWhileAFailedGenerationStopsStartsAtOnce() {
-        var h = Harness(SupervisorSettings(workers: 2))
-        h.send(.start)
-        h.readyAll(generation: 1)
-        h.send(.reloadRequested(RequesterID(1)))
-        let new = h.workers(generation: 2)
-        h.send(.ready(new[0].id))
-        h.send(.exited(new[1].id, .exited(1)))
+        var (h, new, _) = failedWhileAWorkerStops(requester: RequesterID(1))
         let again = h.send(.reloadRequested(RequesterID(2)))
         #expect(h.spawns(in: again).map(\.generation) == [3, 3])
         let promoted = h.readyAllReturning(generation: 3)
