@@ -73,7 +73,7 @@ struct AdoptBindTests {
         let stopFile = scratch.file("stop")
         let summaryFile = scratch.file("load.json")
         let load = Process()
-        load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+        load.executableURL = URL(fileURLWithPath: try #require(Paths.python3))
         load.arguments = [
             Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "16", "--mode", "newconn",
             "--until-file", stopFile, "--duration", "240", "--json", summaryFile,
@@ -138,7 +138,7 @@ struct AdoptBindTests {
     }
 
     var node: String { get throws { try #require(Paths.which("node") ?? Paths.which("nodejs"), "Node.js is needed") } }
-    var python: String { get throws { try #require(Paths.which("python3")) } }
+    var python: String { get throws { try #require(Paths.python3) } }
 
     @Test func theSeedsNodeAppListeningOnPort8000() throws {
         // http.createServer(...).listen(PORT) binds [::]:PORT, dual-stack; baton serves 127.0.0.1:PORT.

@@ -49,7 +49,7 @@ struct ChaosTests {
                 environment: ["BEHAVIOUR_FILE": scratch.file("behaviour")]
             )
             #expect(baton.stderr.waitFor("generation 1 ready") != nil)
-            load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+            load.executableURL = URL(fileURLWithPath: try #require(Paths.python3))
             load.arguments = [
                 Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "\(clients)", "--mode", "mixed",
                 "--slow-every", "10", "--slow-ms", "200", "--until-file", scratch.file("stop"), "--duration", "600",
@@ -232,7 +232,7 @@ struct ChaosTests {
     /// Issue 12's case: gunicorn (sync workers, no --preload) says READY=1 before its workers import the app, so a
     /// release that raises at import looks ready; with --min-ready its master's exit rolls the reload back.
     @Test func aGunicornReleaseThatFailsAtImportIsRolledBackUnderLoad() throws {
-        let python = try #require(Paths.which("python3"))
+        let python = try #require(Paths.python3)
         let gunicorn = Process()
         gunicorn.executableURL = URL(fileURLWithPath: python)
         gunicorn.arguments = ["-c", "import gunicorn"]

@@ -47,7 +47,7 @@ struct EndToEndTests {
 
         let stopFile = scratch.file("stop")
         let summaryFile = scratch.file("load.json")
-        let python = try #require(Paths.which("python3"))
+        let python = try #require(Paths.python3)
         let load = Process()
         load.executableURL = URL(fileURLWithPath: python)
         load.arguments = [
@@ -117,7 +117,7 @@ struct EndToEndTests {
     }
 
     @Test func pythonAppAcrossTwentyReloads() throws {
-        let python = try #require(Paths.which("python3"))
+        let python = try #require(Paths.python3)
         let (summary, log) = try reloadUnderLoad(
             app: [python, Paths.pythonApp],
             ready: "notify",

@@ -277,7 +277,7 @@ struct HealthProbeTests {
     /// Issue 12's gunicorn case caught by a probe alone (no --min-ready): gunicorn's master says READY=1 before its
     /// workers import the app, but nobody answers the probe socket, so the reload fails and generation 1 serves on.
     @Test func aGunicornReleaseThatFailsAtImportIsCaughtByItsProbeUnderLoad() throws {
-        let python = try #require(Paths.which("python3"))
+        let python = try #require(Paths.python3)
         let check = run(python, ["-c", "import gunicorn"])
         try #require(check.status == 0, "gunicorn is installed (pip install gunicorn)")
         let fixtures = Paths.packageRoot.appendingPathComponent("Tests/Fixtures/gunicorn").path

@@ -13,7 +13,7 @@ import Glibc
 struct ListenReadinessTests {
     static let fixture = Paths.packageRoot.appendingPathComponent("Tests/Fixtures/waits.py").path
 
-    var python: String { get throws { try #require(Paths.which("python3")) } }
+    var python: String { get throws { try #require(Paths.python3) } }
 
     /// baton on a unix socket with `--ready listen` and one `waits.py` worker in `mode` (or the mode in the file
     /// `@PATH` names, read at each start).

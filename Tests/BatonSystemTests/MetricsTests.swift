@@ -48,7 +48,7 @@ struct MetricsTests {
                                     "labels": s.labels, "value": s.value})
             print(json.dumps(samples))
             """
-        let result = run(try #require(Paths.which("python3")), ["-c", script, scratch.file("page.txt")])
+        let result = run(try #require(Paths.python3), ["-c", script, scratch.file("page.txt")])
         try #require(result.status == 0, "prometheus_client parses the page:\n\(result.stderr)\n\(body)")
         return Page(samples: try JSONDecoder().decode([Sample].self, from: Data(result.stdout.utf8)))
     }
@@ -247,7 +247,7 @@ struct MetricsTests {
             names = sorted({name for expr in exprs for name in re.findall(r"\\b(?:baton|process)_[a-z_]+", expr)})
             print(json.dumps({"alerts": alerts, "names": names}))
             """
-        let result = run(try #require(Paths.which("python3")), ["-c", script, dashboard, alerts])
+        let result = run(try #require(Paths.python3), ["-c", script, dashboard, alerts])
         try #require(result.status == 0, "the examples parse:\n\(result.stderr)")
         struct Found: Decodable {
             var alerts: [String]

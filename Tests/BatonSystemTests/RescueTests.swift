@@ -51,7 +51,7 @@ struct RescueTests {
         let stopFile = scratch.file("stop")
         let summaryFile = scratch.file("load.json")
         let load = Process()
-        load.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+        load.executableURL = URL(fileURLWithPath: try #require(Paths.python3))
         load.arguments =
             [
                 Paths.loadgen, "--url", "http://127.0.0.1:\(port)/", "--clients", "16", "--mode", mode,
@@ -401,11 +401,11 @@ struct RescueTests {
         #expect(isGo(app))
         #expect(!isGo("/bin/sh"))
         #expect(!isGo(Paths.fixtures + "/rescue/goapp.go"))
-        #expect(!isGo(try #require(Paths.which("python3"))))
+        #expect(!isGo(try #require(Paths.python3)))
         // The Go fixture running on a socket of its own in LISTEN_FDS (Python binds it, prints its port and execs the
         // fixture in the same process); once it has answered a request, it is the process's program.
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try #require(Paths.which("python3")))
+        process.executableURL = URL(fileURLWithPath: try #require(Paths.python3))
         process.arguments = [
             "-c",
             """

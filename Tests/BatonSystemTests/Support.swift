@@ -31,6 +31,15 @@ enum Paths {
     static let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures").path
     static let loadgen = packageRoot.appendingPathComponent("tools/loadgen.py").path
 
+    /// The interpreter `python3` on PATH runs: a shim (pyenv's is a bash script that runs `pyenv exec`) costs three
+    /// processes and ~0.1 s of CPU per start, seconds on a loaded machine, which a test's ready timeout would count.
+    static let python3: String? = {
+        guard let found = which("python3") else { return nil }
+        let result = run(found, ["-c", "import sys; print(sys.executable)"])
+        let resolved = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        return result.status == 0 && FileManager.default.isExecutableFile(atPath: resolved) ? resolved : found
+    }()
+
     static func which(_ name: String) -> String? {
         for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
             let candidate = "\(directory)/\(name)"
