@@ -66,7 +66,11 @@ struct DrainSystemTests {
     ) throws -> (
         scratch: Scratch, baton: BatonRun, port: Int?
     ) {
-        let port = tcp ? try #require(AdoptBindTests.freePort(), "a free port") : nil
+        var port: Int?
+        if tcp {
+            let free: Int = try #require(AdoptBindTests.freePort(), "a free port")
+            port = free
+        }
         let (scratch, _, baton) = try launchWorker(
             (port.map { ["--listen", "127.0.0.1:\($0)"] } ?? []) + options,
             behaviour: behaviour
