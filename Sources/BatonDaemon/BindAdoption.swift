@@ -53,13 +53,20 @@ public enum BindAdoption {
     /// Asks worker `pid` to stop: when `libbaton-adopt.so` is loaded in it (baton's preload, or the app's own) and its
     /// drain handler installed, first the drain signal (it takes no new connection from here on), then `signal`
     /// after ``drainGrace``; otherwise `signal` at once (``libraryServes(_:)``).
-    /// `delay`, when given, is the least the stop signal waits (the connection rescue's).
-    static func stop(_ pid: Int32, signal: Int32, loop: EventLoop, delay: Duration? = nil) {
+    /// `delay`, when given, is the least the stop signal waits (the connection rescue's); `before` runs just before a
+    /// stop signal that waits goes.
+    static func stop(
+        _ pid: Int32,
+        signal: Int32,
+        loop: EventLoop,
+        delay: Duration? = nil,
+        before: (@Sendable () -> Void)? = nil
+    ) {
         if ProcInspector.catches(pid, signal: Signals.adoptDrain), libraryServes(pid), OS.kill(pid, Signals.adoptDrain)
         {
-            OS.signal(pid, signal, after: max(drainGrace, delay ?? .zero), on: loop)
+            OS.signal(pid, signal, after: max(drainGrace, delay ?? .zero), on: loop, before: before)
         } else if let delay {
-            OS.signal(pid, signal, after: delay, on: loop)
+            OS.signal(pid, signal, after: delay, on: loop, before: before)
         } else {
             OS.kill(pid, signal)
         }

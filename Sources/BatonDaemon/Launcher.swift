@@ -435,9 +435,12 @@ public actor Launcher {
             let timing =
                 supervisor.phase == .running
                 ? rescue.retire(pid, generation: generation, signal: configuration.stopSignal) : .now
+            let rescue = rescue
+            let stopping: @Sendable () -> Void = { rescue.stopping(pid) }
             switch timing {
-            case .now: BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop)
-            case .after(let grace): BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, delay: grace)
+            case .now: BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, before: stopping)
+            case .after(let grace):
+                BindAdoption.stop(pid, signal: configuration.stopSignal, loop: loop, delay: grace, before: stopping)
             case .whenSettled: break
             }
         case .stopGroup(_, let pid):

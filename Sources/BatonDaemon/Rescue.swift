@@ -277,6 +277,18 @@ final class ConnectionRescue: Sendable {
         }
     }
 
+    /// `pid`'s stop signal goes now: take over what it accepted since the rescue's last look. From the rescue
+    /// signal on, `libbaton-adopt.so` accepts nothing more in it, so what this look finds is all it will close on
+    /// that signal; the rescue's own looks (every 5 ms) run on its thread, which a loaded machine may not run for
+    /// longer than the stop signal's grace, and a connection accepted and closed between two of them is lost.
+    func stopping(_ pid: Int32) {
+        state.withLock { state in
+            guard let watch = state.watches[pid], !watch.exited, watch.accepting else { return }
+            grab(pid, &state)
+            arm(&state)
+        }
+    }
+
     /// The launcher begins handling an event: what ``retire(_:generation:signal:)`` learnt of the kernel's
     /// connections in the previous one is not reused.
     func beginTurn() {

@@ -21,11 +21,20 @@ extension OS {
     /// ended by then, nothing is sent, even when its pid has been reused. Where pidfds are unavailable (an old kernel,
     /// a seccomp filter), by pid. The wait is a timer of `loop`.
     ///
+    /// `before` runs on the loop's thread just before the signal goes.
+    ///
     /// The corresponding C functions are `pidfd_open`, `pidfd_send_signal` and `kill`.
-    public static func signal(_ pid: Int32, _ signal: Int32, after delay: Duration, on loop: EventLoop) {
+    public static func signal(
+        _ pid: Int32,
+        _ signal: Int32,
+        after delay: Duration,
+        on loop: EventLoop,
+        before: (@Sendable () -> Void)? = nil
+    ) {
         let fd = cbaton_pidfd_open(pid)
         if fd < 0 && Glibc.errno == ESRCH { return }
         loop.schedule(after: delay) {
+            before?()
             if fd >= 0 {
                 let sent = cbaton_pidfd_send_signal(fd, signal) == 0 || Glibc.errno == ESRCH
                 _ = close(fd)
